@@ -1,0 +1,267 @@
+//! The resolved experiment manifest: plain, fully-defaulted, validated types that the planner, the engine and
+//! the coordinator consume. Parsing (with spans) and validation live beside this file; defaults are the thesis's.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One whole experiment: what a lab writes in a manifest, after defaults are filled in and validation passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub seed: u64,
+    pub team: String,
+    pub description: String,
+    pub model: ModelSpec,
+    pub lora: LoraSpec,
+    pub stage1: StageSpec,
+    pub stage2: StageSpec,
+    pub sweeps: Vec<SweepSpec>,
+    pub evaluation: EvaluationSpec,
+    pub resources: ResourcesSpec,
+}
+
+/// Which architecture family a model belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFamily {
+    Llama,
+    T5,
+}
+
+/// How frozen base weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// QLoRA: NF4, block 64, double quantisation of the absmax.
+    Nf4,
+    None,
+}
+
+/// Floating-point type of the compute (activations, dequantised weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The base model: family, where its weights are, and how they are held in memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub family: ModelFamily,
+    /// A Hugging Face directory (config.json, safetensors, tokenizer.json) or a `.gguf` file.
+    /// Relative paths are resolved against the manifest's folder.
+    pub path: PathBuf,
+    pub quantization: Quantization,
+    pub compute_dtype: ComputeDtype,
+}
+
+/// LoRA adapter settings (PEFT semantics: scale = alpha / r, bias none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+/// What a stage's dataset file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetFormat {
+    /// A CSV with named input/target columns (IU X-ray, the output of `tandem data mimic`, user CSVs).
+    Csv,
+    /// A raw MIMIC-CXR report tree (folder or .zip), converted by the data-prep job.
+    Mimic,
+}
+
+/// What to do with a row that is missing a column or has empty text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRows {
+    /// Stop with an error naming the row.
+    Error,
+    /// Drop the row and count it in the data-prep summary.
+    Drop,
+}
+
+/// A stage's data: which file, which columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    pub path: PathBuf,
+    pub format: DatasetFormat,
+    pub input_column: String,
+    pub target_column: String,
+    /// Rows sharing a value never straddle train/val/test of one split or fold (e.g. patient id).
+    pub group_column: Option<String>,
+    pub bad_rows: BadRows,
+    /// Rows used at most (after dropping bad ones, before splitting); `None` = all.
+    pub max_rows: Option<usize>,
+}
+
+/// How a stage's rows are divided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SplitSpec {
+    /// One seeded train/val/test split; the fractions sum to 1.
+    Holdout { train: f64, val: f64, test: f64 },
+    /// k-fold cross-validation: every row is in exactly one of the k test folds; of the rest, `val_fraction`
+    /// (of all rows) is held out for validation and the remainder trains.
+    Kfold { folds: usize, val_fraction: f64 },
+}
+
+/// Which tokens count in the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossMask {
+    /// Prompt and padding tokens are masked (-100); only the target is learned.
+    Prompt,
+    /// Only padding is masked, as in the thesis's scripts.
+    Pad,
+}
+
+/// Prompt templates; `{input}` is replaced by the (pre-processed) input text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptSpec {
+    pub train: String,
+    pub inference: String,
+}
+
+/// Every training hyperparameter the thesis sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSpec {
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub epochs: f64,
+    pub max_grad_norm: f64,
+    /// Optimizer steps between evaluations on the validation set.
+    pub eval_every: usize,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    pub checkpoints_kept: usize,
+    /// Evaluations without improvement of the validation loss before stopping; 0 disables early stopping.
+    pub early_stopping_patience: usize,
+    pub max_length: usize,
+    pub loss_mask: LossMask,
+    /// Optimizer steps at most (a cap for smoke runs); `None` = as many as the epochs give.
+    pub max_steps: Option<usize>,
+}
+
+/// Decoding settings (transformers' `generate` semantics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSpec {
+    pub max_new_tokens: usize,
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub num_beams: usize,
+    pub length_penalty: f64,
+    pub repetition_penalty: f64,
+    pub early_stopping: bool,
+    /// Test rows generated at most per evaluation; `None` = the whole test set.
+    pub max_eval_rows: Option<usize>,
+}
+
+/// One stage: data, split, prompts, training and generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageSpec {
+    pub dataset: DatasetSpec,
+    pub split: SplitSpec,
+    pub prompt: PromptSpec,
+    pub training: TrainingSpec,
+    pub generation: GenerationSpec,
+}
+
+/// Which stage a setting or job belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Stage1,
+    Stage2,
+}
+
+/// A generation parameter that a sweep can vary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepParameter {
+    Temperature,
+    TopK,
+    TopP,
+    NumBeams,
+    LengthPenalty,
+    RepetitionPenalty,
+    MaxNewTokens,
+}
+
+/// One evaluation per value of `parameter`, on `stage`'s task with that stage's fine-tuned model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    pub stage: Stage,
+    pub parameter: SweepParameter,
+    pub values: Vec<f64>,
+}
+
+/// A metric of the thesis's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Bleu,
+    Rouge,
+    Meteor,
+    Bertscore,
+    Radgraph,
+}
+
+/// Which model a table row is: the base model, after stage 1, or after both stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelStage {
+    Base,
+    Stage1,
+    TwoStage,
+}
+
+/// One cell of the evaluation matrix: a model stage evaluated on a stage's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EvalCell {
+    pub model: ModelStage,
+    pub task: Stage,
+}
+
+/// What to evaluate and with which metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationSpec {
+    pub metrics: Vec<Metric>,
+    pub cells: Vec<EvalCell>,
+    /// Lower-case and normalise whitespace before scoring (the thesis does).
+    pub preprocess: bool,
+    /// Local Hugging Face directory of the BERTScore encoder; `None` = the default all-MiniLM-L6-v2 cache.
+    pub bertscore_model: Option<PathBuf>,
+    /// Layer whose output BERTScore uses; `None` = the encoder's default.
+    pub bertscore_layer: Option<usize>,
+    /// External RadGraph extractor command (JSON lines); `None` = RG reported as not available.
+    pub radgraph_command: Option<Vec<String>>,
+}
+
+/// What one job of a kind asks of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourceRequest {
+    pub gpus: u32,
+    pub gpu_memory_gb: u32,
+    pub cpu_threads: u32,
+}
+
+/// Resources per job kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourcesSpec {
+    pub data_prep: ResourceRequest,
+    pub train: ResourceRequest,
+    pub eval: ResourceRequest,
+    pub report: ResourceRequest,
+}

@@ -1,0 +1,1 @@
+//! NF4 and LoRA kernels: CPU references, and CUDA versions compiled at run time with NVRTC.

@@ -1,0 +1,1 @@
+//! Tandem worker: the agent that leases jobs from a coordinator and the engine that runs one job.

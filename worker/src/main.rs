@@ -1,0 +1,5 @@
+//! `tandem-worker`: run one job locally, or serve a coordinator as a worker.
+
+fn main() {
+    println!("tandem-worker");
+}
