@@ -9,3 +9,8 @@ pub mod rng;
 pub mod tensor_io;
 
 pub use error::{EngineError, Result};
+pub mod inspect;
+pub mod llama;
+pub mod load;
+pub mod qlora;
+pub mod threads;
