@@ -14,3 +14,5 @@ pub mod llama;
 pub mod load;
 pub mod qlora;
 pub mod threads;
+pub mod train;
+pub mod generate;
