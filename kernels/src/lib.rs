@@ -1,1 +1,10 @@
 //! NF4 and LoRA kernels: CPU references, and CUDA versions compiled at run time with NVRTC.
+//!
+//! - [`nf4`]: NF4 quantisation with double quantisation (bitsandbytes' format), the reference the engine uses.
+//! - [`testdata`]: deterministic random inputs for tests and benchmarks.
+
+pub mod error;
+pub mod nf4;
+pub mod testdata;
+
+pub use error::KernelError;
