@@ -417,7 +417,7 @@ mod tests {
         // step whose f32 rounding stays exact (powers of two).
         let step = 1.0 / 64.0;
         let check = |name: &str, grad: &[f32], get: &dyn Fn(&mut Case) -> &mut Vec<f32>| {
-            for i in 0..grad.len() {
+            for (i, &analytic) in grad.iter().enumerate() {
                 let mut plus = clone_case(&c);
                 get(&mut plus)[i] += step as f32;
                 let mut minus = clone_case(&c);
@@ -425,9 +425,8 @@ mod tests {
                 let fd = (loss(&plus, s, p) - loss(&minus, s, p)) / (2.0 * step);
                 let tol = 1e-5 * (1.0 + fd.abs());
                 assert!(
-                    (f64::from(grad[i]) - fd).abs() < tol,
-                    "{name}[{i}]: {} vs {fd}",
-                    grad[i]
+                    (f64::from(analytic) - fd).abs() < tol,
+                    "{name}[{i}]: {analytic} vs {fd}"
                 );
             }
         };
