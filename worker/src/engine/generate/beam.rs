@@ -38,19 +38,23 @@ pub fn beam_search(
 ) -> Result<Vec<Vec<u32>>> {
     let n = cfg.num_beams;
     let batch = prompts.len();
-    let eos = model.special_tokens().eos.clone();
+    let eos = cfg.eos_for(model);
     let vocab = model.vocab_size();
     let keep = (2usize).max(1 + eos.len()) * n;
     let min_keep = eos.len() + 1;
     let lp = cfg.length_penalty as f32;
     let max_new = cfg.max_new_tokens;
 
-    let expanded: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect();
+    let expanded: Vec<Vec<u32>> = prompts
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), n))
+        .collect();
     let (mut state, mut logits) = model.start(&expanded)?;
 
     let mut running: Vec<Vec<Vec<u32>>> = vec![vec![Vec::new(); n]; batch];
-    let mut running_scores: Vec<Vec<f32>> =
-        (0..batch).map(|_| (0..n).map(|i| if i == 0 { 0.0 } else { NEG }).collect()).collect();
+    let mut running_scores: Vec<Vec<f32>> = (0..batch)
+        .map(|_| (0..n).map(|i| if i == 0 { 0.0 } else { NEG }).collect())
+        .collect();
     let mut finished: Vec<Vec<Vec<u32>>> = vec![vec![Vec::new(); n]; batch];
     let mut finished_scores: Vec<Vec<f32>> = vec![vec![NEG; n]; batch];
     let mut is_finished: Vec<Vec<bool>> = vec![vec![false; n]; batch];
@@ -75,7 +79,8 @@ pub fn beam_search(
             }
             let picked: Vec<usize> = if cfg.do_sample {
                 let mut weights = processors::softmax(&acc);
-                let mut stream = Stream::new(cfg.seed, Purpose::Sampling, &[b as u64, generated as u64]);
+                let mut stream =
+                    Stream::new(cfg.seed, Purpose::Sampling, &[b as u64, generated as u64]);
                 let mut out = Vec::with_capacity(keep);
                 for _ in 0..keep {
                     let j = draw(&weights, &mut stream);
@@ -86,15 +91,26 @@ pub fn beam_search(
             } else {
                 top_indices(&acc, keep)
             };
-            let cands: Vec<Candidate> =
-                picked.iter().map(|&j| Candidate { score: acc[j], beam: j / vocab, token: (j % vocab) as u32 }).collect();
-            let hits: Vec<bool> =
-                cands.iter().map(|c| eos.contains(&c.token) || generated + 1 >= max_new).collect();
+            let cands: Vec<Candidate> = picked
+                .iter()
+                .map(|&j| Candidate {
+                    score: acc[j],
+                    beam: j / vocab,
+                    token: (j % vocab) as u32,
+                })
+                .collect();
+            let hits: Vec<bool> = cands
+                .iter()
+                .map(|c| eos.contains(&c.token) || generated + 1 >= max_new)
+                .collect();
             all_hit &= hits.iter().all(|&h| h);
 
             // Running beams for the next step: the best non-finished candidates.
-            let running_vals: Vec<f32> =
-                cands.iter().zip(&hits).map(|(c, &h)| c.score + if h { NEG } else { 0.0 }).collect();
+            let running_vals: Vec<f32> = cands
+                .iter()
+                .zip(&hits)
+                .map(|(c, &h)| c.score + if h { NEG } else { 0.0 })
+                .collect();
             let next_idx = top_indices(&running_vals, n);
 
             // Finished hypotheses: merge the old ones with candidates among the top n that just finished.
@@ -145,7 +161,10 @@ pub fn beam_search(
         let mut any_unsatisfied = false;
         for b in 0..batch {
             let best_possible = running_scores[b][0] / (generated as f32).powf(lp);
-            let min_finished = finished_scores[b].iter().copied().fold(f32::INFINITY, f32::min);
+            let min_finished = finished_scores[b]
+                .iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min);
             let improvable = is_finished[b]
                 .iter()
                 .any(|&f| best_possible > if f { min_finished } else { NEG });

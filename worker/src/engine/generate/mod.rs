@@ -26,6 +26,9 @@ pub struct GenerateConfig {
     pub repetition_penalty: f64,
     pub early_stopping: bool,
     pub seed: u64,
+    /// End-of-sequence ids replacing the model's own (transformers' `eos_token_id` argument); `None` = the
+    /// model's.
+    pub eos_token_ids: Option<Vec<u32>>,
 }
 
 impl GenerateConfig {
@@ -42,6 +45,7 @@ impl GenerateConfig {
             repetition_penalty: spec.repetition_penalty,
             early_stopping: spec.early_stopping,
             seed,
+            eos_token_ids: None,
         }
     }
 
@@ -58,7 +62,15 @@ impl GenerateConfig {
             repetition_penalty: 1.0,
             early_stopping: false,
             seed: 0,
+            eos_token_ids: None,
         }
+    }
+
+    /// The end-of-sequence ids in force for `model`.
+    pub fn eos_for(&self, model: &dyn LanguageModel) -> Vec<u32> {
+        self.eos_token_ids
+            .clone()
+            .unwrap_or_else(|| model.special_tokens().eos.clone())
     }
 
     fn validate(&self) -> Result<()> {
@@ -67,13 +79,22 @@ impl GenerateConfig {
             return bad("generation.num_beams must be at least 1".into());
         }
         if self.do_sample && !(self.temperature > 0.0) {
-            return bad(format!("generation.temperature must be positive when sampling, got {}", self.temperature));
+            return bad(format!(
+                "generation.temperature must be positive when sampling, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("generation.top_p must be in (0, 1], got {}", self.top_p));
+            return bad(format!(
+                "generation.top_p must be in (0, 1], got {}",
+                self.top_p
+            ));
         }
         if !(self.repetition_penalty > 0.0) {
-            return bad(format!("generation.repetition_penalty must be positive, got {}", self.repetition_penalty));
+            return bad(format!(
+                "generation.repetition_penalty must be positive, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -118,7 +139,11 @@ fn initial_context(model: &dyn LanguageModel, prompts: &[Vec<u32>]) -> Vec<Vec<u
 }
 
 /// Generates continuations of `prompts` (token ids); returns each prompt's new tokens, EOS excluded.
-pub fn generate(model: &dyn LanguageModel, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Result<Vec<Vec<u32>>> {
+pub fn generate(
+    model: &dyn LanguageModel,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+) -> Result<Vec<Vec<u32>>> {
     cfg.validate()?;
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -129,8 +154,12 @@ pub fn generate(model: &dyn LanguageModel, prompts: &[Vec<u32>], cfg: &GenerateC
     if cfg.num_beams > 1 {
         return beam::beam_search(model, prompts, cfg, &initial_context(model, prompts));
     }
-    let eos = model.special_tokens().eos.clone();
-    let pad = model.special_tokens().pad.or_else(|| eos.first().copied()).unwrap_or(0);
+    let eos = cfg.eos_for(model);
+    let pad = model
+        .special_tokens()
+        .pad
+        .or_else(|| eos.first().copied())
+        .unwrap_or(0);
     let mut seen = initial_context(model, prompts);
     let (mut state, mut logits) = model.start(prompts)?;
     let rows = prompts.len();

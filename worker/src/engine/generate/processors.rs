@@ -33,7 +33,10 @@ pub fn top_k(scores: &mut [f32], k: usize, min_keep: usize) {
     let mut sorted: Vec<f32> = scores.to_vec();
     sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let kth = sorted[k - 1];
-    scores.iter_mut().filter(|s| **s < kth).for_each(|s| *s = f32::NEG_INFINITY);
+    scores
+        .iter_mut()
+        .filter(|s| **s < kth)
+        .for_each(|s| *s = f32::NEG_INFINITY);
 }
 
 /// Nucleus filter: removes the lowest-probability tokens whose cumulative probability is at most `1 - p`,

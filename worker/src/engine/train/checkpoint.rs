@@ -30,7 +30,10 @@ pub struct LoopState {
 
 /// Names of the optimizer tensors of parameter `i`.
 fn moment_names(i: usize) -> (String, String) {
-    (format!("param.{i}.exp_avg"), format!("param.{i}.exp_avg_sq"))
+    (
+        format!("param.{i}.exp_avg"),
+        format!("param.{i}.exp_avg_sq"),
+    )
 }
 
 /// Writes the optimizer's moments and step counter.
@@ -43,7 +46,10 @@ pub fn save_optimizer(opt: &AdamW, path: &Path) -> Result<()> {
     }
     let meta = std::collections::HashMap::from([
         ("t".to_string(), opt.t.to_string()),
-        ("weight_decay".to_string(), format!("{:e}", opt.weight_decay)),
+        (
+            "weight_decay".to_string(),
+            format!("{:e}", opt.weight_decay),
+        ),
     ]);
     tensor_io::write_f32(path, &tensors, Some(meta))
 }
@@ -51,27 +57,43 @@ pub fn save_optimizer(opt: &AdamW, path: &Path) -> Result<()> {
 /// Reads optimizer moments saved by `save_optimizer` into `opt` (sizes must match).
 pub fn load_optimizer(opt: &mut AdamW, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| EngineError::Checkpoint { path: path.into(), message: format!("unreadable: {e}") })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| EngineError::Checkpoint {
+            path: path.into(),
+            message: format!("unreadable: {e}"),
+        })?;
     let t = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("t"))
         .and_then(|t| t.parse::<u64>().ok())
-        .ok_or_else(|| EngineError::Checkpoint { path: path.into(), message: "missing step counter `t`".into() })?;
+        .ok_or_else(|| EngineError::Checkpoint {
+            path: path.into(),
+            message: "missing step counter `t`".into(),
+        })?;
     let tensors = tensor_io::read_all_f32(path)?;
     for (i, mom) in opt.moments.iter_mut().enumerate() {
         let (a, b) = moment_names(i);
         let (Some(m), Some(v)) = (tensors.get(&a), tensors.get(&b)) else {
-            return Err(EngineError::Checkpoint { path: path.into(), message: format!("missing `{a}`") });
+            return Err(EngineError::Checkpoint {
+                path: path.into(),
+                message: format!("missing `{a}`"),
+            });
         };
         if m.1.len() != mom.m.len() || v.1.len() != mom.v.len() {
             return Err(EngineError::Checkpoint {
                 path: path.into(),
-                message: format!("`{a}` has {} values, the adapter needs {}", m.1.len(), mom.m.len()),
+                message: format!(
+                    "`{a}` has {} values, the adapter needs {}",
+                    m.1.len(),
+                    mom.m.len()
+                ),
             });
         }
-        *mom = Moments { m: m.1.clone(), v: v.1.clone() };
+        *mom = Moments {
+            m: m.1.clone(),
+            v: v.1.clone(),
+        };
     }
     opt.t = t;
     Ok(())
@@ -80,11 +102,15 @@ pub fn load_optimizer(opt: &mut AdamW, path: &Path) -> Result<()> {
 /// The checkpoint folders under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(out) };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
     for e in entries {
         let e = e.map_err(|err| EngineError::io(root, err))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("checkpoint-").and_then(|s| s.parse::<usize>().ok())
+        if let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<usize>().ok())
             && e.path().join("state.json").exists()
         {
             out.push((step, e.path()));
@@ -113,6 +139,8 @@ pub fn save_state(state: &LoopState, path: &Path) -> Result<()> {
 /// Reads the loop state.
 pub fn load_state(path: &Path) -> Result<LoopState> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| EngineError::Checkpoint { path: path.into(), message: format!("bad state.json: {e}") })
+    serde_json::from_str(&text).map_err(|e| EngineError::Checkpoint {
+        path: path.into(),
+        message: format!("bad state.json: {e}"),
+    })
 }

@@ -10,7 +10,9 @@ pub const PLACEHOLDER: &str = "{input}";
 /// Fills `template` with `input`.
 pub fn fill_template(template: &str, input: &str) -> Result<String> {
     if !template.contains(PLACEHOLDER) {
-        return Err(EngineError::Input(format!("prompt template {template:?} has no {PLACEHOLDER} placeholder")));
+        return Err(EngineError::Input(format!(
+            "prompt template {template:?} has no {PLACEHOLDER} placeholder"
+        )));
     }
     Ok(template.replace(PLACEHOLDER, input))
 }
@@ -87,7 +89,10 @@ pub fn build_examples(
                 }
             }
         }
-        out.push(TrainExample { prompt, target: target_ids });
+        out.push(TrainExample {
+            prompt,
+            target: target_ids,
+        });
     }
     Ok(out)
 }

@@ -61,11 +61,23 @@ pub struct EvalMetrics {
 /// What the loop reports while it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
-    Started { total_steps: usize, train_examples: usize, val_examples: usize, trainable_params: usize, resumed_at: usize },
+    Started {
+        total_steps: usize,
+        train_examples: usize,
+        val_examples: usize,
+        trainable_params: usize,
+        resumed_at: usize,
+    },
     Step(StepMetrics),
     Eval(EvalMetrics),
-    Checkpoint { step: usize, path: PathBuf },
-    EarlyStop { step: usize, best_step: usize },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    EarlyStop {
+        step: usize,
+        best_step: usize,
+    },
     Finished(TrainSummary),
 }
 
@@ -102,7 +114,10 @@ fn validate(spec: &TrainingSpec, train: &[TrainExample]) -> Result<()> {
         return bad("training.batch_size and training.grad_accum must be at least 1".into());
     }
     if !(spec.epochs > 0.0) {
-        return bad(format!("training.epochs must be positive, got {}", spec.epochs));
+        return bad(format!(
+            "training.epochs must be positive, got {}",
+            spec.epochs
+        ));
     }
     if !(spec.lr > 0.0) {
         return bad(format!("training.lr must be positive, got {}", spec.lr));
@@ -122,7 +137,10 @@ fn validate(spec: &TrainingSpec, train: &[TrainExample]) -> Result<()> {
 /// The shuffled example order of `epoch`.
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    rng::shuffle(&mut order, &mut Stream::new(seed, Purpose::Shuffle, &[epoch as u64]));
+    rng::shuffle(
+        &mut order,
+        &mut Stream::new(seed, Purpose::Shuffle, &[epoch as u64]),
+    );
     order
 }
 
@@ -137,7 +155,9 @@ fn trainable_vars(model: &dyn LanguageModel) -> Vec<Var> {
 }
 
 fn read_params(vars: &[Var]) -> Result<Vec<Vec<f32>>> {
-    vars.iter().map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?)).collect()
+    vars.iter()
+        .map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+        .collect()
 }
 
 fn write_params(vars: &[Var], params: &[Vec<f32>]) -> Result<()> {
@@ -148,7 +168,11 @@ fn write_params(vars: &[Var], params: &[Vec<f32>]) -> Result<()> {
 }
 
 /// Token-weighted mean validation loss.
-pub fn evaluate(model: &dyn LanguageModel, val: &[TrainExample], spec: &TrainingSpec) -> Result<f64> {
+pub fn evaluate(
+    model: &dyn LanguageModel,
+    val: &[TrainExample],
+    spec: &TrainingSpec,
+) -> Result<f64> {
     let mut sum = 0f64;
     let mut tokens = 0usize;
     for chunk in val.chunks(spec.batch_size.max(1)) {
@@ -157,7 +181,9 @@ pub fn evaluate(model: &dyn LanguageModel, val: &[TrainExample], spec: &Training
         tokens += out.tokens;
     }
     if tokens == 0 {
-        return Err(EngineError::Input("the validation set has no target tokens".into()));
+        return Err(EngineError::Input(
+            "the validation set has no target tokens".into(),
+        ));
     }
     Ok(sum / tokens as f64)
 }
@@ -167,8 +193,11 @@ fn params_path(dir: &Path) -> PathBuf {
 }
 
 fn save_params(params: &[Vec<f32>], path: &Path) -> Result<()> {
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
-        params.iter().enumerate().map(|(i, p)| (format!("param.{i}"), vec![p.len()], p.clone())).collect();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("param.{i}"), vec![p.len()], p.clone()))
+        .collect();
     super::tensor_io::write_f32(path, &tensors, None)
 }
 
@@ -177,12 +206,17 @@ fn load_params(path: &Path, like: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
     like.iter()
         .enumerate()
         .map(|(i, p)| {
-            let (_, v) = all.get(&format!("param.{i}")).ok_or_else(|| EngineError::Checkpoint {
-                path: path.into(),
-                message: format!("missing `param.{i}`"),
-            })?;
+            let (_, v) = all
+                .get(&format!("param.{i}"))
+                .ok_or_else(|| EngineError::Checkpoint {
+                    path: path.into(),
+                    message: format!("missing `param.{i}`"),
+                })?;
             if v.len() != p.len() {
-                return Err(EngineError::Checkpoint { path: path.into(), message: format!("`param.{i}` has the wrong size") });
+                return Err(EngineError::Checkpoint {
+                    path: path.into(),
+                    message: format!("`param.{i}` has the wrong size"),
+                });
             }
             Ok(v.clone())
         })
@@ -234,7 +268,10 @@ pub fn train(
         if state.seed != config.seed {
             return Err(EngineError::Checkpoint {
                 path: dir.clone(),
-                message: format!("written with seed {}, this run has seed {}", state.seed, config.seed),
+                message: format!(
+                    "written with seed {}, this run has seed {}",
+                    state.seed, config.seed
+                ),
             });
         }
         if params_path(&dir).exists() {
@@ -265,7 +302,10 @@ pub fn train(
             let b = state.micro + j;
             let idx = &order[b * spec.batch_size..((b + 1) * spec.batch_size).min(train.len())];
             let batch: Vec<TrainExample> = idx.iter().map(|&i| train[i].clone()).collect();
-            step_tokens += batch.iter().map(|e| e.prompt.len() + e.target.len()).sum::<usize>();
+            step_tokens += batch
+                .iter()
+                .map(|e| e.prompt.len() + e.target.len())
+                .sum::<usize>();
             let ctx = ForwardCtx::train(config.seed, state.step as u64, j as u64);
             let out = model.loss(&batch, spec.loss_mask, &ctx)?;
             if out.tokens == 0 {
@@ -311,7 +351,11 @@ pub fn train(
                 train_loss: window.0 / window.1 as f64,
                 lr,
                 grad_norm: norm,
-                tokens_per_s: if secs > 0.0 { window.2 as f64 / secs } else { 0.0 },
+                tokens_per_s: if secs > 0.0 {
+                    window.2 as f64 / secs
+                } else {
+                    0.0
+                },
             }));
             window = (0.0, 0, 0, Instant::now());
         }
@@ -333,9 +377,14 @@ pub fn train(
                 perplexity: val_loss.exp(),
                 improved,
             }));
-            if spec.early_stopping_patience > 0 && state.evals_without_improvement >= spec.early_stopping_patience {
+            if spec.early_stopping_patience > 0
+                && state.evals_without_improvement >= spec.early_stopping_patience
+            {
                 stopped_early = true;
-                on_event(TrainEvent::EarlyStop { step: state.step, best_step: state.best_step.unwrap_or(0) });
+                on_event(TrainEvent::EarlyStop {
+                    step: state.step,
+                    best_step: state.best_step.unwrap_or(0),
+                });
             }
         }
         if spec.checkpoint_every > 0 && state.step % spec.checkpoint_every == 0 && !stopped_early {
@@ -347,7 +396,10 @@ pub fn train(
             }
             checkpoint::save_state(&state, &dir.join("state.json"))?;
             checkpoint::prune(&ckpt_root, spec.checkpoints_kept)?;
-            on_event(TrainEvent::Checkpoint { step: state.step, path: dir });
+            on_event(TrainEvent::Checkpoint {
+                step: state.step,
+                path: dir,
+            });
         }
         if stopped_early {
             break;

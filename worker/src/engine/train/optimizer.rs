@@ -29,7 +29,13 @@ impl AdamW {
             eps: 1e-8,
             weight_decay,
             t: 0,
-            moments: sizes.iter().map(|&n| Moments { m: vec![0.0; n], v: vec![0.0; n] }).collect(),
+            moments: sizes
+                .iter()
+                .map(|&n| Moments {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                })
+                .collect(),
         }
     }
 
@@ -70,9 +76,17 @@ pub fn linear_schedule(base_lr: f64, step: usize, warmup: usize, total: usize) -
 /// The global L2 norm of all gradients, and the factor `min(1, max_norm / (norm + 1e-6))` that clips them
 /// (torch.nn.utils.clip_grad_norm_).
 pub fn clip_factor(grads: &[Vec<f32>], max_norm: f64) -> (f64, f64) {
-    let sq: f64 = grads.iter().flatten().map(|&g| f64::from(g) * f64::from(g)).sum();
+    let sq: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&g| f64::from(g) * f64::from(g))
+        .sum();
     let norm = sq.sqrt();
-    let factor = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    let factor = if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
     (norm, factor)
 }
 
@@ -93,7 +107,10 @@ mod tests {
         let mut p = vec![vec![1.0f32, -1.0]];
         opt.step(&mut p, &[vec![0.5, -2.0]], 0.1);
         // First Adam step: m_hat / sqrt(v_hat) = sign(g).
-        assert!((p[0][0] - 0.9).abs() < 1e-6 && (p[0][1] + 0.9).abs() < 1e-6, "{p:?}");
+        assert!(
+            (p[0][0] - 0.9).abs() < 1e-6 && (p[0][1] + 0.9).abs() < 1e-6,
+            "{p:?}"
+        );
     }
 
     #[test]
