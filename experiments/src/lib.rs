@@ -4,3 +4,4 @@
 
 pub mod manifest;
 pub mod data;
+pub mod planner;

@@ -80,6 +80,16 @@ pub fn load_csv(path: &Path, options: &CsvOptions) -> Result<Dataset, DataError>
     parse_csv(&bytes, path, options)
 }
 
+/// The header row of a CSV file.
+pub fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| DataError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+    let header = reader.headers().map_err(|e| csv_error(path, e))?;
+    Ok(header.iter().map(str::to_owned).collect())
+}
+
 /// Parses CSV `bytes` as if read from `path` (which names it in errors).
 pub fn parse_csv(bytes: &[u8], path: &Path, options: &CsvOptions) -> Result<Dataset, DataError> {
     if let Some(line) = unterminated_quote(bytes) {
