@@ -8,7 +8,7 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: has no column {column:?} for {role} (its columns: {})", path.display(), available.join(", "))]
     MissingColumn { path: PathBuf, column: String, role: &'static str, available: Vec<String> },
-    #[error("{}:{line}: data row {row}: {reason} (accepted: a row with every column and non-empty {what}; set bad_rows = \"drop\" to skip such rows)", path.display())]
+    #[error("{}:{line}: data row {row}: {reason} (accepted: a row with every column and non-empty {what}; set bad_rows = \"drop\" in the manifest, or --bad-rows drop, to skip such rows)", path.display())]
     BadRow { path: PathBuf, line: u64, row: usize, reason: String, what: String },
     #[error("{}:{line}: unterminated quote: the quoted field opened here never closes (accepted: every opening \" closed by a \"; write a literal quote as \"\")", path.display())]
     UnterminatedQuote { path: PathBuf, line: u64 },

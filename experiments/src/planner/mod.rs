@@ -133,8 +133,9 @@ impl Builder<'_> {
         let (config_hash, id) = identity(&config);
         if let Some(existing) = self.jobs.iter_mut().find(|j| j.id == id) {
             // The same work reached twice (a sweep value equal to the configured one): one job.
-            if existing.sweep.is_none() {
-                existing.sweep = labels.sweep;
+            if let (None, Some(point)) = (existing.sweep, labels.sweep) {
+                existing.sweep = Some(point);
+                existing.label = format!("{}, {}={} (configured)", existing.label.trim_end_matches(')'), point.parameter.as_str(), point.value) + ")";
             }
             return id;
         }
