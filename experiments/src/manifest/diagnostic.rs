@@ -130,12 +130,18 @@ impl Collector {
         message: impl Into<String>,
         accepted: Option<String>,
     ) {
+        let field = field.into();
+        let message = message.into();
+        // A field whose value was rejected by the schema is already reported; do not also call it missing.
+        if message.starts_with("missing") && self.diagnostics.iter().any(|d| d.field == field) {
+            return;
+        }
         let position = span.map(|span| self.index.position(span.start));
         self.diagnostics.push(Diagnostic {
             file: self.file.clone(),
             position,
-            field: field.into(),
-            message: message.into(),
+            field,
+            message,
             accepted,
         });
     }

@@ -212,7 +212,7 @@ fn split_expected(message: &str) -> (String, Option<String>) {
     match message.split_once(", expected ") {
         Some((what, expected)) => {
             let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-            (what.to_owned(), Some(expected.replace('`', "")))
+            (what.to_owned(), Some(expected.replace("` or `", ", ").replace('`', "")))
         }
         None => (message.to_owned(), None),
     }
