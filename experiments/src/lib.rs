@@ -3,3 +3,5 @@
 //! evaluation metrics, and result tables.
 
 pub mod manifest;
+pub mod data;
+pub mod planner;

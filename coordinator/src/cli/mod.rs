@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod data;
+mod manifest;
+mod plan;
+mod validate;
+
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about)]
@@ -13,7 +18,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Check a manifest: exit 0 with a summary, or 2 with every problem (file:line:col: field: message).
+    Validate(validate::ValidateArgs),
+    /// Manifest utilities (content hash).
+    #[command(subcommand)]
+    Manifest(manifest::ManifestCommand),
+    /// Datasets: MIMIC-CXR conversion, the SYNTHETIC longitudinal set, splits and k-fold.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Expand a manifest into its job graph.
+    Plan(plan::PlanArgs),
+}
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {
@@ -23,5 +39,10 @@ pub fn init_tracing() {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Manifest(command) => manifest::run(command),
+        Command::Data(command) => data::run(command),
+        Command::Plan(args) => plan::run(args),
+    }
 }
