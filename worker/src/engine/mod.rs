@@ -11,6 +11,7 @@ pub mod tensor_io;
 pub use error::{EngineError, Result};
 pub mod generate;
 pub mod inspect;
+pub mod jobs;
 pub mod llama;
 pub mod load;
 pub mod qlora;

@@ -19,49 +19,53 @@ use crate::engine::error::{EngineError, Result};
 /// with its tokenizer; checks that the tokenizer fits the model's vocabulary.
 pub fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
     let name = model::base_name(path);
-    let (model, tokenizer, tok_path) = if path
+    let check_vocab = |tokenizer: &Tokenizer,
+                       config: &LlamaConfig,
+                       tok_path: &Path|
+     -> Result<()> {
+        let tok_vocab = tokenizer.get_vocab_size(true);
+        if tok_vocab > config.vocab_size {
+            return Err(EngineError::tokenizer(
+                tok_path,
+                format!(
+                    "the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}; they do not belong together",
+                    config.vocab_size
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         let (mut store, config, tokenizer) = gguf::open(path)?;
-        (
-            Llama::load(config, &mut store, &name)?,
-            tokenizer,
-            path.to_path_buf(),
-        )
-    } else if path.is_dir() {
-        let config = LlamaConfig::from_hf_file(&path.join("config.json"))?;
-        let mut store = weights::SafetensorsStore::open(path)?;
-        let tok_path = path.join("tokenizer.json");
-        if !tok_path.exists() {
-            return Err(EngineError::tokenizer(
-                &tok_path,
-                "missing; a model directory needs tokenizer.json",
-            ));
-        }
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
-        (Llama::load(config, &mut store, &name)?, tokenizer, tok_path)
-    } else if !path.exists() {
+        check_vocab(&tokenizer, &config, path)?;
+        return Ok((Llama::load(config, &mut store, &name)?, tokenizer));
+    }
+    if !path.exists() {
         return Err(EngineError::io(
             path,
             std::io::Error::from(std::io::ErrorKind::NotFound),
         ));
-    } else {
+    }
+    if !path.is_dir() {
         return Err(EngineError::weights(
             path,
             "accepted: a Hugging Face model directory or a .gguf file",
         ));
-    };
-    let tok_vocab = tokenizer.get_vocab_size(true);
-    if tok_vocab > model.config.vocab_size {
+    }
+    let config = LlamaConfig::from_hf_file(&path.join("config.json"))?;
+    let tok_path = path.join("tokenizer.json");
+    if !tok_path.exists() {
         return Err(EngineError::tokenizer(
-            tok_path,
-            format!(
-                "the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}; they do not belong together",
-                model.config.vocab_size
-            ),
+            &tok_path,
+            "missing; a model directory needs tokenizer.json",
         ));
     }
-    Ok((model, tokenizer))
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
+    check_vocab(&tokenizer, &config, &tok_path)?;
+    let mut store = weights::SafetensorsStore::open(path)?;
+    Ok((Llama::load(config, &mut store, &name)?, tokenizer))
 }

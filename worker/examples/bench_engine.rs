@@ -1,0 +1,233 @@
+//! Speed of the CPU engine on SmolLM2-135M: LoRA training steps (batch 2 x 256 tokens, r=32 on q_proj,v_proj),
+//! a QLoRA step with its peak memory, and greedy generation (64 new tokens, batch 1). Prints figures; compare
+//! with `scripts/bench/pytorch_peft.py` on the same machine and threads.
+//!
+//! `cargo run --release -p tandem-worker --example bench_engine -- [--threads 2] [--model PATH] [--steps 5]`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tandem_experiments::manifest::{LossMask, Quantization};
+use tandem_worker::engine::generate::{self, GenerateConfig};
+use tandem_worker::engine::load::{ModelOptions, load_model};
+use tandem_worker::engine::lora::LoraConfig;
+use tandem_worker::engine::model::{self, TrainExample};
+use tandem_worker::engine::rng::{Purpose, Stream};
+use tandem_worker::engine::train::optimizer::AdamW;
+
+struct Args {
+    threads: usize,
+    model: PathBuf,
+    steps: usize,
+    mode: String,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        threads: 2,
+        model: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )),
+        steps: 5,
+        mode: "all".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--threads" => a.threads = val().parse().expect("--threads N"),
+            "--model" => a.model = PathBuf::from(val()),
+            "--steps" => a.steps = val().parse().expect("--steps N"),
+            "--mode" => a.mode = val(),
+            other => panic!("unknown flag {other}; accepted: --threads, --model, --steps, --mode"),
+        }
+    }
+    a
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn batch(vocab: usize) -> Vec<TrainExample> {
+    let mut s = Stream::new(7, Purpose::Shuffle, &[0]);
+    (0..2)
+        .map(|_| {
+            let ids: Vec<u32> = (0..256).map(|_| s.below(vocab as u64) as u32).collect();
+            TrainExample {
+                prompt: ids[..1].to_vec(),
+                target: ids[1..].to_vec(),
+            }
+        })
+        .collect()
+}
+
+fn train_steps(args: &Args, quantization: Quantization) {
+    let t0 = Instant::now();
+    let mut loaded = load_model(
+        &args.model,
+        ModelOptions {
+            family: None,
+            quantization,
+        },
+    )
+    .expect("load model");
+    let load_s = t0.elapsed().as_secs_f64();
+    let lora = LoraConfig {
+        r: 32,
+        alpha: 64.0,
+        dropout: 0.05,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    };
+    model::add_lora(loaded.model.as_mut(), &lora, 42).expect("add lora");
+    let vars: Vec<candle_core::Var> = model::lora_layers(loaded.model.as_ref())
+        .iter()
+        .flat_map(|l| [l.lora().unwrap().a.clone(), l.lora().unwrap().b.clone()])
+        .collect();
+    let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
+    let mut opt = AdamW::new(&sizes, 0.01);
+    let data = batch(loaded.model.vocab_size());
+    let steps = if quantization == Quantization::Nf4 {
+        2
+    } else {
+        args.steps + 1
+    };
+    let mut times = Vec::new();
+    for step in 0..steps {
+        let t = Instant::now();
+        let ctx = tandem_worker::engine::lora::ForwardCtx::train(42, step as u64, 0);
+        let out = loaded.model.loss(&data, LossMask::Pad, &ctx).expect("loss");
+        let loss = (out.loss_sum / out.tokens as f64).expect("mean");
+        let grads = loss.backward().expect("backward");
+        let mut params: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|v| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        let g: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        opt.step(&mut params, &g, 1e-4);
+        for (v, p) in vars.iter().zip(&params) {
+            v.set(
+                &candle_core::Tensor::from_slice(
+                    p,
+                    v.as_tensor().shape(),
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let measured = &times[1..];
+    let mean = measured.iter().sum::<f64>() / measured.len() as f64;
+    let label = if quantization == Quantization::Nf4 {
+        "qlora"
+    } else {
+        "lora "
+    };
+    println!(
+        "{label} train  load {load_s:.1}s  step {mean:.3}s (mean of {})  {:.0} tokens/s  peak RSS {:.0} MiB",
+        measured.len(),
+        512.0 / mean,
+        peak_rss_mib()
+    );
+}
+
+fn generation(args: &Args) {
+    let loaded = load_model(&args.model, ModelOptions::default()).expect("load model");
+    let prompt = loaded.encode("Below is a patient's chest X-ray findings: the heart is normal in size. The lungs are clear.").unwrap();
+    let cfg = GenerateConfig {
+        eos_token_ids: Some(vec![]),
+        ..GenerateConfig::greedy(64)
+    };
+    // Warm-up.
+    generate::generate(
+        loaded.model.as_ref(),
+        std::slice::from_ref(&prompt),
+        &GenerateConfig {
+            max_new_tokens: 4,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out =
+        generate::generate(loaded.model.as_ref(), std::slice::from_ref(&prompt), &cfg).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "greedy generate  prompt {} tokens, {} new tokens in {secs:.2}s  {:.1} new tokens/s",
+        prompt.len(),
+        out[0].len(),
+        out[0].len() as f64 / secs
+    );
+}
+
+fn main() {
+    let args = parse();
+    tandem_worker::engine::threads::run_with_threads(Some(args.threads), || run(&args));
+}
+
+fn run(args: &Args) {
+    if !args.model.exists() {
+        eprintln!(
+            "{} not found: run scripts/fetch-models.sh",
+            args.model.display()
+        );
+        std::process::exit(2);
+    }
+    match args.mode.as_str() {
+        "train" => train_steps(args, Quantization::None),
+        "qlora" => train_steps(args, Quantization::Nf4),
+        "generate" => generation(args),
+        "all" => {
+            println!(
+                "tandem CPU engine, {} threads, {}",
+                args.threads,
+                args.model.display()
+            );
+            // Each measurement in its own process, so peak memory is that mode's alone.
+            for mode in ["train", "qlora", "generate"] {
+                let status = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--mode",
+                        mode,
+                        "--threads",
+                        &args.threads.to_string(),
+                        "--steps",
+                        &args.steps.to_string(),
+                    ])
+                    .arg("--model")
+                    .arg(&args.model)
+                    .status()
+                    .expect("run bench child");
+                assert!(status.success(), "{mode} failed");
+            }
+        }
+        other => panic!("--mode {other}: accepted: all, train, qlora, generate"),
+    }
+}

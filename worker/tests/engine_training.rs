@@ -1,0 +1,487 @@
+//! Training, adapters and bad input on the tiny LLaMA fixture: determinism, resume equals an uninterrupted
+//! run, QLoRA lowers the loss, PEFT round trip, and clear errors for broken inputs.
+
+use std::path::{Path, PathBuf};
+
+use tandem_experiments::manifest::{LossMask, TrainingSpec};
+use tandem_worker::engine::generate::{self, GenerateConfig};
+use tandem_worker::engine::llama::{self, Llama};
+use tandem_worker::engine::lora::{ForwardCtx, LoraConfig};
+use tandem_worker::engine::model::{self, LanguageModel, TrainExample};
+use tandem_worker::engine::train::{self, TrainConfig, TrainEvent};
+use tandem_worker::engine::{peft, qlora};
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+}
+
+fn load() -> (Llama, tokenizers::Tokenizer) {
+    llama::load(&tiny()).unwrap()
+}
+
+const ROWS: &[(&str, &str)] = &[
+    (
+        "The heart is normal in size. The lungs are clear.",
+        "No acute disease.",
+    ),
+    (
+        "Mild cardiomegaly. Small left pleural effusion.",
+        "Cardiomegaly with effusion.",
+    ),
+    (
+        "No focal consolidation. No pneumothorax.",
+        "No acute cardiopulmonary process.",
+    ),
+    (
+        "Degenerative changes of the spine. Lungs clear.",
+        "No acute abnormality.",
+    ),
+    (
+        "Right lower lobe opacity, likely pneumonia.",
+        "Right lower lobe pneumonia.",
+    ),
+    (
+        "Stable postoperative changes. No effusion.",
+        "Stable chest.",
+    ),
+];
+
+fn examples(tok: &tokenizers::Tokenizer, rows: &[(&str, &str)]) -> Vec<TrainExample> {
+    rows.iter()
+        .map(|(i, t)| {
+            let prompt = tok
+                .encode(format!("Findings: {i} Impression:"), true)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            let mut target = tok
+                .encode(format!(" {t}"), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            target.push(1);
+            TrainExample { prompt, target }
+        })
+        .collect()
+}
+
+fn spec() -> TrainingSpec {
+    TrainingSpec {
+        batch_size: 2,
+        grad_accum: 2,
+        lr: 5e-3,
+        warmup_steps: 1,
+        weight_decay: 0.01,
+        epochs: 3.0,
+        max_grad_norm: 1.0,
+        eval_every: 2,
+        log_every: 1,
+        checkpoint_every: 2,
+        checkpoints_kept: 10,
+        early_stopping_patience: 0,
+        max_length: 128,
+        loss_mask: LossMask::Prompt,
+        max_steps: None,
+    }
+}
+
+fn lora() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    }
+}
+
+fn run(
+    dir: &Path,
+    resume: bool,
+    quantize: bool,
+    spec: TrainingSpec,
+) -> (train::TrainSummary, Vec<TrainEvent>) {
+    let (mut model, tok) = load();
+    if quantize {
+        assert_eq!(qlora::quantize_model(&mut model).unwrap(), 14);
+    }
+    let data = examples(&tok, ROWS);
+    let (tr, val) = data.split_at(4);
+    let config = TrainConfig {
+        training: spec,
+        lora: lora(),
+        seed: 42,
+        resume,
+    };
+    let mut events = Vec::new();
+    let summary = train::train(&mut model, tr, val, &config, dir, &mut |e| events.push(e)).unwrap();
+    (summary, events)
+}
+
+fn adapter_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("adapter").join(peft::WEIGHTS_FILE)).unwrap()
+}
+
+#[test]
+fn training_is_bitwise_deterministic_and_learns() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, events) = run(a.path(), false, false, spec());
+    let (sb, _) = run(b.path(), false, false, spec());
+    // 4 examples, batch 2, accumulation 2: one update per epoch, 3 epochs.
+    assert_eq!(sa.steps, 3);
+    assert_eq!(sa.losses, sb.losses);
+    assert_eq!(adapter_bytes(a.path()), adapter_bytes(b.path()));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Eval(m) if m.perplexity > 1.0))
+    );
+    assert!(sa.best_val_loss.is_some());
+
+    // Longer run: the loss goes down.
+    let mut long = spec();
+    long.lr = 2e-2;
+    long.epochs = 12.0;
+    long.grad_accum = 1;
+    let c = tempfile::tempdir().unwrap();
+    let (sc, _) = run(c.path(), false, false, long);
+    let first = sc.losses[..2].iter().sum::<f64>() / 2.0;
+    let last = sc.losses[sc.losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(last < first * 0.8, "loss did not fall: {:?}", sc.losses);
+}
+
+#[test]
+fn resume_from_checkpoint_equals_an_uninterrupted_run() {
+    let mut s = spec();
+    s.epochs = 6.0;
+    s.grad_accum = 1;
+    s.early_stopping_patience = 2;
+    let full = tempfile::tempdir().unwrap();
+    let (sf, _) = run(full.path(), false, false, s.clone());
+    assert!(sf.steps >= 6);
+    // An interrupted run: all that survives is the checkpoint it wrote at step 4 (taken from the full run,
+    // which wrote exactly what the interrupted run would have).
+    let ckpts = full.path().join("checkpoints");
+    let resumed = tempfile::tempdir().unwrap();
+    let target = resumed.path().join("checkpoints/checkpoint-4");
+    std::fs::create_dir_all(target.join("adapter")).unwrap();
+    let src = ckpts.join("checkpoint-4");
+    for f in ["optimizer.safetensors", "state.json"] {
+        std::fs::copy(src.join(f), target.join(f)).unwrap();
+    }
+    if src.join("best.safetensors").exists() {
+        std::fs::copy(
+            src.join("best.safetensors"),
+            target.join("best.safetensors"),
+        )
+        .unwrap();
+    }
+    for f in [peft::CONFIG_FILE, peft::WEIGHTS_FILE] {
+        std::fs::copy(src.join("adapter").join(f), target.join("adapter").join(f)).unwrap();
+    }
+    let (sr, events) = run(resumed.path(), true, false, s);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, TrainEvent::Started { resumed_at: 4, .. }))
+    );
+    assert_eq!(sr.losses, sf.losses);
+    assert_eq!(sr.best_step, sf.best_step);
+    assert_eq!(adapter_bytes(resumed.path()), adapter_bytes(full.path()));
+}
+
+#[test]
+fn qlora_training_lowers_the_loss() {
+    let mut s = spec();
+    s.lr = 2e-2;
+    s.epochs = 10.0;
+    s.grad_accum = 1;
+    s.eval_every = 0;
+    s.checkpoint_every = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, _) = run(dir.path(), false, true, s);
+    let first = summary.losses[..2].iter().sum::<f64>() / 2.0;
+    let last = summary.losses[summary.losses.len() - 2..]
+        .iter()
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        last < first * 0.8,
+        "QLoRA loss did not fall: {:?}",
+        summary.losses
+    );
+}
+
+#[test]
+fn qlora_holds_nf4_weights_with_the_expected_error() {
+    let (dense, _) = load();
+    let (mut q, _) = load();
+    qlora::quantize_model(&mut q).unwrap();
+    // 4 bits + double-quantised scales instead of 32 bits per weight.
+    let (dense_lin, q_lin): (usize, usize) = (
+        dense.linears().iter().map(|l| l.base_bytes()).sum(),
+        q.linears().iter().map(|l| l.base_bytes()).sum(),
+    );
+    assert!(q_lin * 6 < dense_lin, "{q_lin} vs {dense_lin} bytes");
+    for (d, l) in dense.linears().iter().zip(q.linears()) {
+        let w = d
+            .base_matrix()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let v = l
+            .base_matrix()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let rms = |x: &mut dyn Iterator<Item = f32>| {
+            let (s, n) = x.fold((0f64, 0usize), |(s, n), v| {
+                (s + f64::from(v) * f64::from(v), n + 1)
+            });
+            (s / n as f64).sqrt()
+        };
+        let err = rms(&mut w.iter().zip(&v).map(|(a, b)| a - b)) / rms(&mut w.iter().copied());
+        // NF4 on roughly normal weights: relative RMS error about 0.1.
+        assert!(
+            err > 0.01 && err < 0.15,
+            "{}: relative RMS error {err}",
+            l.path
+        );
+    }
+    let ids = [0u32, 280, 338, 396, 397, 80];
+    let logits = q
+        .sequence_logits(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn sampling_and_beam_sampling_are_seeded() {
+    let (model, tok) = load();
+    let prompt = tok
+        .encode("The lungs are clear.", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let mut cfg = GenerateConfig::greedy(8);
+    cfg.do_sample = true;
+    cfg.temperature = 0.7;
+    cfg.top_k = 50;
+    cfg.seed = 3;
+    let a = generate::generate(&model, &[prompt.clone(), prompt.clone()], &cfg).unwrap();
+    let b = generate::generate(&model, &[prompt.clone(), prompt.clone()], &cfg).unwrap();
+    assert_eq!(a, b);
+    cfg.num_beams = 3;
+    cfg.top_p = 0.9;
+    cfg.repetition_penalty = 1.1;
+    cfg.length_penalty = 0.3;
+    let c = generate::generate(&model, std::slice::from_ref(&prompt), &cfg).unwrap();
+    let d = generate::generate(&model, std::slice::from_ref(&prompt), &cfg).unwrap();
+    assert_eq!(c, d);
+    assert!(!c[0].is_empty());
+}
+
+#[test]
+fn peft_round_trip_gives_identical_logits() {
+    let (mut model, _) = load();
+    model::add_lora(&mut model, &lora(), 5).unwrap();
+    // Make B non-zero so the adapter matters.
+    for l in model::lora_layers(&model) {
+        let b = l.lora().unwrap().b.as_tensor();
+        l.lora()
+            .unwrap()
+            .b
+            .set(&(b.ones_like().unwrap() * 0.05).unwrap())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    peft::save(&model, &lora(), dir.path()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(peft::CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["bias"], "none");
+    assert_eq!(cfg["base_model_name_or_path"], "tiny-llama");
+    let names =
+        tandem_worker::engine::tensor_io::read_all_f32(&dir.path().join(peft::WEIGHTS_FILE))
+            .unwrap();
+    assert!(names.contains_key("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"));
+    assert_eq!(names.len(), 8);
+
+    let (mut fresh, _) = load();
+    peft::load(&mut fresh, dir.path(), Some(4)).unwrap();
+    let ids = [0u32, 5, 9, 17];
+    let a = model
+        .sequence_logits(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = fresh
+        .sequence_logits(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+    let (base, _) = load();
+    let c = base
+        .sequence_logits(&ids)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_ne!(a, c);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn load_err(dir: &Path) -> String {
+    llama::load(dir)
+        .err()
+        .expect("loading should fail")
+        .to_string()
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Missing weights.
+    let d = tmp.path().join("tiny-llama");
+    copy_dir(&tiny(), &d);
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("no model.safetensors"), "{e}");
+    // Truncated weights.
+    let full = std::fs::read(tiny().join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &full[..full.len() / 2]).unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
+    std::fs::write(d.join("model.safetensors"), &full).unwrap();
+    // Unsupported config value.
+    let cfg_path = d.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let good = cfg.clone();
+    cfg["rope_scaling"]["rope_type"] = "yarn".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("config.json") && e.contains("rope_scaling.rope_type") && e.contains("yarn"),
+        "{e}"
+    );
+    // Tokenizer that does not fit the vocabulary.
+    let mut small = good.clone();
+    small["vocab_size"] = 300.into();
+    std::fs::write(&cfg_path, small.to_string()).unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("400 tokens") && e.contains("vocab_size is 300"),
+        "{e}"
+    );
+    // Weights of another shape than the config.
+    let mut wide = good.clone();
+    wide["vocab_size"] = 500.into();
+    std::fs::write(&cfg_path, wide.to_string()).unwrap();
+    let e = load_err(&d);
+    assert!(
+        e.contains("model.embed_tokens.weight") && e.contains("[500, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_gguf_is_reported() {
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!(
+            "skipped: {} is not in the cache (run scripts/fetch-models.sh)",
+            gguf.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let e = llama::load(&cut).err().unwrap().to_string();
+    assert!(e.contains("cut.gguf") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn adapters_for_another_base_or_rank_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("adapter");
+    copy_dir(&tiny().join("adapter"), &a);
+    let (mut model, _) = load();
+    let e = peft::load(&mut model, &a, Some(8)).unwrap_err().to_string();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("r is 4") && e.contains("lora.r is 8"),
+        "{e}"
+    );
+    let cfg_path = a.join(peft::CONFIG_FILE);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["base_model_name_or_path"] = "meta-llama/Llama-3.1-8B-Instruct".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = peft::load(&mut model, &a, None).unwrap_err().to_string();
+    assert!(
+        e.contains("Llama-3.1-8B-Instruct") && e.contains("tiny-llama"),
+        "{e}"
+    );
+}
+
+#[test]
+fn overlong_sequences_are_errors_not_truncations() {
+    let (model, tok) = load();
+    let long: Vec<u32> = (0..300).map(|i| (i % 300) as u32 + 3).collect();
+    let e = model.sequence_logits(&long).unwrap_err().to_string();
+    assert!(
+        e.contains("300 tokens") && e.contains("max_position_embeddings = 256"),
+        "{e}"
+    );
+    let data = examples(&tok, ROWS);
+    let mut s = spec();
+    s.max_length = 8;
+    let config = TrainConfig {
+        training: s,
+        lora: lora(),
+        seed: 1,
+        resume: false,
+    };
+    let (mut m, _) = load();
+    let dir = tempfile::tempdir().unwrap();
+    let e = train::train(&mut m, &data, &[], &config, dir.path(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("training example 0") && e.contains("max_length 8"),
+        "{e}"
+    );
+    let _ = ForwardCtx::eval();
+    let _: &dyn LanguageModel = &model;
+}
