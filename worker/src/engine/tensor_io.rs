@@ -70,8 +70,11 @@ pub fn write_f32(
         .map_err(|e| EngineError::weights(path, format!("cannot write: {e}")))
 }
 
+/// Tensors by name: shape and values.
+pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Reads every tensor of a safetensors file as f32: name -> (shape, values).
-pub fn read_all_f32(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_all_f32(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
     let st = parse(&bytes, path)?;
     let mut out = HashMap::new();

@@ -78,7 +78,7 @@ impl GenerateConfig {
         if self.num_beams == 0 {
             return bad("generation.num_beams must be at least 1".into());
         }
-        if self.do_sample && !(self.temperature > 0.0) {
+        if self.do_sample && (self.temperature.is_nan() || self.temperature <= 0.0) {
             return bad(format!(
                 "generation.temperature must be positive when sampling, got {}",
                 self.temperature
@@ -90,7 +90,7 @@ impl GenerateConfig {
                 self.top_p
             ));
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return bad(format!(
                 "generation.repetition_penalty must be positive, got {}",
                 self.repetition_penalty

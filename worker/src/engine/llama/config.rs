@@ -239,7 +239,10 @@ impl LlamaConfig {
                 "head counts must be at least 1".into(),
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -248,7 +251,7 @@ impl LlamaConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return bad(
                 "head_dim",
                 format!(
@@ -289,7 +292,7 @@ impl LlamaConfig {
                 } else {
                     f
                 };
-                let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                 let out = if medium {
                     let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
                         / (s.high_freq_factor - s.low_freq_factor);

@@ -182,13 +182,12 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
         .vocab_and_merges(vocab, merges)
         .fuse_unk(true)
         .byte_fallback(true);
-    if let Some(unk) = store
+    if let Some(t) = store
         .meta("tokenizer.ggml.unknown_token_id")
         .and_then(|v| v.to_u32().ok())
+        .and_then(|unk| tokens.get(unk as usize))
     {
-        if let Some(t) = tokens.get(unk as usize) {
-            builder = builder.unk_token(t.clone());
-        }
+        builder = builder.unk_token(t.clone());
     }
     let bpe = builder
         .build()

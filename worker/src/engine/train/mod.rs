@@ -113,13 +113,13 @@ fn validate(spec: &TrainingSpec, train: &[TrainExample]) -> Result<()> {
     if spec.batch_size == 0 || spec.grad_accum == 0 {
         return bad("training.batch_size and training.grad_accum must be at least 1".into());
     }
-    if !(spec.epochs > 0.0) {
+    if spec.epochs.is_nan() || spec.epochs <= 0.0 {
         return bad(format!(
             "training.epochs must be positive, got {}",
             spec.epochs
         ));
     }
-    if !(spec.lr > 0.0) {
+    if spec.lr.is_nan() || spec.lr <= 0.0 {
         return bad(format!("training.lr must be positive, got {}", spec.lr));
     }
     for (i, e) in train.iter().enumerate() {
@@ -342,7 +342,7 @@ pub fn train(
         window.1 += 1;
         window.2 += step_tokens;
         let epoch_f = state.epoch as f64 + state.micro as f64 / batches_per_epoch as f64;
-        if state.step % spec.log_every.max(1) == 0 || state.step == total {
+        if state.step.is_multiple_of(spec.log_every.max(1)) || state.step == total {
             let secs = window.3.elapsed().as_secs_f64();
             on_event(TrainEvent::Step(StepMetrics {
                 step: state.step,
@@ -359,7 +359,7 @@ pub fn train(
             }));
             window = (0.0, 0, 0, Instant::now());
         }
-        if spec.eval_every > 0 && state.step % spec.eval_every == 0 && !val.is_empty() {
+        if spec.eval_every > 0 && state.step.is_multiple_of(spec.eval_every) && !val.is_empty() {
             let val_loss = evaluate(model, val, spec)?;
             let improved = state.best_val_loss.is_none_or(|b| val_loss < b);
             if improved {
@@ -387,7 +387,10 @@ pub fn train(
                 });
             }
         }
-        if spec.checkpoint_every > 0 && state.step % spec.checkpoint_every == 0 && !stopped_early {
+        if spec.checkpoint_every > 0
+            && state.step.is_multiple_of(spec.checkpoint_every)
+            && !stopped_early
+        {
             let dir = ckpt_root.join(format!("checkpoint-{}", state.step));
             peft::save(model, &config.lora, &dir.join("adapter"))?;
             checkpoint::save_optimizer(&opt, &dir.join("optimizer.safetensors"))?;
