@@ -3,3 +3,4 @@
 //! evaluation metrics, and result tables.
 
 pub mod manifest;
+pub mod metrics;
