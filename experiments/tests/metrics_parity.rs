@@ -323,6 +323,18 @@ fn bertscore_matches_bert_score_on_the_tiny_checkpoint() {
         false,
         &reference["bertscore_tiny"]["baseline"],
     );
+    let one_layer = BertScorer::load(BertScoreConfig {
+        num_layers: Some(1),
+        ..config.clone()
+    })
+    .expect("load");
+    check_bertscore(
+        &mut check,
+        "tiny 1 layer",
+        &one_layer,
+        false,
+        &reference["bertscore_tiny_l1"],
+    );
     let all_layers = BertScorer::load(BertScoreConfig {
         num_layers: None,
         batch_size: 7,

@@ -7,10 +7,11 @@ Deterministic: a fixed seed for the pairs and for the tiny random BERT.
 
 Writes:
   pairs.jsonl          >= 200 candidate/reference pairs (kind: near-miss, perturbed, exact, empty, one-word,
-                       punctuation, case, unicode, multi-line)
+                       punctuation, case, unicode, synonym, multi-line)
   reference.json       the reference packages' values per pair and per corpus, for the preprocessed ("norm") and
                        the raw text: sacrebleu BLEU-1..4 and sentence_bleu, rouge-score with/without stemmer,
-                       nltk METEOR, bert-score on the tiny BERT (num_layers 2 of 3; plain, idf, baseline)
+                       nltk METEOR, bert-score on the tiny BERT (num_layers 2 of 3: plain, idf, baseline;
+                       num_layers 1; raw text with all 3 layers)
   tiny-bert/           a random 3-layer BERT (hidden 32) with a WordPiece vocabulary from the impressions
   tiny-bert-baseline.tsv  a bert-score baseline file (LAYER,P,R,F) for the rescaling test
   minilm.json          bert-score with .cache/models/all-MiniLM-L6-v2 (num_layers 6) on a few pairs, if present
@@ -107,10 +108,41 @@ def build_pairs():
         words.insert(rng.randrange(len(words) + 1), bit)
         add("unicode", " ".join(words), ref)
     add("unicode", "Pneumothorax\x1cresolved\u3000now.", "Pneumothorax resolved.")
+    synonym_pairs(rng, imps, add)
     for _ in range(15):
         a, b, c = rng.sample(imps, 3)
         add("multi-line", f"{a}\n{b}", f"{b}\n \n{a}\t\n{c}" if rng.random() < 0.5 else f"{a}  \r\n{c}")
     return pairs
+
+
+def synonym_pairs(rng, imps, add, wanted=25):
+    """Pairs whose METEOR depends on the WordNet stage: one word swapped for a WordNet synonym."""
+    from nltk.corpus import wordnet as wn
+    from nltk.stem.porter import PorterStemmer
+    from nltk.translate.meteor_score import meteor_score
+
+    class NoWordNet:
+        def synsets(self, word):
+            return []
+
+    stemmer = PorterStemmer()
+    made = 0
+    for imp in rng.sample(imps, len(imps)):
+        words = imp.split()
+        for k in rng.sample(range(len(words)), len(words)):
+            lw = words[k].lower()
+            alts = sorted({l.name() for s in wn.synsets(stemmer.stem(lw)) for l in s.lemmas()
+                           if "_" not in l.name() and l.name() == l.name().lower()} - {lw})
+            if not alts:
+                continue
+            cand = " ".join(words[:k] + [rng.choice(alts)] + words[k + 1:])
+            ref_t, cand_t = [imp.lower().split()], cand.lower().split()
+            if meteor_score(ref_t, cand_t) != meteor_score(ref_t, cand_t, wordnet=NoWordNet()):
+                add("synonym", cand, imp)
+                made += 1
+                break
+        if made >= wanted:
+            return
 
 
 def text_reference(cands, refs):
@@ -168,10 +200,19 @@ def make_tiny_bert(texts, path):
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=512, initializer_range=0.3)
     model = BertModel(config, add_pooling_layer=False)
+    # Less anisotropy than a plain random init (zero token-type embedding, small positions, centred words,
+    # LayerNorm gains of random sign), so that some tokens' best cosine is negative and bert-score's zero padding
+    # in its matching batches matters (the Rust side reproduces it; the layer-1 variant exercises it).
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
+            if "LayerNorm.weight" in name:
+                p.copy_(torch.randn_like(p))
+            elif "LayerNorm.bias" in name or "token_type" in name:
+                p.zero_()
+            elif "position_embeddings" in name:
+                p.mul_(0.1)
+            elif "word_embeddings" in name:
+                p.sub_(p.mean(0, keepdim=True))
     model.save_pretrained(path, safe_serialization=True)
     tok = BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt"), do_lower_case=True, model_max_length=512)
     tok.save_pretrained(path)
@@ -213,6 +254,7 @@ def main():
     with open(baseline, "w", encoding="utf-8") as fp:
         fp.write("LAYER,P,R,F\n0,0.1,0.2,0.15\n1,0.31,0.27,0.29\n2,0.42,0.38,0.40\n3,0.5,0.5,0.5\n")
     reference["bertscore_tiny"] = bertscore_reference(norm_c, norm_r, tiny, 2, baseline)
+    reference["bertscore_tiny_l1"] = bertscore_reference(norm_c, norm_r, tiny, 1)["plain"]
     reference["bertscore_tiny_raw"] = bertscore_reference(raw_c, raw_r, tiny, 3)["plain"]
     with open(os.path.join(OUT, "reference.json"), "w", encoding="utf-8") as fp:
         json.dump(reference, fp, indent=0)
