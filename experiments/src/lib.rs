@@ -5,3 +5,4 @@
 pub mod manifest;
 pub mod data;
 pub mod planner;
+pub mod metrics;

@@ -8,6 +8,7 @@ mod data;
 mod manifest;
 mod plan;
 mod validate;
+mod score;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
@@ -29,13 +30,18 @@ pub enum Command {
     Data(data::DataCommand),
     /// Expand a manifest into its job graph.
     Plan(plan::PlanArgs),
+    /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
+    Score(score::ScoreArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -44,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(command) => manifest::run(command),
         Command::Data(command) => data::run(command),
         Command::Plan(args) => plan::run(args),
+        Command::Score(args) => score::run(args),
     }
 }
