@@ -5,3 +5,4 @@
 pub mod data;
 pub mod manifest;
 pub mod planner;
+pub mod metrics;

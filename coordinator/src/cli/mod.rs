@@ -8,6 +8,7 @@ mod data;
 mod manifest;
 mod plan;
 mod validate;
+mod score;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
@@ -29,6 +30,8 @@ pub enum Command {
     Data(data::DataCommand),
     /// Expand a manifest into its job graph.
     Plan(plan::PlanArgs),
+    /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
+    Score(score::ScoreArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
@@ -47,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manifest(command) => manifest::run(command),
         Command::Data(command) => data::run(command),
         Command::Plan(args) => plan::run(args),
+        Command::Score(args) => score::run(args),
     }
 }
