@@ -108,6 +108,45 @@ fn main() {
         wn.synonyms("enlarged").len()
     );
 
+    for (name, metrics) in [
+        (
+            "BLEU",
+            MetricSet {
+                rouge: false,
+                meteor: false,
+                ..MetricSet::TEXT
+            },
+        ),
+        (
+            "ROUGE",
+            MetricSet {
+                bleu: false,
+                meteor: false,
+                ..MetricSet::TEXT
+            },
+        ),
+        (
+            "METEOR",
+            MetricSet {
+                bleu: false,
+                rouge: false,
+                ..MetricSet::TEXT
+            },
+        ),
+    ] {
+        let config = ScoreConfig {
+            metrics,
+            threads: 1,
+            ..ScoreConfig::default()
+        };
+        let t = Instant::now();
+        score_pairs(&pairs, &config, None, None).expect("score");
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "  {name} alone, 1 thread: {secs:.3} s = {:.0} pairs/s",
+            pairs.len() as f64 / secs
+        );
+    }
     for threads in [1, o.threads] {
         let config = ScoreConfig {
             metrics: MetricSet::TEXT,
@@ -128,6 +167,9 @@ fn main() {
         );
     }
 
+    if o.bertscore_pairs == 0 {
+        return;
+    }
     if !o.model.join("model.safetensors").is_file() {
         println!(
             "BERTScore skipped: {} absent (scripts/fetch-models.sh)",

@@ -467,7 +467,24 @@ fn par_chunks_with(
 
 #[cfg(test)]
 mod tests {
-    use super::gelu;
+    use super::{BertModel, gelu};
+
+    #[test]
+    fn a_sequence_encodes_to_the_same_bits_alone_or_packed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/metrics/tiny-bert");
+        let model = BertModel::load(&dir, None).expect("tiny bert");
+        let a: Vec<u32> = vec![2, 40, 41, 42, 43, 3];
+        let b: Vec<u32> = (2..90).collect();
+        let alone = model.encode(&[&a]).expect("encode");
+        let packed = model.encode(&[&b, &a, &b[..7]]).expect("encode");
+        assert_eq!(alone[0].len(), a.len() * model.config().hidden_size);
+        assert_eq!(alone[0], packed[1]);
+        assert!(
+            model.encode(&[&[9_999_999u32][..]]).is_err(),
+            "id outside the vocabulary"
+        );
+    }
 
     #[test]
     fn gelu_matches_the_erf_form() {
