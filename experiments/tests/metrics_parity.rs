@@ -337,7 +337,7 @@ fn bertscore_matches_bert_score_on_the_tiny_checkpoint() {
     );
     let all_layers = BertScorer::load(BertScoreConfig {
         num_layers: None,
-        batch_size: 7,
+        batch_tokens: 50,
         ..config
     })
     .expect("load");

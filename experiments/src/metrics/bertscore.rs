@@ -86,8 +86,8 @@ pub struct BertScoreConfig {
     pub idf: bool,
     /// Baseline rescaling, if wanted.
     pub baseline: Option<Baseline>,
-    /// Sentences per encoder forward pass.
-    pub batch_size: usize,
+    /// Tokens per encoder forward pass (sentences are packed without padding; results do not depend on it).
+    pub batch_tokens: usize,
 }
 
 impl BertScoreConfig {
@@ -97,7 +97,7 @@ impl BertScoreConfig {
             num_layers: None,
             idf: false,
             baseline: None,
-            batch_size: 64,
+            batch_tokens: 8192,
         }
     }
 }
@@ -312,22 +312,29 @@ impl BertScorer {
         }
     }
 
-    /// Unit-normalised embeddings of every sentence, encoded in length-sorted batches.
+    /// Unit-normalised embeddings of every sentence, encoded in packed batches of about `batch_tokens` tokens.
     fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, MetricsError> {
         let hidden = self.model.config().hidden_size;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(ids[i].len()), i));
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
-        for chunk in order.chunks(self.config.batch_size.max(1)) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            let embedded = self.model.encode(&batch)?;
-            for (&i, mut e) in chunk.iter().zip(embedded) {
+        let mut out: Vec<Vec<f32>> = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start;
+            let mut tokens = 0;
+            while end < ids.len()
+                && (end == start || tokens + ids[end].len() <= self.config.batch_tokens)
+            {
+                tokens += ids[end].len();
+                end += 1;
+            }
+            let batch: Vec<&[u32]> = ids[start..end].iter().map(Vec::as_slice).collect();
+            for mut e in self.model.encode(&batch)? {
                 for row in e.chunks_mut(hidden) {
                     let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
                     row.iter_mut().for_each(|v| *v /= norm);
                 }
-                out[i] = e;
+                out.push(e);
             }
+            start = end;
         }
         Ok(out)
     }

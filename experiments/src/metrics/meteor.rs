@@ -76,7 +76,7 @@ fn synonym_match(wn: &WordNet, hyp: Enum, refs: Enum, matches: &mut Vec<(usize, 
             }
         };
         consider(word);
-        wn.for_each_synonym(word, &mut consider);
+        wn.with_synonyms(word, |synonyms| synonyms.iter().for_each(|s| consider(s)));
         if let Some(j) = best {
             // The best position is the last one left of its word's list.
             if let Some(list) = positions.get_mut(refs[j].1.as_str()) {

@@ -21,6 +21,29 @@ const POOL: &[(&str, &str)] = &[
     ("succeed", "succeed"),
 ];
 
+/// Entries kept per thread by [`stem_cached`] before the cache is cleared.
+const CACHE_LIMIT: usize = 200_000;
+
+thread_local! {
+    static CACHE: std::cell::RefCell<std::collections::HashMap<String, String>> = Default::default();
+}
+
+/// [`stem`] with a per-thread memo (report vocabularies are small, so most words repeat).
+pub fn stem_cached(word: &str) -> String {
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(s) = cache.get(word) {
+            return s.clone();
+        }
+        let s = stem(word);
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(word.to_string(), s.clone());
+        s
+    })
+}
+
 /// Stems one word (lower-casing it first, as NLTK's `stem(word)` does).
 pub fn stem(word: &str) -> String {
     let lower = word.to_lowercase();
@@ -56,7 +79,7 @@ fn is_consonant(w: &[char], mut i: usize) -> bool {
             negate = !negate;
             i -= 1;
         }
-        return (!is_vowel(w[i])) != negate;
+        return is_vowel(w[i]) == negate;
     }
     true
 }

@@ -189,8 +189,17 @@ pub fn score(target: &str, prediction: &str, use_stemmer: bool) -> RougeScores {
             .map(|s| tokenize(s, use_stemmer))
             .collect()
     };
-    let t_sents = sents(target);
-    let p_sents = sents(prediction);
+    // Without line breaks the single sentence's tokens are the text's tokens.
+    let t_sents = if target.contains('\n') {
+        sents(target)
+    } else {
+        vec![t_tokens.clone()]
+    };
+    let p_sents = if prediction.contains('\n') {
+        sents(prediction)
+    } else {
+        vec![p_tokens.clone()]
+    };
     let mut ids = HashMap::new();
     let t = intern(&mut ids, &t_tokens);
     let p = intern(&mut ids, &p_tokens);

@@ -144,6 +144,23 @@ impl WordNet {
         }
     }
 
+    /// Calls `f` with [`WordNet::synonyms`] of `word`, memoised per thread.
+    pub fn with_synonyms<R>(&self, word: &str, f: impl FnOnce(&[&'static str]) -> R) -> R {
+        thread_local! {
+            static CACHE: std::cell::RefCell<HashMap<String, Vec<&'static str>>> = Default::default();
+        }
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !cache.contains_key(word) {
+                if cache.len() >= 200_000 {
+                    cache.clear();
+                }
+                cache.insert(word.to_string(), self.synonyms(word));
+            }
+            f(cache.get(word).map_or(&[], Vec::as_slice))
+        })
+    }
+
     /// The sorted, deduplicated synonym set of `word` (without `word` itself unless WordNet lists it).
     pub fn synonyms(&self, word: &str) -> Vec<&'static str> {
         let mut out = Vec::new();
