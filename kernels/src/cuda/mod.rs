@@ -2,3 +2,8 @@
 //! libraries (driver, NVRTC, cuBLAS) opened with dlopen, so this builds and its CPU tests run without CUDA.
 
 pub mod compile;
+pub mod device;
+pub mod lora;
+pub mod nf4;
+
+pub use device::Gpu;
