@@ -6,5 +6,6 @@ pub mod compile;
 pub mod device;
 pub mod lora;
 pub mod nf4;
+pub mod ops;
 
 pub use device::Gpu;
