@@ -40,11 +40,12 @@ step() { # name, time limit (s), command...
   echo "=== $name: exit $rc after $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || status=1
 }
-step unit 120 "$bin/kernels-unit" --include-ignored
-step parity 150 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
-step bench 150 "$bin/gpu-bench" --include-ignored --nocapture
+step unit 60 "$bin/kernels-unit" --include-ignored
+step parity 120 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
+step ops-parity 90 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
+step bench 120 "$bin/gpu-bench" --include-ignored --nocapture
 if [ -x "$bin/tandem-worker" ] && "$bin/tandem-worker" bench kernels --help >/dev/null 2>&1; then
-  step bench-json 150 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
+  step bench-json 120 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
 else
   echo "=== bench-json: skipped (tandem-worker with the 'bench kernels' subcommand not in $bin)"
 fi
