@@ -1,0 +1,223 @@
+// NF4 kernels: quantise (block 64) with double quantisation of the absmax, dequantise to fp32/bf16/f16, and the
+// matrix-vector product for decoding (batch 1..8). Bit-compatible with kernels/src/nf4.rs: the tables (levels,
+// thresholds, dynamic map) come from the Rust constants as kernel arguments, and the rounding of every fp32
+// operation is spelled out (__fmul_rn/__fadd_rn/__fdiv_rn: no contraction into fused multiply-adds).
+
+// Number of thresholds strictly below s (the NF4 code of a value scaled into [-1, 1]).
+__device__ __forceinline__ u32 nf4_code(float s, const float* t /* 15, sorted */) {
+    u32 c = 0;
+#pragma unroll
+    for (int i = 0; i < 15; ++i) c += s > t[i] ? 1u : 0u;
+    return c;
+}
+
+// One warp per block of 64 elements: lane l holds elements 2l and 2l+1 (one output byte, the first element in the
+// high nibble). A partial last block uses only its own elements, divides instead of multiplying by the reciprocal,
+// and pads a missing low nibble with code 7 (0.0).
+extern "C" __global__ void nf4_quantize(const float* __restrict__ x, i64 n, const float* __restrict__ thresholds,
+                                        u8* __restrict__ codes, float* __restrict__ absmax) {
+    __shared__ float t[15];
+    if (threadIdx.x < 15) t[threadIdx.x] = thresholds[threadIdx.x];
+    __syncthreads();
+    i64 block = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    i64 blocks = (n + 63) / 64;
+    if (block >= blocks) return;
+    i64 i0 = block * 64 + 2 * lane, i1 = i0 + 1;
+    float v0 = i0 < n ? x[i0] : 0.0f;
+    float v1 = i1 < n ? x[i1] : 0.0f;
+    float m = warp_max(fmaxf(fabsf(v0), fabsf(v1)));
+    float divisor = fmaxf(m, 1e-38f);
+    bool tail = block * 64 + 64 > n;
+    float recip = __fdiv_rn(1.0f, divisor);
+    float s0 = tail ? __fdiv_rn(v0, divisor) : __fmul_rn(v0, recip);
+    float s1 = tail ? __fdiv_rn(v1, divisor) : __fmul_rn(v1, recip);
+    s0 = fminf(fmaxf(s0, -1.0f), 1.0f);
+    s1 = fminf(fmaxf(s1, -1.0f), 1.0f);
+    u32 c0 = nf4_code(s0, t);
+    u32 c1 = i1 < n ? nf4_code(s1, t) : 7u;
+    if (i0 < n) codes[i0 >> 1] = (u8)((c0 << 4) | c1);
+    if (lane == 0) absmax[block] = m;
+}
+
+// Double quantisation: one thread block of 256 threads per 256 absmax values. `offset` (their mean) is computed
+// on the host exactly as the CPU reference does. The code is the number of dynamic-map thresholds below the
+// scaled value (binary search over 255 sorted thresholds).
+extern "C" __global__ void nf4_double_quant(const float* __restrict__ absmax, i64 blocks, float offset,
+                                            const float* __restrict__ map_thresholds, u8* __restrict__ qcodes,
+                                            float* __restrict__ scales) {
+    __shared__ float th[255];
+    __shared__ float scratch[32];
+    for (int i = threadIdx.x; i < 255; i += blockDim.x) th[i] = map_thresholds[i];
+    i64 i = (i64)blockIdx.x * 256 + threadIdx.x;
+    float c = i < blocks ? __fsub_rn(absmax[i], offset) : 0.0f;
+    float m = block_max(fabsf(c), scratch);
+    float divisor = fmaxf(m, 1e-38f);
+    bool tail = ((i64)blockIdx.x + 1) * 256 > blocks;
+    float s = tail ? __fdiv_rn(c, divisor) : __fmul_rn(c, __fdiv_rn(1.0f, divisor));
+    s = fminf(fmaxf(s, -1.0f), 1.0f);
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (th[mid] < s) lo = mid + 1; else hi = mid;
+    }
+    if (i < blocks) qcodes[i] = (u8)lo;
+    if (threadIdx.x == 0) scales[blockIdx.x] = m;
+}
+
+// The absmax of NF4 block `b`: plain fp32, or dynamic_map[q] * scale + offset (multiply, then add).
+struct Absmax {
+    const float* plain;   // used when dq == 0
+    const u8* qcodes;     // used when dq != 0
+    const float* scales;
+    const float* map;     // 256 entries
+    float offset;
+    int dq;
+    __device__ __forceinline__ float get(i64 b) const {
+        if (!dq) return plain[b];
+        return __fadd_rn(__fmul_rn(map[qcodes[b]], scales[b >> 8]), offset);
+    }
+};
+
+template <int OUT>  // 0: fp32, 1: bf16, 2: f16
+__device__ __forceinline__ void store(void* out, i64 i, float v) {
+    if (OUT == 0) ((float*)out)[i] = v;
+    else if (OUT == 1) ((u16*)out)[i] = f32_to_bf16(v);
+    else ((u16*)out)[i] = f32_to_f16(v);
+}
+
+// Each thread expands 16 code bytes (32 elements, all in one 64-block) with one 16-byte load and 16-byte stores;
+// the last, partial chunk goes element by element.
+template <int OUT>
+__device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Absmax am, i64 n,
+                                                const float* __restrict__ levels, void* __restrict__ out) {
+    __shared__ float lv[16];
+    if (threadIdx.x < 16) lv[threadIdx.x] = levels[threadIdx.x];
+    __syncthreads();
+    i64 chunks = (n + 31) / 32;
+    for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (i64)gridDim.x * blockDim.x) {
+        i64 e0 = c * 32;
+        float a = am.get(e0 >> 6);
+        if (e0 + 32 <= n) {
+            uint4 raw = *(const uint4*)(codes + c * 16);
+            u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+            float v[32];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+#pragma unroll
+                for (int b = 0; b < 4; ++b) {
+                    u32 byte = (w[q] >> (8 * b)) & 0xffu;
+                    v[q * 8 + b * 2] = __fmul_rn(lv[byte >> 4], a);
+                    v[q * 8 + b * 2 + 1] = __fmul_rn(lv[byte & 15u], a);
+                }
+            }
+            if (OUT == 0) {
+                float4* o = (float4*)((float*)out + e0);
+#pragma unroll
+                for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+            } else {
+                uint4* o = (uint4*)((u16*)out + e0);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    u32 p[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        float lo = v[8 * k + 2 * j], hi = v[8 * k + 2 * j + 1];
+                        u32 l = OUT == 1 ? f32_to_bf16(lo) : f32_to_f16(lo);
+                        u32 h = OUT == 1 ? f32_to_bf16(hi) : f32_to_f16(hi);
+                        p[j] = l | (h << 16);
+                    }
+                    o[k] = make_uint4(p[0], p[1], p[2], p[3]);
+                }
+            }
+        } else {
+            for (i64 e = e0; e < n; ++e) {
+                u32 byte = codes[e >> 1];
+                u32 code = (e & 1) ? (byte & 15u) : (byte >> 4);
+                store<OUT>(out, e, __fmul_rn(lv[code], a));
+            }
+        }
+    }
+}
+
+#define NF4_DEQUANT(NAME, OUT)                                                                                  \
+    extern "C" __global__ void NAME(const u8* __restrict__ codes, const float* __restrict__ absmax,            \
+                                    const u8* __restrict__ qcodes, const float* __restrict__ scales,           \
+                                    const float* __restrict__ map, float offset, int dq, i64 n,                \
+                                    const float* __restrict__ levels, void* __restrict__ out) {                 \
+        Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
+        dequantize_impl<OUT>(codes, am, n, levels, out);                                                        \
+    }
+NF4_DEQUANT(nf4_dequantize_f32, 0)
+NF4_DEQUANT(nf4_dequantize_bf16, 1)
+NF4_DEQUANT(nf4_dequantize_f16, 2)
+
+// y[b][row] = sum_k W[row][k] * x[b][k] for b < B, W an N x K NF4 matrix (K a multiple of 32), x fp32 B x K.
+// One warp per row; each lane takes 16 code bytes (32 weights, one absmax) per step, so a warp reads 512
+// contiguous bytes per step; the weights are dequantised in registers and never written out.
+template <int B>
+__device__ __forceinline__ void gemv_impl(const u8* __restrict__ codes, Absmax am, const float* __restrict__ x,
+                                          float* __restrict__ y, int N, int K, const float* __restrict__ levels) {
+    __shared__ float lv[16];
+    if (threadIdx.x < 16) lv[threadIdx.x] = levels[threadIdx.x];
+    __syncthreads();
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= N) return;
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) acc[b] = 0.0f;
+    const u8* rc = codes + (i64)row * (K >> 1);
+    i64 row_e = (i64)row * K;
+    for (int k0 = lane * 32; k0 < K; k0 += 32 * 32) {
+        uint4 raw = *(const uint4*)(rc + (k0 >> 1));
+        float a = am.get((row_e + k0) >> 6);
+        u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            float wv[8];
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                u32 byte = (w[q] >> (8 * b)) & 0xffu;
+                wv[2 * b] = __fmul_rn(lv[byte >> 4], a);
+                wv[2 * b + 1] = __fmul_rn(lv[byte & 15u], a);
+            }
+#pragma unroll
+            for (int b = 0; b < B; ++b) {
+                const float4* xp = (const float4*)(x + (i64)b * K + k0 + q * 8);
+                float4 x0 = xp[0], x1 = xp[1];
+                acc[b] = fmaf(wv[0], x0.x, acc[b]);
+                acc[b] = fmaf(wv[1], x0.y, acc[b]);
+                acc[b] = fmaf(wv[2], x0.z, acc[b]);
+                acc[b] = fmaf(wv[3], x0.w, acc[b]);
+                acc[b] = fmaf(wv[4], x1.x, acc[b]);
+                acc[b] = fmaf(wv[5], x1.y, acc[b]);
+                acc[b] = fmaf(wv[6], x1.z, acc[b]);
+                acc[b] = fmaf(wv[7], x1.w, acc[b]);
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+        float s = warp_sum(acc[b]);
+        if (lane == 0) y[(i64)b * N + row] = s;
+    }
+}
+
+#define NF4_GEMV(B)                                                                                             \
+    extern "C" __global__ void nf4_gemv_b##B(const u8* __restrict__ codes, const float* __restrict__ absmax,   \
+                                             const u8* __restrict__ qcodes, const float* __restrict__ scales,  \
+                                             const float* __restrict__ map, float offset, int dq,              \
+                                             const float* __restrict__ x, float* __restrict__ y, int N, int K, \
+                                             const float* __restrict__ levels) {                                \
+        Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
+        gemv_impl<B>(codes, am, x, y, N, K, levels);                                                            \
+    }
+NF4_GEMV(1)
+NF4_GEMV(2)
+NF4_GEMV(3)
+NF4_GEMV(4)
+NF4_GEMV(5)
+NF4_GEMV(6)
+NF4_GEMV(7)
+NF4_GEMV(8)
