@@ -64,14 +64,12 @@ impl T5Config {
         };
         let keys = Keys { map: &map, path };
 
-        if let Some(model_type) = keys.string("model_type")? {
-            if model_type != "t5" {
-                return Err(EngineError::config(
-                    path,
-                    "model_type",
-                    format!("{model_type:?}; accepted: \"t5\""),
-                ));
-            }
+        if let Some(model_type) = keys.string("model_type")?.filter(|t| t != "t5") {
+            return Err(EngineError::config(
+                path,
+                "model_type",
+                format!("{model_type:?}; accepted: \"t5\""),
+            ));
         }
         if keys.boolean("is_encoder_decoder")? == Some(false) {
             return Err(EngineError::config(
@@ -154,7 +152,7 @@ impl T5Config {
                 ),
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(EngineError::config(
                 path,
                 "layer_norm_epsilon",
