@@ -5,25 +5,58 @@
 mod attention;
 mod config;
 mod stack;
-mod weights;
 
 use std::any::Any;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use tandem_experiments::manifest::LossMask;
+use tokenizers::Tokenizer;
 
 pub use attention::{Attention, RelativeBias, relative_position_bucket};
 pub use config::{FeedForwardKind, T5Config};
 pub use stack::{Decoder, DecoderCache, Encoder, FeedForward, LayerNorm};
-pub use weights::Weights;
 
 use crate::engine::error::{EngineError, Result};
+use crate::engine::llama::model::base_name;
+use crate::engine::llama::weights::{SafetensorsStore, WeightStore};
 use crate::engine::lora::{ForwardCtx, LoraLinear};
 use crate::engine::model::{
     Architecture, DecodeState, LanguageModel, LossOutput, SpecialTokens, TrainExample,
 };
 use crate::engine::ops;
+
+/// Loads a T5 model directory (config.json, safetensors weights, tokenizer.json) with its tokenizer; checks
+/// that the tokenizer fits the model's vocabulary (t5-base: 32100 tokens for 32128 embeddings).
+pub fn load(dir: &Path) -> Result<(T5Model, Tokenizer)> {
+    if !dir.is_dir() {
+        return Err(EngineError::weights(
+            dir,
+            "accepted: a Hugging Face T5 model directory",
+        ));
+    }
+    let model = T5Model::load(dir)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(EngineError::tokenizer(
+            &tok_path,
+            "missing; a T5 model directory needs tokenizer.json (convert spiece.model with transformers)",
+        ));
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
+    let tok_vocab = tokenizer.get_vocab_size(true);
+    if tok_vocab > model.config.vocab_size {
+        return Err(EngineError::tokenizer(
+            &tok_path,
+            format!(
+                "the tokenizer has {tok_vocab} tokens but config.json vocab_size is {}; they do not belong together",
+                model.config.vocab_size
+            ),
+        ));
+    }
+    Ok((model, tokenizer))
+}
 
 /// Label value that the loss ignores (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -54,14 +87,14 @@ impl T5Model {
     /// Loads `dir/config.json` and the safetensors weights next to it (single file or sharded).
     pub fn load(dir: &Path) -> Result<Self> {
         let config = T5Config::from_file(&dir.join("config.json"))?;
-        let mut weights = Weights::load(dir)?;
-        Self::from_weights(config, &mut weights, dir.display().to_string())
+        let mut store = SafetensorsStore::open(dir)?;
+        Self::from_weights(config, &mut store, base_name(dir))
     }
 
     /// Builds the model from `config` and checkpoint tensors; `base_name` is written into adapters.
     pub fn from_weights(
         config: T5Config,
-        weights: &mut Weights,
+        weights: &mut dyn WeightStore,
         base_name: String,
     ) -> Result<Self> {
         let (vocab, d) = (config.vocab_size, config.d_model);
@@ -70,15 +103,14 @@ impl T5Model {
         } else {
             "encoder.embed_tokens.weight"
         };
-        let shared = weights.take(shared_name, &[vocab, d])?;
+        let shared = weights.get(shared_name, &[vocab, d])?;
         let encoder = Encoder::load(weights, &config)?;
         let decoder = Decoder::load(weights, &config)?;
         let lm_head = if config.tie_word_embeddings {
-            // Some checkpoints store the tied head (and embedding copies) anyway; the shared matrix is used.
-            weights.discard("lm_head.weight");
+            // Some checkpoints store the tied head anyway; the shared matrix is what the model uses.
             LoraLinear::dense("lm_head", shared.clone())?
         } else {
-            LoraLinear::dense("lm_head", weights.take("lm_head.weight", &[vocab, d])?)?
+            LoraLinear::dense("lm_head", weights.get("lm_head.weight", &[vocab, d])?)?
         };
         let special = SpecialTokens {
             bos: None,

@@ -5,8 +5,8 @@ use candle_core::Tensor;
 
 use super::attention::{Attention, MASKED, RelativeBias, causal_mask};
 use super::config::{FeedForwardKind, T5Config};
-use super::weights::Weights;
 use crate::engine::error::{EngineError, Result};
+use crate::engine::llama::weights::WeightStore;
 use crate::engine::lora::{ForwardCtx, LoraLinear};
 use crate::engine::ops;
 
@@ -18,8 +18,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn load(weights: &mut Weights, name: &str, config: &T5Config) -> Result<Self> {
-        let weight = weights.take(&format!("{name}.weight"), &[config.d_model])?;
+    fn load(weights: &mut dyn WeightStore, name: &str, config: &T5Config) -> Result<Self> {
+        let weight = weights.get(&format!("{name}.weight"), &[config.d_model])?;
         Ok(Self {
             weight,
             eps: config.layer_norm_epsilon,
@@ -46,9 +46,9 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
-    fn load(weights: &mut Weights, prefix: &str, config: &T5Config) -> Result<Self> {
+    fn load(weights: &mut dyn WeightStore, prefix: &str, config: &T5Config) -> Result<Self> {
         let (d, f) = (config.d_model, config.d_ff);
-        let up = |w: &mut Weights, name: &str| linear(w, &format!("{prefix}.{name}"), f, d);
+        let up = |w: &mut dyn WeightStore, name: &str| linear(w, &format!("{prefix}.{name}"), f, d);
         Ok(match config.feed_forward {
             FeedForwardKind::Relu => Self::Relu {
                 wi: up(weights, "wi")?,
@@ -88,14 +88,19 @@ impl FeedForward {
     }
 }
 
-fn linear(weights: &mut Weights, path: &str, out_f: usize, in_f: usize) -> Result<LoraLinear> {
+fn linear(
+    weights: &mut dyn WeightStore,
+    path: &str,
+    out_f: usize,
+    in_f: usize,
+) -> Result<LoraLinear> {
     LoraLinear::dense(
         path,
-        weights.take(&format!("{path}.weight"), &[out_f, in_f])?,
+        weights.get(&format!("{path}.weight"), &[out_f, in_f])?,
     )
 }
 
-fn attention(weights: &mut Weights, prefix: &str, config: &T5Config) -> Result<Attention> {
+fn attention(weights: &mut dyn WeightStore, prefix: &str, config: &T5Config) -> Result<Attention> {
     let (d, inner) = (config.d_model, config.inner_dim());
     Ok(Attention {
         q: linear(weights, &format!("{prefix}.q"), inner, d)?,
@@ -108,13 +113,13 @@ fn attention(weights: &mut Weights, prefix: &str, config: &T5Config) -> Result<A
 }
 
 fn relative_bias(
-    weights: &mut Weights,
+    weights: &mut dyn WeightStore,
     prefix: &str,
     config: &T5Config,
     bidirectional: bool,
 ) -> Result<RelativeBias> {
     let name = format!("{prefix}.relative_attention_bias.weight");
-    let weight = weights.take(
+    let weight = weights.get(
         &name,
         &[config.relative_attention_num_buckets, config.num_heads],
     )?;
@@ -144,7 +149,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(weights: &mut Weights, config: &T5Config) -> Result<Self> {
+    pub fn load(weights: &mut dyn WeightStore, config: &T5Config) -> Result<Self> {
         let mut blocks = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = format!("encoder.block.{i}");
@@ -255,7 +260,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(weights: &mut Weights, config: &T5Config) -> Result<Self> {
+    pub fn load(weights: &mut dyn WeightStore, config: &T5Config) -> Result<Self> {
         let mut blocks = Vec::with_capacity(config.num_decoder_layers);
         for i in 0..config.num_decoder_layers {
             let p = format!("decoder.block.{i}");
