@@ -95,3 +95,38 @@ fn same_seed_gives_bitwise_identical_losses() {
     let c = train(&lora_model(12), 3, 0.5);
     assert_ne!(a[1..], c[1..], "a different LoRA seed must change the run");
 }
+
+/// Writes a trained adapter and its logits for the manual PEFT round trip:
+/// `TANDEM_T5_ADAPTER_OUT=/tmp/a cargo test -p tandem-worker --test t5_train -- --ignored`, then
+/// `python scripts/parity/make_fixtures.py check-adapter --base worker/tests/fixtures/tiny-t5/gated-gelu
+///  --adapter /tmp/a --ids 20,21,22,1 --decoder-ids 0,30,31` prints the same last-position logits.
+#[test]
+#[ignore = "manual check with Python; writes to $TANDEM_T5_ADAPTER_OUT"]
+fn trained_adapter_for_peft_round_trip() {
+    let out = std::env::var("TANDEM_T5_ADAPTER_OUT").expect("set TANDEM_T5_ADAPTER_OUT");
+    let m = lora_model(5);
+    train(&m, 10, 0.5);
+    let config = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.05,
+        target_modules: vec!["q".into(), "v".into()],
+    };
+    tandem_worker::engine::peft::save(&m, &config, Path::new(&out)).unwrap();
+    let logits = m
+        .forward(
+            &[vec![20, 21, 22, 1]],
+            None,
+            &[vec![0, 30, 31]],
+            &ForwardCtx::eval(),
+        )
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let last: Vec<f32> = logits[0][2].clone();
+    std::fs::write(
+        Path::new(&out).join("tandem_logits.json"),
+        serde_json::to_string(&last).unwrap(),
+    )
+    .unwrap();
+}
