@@ -9,7 +9,7 @@ mod stack;
 use std::any::Any;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use tandem_experiments::manifest::LossMask;
 use tokenizers::Tokenizer;
 
@@ -127,6 +127,12 @@ impl T5Model {
             special,
             base_name,
         })
+    }
+
+    /// Replaces the tokens that end a generated sequence (config.json's `eos_token_id` by default), e.g. with
+    /// those of a `generation_config.json`.
+    pub fn set_eos_tokens(&mut self, eos: Vec<u32>) {
+        self.special.eos = eos;
     }
 
     /// Embeds rows of token ids (all of one length) into `[b, s, d_model]`.
@@ -438,6 +444,6 @@ impl LanguageModel for T5Model {
         }
         let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         let logits = self.decode(&ids, &state.encoded, &mut state.cache, &ForwardCtx::eval())?;
-        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?)
+        Ok(logits.squeeze(1)?)
     }
 }
