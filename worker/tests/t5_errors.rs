@@ -205,3 +205,27 @@ fn sharded_checkpoint_gives_the_same_logits() {
         single.to_vec3::<f32>().unwrap()
     );
 }
+
+#[test]
+fn tokenizer_of_another_model_is_refused() {
+    let tmp = copy_of_relu();
+    let err = tandem_worker::engine::t5::load(tmp.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("missing"),
+        "{err}"
+    );
+    let llama =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama/tokenizer.json");
+    std::fs::copy(llama, tmp.path().join("tokenizer.json")).unwrap();
+    let err = tandem_worker::engine::t5::load(tmp.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("400 tokens") && err.contains("vocab_size is 304"),
+        "{err}"
+    );
+}
