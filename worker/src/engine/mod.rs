@@ -14,3 +14,4 @@ pub mod llama;
 pub mod load;
 pub mod qlora;
 pub mod threads;
+pub mod t5;
