@@ -9,9 +9,11 @@ pub mod rng;
 pub mod tensor_io;
 
 pub use error::{EngineError, Result};
+pub mod generate;
 pub mod inspect;
 pub mod llama;
 pub mod load;
 pub mod qlora;
 pub mod threads;
 pub mod t5;
+pub mod train;

@@ -1,12 +1,61 @@
-//! QLoRA: the frozen linear weights of a model held as NF4 with double quantisation and dequantised whenever a
-//! forward or backward pass needs them.
+//! QLoRA: the frozen linear weights of a model held as NF4 with double quantisation (`tandem_kernels::nf4`)
+//! and dequantised whenever a forward or backward pass needs them, so only one layer's dense weight is alive
+//! at a time.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use tandem_kernels::nf4::Nf4Tensor;
 
 use super::error::{EngineError, Result};
-use super::llama::Llama;
+use super::lora::{FrozenWeight, QuantizedWeight};
+use super::model::LanguageModel;
+use super::ops::WeightSource;
 
-/// Replaces every frozen linear weight of `model` by its NF4 form.
-pub fn quantize_model(_model: &mut Llama) -> Result<()> {
-    Err(EngineError::Input(
-        "model.quantization = \"nf4\": the NF4 kernels are not in this build yet".into(),
-    ))
+/// A frozen `[out, in]` weight stored as NF4.
+#[derive(Debug)]
+pub struct Nf4Weight(pub Nf4Tensor);
+
+impl WeightSource for Nf4Weight {
+    fn matrix(&self) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(
+            self.0.dequantize(),
+            (self.0.rows(), self.0.cols()),
+            &Device::Cpu,
+        )
+    }
+}
+
+impl QuantizedWeight for Nf4Weight {
+    fn dims(&self) -> (usize, usize) {
+        (self.0.rows(), self.0.cols())
+    }
+
+    fn storage_bytes(&self) -> usize {
+        self.0.bytes()
+    }
+}
+
+/// Quantises a dense `[out, in]` matrix to NF4 with double quantisation.
+pub fn quantize(weight: &Tensor) -> Result<Nf4Weight> {
+    let (rows, cols) = weight.dims2()?;
+    let values = weight.flatten_all()?.to_vec1::<f32>()?;
+    let q = Nf4Tensor::quantize(&values, rows, cols, true)
+        .map_err(|e| EngineError::Input(format!("NF4 quantisation failed: {e}")))?;
+    Ok(Nf4Weight(q))
+}
+
+/// Replaces every frozen linear weight of `model` (attention and MLP projections; not the embedding or the LM
+/// head, as bitsandbytes QLoRA) by its NF4 form. Returns the number of layers quantised.
+pub fn quantize_model(model: &mut dyn LanguageModel) -> Result<usize> {
+    let mut count = 0;
+    for layer in model.linears_mut() {
+        let FrozenWeight::Dense(w) = layer.base() else {
+            continue;
+        };
+        let q = quantize(w)?;
+        layer.set_quantized(Arc::new(q))?;
+        count += 1;
+    }
+    Ok(count)
 }

@@ -7,6 +7,7 @@ use candle_core::quantized::gguf_file::Value;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::config::{Llama3RopeScaling, LlamaConfig};
@@ -205,6 +206,24 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
             .collect();
         tok.add_special_tokens(specials)
             .map_err(|e| EngineError::tokenizer(path, format!("special tokens: {e}")))?;
+    }
+    // transformers' GGUF tokenizer (LlamaTokenizerFast, add_bos_token true) prepends BOS when special tokens
+    // are requested, whatever `tokenizer.ggml.add_bos_token` says; do the same so token ids agree.
+    let add_bos = true;
+    let bos = store
+        .meta("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.to_u32().ok());
+    if let (true, Some(bos)) = (add_bos, bos)
+        && let Some(bos_text) = tokens.get(bos as usize)
+    {
+        let template = TemplateProcessing::builder()
+            .try_single(format!("{bos_text}:0 $A:0"))
+            .and_then(|b| b.try_pair(format!("{bos_text}:0 $A:0 $B:1")))
+            .map_err(|e| EngineError::tokenizer(path, format!("post-processor: {e}")))?
+            .special_tokens(vec![(bos_text.clone(), bos)])
+            .build()
+            .map_err(|e| EngineError::tokenizer(path, format!("post-processor: {e}")))?;
+        tok.with_post_processor(Some(template));
     }
     Ok(tok)
 }
