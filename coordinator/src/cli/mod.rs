@@ -4,6 +4,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Orchestrator commands (coordinator, client).
+mod audit;
+mod cancel;
+mod client;
+mod export;
+mod results;
+mod serve;
+mod status;
+mod submit;
+mod token;
+mod watch;
+mod workers;
+
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
 #[command(name = "tandem", version, about)]
@@ -13,7 +26,30 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the coordinator on a store folder.
+    Serve(serve::ServeArgs),
+    /// Manage bearer tokens for teams, workers and admins.
+    Token(token::TokenArgs),
+    /// Submit an experiment; prints its id.
+    Submit(submit::SubmitArgs),
+    /// Show experiments, or one experiment's jobs.
+    Status(status::StatusArgs),
+    /// Follow an experiment live until it ends.
+    Watch(watch::WatchArgs),
+    /// Cancel an experiment's jobs.
+    Cancel(cancel::ExperimentArgs),
+    /// Requeue an experiment's failed and cancelled jobs.
+    Retry(cancel::ExperimentArgs),
+    /// List registered workers.
+    Workers(workers::WorkersArgs),
+    /// Show an experiment's results.
+    Results(results::ResultsArgs),
+    /// Check an experiment's manifest, inputs and artifacts against their recorded hashes.
+    Audit(audit::AuditArgs),
+    /// Write an experiment's manifest, metrics and artifacts to a folder.
+    Export(export::ExportArgs),
+}
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {
@@ -23,5 +59,17 @@ pub fn init_tracing() {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Submit(args) => submit::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Watch(args) => watch::run(args),
+        Command::Cancel(args) => cancel::cancel(args),
+        Command::Retry(args) => cancel::retry(args),
+        Command::Workers(args) => workers::run(args),
+        Command::Results(args) => results::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Export(args) => export::run(args),
+    }
 }

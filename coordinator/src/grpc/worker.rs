@@ -185,7 +185,7 @@ impl WorkerService for WorkerApi {
                     self.shared.limits.max_batches_per_stream
                 )));
             }
-            let last = batch.points.last().map(|p| (p.name.clone(), p.step, p.value));
+            let last = batch.points.first().map(|p| (p.name.clone(), p.step, p.value));
             let stored = pb::MetricBatch { job_id: String::new(), attempt: batch.attempt, seq: batch.seq, points: batch.points, worker_id: String::new() };
             batches.push(MetricBatchIn {
                 job_id: batch.job_id,

@@ -618,7 +618,7 @@ impl Scheduler {
                 let mut taken = 0;
                 for key in queue.iter() {
                     let job = &state.jobs[&key.2];
-                    if job.not_before_ms > now || !(kinds.is_empty() || kinds.contains(&job.kind)) {
+                    if job.not_before_ms > now || !kinds.contains(&job.kind) {
                         continue;
                     }
                     candidates.push(Candidate {

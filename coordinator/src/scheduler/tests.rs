@@ -54,7 +54,7 @@ fn worker(name: &str, threads: u32) -> WorkerRecord {
         id: String::new(),
         name: name.into(),
         resources: Resources { gpus: 0, gpu_memory_mib: 0, cpu_threads: threads },
-        kinds: vec![],
+        kinds: vec!["test.emit".into()],
         version: "test".into(),
         git_commit: "unknown".into(),
         cargo_lock_sha256: String::new(),
