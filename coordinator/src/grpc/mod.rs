@@ -50,6 +50,7 @@ pub fn status_of(err: SchedulerError) -> Status {
         SchedulerError::PermissionDenied(m) => Status::permission_denied(m),
         SchedulerError::InvalidArgument(m) => Status::invalid_argument(m),
         SchedulerError::LeaseLost { .. } => Status::failed_precondition(err.to_string()),
+        SchedulerError::Cancelled(_) => Status::aborted(err.to_string()),
         SchedulerError::UnknownWorker(_) => Status::not_found(err.to_string()),
         SchedulerError::Store(store) => store_status(store),
     }

@@ -15,6 +15,9 @@ pub enum SchedulerError {
     /// The caller no longer holds the job's lease (it expired, was cancelled or went to another worker).
     #[error("lease lost for job {job}: {detail}")]
     LeaseLost { job: String, detail: String },
+    /// The job was cancelled while the caller held its lease: stop working on it.
+    #[error("job {0} was cancelled")]
+    Cancelled(String),
     /// The worker id is not registered (e.g. a store that was wiped): register again.
     #[error("unknown worker {0}: register again")]
     UnknownWorker(String),

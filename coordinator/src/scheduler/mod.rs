@@ -322,6 +322,9 @@ impl State {
             .get(job_id)
             .ok_or_else(|| SchedulerError::NotFound(format!("no job {job_id}")))?;
         let current_attempt = job.attempt_log.len() as u32;
+        if job.state == JobState::Cancelled && job.worker.as_deref() == Some(worker_id) && current_attempt == attempt {
+            return Err(SchedulerError::Cancelled(job_id.to_string()));
+        }
         if job.worker.as_deref() != Some(worker_id) || current_attempt != attempt || !job.state.is_leased() {
             return Err(SchedulerError::LeaseLost {
                 job: job_id.to_string(),
@@ -744,6 +747,9 @@ impl Scheduler {
                     .ok_or_else(|| SchedulerError::NotFound(format!("no job {}", batch.job_id)))?;
                 // The current attempt's worker may still flush metrics after completing.
                 let attempt = job.attempt_log.len() as u32;
+                if job.state == JobState::Cancelled && job.worker.as_deref() == Some(worker_id) && attempt == batch.attempt {
+                    return Err(SchedulerError::Cancelled(batch.job_id.clone()));
+                }
                 if job.worker.as_deref() != Some(worker_id)
                     || attempt != batch.attempt
                     || !(job.state.is_leased() || job.state == JobState::Succeeded)

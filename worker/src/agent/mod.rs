@@ -361,7 +361,7 @@ async fn metric_sender(client: WorkerClient, mut rx: mpsc::UnboundedReceiver<Met
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "metrics refused; stopping the job");
-                stop.request(StopReason::LeaseLost);
+                stop.request(if status.code() == tonic::Code::Aborted { StopReason::Cancelled } else { StopReason::LeaseLost });
                 for flush in flushes.drain(..) {
                     let _ = oneshot_send(flush, false);
                 }

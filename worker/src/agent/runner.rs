@@ -254,6 +254,10 @@ impl JobContext {
         let result = self.handle.block_on(transfer::upload_file(client, header, path));
         match result {
             Ok(artifact) => Ok(artifact),
+            Err(transfer::TransferError::Rpc(status)) if status.code() == tonic::Code::Aborted => {
+                self.stop.request(StopReason::Cancelled);
+                Err(RunError::Stopped(StopReason::Cancelled))
+            }
             Err(transfer::TransferError::Rpc(status)) if status.code() == tonic::Code::FailedPrecondition => {
                 self.stop.request(StopReason::LeaseLost);
                 Err(RunError::Stopped(StopReason::LeaseLost))
