@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# NVRTC (no GPU needed) so the kernels crate compiles every .cu file for sm_80 and sm_90; required here.
+./scripts/fetch-nvrtc.sh
+export LD_LIBRARY_PATH="$PWD/.cache/nvrtc/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TANDEM_REQUIRE_NVRTC=1
 cargo test --workspace

@@ -48,7 +48,11 @@ fn parse_args() -> Args {
     let mut i = 0;
     while i < raw.len() {
         let value = raw.get(i + 1).cloned().unwrap_or_default();
-        let number = || value.parse::<usize>().unwrap_or_else(|_| panic!("{} expects a number, got {value:?}", raw[i]));
+        let number = || {
+            value
+                .parse::<usize>()
+                .unwrap_or_else(|_| panic!("{} expects a number, got {value:?}", raw[i]))
+        };
         match raw[i].as_str() {
             "--workers" => args.workers = number(),
             "--jobs" => args.jobs = number(),
@@ -82,13 +86,25 @@ fn options(store: &Path) -> ServeOptions {
         listen: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
         insecure_local: true,
         tls: None,
-        scheduler: SchedulerConfig { lease_ttl_ms: 60_000, max_lease_wait_ms: 2_000, ..SchedulerConfig::default() },
-        limits: Limits { max_message_bytes: 256 << 20, ..Limits::default() },
+        scheduler: SchedulerConfig {
+            lease_ttl_ms: 60_000,
+            max_lease_wait_ms: 2_000,
+            ..SchedulerConfig::default()
+        },
+        limits: Limits {
+            max_message_bytes: 256 << 20,
+            ..Limits::default()
+        },
     }
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.unwrap()
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
 }
 
 fn graph(prefix: &str, jobs: usize) -> Vec<u8> {
@@ -99,7 +115,8 @@ fn graph(prefix: &str, jobs: usize) -> Vec<u8> {
 }
 
 async fn submit(addr: SocketAddr, prefix: &str, jobs: usize) {
-    let mut client = ClientServiceClient::new(channel(addr).await).max_encoding_message_size(256 << 20);
+    let mut client =
+        ClientServiceClient::new(channel(addr).await).max_encoding_message_size(256 << 20);
     client
         .submit_experiment(pb::SubmitRequest {
             manifest: graph(prefix, jobs),
@@ -107,6 +124,7 @@ async fn submit(addr: SocketAddr, prefix: &str, jobs: usize) {
             manifest_name: format!("{prefix}.json"),
             inputs: vec![],
             priority: 0,
+            plan: vec![],
         })
         .await
         .unwrap();
@@ -116,7 +134,11 @@ async fn register(client: &mut WorkerServiceClient<Channel>, i: usize) -> String
     client
         .register(pb::RegisterRequest {
             name: format!("sim{i}"),
-            resources: Some(pb::Resources { gpus: 0, gpu_memory_mib: 0, cpu_threads: 1 }),
+            resources: Some(pb::Resources {
+                gpus: 0,
+                gpu_memory_mib: 0,
+                cpu_threads: 1,
+            }),
             kinds: vec!["bench.noop".into()],
             ..Default::default()
         })
@@ -135,7 +157,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     if let Some(store) = &args.rss_only {
         runtime.block_on(async {
             let started = Instant::now();
@@ -153,7 +178,11 @@ fn main() {
     // Dropping the runtime stops every server task, releasing the store for the measuring process.
     drop(runtime);
     let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe).arg("--rss-only").arg(&store).output().unwrap();
+    let out = std::process::Command::new(exe)
+        .arg("--rss-only")
+        .arg(&store)
+        .output()
+        .unwrap();
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -162,13 +191,17 @@ fn main() {
 }
 
 async fn run(args: &Args) -> (PathBuf, PathBuf) {
-    let root = args.dir.join(format!("tandem-scale-{}", std::process::id()));
+    let root = args
+        .dir
+        .join(format!("tandem-scale-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
     println!(
         "tandem scale benchmark: {} workers, {} jobs, {} cores, store under {}",
         args.workers,
         args.jobs,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         root.display()
     );
 
@@ -189,7 +222,10 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
             while done.load(Ordering::SeqCst) < total {
                 let t = Instant::now();
                 let reply = client
-                    .lease_job(pb::LeaseRequest { worker_id: worker_id.clone(), wait_ms: 200 })
+                    .lease_job(pb::LeaseRequest {
+                        worker_id: worker_id.clone(),
+                        wait_ms: 200,
+                    })
                     .await
                     .unwrap()
                     .into_inner();
@@ -227,10 +263,14 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
     submit(addr, "metrics", args.workers).await;
     let mut holders = Vec::new();
     for i in 0..args.workers {
-        let mut client = WorkerServiceClient::new(channel(addr).await).max_encoding_message_size(256 << 20);
+        let mut client =
+            WorkerServiceClient::new(channel(addr).await).max_encoding_message_size(256 << 20);
         let worker_id = register(&mut client, 1000 + i).await;
         let lease = client
-            .lease_job(pb::LeaseRequest { worker_id: worker_id.clone(), wait_ms: 2000 })
+            .lease_job(pb::LeaseRequest {
+                worker_id: worker_id.clone(),
+                wait_ms: 2000,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -254,7 +294,11 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
                             attempt: lease.attempt,
                             seq,
                             points: (0..points)
-                                .map(|p| pb::MetricPoint { name: "train/loss".into(), step: seq * points as u64 + p as u64, value: p as f64 })
+                                .map(|p| pb::MetricPoint {
+                                    name: "train/loss".into(),
+                                    step: seq * points as u64 + p as u64,
+                                    value: p as f64,
+                                })
                                 .collect(),
                             worker_id: worker_id.clone(),
                         };
@@ -262,7 +306,12 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
                         batch
                     })
                     .collect();
-                acked += client.stream_metrics(tokio_stream::iter(stream)).await.unwrap().into_inner().points;
+                acked += client
+                    .stream_metrics(tokio_stream::iter(stream))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .points;
             }
             acked
         }));
@@ -281,7 +330,11 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
         args.batches,
         args.points
     );
-    println!("in-process RSS after dispatch + metrics (coordinator and {} clients): {:.1} MiB", args.workers, rss_mib());
+    println!(
+        "in-process RSS after dispatch + metrics (coordinator and {} clients): {:.1} MiB",
+        args.workers,
+        rss_mib()
+    );
     running.shutdown().await.unwrap();
 
     // 3. Memory with many jobs stored: fill a store, then measure a fresh coordinator process opening it.

@@ -25,9 +25,15 @@ pub enum ServeError {
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    ReadTls { path: PathBuf, source: std::io::Error },
+    ReadTls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -83,11 +89,22 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.store_dir)?);
     let auth = Arc::new(Auth::new(store.tokens()?, options.insecure_local));
     let scheduler = Scheduler::open(store, options.scheduler.clone())?;
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Listen { addr: options.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: options.listen, source })?;
-    let shared = Shared { scheduler: scheduler.clone(), auth, limits: options.limits };
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: options.listen,
+        source,
+    })?;
+    let shared = Shared {
+        scheduler: scheduler.clone(),
+        auth,
+        limits: options.limits,
+    };
     let max = options.limits.max_message_bytes;
     let client = ClientServiceServer::new(ClientApi::new(shared.clone()))
         .max_decoding_message_size(max)
@@ -102,17 +119,32 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
         let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| ServeError::ReadTls { path: path.clone(), source })
+            std::fs::read(path).map_err(|source| ServeError::ReadTls {
+                path: path.clone(),
+                source,
+            })
         };
         let identity = Identity::from_pem(read(cert)?, read(key)?);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
     let (tx, rx) = oneshot::channel::<()>();
-    let router = builder.add_service(client).add_service(worker).add_service(reflection);
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-        let _ = rx.await;
-    }));
+    let router = builder
+        .add_service(client)
+        .add_service(worker)
+        .add_service(reflection);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = rx.await;
+        },
+    ));
     let ticker = tokio::spawn(scheduler.clone().run_ticker());
     tracing::info!(%addr, tls = options.tls.is_some(), insecure_local = options.insecure_local, "coordinator serving");
-    Ok(RunningCoordinator { addr, scheduler, shutdown: Some(tx), server, ticker })
+    Ok(RunningCoordinator {
+        addr,
+        scheduler,
+        shutdown: Some(tx),
+        server,
+        ticker,
+    })
 }

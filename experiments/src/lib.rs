@@ -3,3 +3,6 @@
 //! evaluation metrics, and result tables.
 
 pub mod manifest;
+pub mod data;
+pub mod planner;
+pub mod metrics;

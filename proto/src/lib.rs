@@ -10,7 +10,8 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of `tandem.proto`, for tonic-reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
 
 pub use v1::*;
 

@@ -25,32 +25,56 @@ pub fn bins() -> &'static Bins {
     BINS.get_or_init(|| {
         if let Ok(dir) = std::env::var("TANDEM_TEST_BIN_DIR") {
             let dir = PathBuf::from(dir);
-            return Bins { tandem: dir.join("tandem"), worker: dir.join("tandem-worker") };
+            return Bins {
+                tandem: dir.join("tandem"),
+                worker: dir.join("tandem-worker"),
+            };
         }
         let exe = std::env::current_exe().expect("test executable path");
         // <target>/<profile>/deps/<test-exe>
-        let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target dir").to_path_buf();
+        let target = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
         let status = Command::new(cargo)
             .current_dir(&workspace)
             .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "-p", "tandem-coordinator", "-p", "tandem-worker", "--bins"])
+            .args([
+                "build",
+                "-p",
+                "tandem-coordinator",
+                "-p",
+                "tandem-worker",
+                "--bins",
+            ])
             .status()
             .expect("running cargo build for the tandem binaries");
         assert!(status.success(), "building the tandem binaries failed");
-        let private = target.join("debug").join(format!("tandem-tests-bin-{}", std::process::id()));
+        let private = target
+            .join("debug")
+            .join(format!("tandem-tests-bin-{}", std::process::id()));
         std::fs::create_dir_all(&private).expect("private bin dir");
         let link = |name: &str| {
             let from = target.join("debug").join(name);
             let to = private.join(name);
             let _ = std::fs::remove_file(&to);
             if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+                std::fs::copy(&from, &to)
+                    .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
             }
             to
         };
-        Bins { tandem: link("tandem"), worker: link("tandem-worker") }
+        Bins {
+            tandem: link("tandem"),
+            worker: link("tandem-worker"),
+        }
     })
 }
 
@@ -61,7 +85,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -77,18 +104,34 @@ pub struct Coordinator {
 }
 
 /// Settings that keep the tests fast: short leases, frequent heartbeats, short back-off.
-pub const FAST: &[&str] =
-    &["--lease-ttl-ms", "1500", "--heartbeat-ms", "100", "--backoff-ms", "100", "--max-attempts", "4"];
+pub const FAST: &[&str] = &[
+    "--lease-ttl-ms",
+    "1500",
+    "--heartbeat-ms",
+    "100",
+    "--backoff-ms",
+    "100",
+    "--max-attempts",
+    "4",
+];
 
 impl Coordinator {
     /// Starts a coordinator on a free loopback port with `args` added.
     pub fn start(store: &Path, args: &[&str]) -> Coordinator {
-        Self::start_on(store, "127.0.0.1:0", args.iter().map(|s| s.to_string()).collect())
+        Self::start_on(
+            store,
+            "127.0.0.1:0",
+            args.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     fn start_on(store: &Path, listen: &str, args: Vec<String>) -> Coordinator {
         let log = store.with_extension(format!("serve-{}.log", std::process::id()));
-        let stderr = File::options().create(true).append(true).open(&log).expect("coordinator log");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("coordinator log");
         let mut child = Command::new(&bins().tandem)
             .arg("serve")
             .arg("--store")
@@ -102,16 +145,30 @@ impl Coordinator {
             .expect("starting tandem serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading the listen line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the listen line");
         let url = line
             .trim()
             .rsplit(' ')
             .next()
             .filter(|u| u.starts_with("http"))
-            .unwrap_or_else(|| panic!("unexpected first line from tandem serve: {line:?} (log {})", log.display()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line from tandem serve: {line:?} (log {})",
+                    log.display()
+                )
+            })
             .to_string();
         let addr = url.trim_start_matches("http://").to_string();
-        Coordinator { child: Some(child), addr, url, store: store.to_path_buf(), args, log }
+        Coordinator {
+            child: Some(child),
+            addr,
+            url,
+            store: store.to_path_buf(),
+            args,
+            log,
+        }
     }
 
     /// `kill -9`.
@@ -142,7 +199,10 @@ impl Coordinator {
                 }
             }
         }
-        panic!("could not restart the coordinator on {addr}: {:?}", last.map(|_| "start failed"));
+        panic!(
+            "could not restart the coordinator on {addr}: {:?}",
+            last.map(|_| "start failed")
+        );
     }
 
     pub fn log(&self) -> String {
@@ -168,7 +228,15 @@ impl Worker {
         let stderr = File::create(&log).expect("worker log");
         let mut command = Command::new(&bins().worker);
         command
-            .args(["--coordinator", url, "--name", name, "--threads", "1", "--enable-test-kinds"])
+            .args([
+                "--coordinator",
+                url,
+                "--name",
+                name,
+                "--threads",
+                "1",
+                "--enable-test-kinds",
+            ])
             .arg("--work-dir")
             .arg(dir.join(name))
             .env("RUST_LOG", "info")
@@ -178,7 +246,10 @@ impl Worker {
         if let Some(token) = token {
             command.args(["--token", token]);
         }
-        Worker { child: Some(command.spawn().expect("starting tandem-worker")), log }
+        Worker {
+            child: Some(command.spawn().expect("starting tandem-worker")),
+            log,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -190,8 +261,12 @@ impl Worker {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -209,7 +284,10 @@ impl Drop for Worker {
 /// Runs `tandem ARGS` against `url` with `token`.
 pub fn tandem(url: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(&bins().tandem);
-    command.args(args).env("TANDEM_COORDINATOR", url).env_remove("TANDEM_TOKEN");
+    command
+        .args(args)
+        .env("TANDEM_COORDINATOR", url)
+        .env_remove("TANDEM_TOKEN");
     if let Some(token) = token {
         command.env("TANDEM_TOKEN", token);
     }
@@ -235,8 +313,16 @@ pub fn create_token(store: &Path, role_flag: &str, name: Option<&str>) -> String
     if let Some(name) = name {
         command.arg(name);
     }
-    let out = command.arg("--store").arg(store).output().expect("tandem token create");
-    assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = command
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("tandem token create");
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -249,6 +335,7 @@ pub fn status_json(url: &str, token: Option<&str>, experiment: &str) -> serde_js
 /// Writes a job-graph manifest into `dir` and returns its path.
 pub fn write_manifest(dir: &Path, file: &str, graph: &serde_json::Value) -> PathBuf {
     let path = dir.join(file);
-    std::fs::write(&path, serde_json::to_vec_pretty(graph).expect("json")).expect("writing manifest");
+    std::fs::write(&path, serde_json::to_vec_pretty(graph).expect("json"))
+        .expect("writing manifest");
     path
 }

@@ -26,11 +26,17 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = client
-            .audit(pb::AuditRequest { experiment_id: args.experiment.clone(), include_log: args.log })
+            .audit(pb::AuditRequest {
+                experiment_id: args.experiment.clone(),
+                include_log: args.log,
+            })
             .await
             .map_err(rpc)?
             .into_inner();
-        println!("{:<6} {:<60} {:<18} {:<18} detail", "result", "subject", "expected", "actual");
+        println!(
+            "{:<6} {:<60} {:<18} {:<18} detail",
+            "result", "subject", "expected", "actual"
+        );
         for c in &reply.checks {
             println!(
                 "{:<6} {:<60} {:<18} {:<18} {}",
@@ -43,7 +49,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         }
         println!();
         println!("coordinator version {}", reply.coordinator_version);
-        println!("{:<18} {:<28} {:<10} {:<14} {:<18} host", "job", "worker", "version", "git commit", "Cargo.lock");
+        println!(
+            "{:<18} {:<28} {:<10} {:<14} {:<18} host",
+            "job", "worker", "version", "git commit", "Cargo.lock"
+        );
         for e in &reply.environments {
             println!(
                 "{:<18} {:<28} {:<10} {:<14} {:<18} {}",
@@ -58,12 +67,27 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         if args.log {
             println!();
             for entry in &reply.log {
-                println!("{} {:<24} {:<12} {} {}", utc(entry.time_ms), entry.actor, entry.action, short(&entry.job_id), entry.detail);
+                println!(
+                    "{} {:<24} {:<12} {} {}",
+                    utc(entry.time_ms),
+                    entry.actor,
+                    entry.action,
+                    short(&entry.job_id),
+                    entry.detail
+                );
             }
         }
         let failed = reply.checks.iter().filter(|c| !c.ok).count();
         println!();
-        println!("{}: {} checks, {failed} failed", if reply.ok { "PASS" } else { "FAIL" }, reply.checks.len());
-        anyhow::Ok(if reply.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        println!(
+            "{}: {} checks, {failed} failed",
+            if reply.ok { "PASS" } else { "FAIL" },
+            reply.checks.len()
+        );
+        anyhow::Ok(if reply.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })?
 }

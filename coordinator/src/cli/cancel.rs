@@ -18,7 +18,9 @@ pub fn cancel(args: ExperimentArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = client
-            .cancel(pb::CancelRequest { experiment_id: args.experiment.clone() })
+            .cancel(pb::CancelRequest {
+                experiment_id: args.experiment.clone(),
+            })
             .await
             .map_err(rpc)?
             .into_inner();
@@ -31,7 +33,9 @@ pub fn retry(args: ExperimentArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = client
-            .retry(pb::RetryRequest { experiment_id: args.experiment.clone() })
+            .retry(pb::RetryRequest {
+                experiment_id: args.experiment.clone(),
+            })
             .await
             .map_err(rpc)?
             .into_inner();

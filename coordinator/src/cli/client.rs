@@ -17,7 +17,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Coordinator URL.
-    #[arg(long, env = "TANDEM_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "TANDEM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub coordinator: String,
     /// Bearer token (`tandem token create --team T`).
     #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
@@ -33,7 +37,9 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -47,26 +53,37 @@ impl ClientArgs {
             .with_context(|| format!("--coordinator {:?} is not a URL", self.coordinator))?
             .connect_timeout(Duration::from_secs(5));
         if let Some(path) = &self.ca_cert {
-            let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
-            endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+            let pem =
+                std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
         }
         let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {}", self.coordinator))?;
         let header = match &self.token {
-            Some(t) => Some(format!("Bearer {t}").parse().context("--token has characters not allowed in a header")?),
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .context("--token has characters not allowed in a header")?,
+            ),
             None => None,
         };
-        Ok(ClientServiceClient::with_interceptor(channel, Bearer(header))
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20))
+        Ok(
+            ClientServiceClient::with_interceptor(channel, Bearer(header))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        )
     }
 }
 
 /// Runs `future` on a fresh multi-threaded runtime.
 pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     Ok(runtime.block_on(future))
 }
 
@@ -79,7 +96,13 @@ pub fn rpc(status: Status) -> anyhow::Error {
 pub fn safe_file_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     while out.starts_with('.') {
         out.replace_range(0..1, "_");
@@ -102,7 +125,12 @@ pub fn utc(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -114,7 +142,10 @@ mod tests {
         assert_eq!(safe_file_name("../../etc/passwd"), "_._.._etc_passwd");
         assert_eq!(safe_file_name(".."), "__");
         assert_eq!(safe_file_name(""), "_");
-        assert_eq!(safe_file_name("adapter_model.safetensors"), "adapter_model.safetensors");
+        assert_eq!(
+            safe_file_name("adapter_model.safetensors"),
+            "adapter_model.safetensors"
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@ mod submit;
 mod token;
 mod watch;
 mod workers;
+mod data;
+mod manifest;
+mod plan;
+mod validate;
+mod score;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
@@ -49,13 +54,28 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Write an experiment's manifest, metrics and artifacts to a folder.
     Export(export::ExportArgs),
+    /// Check a manifest: exit 0 with a summary, or 2 with every problem (file:line:col: field: message).
+    Validate(validate::ValidateArgs),
+    /// Manifest utilities (content hash).
+    #[command(subcommand)]
+    Manifest(manifest::ManifestCommand),
+    /// Datasets: MIMIC-CXR conversion, the SYNTHETIC longitudinal set, splits and k-fold.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Expand a manifest into its job graph.
+    Plan(plan::PlanArgs),
+    /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
+    Score(score::ScoreArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -71,5 +91,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Results(args) => results::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Manifest(command) => manifest::run(command),
+        Command::Data(command) => data::run(command),
+        Command::Plan(args) => plan::run(args),
+        Command::Score(args) => score::run(args),
     }
 }

@@ -31,12 +31,24 @@ pub struct ResultsArgs {
 /// One row per (job, series): job name, state, series, points, last step, last value.
 pub fn rows(reply: &pb::ResultsReply) -> Vec<(String, String, String, usize, u64, f64)> {
     let status = reply.status.clone().unwrap_or_default();
-    let jobs: HashMap<&str, &pb::JobStatus> = status.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
+    let jobs: HashMap<&str, &pb::JobStatus> =
+        status.jobs.iter().map(|j| (j.id.as_str(), j)).collect();
     let mut out = Vec::new();
     for s in &reply.series {
-        let Some(job) = jobs.get(s.job_id.as_str()) else { continue };
-        let (Some(step), Some(value)) = (s.steps.last(), s.values.last()) else { continue };
-        out.push((job.name.clone(), job_state(job).to_string(), s.name.clone(), s.values.len(), *step, *value));
+        let Some(job) = jobs.get(s.job_id.as_str()) else {
+            continue;
+        };
+        let (Some(step), Some(value)) = (s.steps.last(), s.values.last()) else {
+            continue;
+        };
+        out.push((
+            job.name.clone(),
+            job_state(job).to_string(),
+            s.name.clone(),
+            s.values.len(),
+            *step,
+            *value,
+        ));
     }
     out
 }
@@ -45,7 +57,9 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = client
-            .results(pb::ResultsRequest { experiment_id: args.experiment.clone() })
+            .results(pb::ResultsRequest {
+                experiment_id: args.experiment.clone(),
+            })
             .await
             .map_err(rpc)?
             .into_inner();

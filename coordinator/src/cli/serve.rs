@@ -72,8 +72,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     block_on(async move {
         let running = start(options).await?;
-        let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
-        println!("tandem coordinator listening on {scheme}://{}", running.addr);
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!(
+            "tandem coordinator listening on {scheme}://{}",
+            running.addr
+        );
         let _ = std::io::stdout().flush();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

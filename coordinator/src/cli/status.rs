@@ -25,7 +25,9 @@ pub struct StatusArgs {
 }
 
 pub fn job_state(job: &pb::JobStatus) -> &'static str {
-    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified).label()
+    pb::JobState::try_from(job.state)
+        .unwrap_or(pb::JobState::Unspecified)
+        .label()
 }
 
 pub fn status_json(status: &pb::ExperimentStatus) -> serde_json::Value {
@@ -54,7 +56,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut client = args.client.connect().await?;
         match &args.experiment {
             None => {
-                let list = client.list_experiments(pb::ListExperimentsRequest {}).await.map_err(rpc)?.into_inner();
+                let list = client
+                    .list_experiments(pb::ListExperimentsRequest {})
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
                 if args.format == StatusFormat::Json {
                     let rows: Vec<_> = list
                         .experiments
@@ -64,18 +70,29 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         .collect();
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else {
-                    println!("{:<10} {:<24} {:<12} {:<10} {:>9}  created (UTC)", "id", "name", "team", "state", "done");
+                    println!(
+                        "{:<10} {:<24} {:<12} {:<10} {:>9}  created (UTC)",
+                        "id", "name", "team", "state", "done"
+                    );
                     for e in list.experiments {
                         println!(
                             "{:<10} {:<24} {:<12} {:<10} {:>4}/{:<4}  {}",
-                            e.id, e.name, e.team, e.state, e.jobs_done, e.jobs, utc(e.created_ms)
+                            e.id,
+                            e.name,
+                            e.team,
+                            e.state,
+                            e.jobs_done,
+                            e.jobs,
+                            utc(e.created_ms)
                         );
                     }
                 }
             }
             Some(id) => {
                 let status = client
-                    .get_experiment(pb::GetExperimentRequest { experiment_id: id.clone() })
+                    .get_experiment(pb::GetExperimentRequest {
+                        experiment_id: id.clone(),
+                    })
                     .await
                     .map_err(rpc)?
                     .into_inner();
@@ -83,11 +100,29 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
                 } else {
                     let s = status.summary.clone().unwrap_or_default();
-                    println!("experiment {} ({}) team {}: {} ({}/{} jobs done)", s.id, s.name, s.team, s.state, s.jobs_done, s.jobs);
-                    println!("{:<16} {:<28} {:<12} {:<10} {:>8}  worker", "job", "name", "kind", "state", "attempts");
+                    println!(
+                        "experiment {} ({}) team {}: {} ({}/{} jobs done)",
+                        s.id, s.name, s.team, s.state, s.jobs_done, s.jobs
+                    );
+                    println!(
+                        "{:<16} {:<28} {:<12} {:<10} {:>8}  worker",
+                        "job", "name", "kind", "state", "attempts"
+                    );
                     for j in &status.jobs {
-                        let state = if j.cached { format!("{} (cached)", job_state(j)) } else { job_state(j).to_string() };
-                        println!("{:<16} {:<28} {:<12} {:<10} {:>8}  {}", &j.id[..j.id.len().min(16)], j.name, j.kind, state, j.attempts, j.worker);
+                        let state = if j.cached {
+                            format!("{} (cached)", job_state(j))
+                        } else {
+                            job_state(j).to_string()
+                        };
+                        println!(
+                            "{:<16} {:<28} {:<12} {:<10} {:>8}  {}",
+                            &j.id[..j.id.len().min(16)],
+                            j.name,
+                            j.kind,
+                            state,
+                            j.attempts,
+                            j.worker
+                        );
                         if !j.last_error.is_empty() {
                             println!("{:<16} last error: {}", "", j.last_error);
                         }

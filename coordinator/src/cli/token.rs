@@ -54,7 +54,13 @@ pub enum TokenCommand {
 
 pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        TokenCommand::Create { team, worker, admin, store, client } => {
+        TokenCommand::Create {
+            team,
+            worker,
+            admin,
+            store,
+            client,
+        } => {
             let (role, name) = match (team, worker, admin) {
                 (Some(t), None, false) => (TokenRole::Team, t),
                 (None, Some(w), false) => (TokenRole::Worker, w),
@@ -64,8 +70,12 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
             validate_name(&format!("--{}", role.label()), &name).map_err(anyhow::Error::msg)?;
             let secret = match store {
                 Some(dir) => {
-                    let store = SledStore::open(&dir)
-                        .with_context(|| format!("opening store {} (is a coordinator running on it?)", dir.display()))?;
+                    let store = SledStore::open(&dir).with_context(|| {
+                        format!(
+                            "opening store {} (is a coordinator running on it?)",
+                            dir.display()
+                        )
+                    })?;
                     let (secret, record) = new_token(role, &name);
                     store.put_token(&record)?;
                     store.append_audit(&AuditEntry {
@@ -83,12 +93,24 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 None => block_on(async move {
                     let mut c = client.connect().await?;
                     let request = pb::CreateTokenRequest {
-                        team: if role == TokenRole::Team { name.clone() } else { String::new() },
-                        worker: if role == TokenRole::Worker { name.clone() } else { String::new() },
+                        team: if role == TokenRole::Team {
+                            name.clone()
+                        } else {
+                            String::new()
+                        },
+                        worker: if role == TokenRole::Worker {
+                            name.clone()
+                        } else {
+                            String::new()
+                        },
                         admin: role == TokenRole::Admin,
                     };
                     let reply = c.create_token(request).await.map_err(rpc)?.into_inner();
-                    eprintln!("created {} token {} for {name}", role.label(), reply.token_id);
+                    eprintln!(
+                        "created {} token {} for {name}",
+                        role.label(),
+                        reply.token_id
+                    );
                     anyhow::Ok(reply.token)
                 })??,
             };
@@ -100,24 +122,52 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 Some(dir) => SledStore::open(&dir)?
                     .tokens()?
                     .into_iter()
-                    .map(|t| (t.id, t.role.label().to_string(), t.name, t.created_ms, t.revoked))
+                    .map(|t| {
+                        (
+                            t.id,
+                            t.role.label().to_string(),
+                            t.name,
+                            t.created_ms,
+                            t.revoked,
+                        )
+                    })
                     .collect(),
                 None => block_on(async move {
                     let mut c = client.connect().await?;
-                    let reply = c.list_tokens(pb::ListTokensRequest {}).await.map_err(rpc)?.into_inner();
-                    anyhow::Ok(reply.tokens.into_iter().map(|t| (t.token_id, t.role, t.name, t.created_ms, t.revoked)).collect())
+                    let reply = c
+                        .list_tokens(pb::ListTokensRequest {})
+                        .await
+                        .map_err(rpc)?
+                        .into_inner();
+                    anyhow::Ok(
+                        reply
+                            .tokens
+                            .into_iter()
+                            .map(|t| (t.token_id, t.role, t.name, t.created_ms, t.revoked))
+                            .collect(),
+                    )
                 })??,
             };
-            println!("{:<20} {:<7} {:<24} {:<20} revoked", "id", "role", "name", "created (UTC)");
+            println!(
+                "{:<20} {:<7} {:<24} {:<20} revoked",
+                "id", "role", "name", "created (UTC)"
+            );
             for (id, role, name, created, revoked) in rows {
-                println!("{id:<20} {role:<7} {name:<24} {:<20} {revoked}", utc(created));
+                println!(
+                    "{id:<20} {role:<7} {name:<24} {:<20} {revoked}",
+                    utc(created)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Revoke { token_id, client } => {
             block_on(async move {
                 let mut c = client.connect().await?;
-                c.revoke_token(pb::RevokeTokenRequest { token_id: token_id.clone() }).await.map_err(rpc)?;
+                c.revoke_token(pb::RevokeTokenRequest {
+                    token_id: token_id.clone(),
+                })
+                .await
+                .map_err(rpc)?;
                 eprintln!("revoked {token_id}");
                 anyhow::Ok(())
             })??;

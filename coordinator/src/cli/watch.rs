@@ -35,7 +35,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let mut stream = client
-            .watch(pb::WatchRequest { experiment_id: args.experiment.clone() })
+            .watch(pb::WatchRequest {
+                experiment_id: args.experiment.clone(),
+            })
             .await
             .map_err(rpc)?
             .into_inner();
@@ -99,9 +101,16 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             count("cancelled"),
             jobs.len()
         );
-        for job in jobs.values().filter(|j| !j.last_error.is_empty() && job_state(j) == "failed") {
+        for job in jobs
+            .values()
+            .filter(|j| !j.last_error.is_empty() && job_state(j) == "failed")
+        {
             println!("  {} failed: {}", job.name, job.last_error);
         }
-        anyhow::Ok(if final_state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        anyhow::Ok(if final_state == "succeeded" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })?
 }

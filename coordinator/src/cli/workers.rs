@@ -20,7 +20,11 @@ pub struct WorkersArgs {
 pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
-        let reply = client.list_workers(pb::ListWorkersRequest {}).await.map_err(rpc)?.into_inner();
+        let reply = client
+            .list_workers(pb::ListWorkersRequest {})
+            .await
+            .map_err(rpc)?
+            .into_inner();
         if args.format == StatusFormat::Json {
             let rows: Vec<_> = reply
                 .workers
@@ -34,7 +38,10 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
-            println!("{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} jobs", "worker", "alive", "gpus", "gpu MiB", "threads", "last seen (UTC)");
+            println!(
+                "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} jobs",
+                "worker", "alive", "gpus", "gpu MiB", "threads", "last seen (UTC)"
+            );
             for w in reply.workers {
                 let r = w.resources.unwrap_or_default();
                 println!(

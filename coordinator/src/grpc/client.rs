@@ -56,29 +56,51 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> 
 
 /// Streams blob `sha256` in chunks after verifying its hash.
 pub(super) fn stream_blob(shared: &Shared, sha256: &str) -> Result<ChunkStream, Status> {
-    let bytes = shared.scheduler.store().blobs().read_verified(sha256).map_err(store_status)?;
-    let header = pb::ArtifactHeader { sha256: sha256.to_string(), size: bytes.len() as u64, ..Default::default() };
+    let bytes = shared
+        .scheduler
+        .store()
+        .blobs()
+        .read_verified(sha256)
+        .map_err(store_status)?;
+    let header = pb::ArtifactHeader {
+        sha256: sha256.to_string(),
+        size: bytes.len() as u64,
+        ..Default::default()
+    };
     let mut chunks: Vec<Result<pb::ArtifactChunk, Status>> = Vec::new();
     let mut first = Some(header);
     if bytes.is_empty() {
-        chunks.push(Ok(pb::ArtifactChunk { header: first.take(), data: Vec::new() }));
+        chunks.push(Ok(pb::ArtifactChunk {
+            header: first.take(),
+            data: Vec::new(),
+        }));
     }
     for piece in bytes.chunks(CHUNK_BYTES) {
-        chunks.push(Ok(pb::ArtifactChunk { header: first.take(), data: piece.to_vec() }));
+        chunks.push(Ok(pb::ArtifactChunk {
+            header: first.take(),
+            data: piece.to_vec(),
+        }));
     }
     Ok(Box::pin(tokio_stream::iter(chunks)))
 }
 
 #[tonic::async_trait]
 impl ClientService for ClientApi {
-    async fn submit_experiment(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitReply>, Status> {
+    async fn submit_experiment(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         let mut names = HashSet::new();
         let mut inputs = Vec::new();
         for (i, file) in req.inputs.iter().enumerate() {
-            if file.name.is_empty() || file.name.contains('\0') || !names.insert(file.name.clone()) {
-                return Err(Status::invalid_argument(format!("inputs[{i}].name: empty, invalid or duplicate {:?}", file.name)));
+            if file.name.is_empty() || file.name.contains('\0') || !names.insert(file.name.clone())
+            {
+                return Err(Status::invalid_argument(format!(
+                    "inputs[{i}].name: empty, invalid or duplicate {:?}",
+                    file.name
+                )));
             }
             inputs.push(crate::store::InputRef {
                 name: file.name.clone(),
@@ -86,10 +108,23 @@ impl ClientService for ClientApi {
                 size: file.content.len() as u64,
             });
         }
-        let manifest_name = if req.manifest_name.is_empty() { "manifest".to_string() } else { req.manifest_name.clone() };
-        let plan = planning::expand(&req.format, &manifest_name, &req.manifest, &inputs)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let team = principal.team_scope().unwrap_or(&principal.name).to_string();
+        let manifest_name = if req.manifest_name.is_empty() {
+            "manifest".to_string()
+        } else {
+            req.manifest_name.clone()
+        };
+        let plan = planning::expand(
+            &req.format,
+            &manifest_name,
+            &req.manifest,
+            &req.plan,
+            &inputs,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let team = principal
+            .team_scope()
+            .unwrap_or(&principal.name)
+            .to_string();
         let outcome = self
             .shared
             .scheduler
@@ -100,7 +135,11 @@ impl ClientService for ClientApi {
                 manifest: req.manifest,
                 manifest_format: req.format,
                 manifest_name,
-                inputs: req.inputs.into_iter().map(|f| (f.name, f.content)).collect(),
+                inputs: req
+                    .inputs
+                    .into_iter()
+                    .map(|f| (f.name, f.content))
+                    .collect(),
                 priority: req.priority,
                 jobs: plan.jobs,
             })
@@ -152,14 +191,19 @@ impl ClientService for ClientApi {
 
     type WatchStream = EventStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let principal = self.caller(&request)?;
         let experiment_id = request.into_inner().experiment_id;
         let scheduler = self.shared.scheduler.clone();
         let team = principal.team_scope().map(str::to_string);
         // Subscribe before the snapshot so no change falls between them.
         let mut events = scheduler.subscribe();
-        let view = scheduler.experiment(team.as_deref(), &experiment_id).map_err(status_of)?;
+        let view = scheduler
+            .experiment(team.as_deref(), &experiment_id)
+            .map_err(status_of)?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let done_event = |state: &str| pb::WatchEvent {
@@ -204,7 +248,9 @@ impl ClientService for ClientApi {
                     if !event.experiments.contains(&experiment_id) {
                         continue;
                     }
-                    let Ok(fresh) = scheduler.experiment(team.as_deref(), &experiment_id) else { return };
+                    let Ok(fresh) = scheduler.experiment(team.as_deref(), &experiment_id) else {
+                        return;
+                    };
                     if let Some(job) = fresh.jobs.iter().find(|j| j.job.id == event.job_id) {
                         let out = pb::WatchEvent {
                             experiment_id: experiment_id.clone(),
@@ -227,29 +273,50 @@ impl ClientService for ClientApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn cancel(&self, request: Request<pb::CancelRequest>) -> Result<Response<pb::CancelReply>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelReply>, Status> {
         let principal = self.caller(&request)?;
         let cancelled = self
             .shared
             .scheduler
-            .cancel(principal.team_scope(), &principal.actor(), &request.get_ref().experiment_id)
+            .cancel(
+                principal.team_scope(),
+                &principal.actor(),
+                &request.get_ref().experiment_id,
+            )
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::CancelReply { cancelled: cancelled as u32 }))
+        Ok(Response::new(pb::CancelReply {
+            cancelled: cancelled as u32,
+        }))
     }
 
-    async fn retry(&self, request: Request<pb::RetryRequest>) -> Result<Response<pb::RetryReply>, Status> {
+    async fn retry(
+        &self,
+        request: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryReply>, Status> {
         let principal = self.caller(&request)?;
         let requeued = self
             .shared
             .scheduler
-            .retry(principal.team_scope(), &principal.actor(), &request.get_ref().experiment_id)
+            .retry(
+                principal.team_scope(),
+                &principal.actor(),
+                &request.get_ref().experiment_id,
+            )
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::RetryReply { requeued: requeued as u32 }))
+        Ok(Response::new(pb::RetryReply {
+            requeued: requeued as u32,
+        }))
     }
 
-    async fn results(&self, request: Request<pb::ResultsRequest>) -> Result<Response<pb::ResultsReply>, Status> {
+    async fn results(
+        &self,
+        request: Request<pb::ResultsRequest>,
+    ) -> Result<Response<pb::ResultsReply>, Status> {
         let principal = self.caller(&request)?;
         let scheduler = &self.shared.scheduler;
         let view = scheduler
@@ -261,8 +328,12 @@ impl ClientService for ClientApi {
         for job in &view.jobs {
             let mut by_name: BTreeMap<String, (Vec<u64>, Vec<f64>)> = BTreeMap::new();
             for (_, encoded) in store.metric_batches(&job.job.id).map_err(store_status)? {
-                let batch = pb::MetricBatch::decode(encoded.as_slice())
-                    .map_err(|e| Status::data_loss(format!("stored metric batch of {} undecodable: {e}", job.job.id)))?;
+                let batch = pb::MetricBatch::decode(encoded.as_slice()).map_err(|e| {
+                    Status::data_loss(format!(
+                        "stored metric batch of {} undecodable: {e}",
+                        job.job.id
+                    ))
+                })?;
                 for point in batch.points {
                     let entry = by_name.entry(point.name).or_default();
                     entry.0.push(point.step);
@@ -270,11 +341,25 @@ impl ClientService for ClientApi {
                 }
             }
             for (name, (steps, values)) in by_name {
-                series.push(pb::MetricSeries { job_id: job.job.id.clone(), name, steps, values });
+                series.push(pb::MetricSeries {
+                    job_id: job.job.id.clone(),
+                    name,
+                    steps,
+                    values,
+                });
             }
-            artifacts.extend(store.artifacts(&job.job.id).map_err(store_status)?.iter().map(artifact_ref));
+            artifacts.extend(
+                store
+                    .artifacts(&job.job.id)
+                    .map_err(store_status)?
+                    .iter()
+                    .map(artifact_ref),
+            );
         }
-        let manifest = store.manifest(&view.record.id).map_err(store_status)?.unwrap_or_default();
+        let manifest = store
+            .manifest(&view.record.id)
+            .map_err(store_status)?
+            .unwrap_or_default();
         Ok(Response::new(pb::ResultsReply {
             manifest_format: view.record.manifest_format.clone(),
             status: Some(experiment_status(&view)),
@@ -284,14 +369,22 @@ impl ClientService for ClientApi {
         }))
     }
 
-    async fn audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditReply>, Status> {
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         let scheduler = &self.shared.scheduler;
-        let view = scheduler.experiment(principal.team_scope(), &req.experiment_id).map_err(status_of)?;
+        let view = scheduler
+            .experiment(principal.team_scope(), &req.experiment_id)
+            .map_err(status_of)?;
         let store = scheduler.store();
         let mut checks = Vec::new();
-        let manifest = store.manifest(&view.record.id).map_err(store_status)?.unwrap_or_default();
+        let manifest = store
+            .manifest(&view.record.id)
+            .map_err(store_status)?
+            .unwrap_or_default();
         let actual = sha256_hex(&manifest);
         checks.push(pb::AuditCheck {
             subject: format!("manifest {}", view.record.manifest_name),
@@ -305,7 +398,13 @@ impl ClientService for ClientApi {
                 Ok(actual) => (actual, String::new()),
                 Err(err) => (String::new(), err.to_string()),
             };
-            checks.push(pb::AuditCheck { subject, ok: actual == expected, expected: expected.to_string(), actual, detail });
+            checks.push(pb::AuditCheck {
+                subject,
+                ok: actual == expected,
+                expected: expected.to_string(),
+                actual,
+                detail,
+            });
         };
         for input in &view.record.inputs {
             check_blob(format!("input {}", input.name), &input.sha256);
@@ -313,7 +412,13 @@ impl ClientService for ClientApi {
         let mut environments = Vec::new();
         for job in &view.jobs {
             for artifact in store.artifacts(&job.job.id).map_err(store_status)? {
-                check_blob(format!("artifact {}/{} ({})", job.job.name, artifact.name, artifact.role), &artifact.sha256);
+                check_blob(
+                    format!(
+                        "artifact {}/{} ({})",
+                        job.job.name, artifact.name, artifact.role
+                    ),
+                    &artifact.sha256,
+                );
             }
             let ran_on = job
                 .job
@@ -328,9 +433,18 @@ impl ClientService for ClientApi {
                 environments.push(pb::JobEnvironment {
                     job_id: job.job.id.clone(),
                     worker: worker_id,
-                    worker_version: worker.as_ref().map(|w| w.version.clone()).unwrap_or_default(),
-                    git_commit: worker.as_ref().map(|w| w.git_commit.clone()).unwrap_or_default(),
-                    cargo_lock_sha256: worker.as_ref().map(|w| w.cargo_lock_sha256.clone()).unwrap_or_default(),
+                    worker_version: worker
+                        .as_ref()
+                        .map(|w| w.version.clone())
+                        .unwrap_or_default(),
+                    git_commit: worker
+                        .as_ref()
+                        .map(|w| w.git_commit.clone())
+                        .unwrap_or_default(),
+                    cargo_lock_sha256: worker
+                        .as_ref()
+                        .map(|w| w.cargo_lock_sha256.clone())
+                        .unwrap_or_default(),
                     host: worker.as_ref().map(|w| w.host.clone()).unwrap_or_default(),
                 });
             }
@@ -396,7 +510,9 @@ impl ClientService for ClientApi {
         let principal = self.caller(&request)?;
         let sha256 = request.into_inner().sha256;
         if !self.visible_blob(principal.team_scope(), &sha256)? {
-            return Err(Status::not_found(format!("no artifact {sha256} in your team's experiments")));
+            return Err(Status::not_found(format!(
+                "no artifact {sha256} in your team's experiments"
+            )));
         }
         Ok(Response::new(stream_blob(&self.shared, &sha256)?))
     }
@@ -412,7 +528,11 @@ impl ClientService for ClientApi {
             (false, true, false) => (TokenRole::Team, req.team),
             (true, false, false) => (TokenRole::Worker, req.worker),
             (true, true, true) => (TokenRole::Admin, "admin".to_string()),
-            _ => return Err(Status::invalid_argument("give exactly one of team, worker or admin")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of team, worker or admin",
+                ));
+            }
         };
         validate_name(role.label(), &name).map_err(Status::invalid_argument)?;
         let (secret, record) = new_token(role, &name);
@@ -431,10 +551,16 @@ impl ClientService for ClientApi {
         store.commit().await.map_err(Status::internal)?;
         let token_id = record.id.clone();
         self.shared.auth.upsert(record);
-        Ok(Response::new(pb::CreateTokenReply { token: secret, token_id }))
+        Ok(Response::new(pb::CreateTokenReply {
+            token: secret,
+            token_id,
+        }))
     }
 
-    async fn list_tokens(&self, request: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensReply>, Status> {
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensReply>, Status> {
         let principal = self.shared.auth.authenticate(request.metadata())?;
         require_admin(&principal)?;
         let tokens = self
@@ -460,7 +586,13 @@ impl ClientService for ClientApi {
         let principal = self.shared.auth.authenticate(request.metadata())?;
         require_admin(&principal)?;
         let token_id = request.into_inner().token_id;
-        let Some(mut record) = self.shared.auth.tokens().into_iter().find(|t| t.id == token_id) else {
+        let Some(mut record) = self
+            .shared
+            .auth
+            .tokens()
+            .into_iter()
+            .find(|t| t.id == token_id)
+        else {
             return Err(Status::not_found(format!("no token {token_id}")));
         };
         record.revoked = true;

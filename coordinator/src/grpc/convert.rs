@@ -6,12 +6,20 @@ use crate::scheduler::{ExperimentView, JobView};
 use crate::store::{ArtifactRecord, InputRef, JobState, Resources};
 
 pub fn resources_to_pb(r: &Resources) -> pb::Resources {
-    pb::Resources { gpus: r.gpus, gpu_memory_mib: r.gpu_memory_mib, cpu_threads: r.cpu_threads }
+    pb::Resources {
+        gpus: r.gpus,
+        gpu_memory_mib: r.gpu_memory_mib,
+        cpu_threads: r.cpu_threads,
+    }
 }
 
 pub fn resources_from_pb(r: Option<&pb::Resources>) -> Resources {
-    r.map(|r| Resources { gpus: r.gpus, gpu_memory_mib: r.gpu_memory_mib, cpu_threads: r.cpu_threads })
-        .unwrap_or_default()
+    r.map(|r| Resources {
+        gpus: r.gpus,
+        gpu_memory_mib: r.gpu_memory_mib,
+        cpu_threads: r.cpu_threads,
+    })
+    .unwrap_or_default()
 }
 
 pub fn state_to_pb(s: JobState) -> pb::JobState {
@@ -76,7 +84,11 @@ pub fn experiment_status(view: &ExperimentView) -> pb::ExperimentStatus {
             state: view.state.to_string(),
             created_ms: r.created_ms,
             jobs: view.jobs.len() as u32,
-            jobs_done: view.jobs.iter().filter(|j| j.job.state == JobState::Succeeded).count() as u32,
+            jobs_done: view
+                .jobs
+                .iter()
+                .filter(|j| j.job.state == JobState::Succeeded)
+                .count() as u32,
         }),
         manifest_sha256: r.manifest_sha256.clone(),
         jobs: view.jobs.iter().map(job_status).collect(),

@@ -29,7 +29,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 64 << 20, max_upload_bytes: 8 << 30, max_batches_per_stream: 4096 }
+        Limits {
+            max_message_bytes: 64 << 20,
+            max_upload_bytes: 8 << 30,
+            max_batches_per_stream: 4096,
+        }
     }
 }
 

@@ -56,8 +56,12 @@ impl WorkerApi {
         }
         match self.shared.scheduler.worker(worker_id) {
             Some(worker) if worker.name == principal.name => Ok(()),
-            Some(_) => Err(Status::permission_denied(format!("worker {worker_id} belongs to another token"))),
-            None => Err(Status::not_found(format!("unknown worker {worker_id}: register again"))),
+            Some(_) => Err(Status::permission_denied(format!(
+                "worker {worker_id} belongs to another token"
+            ))),
+            None => Err(Status::not_found(format!(
+                "unknown worker {worker_id}: register again"
+            ))),
         }
     }
 
@@ -75,10 +79,10 @@ impl WorkerApi {
             }),
             attempt: grant.attempt,
             deadline_ms: grant.deadline_ms,
-            checkpoint: grant
-                .checkpoint
-                .as_ref()
-                .map(|c| pb::Checkpoint { sha256: c.sha256.clone(), metric_seq: c.metric_seq }),
+            checkpoint: grant.checkpoint.as_ref().map(|c| pb::Checkpoint {
+                sha256: c.sha256.clone(),
+                metric_seq: c.metric_seq,
+            }),
             inputs: job.inputs.iter().map(|i| input_ref(&job.id, i)).collect(),
             parents: grant.parents.iter().map(artifact_ref).collect(),
             experiment_id: grant.experiment_id.clone(),
@@ -90,10 +94,17 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> 
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterReply>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
-        let name = if principal.role == TokenRole::Worker { principal.name.clone() } else { req.name.clone() };
+        let name = if principal.role == TokenRole::Worker {
+            principal.name.clone()
+        } else {
+            req.name.clone()
+        };
         crate::auth::validate_name("name", &name).map_err(Status::invalid_argument)?;
         let known = (!req.worker_id.is_empty()).then_some(req.worker_id.as_str());
         if let Some(id) = known
@@ -113,7 +124,12 @@ impl WorkerService for WorkerApi {
             registered_ms: 0,
             last_seen_ms: 0,
         };
-        let worker_id = self.shared.scheduler.register_worker(known, record).await.map_err(status_of)?;
+        let worker_id = self
+            .shared
+            .scheduler
+            .register_worker(known, record)
+            .await
+            .map_err(status_of)?;
         let config = self.shared.scheduler.config();
         Ok(Response::new(pb::RegisterReply {
             worker_id,
@@ -122,7 +138,10 @@ impl WorkerService for WorkerApi {
         }))
     }
 
-    async fn lease_job(&self, request: Request<pb::LeaseRequest>) -> Result<Response<pb::LeaseReply>, Status> {
+    async fn lease_job(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         self.check_worker(&principal, &req.worker_id)?;
@@ -132,10 +151,15 @@ impl WorkerService for WorkerApi {
             .lease(&req.worker_id, Duration::from_millis(req.wait_ms))
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::LeaseReply { lease: grant.map(Self::lease_to_pb) }))
+        Ok(Response::new(pb::LeaseReply {
+            lease: grant.map(Self::lease_to_pb),
+        }))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         if self.shared.scheduler.worker(&req.worker_id).is_none() {
@@ -149,9 +173,19 @@ impl WorkerService for WorkerApi {
         let reports: Vec<ProgressReport> = req
             .jobs
             .iter()
-            .map(|j| ProgressReport { job_id: j.job_id.clone(), attempt: j.attempt, step: j.step, total: j.total })
+            .map(|j| ProgressReport {
+                job_id: j.job_id.clone(),
+                attempt: j.attempt,
+                step: j.step,
+                total: j.total,
+            })
             .collect();
-        let outcome = self.shared.scheduler.heartbeat(&req.worker_id, &reports).await.map_err(status_of)?;
+        let outcome = self
+            .shared
+            .scheduler
+            .heartbeat(&req.worker_id, &reports)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::HeartbeatReply {
             cancel: outcome.cancel,
             lease_deadline_ms: outcome.lease_deadline_ms,
@@ -175,7 +209,9 @@ impl WorkerService for WorkerApi {
                     worker_id = Some(batch.worker_id.clone());
                 }
                 Some(id) if *id != batch.worker_id => {
-                    return Err(Status::invalid_argument("one metric stream carries one worker's batches"));
+                    return Err(Status::invalid_argument(
+                        "one metric stream carries one worker's batches",
+                    ));
                 }
                 Some(_) => {}
             }
@@ -185,8 +221,17 @@ impl WorkerService for WorkerApi {
                     self.shared.limits.max_batches_per_stream
                 )));
             }
-            let last = batch.points.first().map(|p| (p.name.clone(), p.step, p.value));
-            let stored = pb::MetricBatch { job_id: String::new(), attempt: batch.attempt, seq: batch.seq, points: batch.points, worker_id: String::new() };
+            let last = batch
+                .points
+                .first()
+                .map(|p| (p.name.clone(), p.step, p.value));
+            let stored = pb::MetricBatch {
+                job_id: String::new(),
+                attempt: batch.attempt,
+                seq: batch.seq,
+                points: batch.points,
+                worker_id: String::new(),
+            };
             batches.push(MetricBatchIn {
                 job_id: batch.job_id,
                 attempt: batch.attempt,
@@ -199,8 +244,17 @@ impl WorkerService for WorkerApi {
         let Some(worker_id) = worker_id else {
             return Ok(Response::new(pb::MetricAck::default()));
         };
-        let counts = self.shared.scheduler.ingest_metrics(&worker_id, batches).await.map_err(status_of)?;
-        Ok(Response::new(pb::MetricAck { batches: counts.batches, duplicates: counts.duplicates, points: counts.points }))
+        let counts = self
+            .shared
+            .scheduler
+            .ingest_metrics(&worker_id, batches)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::MetricAck {
+            batches: counts.batches,
+            duplicates: counts.duplicates,
+            points: counts.points,
+        }))
     }
 
     async fn upload_artifact(
@@ -210,28 +264,44 @@ impl WorkerService for WorkerApi {
         let principal = self.caller(&request)?;
         let mut stream = request.into_inner();
         let Some(first) = stream.next().await else {
-            return Err(Status::invalid_argument("empty upload: the first chunk must carry the header"));
+            return Err(Status::invalid_argument(
+                "empty upload: the first chunk must carry the header",
+            ));
         };
         let first = first?;
-        let header = first
-            .header
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("the first chunk of an upload must carry the header"))?;
+        let header = first.header.clone().ok_or_else(|| {
+            Status::invalid_argument("the first chunk of an upload must carry the header")
+        })?;
         self.check_worker(&principal, &header.worker_id)?;
         validate_artifact_name(&header.name)?;
         if header.role != "output" && header.role != "checkpoint" {
-            return Err(Status::invalid_argument(format!("role {:?}: expected \"output\" or \"checkpoint\"", header.role)));
+            return Err(Status::invalid_argument(format!(
+                "role {:?}: expected \"output\" or \"checkpoint\"",
+                header.role
+            )));
         }
         if !is_sha256_hex(&header.sha256) {
-            return Err(Status::invalid_argument(format!("sha256 {:?}: expected 64 lower-case hex digits", header.sha256)));
+            return Err(Status::invalid_argument(format!(
+                "sha256 {:?}: expected 64 lower-case hex digits",
+                header.sha256
+            )));
         }
         let limit = self.shared.limits.max_upload_bytes;
         if header.size > limit {
-            return Err(Status::resource_exhausted(format!("artifact of {} bytes exceeds the upload limit of {limit}", header.size)));
+            return Err(Status::resource_exhausted(format!(
+                "artifact of {} bytes exceeds the upload limit of {limit}",
+                header.size
+            )));
         }
         let scheduler = &self.shared.scheduler;
-        scheduler.check_upload(&header.worker_id, &header.job_id, header.attempt).map_err(status_of)?;
-        let mut writer = scheduler.store().blobs().writer(limit).map_err(store_status)?;
+        scheduler
+            .check_upload(&header.worker_id, &header.job_id, header.attempt)
+            .map_err(status_of)?;
+        let mut writer = scheduler
+            .store()
+            .blobs()
+            .writer(limit)
+            .map_err(store_status)?;
         writer.write(&first.data).map_err(store_status)?;
         while let Some(chunk) = stream.next().await {
             writer.write(&chunk?.data).map_err(store_status)?;
@@ -245,7 +315,9 @@ impl WorkerService for WorkerApi {
         }
         let size = writer.written();
         writer.finish(&header.sha256).map_err(|err| match err {
-            StoreError::HashMismatch { .. } => Status::invalid_argument(format!("artifact rejected: {err}")),
+            StoreError::HashMismatch { .. } => {
+                Status::invalid_argument(format!("artifact rejected: {err}"))
+            }
             other => store_status(other),
         })?;
         let record = ArtifactRecord {
@@ -258,8 +330,13 @@ impl WorkerService for WorkerApi {
             metric_seq: header.metric_seq,
             created_ms: now_ms(),
         };
-        scheduler.record_artifact(&header.worker_id, record.clone()).await.map_err(status_of)?;
-        Ok(Response::new(pb::UploadArtifactReply { artifact: Some(artifact_ref(&record)) }))
+        scheduler
+            .record_artifact(&header.worker_id, record.clone())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::UploadArtifactReply {
+            artifact: Some(artifact_ref(&record)),
+        }))
     }
 
     type DownloadArtifactStream = ChunkStream;
@@ -269,31 +346,53 @@ impl WorkerService for WorkerApi {
         request: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         self.caller(&request)?;
-        Ok(Response::new(stream_blob(&self.shared, &request.get_ref().sha256)?))
+        Ok(Response::new(stream_blob(
+            &self.shared,
+            &request.get_ref().sha256,
+        )?))
     }
 
-    async fn complete_job(&self, request: Request<pb::CompleteRequest>) -> Result<Response<pb::CompleteReply>, Status> {
+    async fn complete_job(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         self.check_worker(&principal, &req.worker_id)?;
-        self.shared.scheduler.complete(&req.worker_id, &req.job_id, req.attempt).await.map_err(status_of)?;
+        self.shared
+            .scheduler
+            .complete(&req.worker_id, &req.job_id, req.attempt)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::CompleteReply {}))
     }
 
-    async fn fail_job(&self, request: Request<pb::FailRequest>) -> Result<Response<pb::FailReply>, Status> {
+    async fn fail_job(
+        &self,
+        request: Request<pb::FailRequest>,
+    ) -> Result<Response<pb::FailReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         self.check_worker(&principal, &req.worker_id)?;
         let will_retry = self
             .shared
             .scheduler
-            .fail(&req.worker_id, &req.job_id, req.attempt, &req.reason, req.permanent)
+            .fail(
+                &req.worker_id,
+                &req.job_id,
+                req.attempt,
+                &req.reason,
+                req.permanent,
+            )
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::FailReply { will_retry }))
     }
 
-    async fn release_job(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseReply>, Status> {
+    async fn release_job(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         self.check_worker(&principal, &req.worker_id)?;
@@ -315,7 +414,9 @@ mod tests {
         for ok in ["adapter_model.safetensors", "checkpoint", "metrics-1.csv"] {
             assert!(validate_artifact_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "c:x", "a\0b"] {
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "c:x", "a\0b",
+        ] {
             assert!(validate_artifact_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -18,8 +18,8 @@ pub use error::{SchedulerError, SchedulerResult};
 use placement::Candidate;
 
 use crate::store::{
-    ArtifactRecord, AttemptRecord, AuditEntry, CheckpointRef, ExperimentRecord, InputRef, JobRecord, JobState,
-    Resources, Store, WorkerRecord, now_ms, sha256_hex,
+    ArtifactRecord, AttemptRecord, AuditEntry, CheckpointRef, ExperimentRecord, InputRef,
+    JobRecord, JobState, Resources, Store, WorkerRecord, now_ms, sha256_hex,
 };
 
 /// Timing and retry settings.
@@ -208,7 +208,14 @@ fn ready_key(job: &JobRecord) -> ReadyKey {
 }
 
 impl State {
-    fn audit(&mut self, actor: &str, action: &str, experiment: Option<&str>, job: Option<&str>, detail: String) {
+    fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        experiment: Option<&str>,
+        job: Option<&str>,
+        detail: String,
+    ) {
         self.audit.push(AuditEntry {
             time_ms: now_ms(),
             actor: actor.to_string(),
@@ -220,13 +227,23 @@ impl State {
     }
 
     fn event(&mut self, job_id: &str, message: String) {
-        let experiments = self.jobs.get(job_id).map(|j| j.experiments.clone()).unwrap_or_default();
-        self.events.push(JobEvent { job_id: job_id.to_string(), experiments, message });
+        let experiments = self
+            .jobs
+            .get(job_id)
+            .map(|j| j.experiments.clone())
+            .unwrap_or_default();
+        self.events.push(JobEvent {
+            job_id: job_id.to_string(),
+            experiments,
+            message,
+        });
     }
 
     /// Moves a job to `new`, keeping the ready queues, lease set and team counts in step.
     fn set_state(&mut self, job_id: &str, new: JobState) {
-        let Some(job) = self.jobs.get_mut(job_id) else { return };
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
         let old = job.state;
         if old == new {
             return;
@@ -248,12 +265,18 @@ impl State {
                 worker.used = Resources {
                     gpus: worker.used.gpus.saturating_sub(job.resources.gpus),
                     gpu_memory_mib: worker.used.gpu_memory_mib,
-                    cpu_threads: worker.used.cpu_threads.saturating_sub(job.resources.cpu_threads),
+                    cpu_threads: worker
+                        .used
+                        .cpu_threads
+                        .saturating_sub(job.resources.cpu_threads),
                 };
             }
         }
         if new == JobState::Ready {
-            self.ready.entry(job.team.clone()).or_default().insert(ready_key(job));
+            self.ready
+                .entry(job.team.clone())
+                .or_default()
+                .insert(ready_key(job));
             self.became_ready = true;
         }
         if new.is_leased() && !old.is_leased() {
@@ -270,14 +293,17 @@ impl State {
 
     /// A blocked job whose dependencies all succeeded becomes ready.
     fn refresh_readiness(&mut self, job_id: &str) {
-        let Some(job) = self.jobs.get(job_id) else { return };
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
         if job.state != JobState::Blocked {
             return;
         }
-        let all_done = job
-            .deps
-            .iter()
-            .all(|dep| self.jobs.get(dep).is_some_and(|d| d.state == JobState::Succeeded));
+        let all_done = job.deps.iter().all(|dep| {
+            self.jobs
+                .get(dep)
+                .is_some_and(|d| d.state == JobState::Succeeded)
+        });
         if all_done {
             self.set_state(job_id, JobState::Ready);
         }
@@ -289,7 +315,9 @@ impl State {
         let mut any_active = false;
         let mut all_terminal_or_blocked = true;
         for id in &experiment.job_ids {
-            let Some(job) = self.jobs.get(id) else { continue };
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
             match job.state {
                 JobState::Succeeded => {}
                 JobState::Failed => {
@@ -322,10 +350,16 @@ impl State {
             .get(job_id)
             .ok_or_else(|| SchedulerError::NotFound(format!("no job {job_id}")))?;
         let current_attempt = job.attempt_log.len() as u32;
-        if job.state == JobState::Cancelled && job.worker.as_deref() == Some(worker_id) && current_attempt == attempt {
+        if job.state == JobState::Cancelled
+            && job.worker.as_deref() == Some(worker_id)
+            && current_attempt == attempt
+        {
             return Err(SchedulerError::Cancelled(job_id.to_string()));
         }
-        if job.worker.as_deref() != Some(worker_id) || current_attempt != attempt || !job.state.is_leased() {
+        if job.worker.as_deref() != Some(worker_id)
+            || current_attempt != attempt
+            || !job.state.is_leased()
+        {
             return Err(SchedulerError::LeaseLost {
                 job: job_id.to_string(),
                 detail: format!(
@@ -360,25 +394,39 @@ impl Scheduler {
             state.experiments.insert(experiment.id.clone(), experiment);
         }
         for worker in store.workers()? {
-            state
-                .workers
-                .insert(worker.id.clone(), LiveWorker { record: worker, leases: HashSet::new(), used: Resources::default() });
+            state.workers.insert(
+                worker.id.clone(),
+                LiveWorker {
+                    record: worker,
+                    leases: HashSet::new(),
+                    used: Resources::default(),
+                },
+            );
         }
         let now = now_ms();
         for mut job in store.jobs()? {
             state.next_submit_seq = state.next_submit_seq.max(job.submit_seq + 1);
             for dep in &job.deps {
-                state.dependents.entry(dep.clone()).or_default().push(job.id.clone());
+                state
+                    .dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(job.id.clone());
             }
             match job.state {
                 JobState::Ready => {
-                    state.ready.entry(job.team.clone()).or_default().insert(ready_key(&job));
+                    state
+                        .ready
+                        .entry(job.team.clone())
+                        .or_default()
+                        .insert(ready_key(&job));
                 }
                 JobState::Leased | JobState::Running => {
                     job.lease_deadline_ms = job.lease_deadline_ms.max(now + config.lease_ttl_ms);
                     state.leased.insert(job.id.clone());
                     *state.running_by_team.entry(job.team.clone()).or_default() += 1;
-                    if let Some(worker) = job.worker.as_ref().and_then(|w| state.workers.get_mut(w)) {
+                    if let Some(worker) = job.worker.as_ref().and_then(|w| state.workers.get_mut(w))
+                    {
                         worker.leases.insert(job.id.clone());
                         worker.used = worker.used.plus(&job.resources);
                     }
@@ -387,8 +435,12 @@ impl Scheduler {
             }
             state.jobs.insert(job.id.clone(), job);
         }
-        let blocked: Vec<String> =
-            state.jobs.values().filter(|j| j.state == JobState::Blocked).map(|j| j.id.clone()).collect();
+        let blocked: Vec<String> = state
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Blocked)
+            .map(|j| j.id.clone())
+            .collect();
         for id in blocked {
             state.refresh_readiness(&id);
         }
@@ -397,7 +449,13 @@ impl Scheduler {
         }
         state.events.clear();
         let (events, _) = broadcast::channel(4096);
-        Ok(Arc::new(Scheduler { store, config, state: Mutex::new(state), ready_notify: Notify::new(), events }))
+        Ok(Arc::new(Scheduler {
+            store,
+            config,
+            state: Mutex::new(state),
+            ready_notify: Notify::new(),
+            events,
+        }))
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -413,7 +471,9 @@ impl Scheduler {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes every job changed under the lock and the audit entries, then publishes events.
@@ -439,18 +499,27 @@ impl Scheduler {
     }
 
     async fn durable(&self) -> SchedulerResult<()> {
-        self.store.commit().await.map_err(|e| SchedulerError::Store(crate::store::StoreError::Commit(e)))
+        self.store
+            .commit()
+            .await
+            .map_err(|e| SchedulerError::Store(crate::store::StoreError::Commit(e)))
     }
 
     /// Queues an experiment. Jobs whose id already succeeded (in any experiment) are served from the cache;
     /// jobs already queued are shared; failed or cancelled ones are queued again.
     pub async fn submit(&self, submission: Submission) -> SchedulerResult<SubmitOutcome> {
-        validate_graph(&submission.jobs, |id| self.lock().jobs.get(id).map(|j| j.state))?;
+        validate_graph(&submission.jobs, |id| {
+            self.lock().jobs.get(id).map(|j| j.state)
+        })?;
         let manifest_sha256 = sha256_hex(&submission.manifest);
         let mut inputs = Vec::new();
         for (name, bytes) in &submission.inputs {
             let sha256 = self.store.blobs().put_bytes(bytes)?;
-            inputs.push(InputRef { name: name.clone(), sha256, size: bytes.len() as u64 });
+            inputs.push(InputRef {
+                name: name.clone(),
+                sha256,
+                size: bytes.len() as u64,
+            });
         }
         let experiment_id = format!("e{:06}", self.store.next_id()?);
         let actor = format!("team:{}/{}", submission.team, submission.submitter);
@@ -485,7 +554,11 @@ impl Scheduler {
                         let submit_seq = state.next_submit_seq;
                         state.next_submit_seq += 1;
                         for dep in &planned.deps {
-                            state.dependents.entry(dep.clone()).or_default().push(planned.id.clone());
+                            state
+                                .dependents
+                                .entry(dep.clone())
+                                .or_default()
+                                .push(planned.id.clone());
                         }
                         state.jobs.insert(
                             planned.id.clone(),
@@ -531,7 +604,8 @@ impl Scheduler {
                 priority: submission.priority,
                 cancelled: false,
             };
-            self.store.put_manifest(&experiment_id, &submission.manifest)?;
+            self.store
+                .put_manifest(&experiment_id, &submission.manifest)?;
             self.store.put_experiment(&record)?;
             state.experiments.insert(experiment_id.clone(), record);
             for planned in &submission.jobs {
@@ -553,11 +627,19 @@ impl Scheduler {
         }
         self.durable().await?;
         tracing::info!(experiment = %experiment_id, jobs = submission.jobs.len(), cached = cached.len(), "experiment submitted");
-        Ok(SubmitOutcome { experiment_id, jobs: submission.jobs.len(), cached: cached.len() })
+        Ok(SubmitOutcome {
+            experiment_id,
+            jobs: submission.jobs.len(),
+            cached: cached.len(),
+        })
     }
 
     /// Registers a worker (or refreshes a known one when `known_id` names it).
-    pub async fn register_worker(&self, known_id: Option<&str>, mut record: WorkerRecord) -> SchedulerResult<String> {
+    pub async fn register_worker(
+        &self,
+        known_id: Option<&str>,
+        mut record: WorkerRecord,
+    ) -> SchedulerResult<String> {
         let now = now_ms();
         {
             let mut state = self.lock();
@@ -574,11 +656,21 @@ impl Scheduler {
                 record.registered_ms = now;
                 state.workers.insert(
                     id.clone(),
-                    LiveWorker { record: record.clone(), leases: HashSet::new(), used: Resources::default() },
+                    LiveWorker {
+                        record: record.clone(),
+                        leases: HashSet::new(),
+                        used: Resources::default(),
+                    },
                 );
             }
             self.store.put_worker(&record)?;
-            state.audit(&format!("worker:{}", record.name), "register", None, None, format!("worker {id}"));
+            state.audit(
+                &format!("worker:{}", record.name),
+                "register",
+                None,
+                None,
+                format!("worker {id}"),
+            );
             self.persist(&mut state)?;
         }
         self.durable().await?;
@@ -586,7 +678,11 @@ impl Scheduler {
     }
 
     /// Long-polls for a job for `worker_id`, waiting at most `wait` (capped by the configuration).
-    pub async fn lease(&self, worker_id: &str, wait: Duration) -> SchedulerResult<Option<LeaseGrant>> {
+    pub async fn lease(
+        &self,
+        worker_id: &str,
+        wait: Duration,
+    ) -> SchedulerResult<Option<LeaseGrant>> {
         let wait = wait.min(Duration::from_millis(self.config.max_lease_wait_ms));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -678,7 +774,12 @@ impl Scheduler {
         let config = self.store.job_config(&job.id)?.unwrap_or_default();
         let mut parents = Vec::new();
         for dep in &job.deps {
-            parents.extend(self.store.artifacts(dep)?.into_iter().filter(|a| a.role == "output"));
+            parents.extend(
+                self.store
+                    .artifacts(dep)?
+                    .into_iter()
+                    .filter(|a| a.role == "output"),
+            );
         }
         tracing::debug!(job = %job.id, worker = %worker_id, "leased");
         Ok(Some(LeaseGrant {
@@ -693,7 +794,11 @@ impl Scheduler {
     }
 
     /// Renews the leases a worker reports and tells it which jobs to stop (cancelled or lease lost).
-    pub async fn heartbeat(&self, worker_id: &str, reports: &[ProgressReport]) -> SchedulerResult<HeartbeatOutcome> {
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        reports: &[ProgressReport],
+    ) -> SchedulerResult<HeartbeatOutcome> {
         let now = now_ms();
         let mut outcome = HeartbeatOutcome::default();
         let mut changed = false;
@@ -707,7 +812,10 @@ impl Scheduler {
             let deadline = now + self.config.lease_ttl_ms;
             outcome.lease_deadline_ms = deadline;
             for report in reports {
-                if state.check_lease(worker_id, &report.job_id, report.attempt).is_err() {
+                if state
+                    .check_lease(worker_id, &report.job_id, report.attempt)
+                    .is_err()
+                {
                     outcome.cancel.push(report.job_id.clone());
                     continue;
                 }
@@ -721,7 +829,10 @@ impl Scheduler {
                 if progress.step != report.step || progress.total != report.total {
                     progress.step = report.step;
                     progress.total = report.total;
-                    state.event(&report.job_id, format!("step {}/{}", report.step, report.total));
+                    state.event(
+                        &report.job_id,
+                        format!("step {}/{}", report.step, report.total),
+                    );
                 }
             }
             self.persist(&mut state)?;
@@ -733,7 +844,11 @@ impl Scheduler {
     }
 
     /// Stores metric batches (a resent `(job, seq)` is counted as a duplicate and not stored again).
-    pub async fn ingest_metrics(&self, worker_id: &str, batches: Vec<MetricBatchIn>) -> SchedulerResult<MetricAckCounts> {
+    pub async fn ingest_metrics(
+        &self,
+        worker_id: &str,
+        batches: Vec<MetricBatchIn>,
+    ) -> SchedulerResult<MetricAckCounts> {
         let mut counts = MetricAckCounts::default();
         {
             let state = self.lock();
@@ -747,7 +862,10 @@ impl Scheduler {
                     .ok_or_else(|| SchedulerError::NotFound(format!("no job {}", batch.job_id)))?;
                 // The current attempt's worker may still flush metrics after completing.
                 let attempt = job.attempt_log.len() as u32;
-                if job.state == JobState::Cancelled && job.worker.as_deref() == Some(worker_id) && attempt == batch.attempt {
+                if job.state == JobState::Cancelled
+                    && job.worker.as_deref() == Some(worker_id)
+                    && attempt == batch.attempt
+                {
                     return Err(SchedulerError::Cancelled(batch.job_id.clone()));
                 }
                 if job.worker.as_deref() != Some(worker_id)
@@ -756,13 +874,20 @@ impl Scheduler {
                 {
                     return Err(SchedulerError::LeaseLost {
                         job: batch.job_id.clone(),
-                        detail: format!("metrics for attempt {} but the job is {} (attempt {attempt})", batch.attempt, job.state.label()),
+                        detail: format!(
+                            "metrics for attempt {} but the job is {} (attempt {attempt})",
+                            batch.attempt,
+                            job.state.label()
+                        ),
                     });
                 }
             }
         }
         for batch in &batches {
-            if self.store.insert_metric_batch(&batch.job_id, batch.seq, &batch.encoded)? {
+            if self
+                .store
+                .insert_metric_batch(&batch.job_id, batch.seq, &batch.encoded)?
+            {
                 counts.batches += 1;
                 counts.points += batch.points;
             } else {
@@ -796,14 +921,21 @@ impl Scheduler {
     }
 
     /// Records a verified artifact; a checkpoint becomes the job's resume point.
-    pub async fn record_artifact(&self, worker_id: &str, record: ArtifactRecord) -> SchedulerResult<()> {
+    pub async fn record_artifact(
+        &self,
+        worker_id: &str,
+        record: ArtifactRecord,
+    ) -> SchedulerResult<()> {
         {
             let mut state = self.lock();
             state.check_lease(worker_id, &record.job_id, record.attempt)?;
             self.store.put_artifact(&record)?;
             if record.role == "checkpoint" {
                 let job = state.jobs.get_mut(&record.job_id).expect("checked");
-                job.checkpoint = Some(CheckpointRef { sha256: record.sha256.clone(), metric_seq: record.metric_seq });
+                job.checkpoint = Some(CheckpointRef {
+                    sha256: record.sha256.clone(),
+                    metric_seq: record.metric_seq,
+                });
                 state.dirty_jobs.push(record.job_id.clone());
             }
             state.audit(
@@ -811,7 +943,10 @@ impl Scheduler {
                 "artifact",
                 None,
                 Some(&record.job_id),
-                format!("{} {} sha256 {} ({} bytes)", record.role, record.name, record.sha256, record.size),
+                format!(
+                    "{} {} sha256 {} ({} bytes)",
+                    record.role, record.name, record.sha256, record.size
+                ),
             );
             self.persist(&mut state)?;
         }
@@ -819,13 +954,24 @@ impl Scheduler {
     }
 
     /// The worker finished the job: it succeeds and its dependents may become ready.
-    pub async fn complete(&self, worker_id: &str, job_id: &str, attempt: u32) -> SchedulerResult<()> {
+    pub async fn complete(
+        &self,
+        worker_id: &str,
+        job_id: &str,
+        attempt: u32,
+    ) -> SchedulerResult<()> {
         {
             let mut state = self.lock();
             state.check_lease(worker_id, job_id, attempt)?;
             state.close_attempt(job_id, "succeeded", None);
             state.set_state(job_id, JobState::Succeeded);
-            state.audit(&format!("worker:{worker_id}"), "complete", None, Some(job_id), format!("attempt {attempt}"));
+            state.audit(
+                &format!("worker:{worker_id}"),
+                "complete",
+                None,
+                Some(job_id),
+                format!("attempt {attempt}"),
+            );
             for dependent in state.dependents.get(job_id).cloned().unwrap_or_default() {
                 state.refresh_readiness(&dependent);
             }
@@ -835,14 +981,27 @@ impl Scheduler {
     }
 
     /// The worker failed the job: retried with back-off unless `permanent` or out of attempts.
-    pub async fn fail(&self, worker_id: &str, job_id: &str, attempt: u32, reason: &str, permanent: bool) -> SchedulerResult<bool> {
+    pub async fn fail(
+        &self,
+        worker_id: &str,
+        job_id: &str,
+        attempt: u32,
+        reason: &str,
+        permanent: bool,
+    ) -> SchedulerResult<bool> {
         let will_retry;
         {
             let mut state = self.lock();
             state.check_lease(worker_id, job_id, attempt)?;
             state.close_attempt(job_id, "failed", Some(reason.to_string()));
             will_retry = self.requeue_or_fail(&mut state, job_id, reason, permanent);
-            state.audit(&format!("worker:{worker_id}"), "fail", None, Some(job_id), format!("attempt {attempt}: {reason}"));
+            state.audit(
+                &format!("worker:{worker_id}"),
+                "fail",
+                None,
+                Some(job_id),
+                format!("attempt {attempt}: {reason}"),
+            );
             self.persist(&mut state)?;
         }
         self.durable().await?;
@@ -850,7 +1009,13 @@ impl Scheduler {
     }
 
     /// The worker hands the lease back (shutting down after a checkpoint): not counted as an attempt.
-    pub async fn release(&self, worker_id: &str, job_id: &str, attempt: u32, reason: &str) -> SchedulerResult<()> {
+    pub async fn release(
+        &self,
+        worker_id: &str,
+        job_id: &str,
+        attempt: u32,
+        reason: &str,
+    ) -> SchedulerResult<()> {
         {
             let mut state = self.lock();
             state.check_lease(worker_id, job_id, attempt)?;
@@ -859,13 +1024,25 @@ impl Scheduler {
             job.attempts = job.attempts.saturating_sub(1);
             job.not_before_ms = 0;
             state.set_state(job_id, JobState::Ready);
-            state.audit(&format!("worker:{worker_id}"), "release", None, Some(job_id), reason.to_string());
+            state.audit(
+                &format!("worker:{worker_id}"),
+                "release",
+                None,
+                Some(job_id),
+                reason.to_string(),
+            );
             self.persist(&mut state)?;
         }
         self.durable().await
     }
 
-    fn requeue_or_fail(&self, state: &mut State, job_id: &str, reason: &str, permanent: bool) -> bool {
+    fn requeue_or_fail(
+        &self,
+        state: &mut State,
+        job_id: &str,
+        reason: &str,
+        permanent: bool,
+    ) -> bool {
         let job = state.jobs.get_mut(job_id).expect("job exists");
         job.last_error = Some(reason.to_string());
         if permanent || job.attempts >= self.config.max_attempts {
@@ -942,7 +1119,11 @@ impl Scheduler {
         }
     }
 
-    fn experiment_for<'s>(state: &'s State, scope: TeamScope<'_>, id: &str) -> SchedulerResult<&'s ExperimentRecord> {
+    fn experiment_for<'s>(
+        state: &'s State,
+        scope: TeamScope<'_>,
+        id: &str,
+    ) -> SchedulerResult<&'s ExperimentRecord> {
         let experiment = state
             .experiments
             .get(id)
@@ -959,7 +1140,12 @@ impl Scheduler {
 
     /// Cancels an experiment: its jobs stop unless another live experiment also needs them. A running job's
     /// worker learns it on its next heartbeat.
-    pub async fn cancel(&self, scope: TeamScope<'_>, actor: &str, experiment_id: &str) -> SchedulerResult<usize> {
+    pub async fn cancel(
+        &self,
+        scope: TeamScope<'_>,
+        actor: &str,
+        experiment_id: &str,
+    ) -> SchedulerResult<usize> {
         let mut cancelled = 0;
         {
             let mut state = self.lock();
@@ -969,14 +1155,15 @@ impl Scheduler {
             let experiment = experiment.clone();
             self.store.put_experiment(&experiment)?;
             for job_id in &experiment.job_ids {
-                let Some(job) = state.jobs.get(job_id) else { continue };
+                let Some(job) = state.jobs.get(job_id) else {
+                    continue;
+                };
                 if job.state.is_terminal() {
                     continue;
                 }
-                let needed_elsewhere = job
-                    .experiments
-                    .iter()
-                    .any(|e| e != experiment_id && state.experiments.get(e).is_some_and(|x| !x.cancelled));
+                let needed_elsewhere = job.experiments.iter().any(|e| {
+                    e != experiment_id && state.experiments.get(e).is_some_and(|x| !x.cancelled)
+                });
                 if needed_elsewhere {
                     continue;
                 }
@@ -986,7 +1173,13 @@ impl Scheduler {
                 state.set_state(job_id, JobState::Cancelled);
                 cancelled += 1;
             }
-            state.audit(actor, "cancel", Some(experiment_id), None, format!("{cancelled} jobs cancelled"));
+            state.audit(
+                actor,
+                "cancel",
+                Some(experiment_id),
+                None,
+                format!("{cancelled} jobs cancelled"),
+            );
             self.persist(&mut state)?;
         }
         self.durable().await?;
@@ -995,7 +1188,12 @@ impl Scheduler {
 
     /// Queues an experiment's failed and cancelled jobs again with fresh attempt counts (a job resumes from
     /// its last checkpoint).
-    pub async fn retry(&self, scope: TeamScope<'_>, actor: &str, experiment_id: &str) -> SchedulerResult<usize> {
+    pub async fn retry(
+        &self,
+        scope: TeamScope<'_>,
+        actor: &str,
+        experiment_id: &str,
+    ) -> SchedulerResult<usize> {
         let mut requeued = 0;
         {
             let mut state = self.lock();
@@ -1005,7 +1203,9 @@ impl Scheduler {
             let experiment = experiment.clone();
             self.store.put_experiment(&experiment)?;
             for job_id in &experiment.job_ids {
-                let Some(job) = state.jobs.get_mut(job_id) else { continue };
+                let Some(job) = state.jobs.get_mut(job_id) else {
+                    continue;
+                };
                 if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
                     continue;
                 }
@@ -1019,14 +1219,24 @@ impl Scheduler {
             for job_id in &experiment.job_ids {
                 state.refresh_readiness(job_id);
             }
-            state.audit(actor, "retry", Some(experiment_id), None, format!("{requeued} jobs requeued"));
+            state.audit(
+                actor,
+                "retry",
+                Some(experiment_id),
+                None,
+                format!("{requeued} jobs requeued"),
+            );
             self.persist(&mut state)?;
         }
         self.durable().await?;
         Ok(requeued)
     }
 
-    pub fn experiment(&self, scope: TeamScope<'_>, experiment_id: &str) -> SchedulerResult<ExperimentView> {
+    pub fn experiment(
+        &self,
+        scope: TeamScope<'_>,
+        experiment_id: &str,
+    ) -> SchedulerResult<ExperimentView> {
         let state = self.lock();
         let record = Self::experiment_for(&state, scope, experiment_id)?.clone();
         Ok(Self::view(&state, record))
@@ -1043,11 +1253,18 @@ impl Scheduler {
                 progress: state.progress.get(&job.id).cloned().unwrap_or_default(),
             })
             .collect();
-        ExperimentView { state: state.experiment_state(&record), record, jobs }
+        ExperimentView {
+            state: state.experiment_state(&record),
+            record,
+            jobs,
+        }
     }
 
     /// Experiments visible to `scope`, oldest first.
-    pub fn experiments(&self, scope: TeamScope<'_>) -> Vec<(ExperimentRecord, &'static str, usize)> {
+    pub fn experiments(
+        &self,
+        scope: TeamScope<'_>,
+    ) -> Vec<(ExperimentRecord, &'static str, usize)> {
         let state = self.lock();
         let mut out: Vec<_> = state
             .experiments
@@ -1057,7 +1274,12 @@ impl Scheduler {
                 let done = e
                     .job_ids
                     .iter()
-                    .filter(|id| state.jobs.get(*id).is_some_and(|j| j.state == JobState::Succeeded))
+                    .filter(|id| {
+                        state
+                            .jobs
+                            .get(*id)
+                            .is_some_and(|j| j.state == JobState::Succeeded)
+                    })
                     .count();
                 (e.clone(), state.experiment_state(e), done)
             })
@@ -1069,9 +1291,13 @@ impl Scheduler {
     /// Whether `job_id` is in an experiment visible to `scope`.
     pub fn can_see_job(&self, scope: TeamScope<'_>, job_id: &str) -> bool {
         let state = self.lock();
-        let Some(job) = state.jobs.get(job_id) else { return false };
+        let Some(job) = state.jobs.get(job_id) else {
+            return false;
+        };
         scope.is_none_or(|team| {
-            job.experiments.iter().any(|e| state.experiments.get(e).is_some_and(|x| x.team == team))
+            job.experiments
+                .iter()
+                .any(|e| state.experiments.get(e).is_some_and(|x| x.team == team))
         })
     }
 
@@ -1124,13 +1350,21 @@ pub fn validate_graph(
     let mut index = HashMap::new();
     for (i, job) in jobs.iter().enumerate() {
         if job.id.is_empty() {
-            return Err(SchedulerError::InvalidArgument(format!("jobs[{i}].id: must not be empty")));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "jobs[{i}].id: must not be empty"
+            )));
         }
         if job.kind.is_empty() {
-            return Err(SchedulerError::InvalidArgument(format!("jobs[{i}] ({}).kind: must not be empty", job.name)));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "jobs[{i}] ({}).kind: must not be empty",
+                job.name
+            )));
         }
         if index.insert(job.id.as_str(), i).is_some() {
-            return Err(SchedulerError::InvalidArgument(format!("jobs[{i}].id: duplicate job id {}", job.id)));
+            return Err(SchedulerError::InvalidArgument(format!(
+                "jobs[{i}].id: duplicate job id {}",
+                job.id
+            )));
         }
     }
     for (i, job) in jobs.iter().enumerate() {
@@ -1166,7 +1400,9 @@ pub fn validate_graph(
         }
     }
     if seen != jobs.len() {
-        let stuck = (0..jobs.len()).find(|&i| indegree[i] > 0).expect("a job in the cycle");
+        let stuck = (0..jobs.len())
+            .find(|&i| indegree[i] > 0)
+            .expect("a job in the cycle");
         return Err(SchedulerError::InvalidArgument(format!(
             "jobs[{stuck}] ({}).deps: dependency cycle",
             jobs[stuck].name

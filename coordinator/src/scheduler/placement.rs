@@ -18,7 +18,11 @@ pub struct Candidate {
 ///
 /// Among candidates that fit `free`: the team with the fewest `running` jobs wins (ties: the team whose best
 /// job was submitted first); within that team, the highest priority, then the earliest submission.
-pub fn choose(free: &Resources, candidates: &[Candidate], running: &HashMap<String, u32>) -> Option<usize> {
+pub fn choose(
+    free: &Resources,
+    candidates: &[Candidate],
+    running: &HashMap<String, u32>,
+) -> Option<usize> {
     let mut best: Option<(u32, usize)> = None;
     for (index, candidate) in candidates.iter().enumerate() {
         if !free.fits(&candidate.request) {
@@ -46,7 +50,11 @@ pub fn choose(free: &Resources, candidates: &[Candidate], running: &HashMap<Stri
                     };
                     team_best(&candidate.team) < team_best(&current.team)
                 };
-                if better { Some((load, index)) } else { Some((best_load, best_index)) }
+                if better {
+                    Some((load, index))
+                } else {
+                    Some((best_load, best_index))
+                }
             }
         };
     }
@@ -60,13 +68,25 @@ mod tests {
     use super::*;
 
     fn resources() -> impl Strategy<Value = Resources> {
-        (0u32..3, prop::sample::select(vec![0u64, 8_000, 16_000, 80_000]), 0u32..9)
-            .prop_map(|(gpus, gpu_memory_mib, cpu_threads)| Resources { gpus, gpu_memory_mib, cpu_threads })
+        (
+            0u32..3,
+            prop::sample::select(vec![0u64, 8_000, 16_000, 80_000]),
+            0u32..9,
+        )
+            .prop_map(|(gpus, gpu_memory_mib, cpu_threads)| Resources {
+                gpus,
+                gpu_memory_mib,
+                cpu_threads,
+            })
     }
 
     fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
         prop::collection::vec(
-            (prop::sample::select(vec!["a", "b", "c"]), -2i32..3, resources()),
+            (
+                prop::sample::select(vec!["a", "b", "c"]),
+                -2i32..3,
+                resources(),
+            ),
             0..24,
         )
         .prop_map(|items| {
@@ -85,7 +105,11 @@ mod tests {
 
     fn running() -> impl Strategy<Value = HashMap<String, u32>> {
         (0u32..4, 0u32..4, 0u32..4).prop_map(|(a, b, c)| {
-            HashMap::from([("a".to_string(), a), ("b".to_string(), b), ("c".to_string(), c)])
+            HashMap::from([
+                ("a".to_string(), a),
+                ("b".to_string(), b),
+                ("c".to_string(), c),
+            ])
         })
     }
 
@@ -126,11 +150,35 @@ mod tests {
 
     #[test]
     fn gpu_memory_is_checked_per_gpu_and_only_for_gpu_jobs() {
-        let worker = Resources { gpus: 1, gpu_memory_mib: 16_000, cpu_threads: 4 };
-        assert!(worker.fits(&Resources { gpus: 1, gpu_memory_mib: 12_000, cpu_threads: 2 }));
-        assert!(!worker.fits(&Resources { gpus: 1, gpu_memory_mib: 24_000, cpu_threads: 2 }));
-        assert!(!worker.fits(&Resources { gpus: 2, gpu_memory_mib: 1, cpu_threads: 1 }));
-        assert!(worker.fits(&Resources { gpus: 0, gpu_memory_mib: 99_999, cpu_threads: 4 }));
-        assert!(!worker.fits(&Resources { gpus: 0, gpu_memory_mib: 0, cpu_threads: 5 }));
+        let worker = Resources {
+            gpus: 1,
+            gpu_memory_mib: 16_000,
+            cpu_threads: 4,
+        };
+        assert!(worker.fits(&Resources {
+            gpus: 1,
+            gpu_memory_mib: 12_000,
+            cpu_threads: 2
+        }));
+        assert!(!worker.fits(&Resources {
+            gpus: 1,
+            gpu_memory_mib: 24_000,
+            cpu_threads: 2
+        }));
+        assert!(!worker.fits(&Resources {
+            gpus: 2,
+            gpu_memory_mib: 1,
+            cpu_threads: 1
+        }));
+        assert!(worker.fits(&Resources {
+            gpus: 0,
+            gpu_memory_mib: 99_999,
+            cpu_threads: 4
+        }));
+        assert!(!worker.fits(&Resources {
+            gpus: 0,
+            gpu_memory_mib: 0,
+            cpu_threads: 5
+        }));
     }
 }

@@ -29,7 +29,11 @@ fn job(id: &str, deps: &[&str]) -> PlannedJob {
         kind: "test.emit".into(),
         name: format!("job {id}"),
         deps: deps.iter().map(|d| d.to_string()).collect(),
-        resources: Resources { gpus: 0, gpu_memory_mib: 0, cpu_threads: 1 },
+        resources: Resources {
+            gpus: 0,
+            gpu_memory_mib: 0,
+            cpu_threads: 1,
+        },
         config: b"{}".to_vec(),
         inputs: vec![],
     }
@@ -53,7 +57,11 @@ fn worker(name: &str, threads: u32) -> WorkerRecord {
     WorkerRecord {
         id: String::new(),
         name: name.into(),
-        resources: Resources { gpus: 0, gpu_memory_mib: 0, cpu_threads: threads },
+        resources: Resources {
+            gpus: 0,
+            gpu_memory_mib: 0,
+            cpu_threads: threads,
+        },
         kinds: vec!["test.emit".into()],
         version: "test".into(),
         git_commit: "unknown".into(),
@@ -70,11 +78,17 @@ const WAIT: Duration = Duration::from_millis(20);
 async fn dependencies_gate_readiness_and_completion_unblocks() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    let out = s.submit(submission("a", vec![job("j1", &[]), job("j2", &["j1"])])).await.unwrap();
+    let out = s
+        .submit(submission("a", vec![job("j1", &[]), job("j2", &["j1"])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let first = s.lease(&w, WAIT).await.unwrap().expect("j1 is ready");
     assert_eq!(first.job.id, "j1");
-    assert!(s.lease(&w, WAIT).await.unwrap().is_none(), "j2 waits for j1");
+    assert!(
+        s.lease(&w, WAIT).await.unwrap().is_none(),
+        "j2 waits for j1"
+    );
     s.complete(&w, "j1", first.attempt).await.unwrap();
     let second = s.lease(&w, WAIT).await.unwrap().expect("j2 became ready");
     assert_eq!(second.job.id, "j2");
@@ -86,17 +100,33 @@ async fn dependencies_gate_readiness_and_completion_unblocks() {
 #[tokio::test]
 async fn expired_leases_requeue_then_fail_after_max_attempts() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), SchedulerConfig { lease_ttl_ms: 1, ..config() });
-    let out = s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    let s = open(
+        dir.path(),
+        SchedulerConfig {
+            lease_ttl_ms: 1,
+            ..config()
+        },
+    );
+    let out = s
+        .submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(s.tick().await.unwrap(), 1);
     // The expired lease's worker has lost it.
-    assert!(matches!(s.complete(&w, "j1", lease.attempt).await, Err(SchedulerError::LeaseLost { .. })));
+    assert!(matches!(
+        s.complete(&w, "j1", lease.attempt).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
     tokio::time::sleep(Duration::from_millis(10)).await;
     s.tick().await.unwrap();
-    let again = s.lease(&w, Duration::from_millis(50)).await.unwrap().expect("requeued after back-off");
+    let again = s
+        .lease(&w, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .expect("requeued after back-off");
     assert_eq!(again.attempt, 2);
     tokio::time::sleep(Duration::from_millis(5)).await;
     s.tick().await.unwrap();
@@ -112,34 +142,78 @@ async fn expired_leases_requeue_then_fail_after_max_attempts() {
 async fn failures_retry_unless_permanent() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    s.submit(submission("a", vec![job("j1", &[]), job("j2", &[])])).await.unwrap();
+    s.submit(submission("a", vec![job("j1", &[]), job("j2", &[])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 1)).await.unwrap();
     let l1 = s.lease(&w, WAIT).await.unwrap().unwrap();
-    assert!(s.fail(&w, &l1.job.id, l1.attempt, "oom", false).await.unwrap(), "first failure is retried");
-    let l2 = s.lease(&w, Duration::from_millis(50)).await.unwrap().unwrap();
+    assert!(
+        s.fail(&w, &l1.job.id, l1.attempt, "oom", false)
+            .await
+            .unwrap(),
+        "first failure is retried"
+    );
+    let l2 = s
+        .lease(&w, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
     let permanent = l2.job.id.clone();
-    assert!(!s.fail(&w, &permanent, l2.attempt, "bad config", true).await.unwrap());
+    assert!(
+        !s.fail(&w, &permanent, l2.attempt, "bad config", true)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
 async fn cancellation_reaches_the_worker_on_its_next_heartbeat() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    let out = s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    let out = s
+        .submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
-    let report = [ProgressReport { job_id: "j1".into(), attempt: lease.attempt, step: 1, total: 10 }];
+    let report = [ProgressReport {
+        job_id: "j1".into(),
+        attempt: lease.attempt,
+        step: 1,
+        total: 10,
+    }];
     assert!(s.heartbeat(&w, &report).await.unwrap().cancel.is_empty());
-    assert_eq!(s.experiment(None, &out.experiment_id).unwrap().jobs[0].job.state, JobState::Running);
+    assert_eq!(
+        s.experiment(None, &out.experiment_id).unwrap().jobs[0]
+            .job
+            .state,
+        JobState::Running
+    );
     assert!(matches!(
         s.cancel(Some("b"), "team:b", &out.experiment_id).await,
         Err(SchedulerError::PermissionDenied(_))
     ));
-    assert_eq!(s.cancel(Some("a"), "team:a", &out.experiment_id).await.unwrap(), 1);
-    assert_eq!(s.heartbeat(&w, &report).await.unwrap().cancel, vec!["j1".to_string()]);
-    assert_eq!(s.experiment(None, &out.experiment_id).unwrap().state, "cancelled");
+    assert_eq!(
+        s.cancel(Some("a"), "team:a", &out.experiment_id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.heartbeat(&w, &report).await.unwrap().cancel,
+        vec!["j1".to_string()]
+    );
+    assert_eq!(
+        s.experiment(None, &out.experiment_id).unwrap().state,
+        "cancelled"
+    );
     // Retry brings it back.
-    assert_eq!(s.retry(Some("a"), "team:a", &out.experiment_id).await.unwrap(), 1);
+    assert_eq!(
+        s.retry(Some("a"), "team:a", &out.experiment_id)
+            .await
+            .unwrap(),
+        1
+    );
     assert!(s.lease(&w, WAIT).await.unwrap().is_some());
 }
 
@@ -147,7 +221,9 @@ async fn cancellation_reaches_the_worker_on_its_next_heartbeat() {
 async fn a_new_lease_carries_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let w1 = s.register_worker(None, worker("w1", 4)).await.unwrap();
     let w2 = s.register_worker(None, worker("w2", 4)).await.unwrap();
     let lease = s.lease(&w1, WAIT).await.unwrap().unwrap();
@@ -163,11 +239,22 @@ async fn a_new_lease_carries_the_last_checkpoint() {
         metric_seq: 7,
         created_ms: 0,
     };
-    assert!(matches!(s.record_artifact(&w2, record.clone()).await, Err(SchedulerError::LeaseLost { .. })));
+    assert!(matches!(
+        s.record_artifact(&w2, record.clone()).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
     s.record_artifact(&w1, record).await.unwrap();
-    s.release(&w1, "j1", lease.attempt, "shutting down").await.unwrap();
+    s.release(&w1, "j1", lease.attempt, "shutting down")
+        .await
+        .unwrap();
     let resumed = s.lease(&w2, WAIT).await.unwrap().unwrap();
-    assert_eq!(resumed.checkpoint, Some(CheckpointRef { sha256: sha, metric_seq: 7 }));
+    assert_eq!(
+        resumed.checkpoint,
+        Some(CheckpointRef {
+            sha256: sha,
+            metric_seq: 7
+        })
+    );
     assert_eq!(resumed.job.attempts, 1, "a released lease is not counted");
 }
 
@@ -175,11 +262,16 @@ async fn a_new_lease_carries_the_last_checkpoint() {
 async fn succeeded_jobs_are_served_from_the_cache_across_experiments() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
     s.complete(&w, "j1", lease.attempt).await.unwrap();
-    let again = s.submit(submission("a", vec![job("j1", &[]), job("j3", &["j1"])])).await.unwrap();
+    let again = s
+        .submit(submission("a", vec![job("j1", &[]), job("j3", &["j1"])]))
+        .await
+        .unwrap();
     assert_eq!(again.cached, 1);
     let next = s.lease(&w, WAIT).await.unwrap().unwrap();
     assert_eq!(next.job.id, "j3", "j1 is not run again");
@@ -190,7 +282,9 @@ async fn succeeded_jobs_are_served_from_the_cache_across_experiments() {
 async fn resent_metric_batches_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
     let batch = |seq| MetricBatchIn {
@@ -201,9 +295,15 @@ async fn resent_metric_batches_are_stored_once() {
         points: 3,
         last: None,
     };
-    let first = s.ingest_metrics(&w, vec![batch(0), batch(1)]).await.unwrap();
+    let first = s
+        .ingest_metrics(&w, vec![batch(0), batch(1)])
+        .await
+        .unwrap();
     assert_eq!((first.batches, first.duplicates, first.points), (2, 0, 6));
-    let resent = s.ingest_metrics(&w, vec![batch(1), batch(2)]).await.unwrap();
+    let resent = s
+        .ingest_metrics(&w, vec![batch(1), batch(2)])
+        .await
+        .unwrap();
     assert_eq!((resent.batches, resent.duplicates), (1, 1));
     assert_eq!(s.store().metric_batches("j1").unwrap().len(), 3);
 }
@@ -213,7 +313,13 @@ async fn reopening_the_store_resumes_every_job_where_it_stood() {
     let dir = tempfile::tempdir().unwrap();
     let (experiment_id, worker_id, attempt) = {
         let s = open(dir.path(), config());
-        let out = s.submit(submission("a", vec![job("j1", &[]), job("j2", &[]), job("j3", &["j1"])])).await.unwrap();
+        let out = s
+            .submit(submission(
+                "a",
+                vec![job("j1", &[]), job("j2", &[]), job("j3", &["j1"])],
+            ))
+            .await
+            .unwrap();
         let w = s.register_worker(None, worker("w", 4)).await.unwrap();
         let l1 = s.lease(&w, WAIT).await.unwrap().unwrap();
         s.complete(&w, &l1.job.id, l1.attempt).await.unwrap();
@@ -222,7 +328,11 @@ async fn reopening_the_store_resumes_every_job_where_it_stood() {
     };
     let s = open(dir.path(), config());
     let view = s.experiment(None, &experiment_id).unwrap();
-    let states: Vec<_> = view.jobs.iter().map(|j| (j.job.id.clone(), j.job.state)).collect();
+    let states: Vec<_> = view
+        .jobs
+        .iter()
+        .map(|j| (j.job.id.clone(), j.job.state))
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -241,7 +351,12 @@ async fn reopening_the_store_resumes_every_job_where_it_stood() {
 async fn teams_share_workers_fairly_and_priorities_order_a_team() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
-    s.submit(submission("a", (0..4).map(|i| job(&format!("a{i}"), &[])).collect())).await.unwrap();
+    s.submit(submission(
+        "a",
+        (0..4).map(|i| job(&format!("a{i}"), &[])).collect(),
+    ))
+    .await
+    .unwrap();
     let mut urgent = submission("b", vec![job("b-low", &[])]);
     urgent.priority = 0;
     s.submit(urgent).await.unwrap();
@@ -262,7 +377,11 @@ async fn jobs_only_go_to_workers_they_fit() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), config());
     let mut gpu_job = job("gpu", &[]);
-    gpu_job.resources = Resources { gpus: 1, gpu_memory_mib: 20_000, cpu_threads: 1 };
+    gpu_job.resources = Resources {
+        gpus: 1,
+        gpu_memory_mib: 20_000,
+        cpu_threads: 1,
+    };
     s.submit(submission("a", vec![gpu_job])).await.unwrap();
     let cpu = s.register_worker(None, worker("cpu", 16)).await.unwrap();
     assert!(s.lease(&cpu, WAIT).await.unwrap().is_none());
@@ -276,7 +395,13 @@ async fn jobs_only_go_to_workers_they_fit() {
 #[tokio::test]
 async fn a_waiting_lease_wakes_when_a_job_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), SchedulerConfig { max_lease_wait_ms: 10_000, ..config() });
+    let s = open(
+        dir.path(),
+        SchedulerConfig {
+            max_lease_wait_ms: 10_000,
+            ..config()
+        },
+    );
     let w = s.register_worker(None, worker("w", 4)).await.unwrap();
     let waiter = {
         let s = s.clone();
@@ -284,7 +409,9 @@ async fn a_waiting_lease_wakes_when_a_job_becomes_ready() {
         tokio::spawn(async move { s.lease(&w, Duration::from_secs(10)).await })
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
-    s.submit(submission("a", vec![job("j1", &[])])).await.unwrap();
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
     let lease = waiter.await.unwrap().unwrap().expect("woken by the submit");
     assert_eq!(lease.job.id, "j1");
 }
@@ -292,10 +419,19 @@ async fn a_waiting_lease_wakes_when_a_job_becomes_ready() {
 #[test]
 fn graph_errors_name_the_job_and_field() {
     let none = |_: &str| None;
-    let err = validate_graph(&[job("x", &["missing"])], none).unwrap_err().to_string();
-    assert!(err.contains("jobs[0]") && err.contains("deps[0]") && err.contains("missing"), "{err}");
-    let err = validate_graph(&[job("x", &["y"]), job("y", &["x"])], none).unwrap_err().to_string();
+    let err = validate_graph(&[job("x", &["missing"])], none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("jobs[0]") && err.contains("deps[0]") && err.contains("missing"),
+        "{err}"
+    );
+    let err = validate_graph(&[job("x", &["y"]), job("y", &["x"])], none)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cycle"), "{err}");
-    let err = validate_graph(&[job("x", &[]), job("x", &[])], none).unwrap_err().to_string();
+    let err = validate_graph(&[job("x", &[]), job("x", &[])], none)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("duplicate"), "{err}");
 }

@@ -11,7 +11,9 @@ use super::StoreError;
 
 /// True when `s` is 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Lower-case hex of `bytes`.
@@ -50,7 +52,10 @@ impl BlobStore {
     pub fn open(root: &Path) -> Result<BlobStore, StoreError> {
         for sub in ["blobs", "tmp"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+            fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
         // Left-over partial uploads from a crash are garbage.
         let tmp = root.join("tmp");
@@ -59,7 +64,9 @@ impl BlobStore {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        Ok(BlobStore { root: root.to_path_buf() })
+        Ok(BlobStore {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The file of blob `sha256`; errors when `sha256` is not a hex SHA-256 (so it cannot name anything else).
@@ -79,9 +86,18 @@ impl BlobStore {
         let mut name = [0u8; 16];
         let _ = rand::RngReader(rand::rngs::SysRng).read_exact(&mut name);
         let tmp_path = self.root.join("tmp").join(hex(&name));
-        let file = File::create(&tmp_path)
-            .map_err(|source| StoreError::Io { path: tmp_path.clone(), source })?;
-        Ok(BlobWriter { store: self.clone(), tmp_path, file, hasher: Sha256::new(), written: 0, limit })
+        let file = File::create(&tmp_path).map_err(|source| StoreError::Io {
+            path: tmp_path.clone(),
+            source,
+        })?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            tmp_path,
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            limit,
+        })
     }
 
     /// Stores `bytes` (already in memory) and returns their hash.
@@ -105,7 +121,10 @@ impl BlobStore {
         };
         let actual = sha256_hex(&bytes);
         if actual != sha256 {
-            return Err(StoreError::HashMismatch { expected: sha256.to_string(), actual });
+            return Err(StoreError::HashMismatch {
+                expected: sha256.to_string(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -113,11 +132,17 @@ impl BlobStore {
     /// Re-hashes blob `sha256` without keeping it in memory; returns the actual hash.
     pub fn rehash(&self, sha256: &str) -> Result<String, StoreError> {
         let path = self.path_of(sha256)?;
-        let mut file = File::open(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        let mut file = File::open(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = file.read(&mut buf).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+            let n = file.read(&mut buf).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
@@ -134,9 +159,10 @@ impl BlobWriter {
             return Err(StoreError::TooLarge { limit: self.limit });
         }
         self.hasher.update(data);
-        self.file
-            .write_all(data)
-            .map_err(|source| StoreError::Io { path: self.tmp_path.clone(), source })
+        self.file.write_all(data).map_err(|source| StoreError::Io {
+            path: self.tmp_path.clone(),
+            source,
+        })
     }
 
     pub fn written(&self) -> u64 {
@@ -148,14 +174,26 @@ impl BlobWriter {
     pub fn finish(mut self, expected_sha256: &str) -> Result<(), StoreError> {
         let actual = hex(&std::mem::take(&mut self.hasher).finalize());
         if actual != expected_sha256 {
-            return Err(StoreError::HashMismatch { expected: expected_sha256.to_string(), actual });
+            return Err(StoreError::HashMismatch {
+                expected: expected_sha256.to_string(),
+                actual,
+            });
         }
         let dest = self.store.path_of(&actual)?;
         let tmp_path = self.tmp_path.clone();
-        self.file.sync_all().map_err(|source| StoreError::Io { path: tmp_path.clone(), source })?;
+        self.file.sync_all().map_err(|source| StoreError::Io {
+            path: tmp_path.clone(),
+            source,
+        })?;
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        fs::rename(&tmp_path, &dest).map_err(|source| StoreError::Io { path: dest.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        fs::rename(&tmp_path, &dest).map_err(|source| StoreError::Io {
+            path: dest.clone(),
+            source,
+        })?;
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
@@ -188,7 +226,10 @@ mod tests {
 
         // Corrupt the stored file: reading notices.
         fs::write(blobs.path_of(&sha).unwrap(), b"tampered").unwrap();
-        assert!(matches!(blobs.read_verified(&sha), Err(StoreError::HashMismatch { .. })));
+        assert!(matches!(
+            blobs.read_verified(&sha),
+            Err(StoreError::HashMismatch { .. })
+        ));
         assert_ne!(blobs.rehash(&sha).unwrap(), sha);
     }
 
@@ -196,8 +237,17 @@ mod tests {
     fn names_that_are_not_hashes_cannot_address_files() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
-        for bad in ["../../etc/passwd", "", "ABCDEF", &"g".repeat(64), &format!("{}/..", "a".repeat(61))] {
-            assert!(matches!(blobs.path_of(bad), Err(StoreError::BadHash(_))), "{bad}");
+        for bad in [
+            "../../etc/passwd",
+            "",
+            "ABCDEF",
+            &"g".repeat(64),
+            &format!("{}/..", "a".repeat(61)),
+        ] {
+            assert!(
+                matches!(blobs.path_of(bad), Err(StoreError::BadHash(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -206,6 +256,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
         let mut writer = blobs.writer(4).unwrap();
-        assert!(matches!(writer.write(b"12345"), Err(StoreError::TooLarge { limit: 4 })));
+        assert!(matches!(
+            writer.write(b"12345"),
+            Err(StoreError::TooLarge { limit: 4 })
+        ));
     }
 }

@@ -40,7 +40,10 @@ impl GroupCommit {
                 }
             })
             .expect("spawning the group-commit thread");
-        GroupCommit { queue: Some(queue), thread: Some(thread) }
+        GroupCommit {
+            queue: Some(queue),
+            thread: Some(thread),
+        }
     }
 
     /// Asks for a flush covering every write made before this call; await the result.
@@ -75,7 +78,9 @@ impl Future for CommitWait {
             None => Poll::Ready(Err("the group-commit thread has stopped".into())),
             Some(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(result)) => Poll::Ready(result),
-                Poll::Ready(Err(_)) => Poll::Ready(Err("the group-commit thread has stopped".into())),
+                Poll::Ready(Err(_)) => {
+                    Poll::Ready(Err("the group-commit thread has stopped".into()))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

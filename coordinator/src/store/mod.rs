@@ -22,9 +22,15 @@ pub enum StoreError {
     #[error("store database error: {0}")]
     Db(#[from] sled::Error),
     #[error("i/o error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt record in tree {tree}: {source}")]
-    Codec { tree: &'static str, source: serde_json::Error },
+    Codec {
+        tree: &'static str,
+        source: serde_json::Error,
+    },
     #[error("content hash mismatch: expected {expected}, got {actual}")]
     HashMismatch { expected: String, actual: String },
     #[error("not a hex SHA-256: {0:?} (expected 64 lower-case hex digits)")]

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ArtifactRecord, AuditEntry, BlobStore, CommitWait, ExperimentRecord, GroupCommit, JobRecord, Store,
-    StoreError, StoreResult, TokenRecord, WorkerRecord,
+    ArtifactRecord, AuditEntry, BlobStore, CommitWait, ExperimentRecord, GroupCommit, JobRecord,
+    Store, StoreError, StoreResult, TokenRecord, WorkerRecord,
 };
 
 pub struct SledStore {
@@ -34,7 +34,9 @@ fn decode_all<T: DeserializeOwned>(tree: &'static str, t: &sled::Tree) -> StoreR
     let mut out = Vec::new();
     for item in t.iter() {
         let (_, value) = item?;
-        out.push(serde_json::from_slice(&value).map_err(|source| StoreError::Codec { tree, source })?);
+        out.push(
+            serde_json::from_slice(&value).map_err(|source| StoreError::Codec { tree, source })?,
+        );
     }
     Ok(out)
 }
@@ -50,7 +52,10 @@ fn metric_key(job_id: &str, seq: u64) -> Vec<u8> {
 impl SledStore {
     /// Opens (or creates) the store in `dir`: `dir/db` for sled, `dir/blobs` for artifacts.
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(32 * 1024 * 1024)
@@ -80,7 +85,8 @@ impl SledStore {
 
 impl Store for SledStore {
     fn put_experiment(&self, record: &ExperimentRecord) -> StoreResult<()> {
-        self.experiments.insert(record.id.as_bytes(), encode("experiments", record)?)?;
+        self.experiments
+            .insert(record.id.as_bytes(), encode("experiments", record)?)?;
         Ok(())
     }
 
@@ -94,11 +100,15 @@ impl Store for SledStore {
     }
 
     fn manifest(&self, experiment_id: &str) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.manifests.get(experiment_id.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .manifests
+            .get(experiment_id.as_bytes())?
+            .map(|v| v.to_vec()))
     }
 
     fn put_job(&self, record: &JobRecord) -> StoreResult<()> {
-        self.jobs.insert(record.id.as_bytes(), encode("jobs", record)?)?;
+        self.jobs
+            .insert(record.id.as_bytes(), encode("jobs", record)?)?;
         Ok(())
     }
 
@@ -116,7 +126,8 @@ impl Store for SledStore {
     }
 
     fn put_worker(&self, record: &WorkerRecord) -> StoreResult<()> {
-        self.workers.insert(record.id.as_bytes(), encode("workers", record)?)?;
+        self.workers
+            .insert(record.id.as_bytes(), encode("workers", record)?)?;
         Ok(())
     }
 
@@ -126,7 +137,9 @@ impl Store for SledStore {
 
     fn insert_metric_batch(&self, job_id: &str, seq: u64, encoded: &[u8]) -> StoreResult<bool> {
         let key = metric_key(job_id, seq);
-        let swapped = self.metrics.compare_and_swap(key, None as Option<&[u8]>, Some(encoded))?;
+        let swapped = self
+            .metrics
+            .compare_and_swap(key, None as Option<&[u8]>, Some(encoded))?;
         Ok(swapped.is_ok())
     }
 
@@ -158,8 +171,10 @@ impl Store for SledStore {
         for item in self.artifacts.scan_prefix(&prefix) {
             let (_, value) = item?;
             out.push(
-                serde_json::from_slice(&value)
-                    .map_err(|source| StoreError::Codec { tree: "artifacts", source })?,
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "artifacts",
+                    source,
+                })?,
             );
         }
         Ok(out)
@@ -167,7 +182,8 @@ impl Store for SledStore {
 
     fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
         let id = self.db.generate_id()?;
-        self.audit.insert(id.to_be_bytes(), encode("audit", entry)?)?;
+        self.audit
+            .insert(id.to_be_bytes(), encode("audit", entry)?)?;
         Ok(())
     }
 
@@ -176,7 +192,8 @@ impl Store for SledStore {
     }
 
     fn put_token(&self, record: &TokenRecord) -> StoreResult<()> {
-        self.tokens.insert(record.id.as_bytes(), encode("tokens", record)?)?;
+        self.tokens
+            .insert(record.id.as_bytes(), encode("tokens", record)?)?;
         Ok(())
     }
 
@@ -240,7 +257,10 @@ mod tests {
             store.put_job(&job("j1")).unwrap();
             store.put_job_config("j1", b"{\"steps\":3}").unwrap();
             assert!(store.insert_metric_batch("j1", 0, b"a").unwrap());
-            assert!(!store.insert_metric_batch("j1", 0, b"a").unwrap(), "a resent batch is not new");
+            assert!(
+                !store.insert_metric_batch("j1", 0, b"a").unwrap(),
+                "a resent batch is not new"
+            );
             assert!(store.insert_metric_batch("j1", 1, b"b").unwrap());
             assert!(store.insert_metric_batch("j10", 0, b"other job").unwrap());
             store

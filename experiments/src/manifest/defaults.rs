@@ -30,6 +30,30 @@ pub fn target_modules(family: ModelFamily) -> Vec<String> {
     }
 }
 
+/// Every LoRA target module name a family's layers have (q/k/v/o projections and the MLP).
+pub fn known_target_modules(family: ModelFamily) -> &'static [&'static str] {
+    match family {
+        ModelFamily::Llama => &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ModelFamily::T5 => &["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],
+    }
+}
+
+/// The thesis quantised LLaMA (QLoRA) and kept T5 unquantised (plain LoRA).
+pub fn quantization(family: ModelFamily) -> Quantization {
+    match family {
+        ModelFamily::Llama => Quantization::Nf4,
+        ModelFamily::T5 => Quantization::None,
+    }
+}
+
+/// fp16 compute for the QLoRA LLaMA as in the thesis; f32 for T5 (fp16 T5 overflows).
+pub fn compute_dtype(family: ModelFamily) -> ComputeDtype {
+    match family {
+        ModelFamily::Llama => ComputeDtype::F16,
+        ModelFamily::T5 => ComputeDtype::F32,
+    }
+}
+
 pub fn training(stage: Stage) -> TrainingSpec {
     match stage {
         Stage::Stage1 => TrainingSpec {

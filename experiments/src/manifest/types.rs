@@ -187,7 +187,7 @@ pub enum Stage {
 }
 
 /// A generation parameter that a sweep can vary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SweepParameter {
     Temperature,
@@ -264,4 +264,112 @@ pub struct ResourcesSpec {
     pub train: ResourceRequest,
     pub eval: ResourceRequest,
     pub report: ResourceRequest,
+}
+
+impl ModelStage {
+    pub const ALL: [ModelStage; 3] = [ModelStage::Base, ModelStage::Stage1, ModelStage::TwoStage];
+
+    /// The name used in manifests and job labels: `base`, `stage1`, `two-stage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelStage::Base => "base",
+            ModelStage::Stage1 => "stage1",
+            ModelStage::TwoStage => "two-stage",
+        }
+    }
+}
+
+impl Stage {
+    pub const ALL: [Stage; 2] = [Stage::Stage1, Stage::Stage2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Stage1 => "stage1",
+            Stage::Stage2 => "stage2",
+        }
+    }
+}
+
+impl EvalCell {
+    /// Every cell of Tables 4.1 (task stage1) and 4.3 (task stage2).
+    pub fn all() -> Vec<EvalCell> {
+        Stage::ALL
+            .into_iter()
+            .flat_map(|task| ModelStage::ALL.into_iter().map(move |model| EvalCell { model, task }))
+            .collect()
+    }
+
+    /// Parses the manifest spelling `MODEL:TASK`, e.g. `two-stage:stage1` (the forgetting check).
+    pub fn parse(text: &str) -> Option<EvalCell> {
+        let (model, task) = text.split_once(':')?;
+        let model = ModelStage::ALL.into_iter().find(|m| m.as_str() == model.trim())?;
+        let task = Stage::ALL.into_iter().find(|t| t.as_str() == task.trim())?;
+        Some(EvalCell { model, task })
+    }
+}
+
+impl std::fmt::Display for EvalCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.model.as_str(), self.task.as_str())
+    }
+}
+
+impl SweepParameter {
+    /// The name used in manifests (`temperature`, `top_k`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepParameter::Temperature => "temperature",
+            SweepParameter::TopK => "top_k",
+            SweepParameter::TopP => "top_p",
+            SweepParameter::NumBeams => "num_beams",
+            SweepParameter::LengthPenalty => "length_penalty",
+            SweepParameter::RepetitionPenalty => "repetition_penalty",
+            SweepParameter::MaxNewTokens => "max_new_tokens",
+        }
+    }
+
+    /// Whether the parameter takes whole numbers.
+    pub fn is_integer(self) -> bool {
+        matches!(self, SweepParameter::TopK | SweepParameter::NumBeams | SweepParameter::MaxNewTokens)
+    }
+}
+
+impl GenerationSpec {
+    /// This generation with `parameter` set to `value` (integers are taken as `value as usize`; the manifest
+    /// validation guarantees they are whole and in range).
+    pub fn with(&self, parameter: SweepParameter, value: f64) -> GenerationSpec {
+        let mut out = self.clone();
+        match parameter {
+            SweepParameter::Temperature => out.temperature = value,
+            SweepParameter::TopK => out.top_k = value as usize,
+            SweepParameter::TopP => out.top_p = value,
+            SweepParameter::NumBeams => out.num_beams = value as usize,
+            SweepParameter::LengthPenalty => out.length_penalty = value,
+            SweepParameter::RepetitionPenalty => out.repetition_penalty = value,
+            SweepParameter::MaxNewTokens => out.max_new_tokens = value as usize,
+        }
+        out
+    }
+
+    /// The current value of `parameter`.
+    pub fn get(&self, parameter: SweepParameter) -> f64 {
+        match parameter {
+            SweepParameter::Temperature => self.temperature,
+            SweepParameter::TopK => self.top_k as f64,
+            SweepParameter::TopP => self.top_p,
+            SweepParameter::NumBeams => self.num_beams as f64,
+            SweepParameter::LengthPenalty => self.length_penalty,
+            SweepParameter::RepetitionPenalty => self.repetition_penalty,
+            SweepParameter::MaxNewTokens => self.max_new_tokens as f64,
+        }
+    }
+}
+
+impl Manifest {
+    pub fn stage(&self, stage: Stage) -> &StageSpec {
+        match stage {
+            Stage::Stage1 => &self.stage1,
+            Stage::Stage2 => &self.stage2,
+        }
+    }
 }

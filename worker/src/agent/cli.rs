@@ -18,7 +18,11 @@ use super::{AgentConfig, RunnerRegistry};
 #[command(name = "tandem-worker", version)]
 pub struct AgentArgs {
     /// Coordinator URL (http://host:port, or https:// with --ca-cert).
-    #[arg(long, env = "TANDEM_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "TANDEM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub coordinator: String,
     /// Worker bearer token (`tandem token create --worker NAME`).
     #[arg(long, env = "TANDEM_TOKEN")]
@@ -62,7 +66,10 @@ fn host_name() -> String {
 
 /// The git commit and Cargo.lock hash of the source tree the binary was built from, when it is still there.
 fn code_version() -> (String, String) {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let commit = std::process::Command::new("git")
         .arg("-C")
         .arg(&source)
@@ -73,7 +80,12 @@ fn code_version() -> (String, String) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     let lock = std::fs::read(source.join("Cargo.lock"))
-        .map(|bytes| Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+        .map(|bytes| {
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
         .unwrap_or_default();
     (commit, lock)
 }
@@ -88,7 +100,10 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the async runtime: {err}");
@@ -111,15 +126,24 @@ pub fn main() -> ExitCode {
     };
     let host = host_name();
     let (git_commit, cargo_lock_sha256) = code_version();
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
     let config = AgentConfig {
         coordinator: args.coordinator.clone(),
         token: args.token.clone(),
         ca_cert,
-        name: args.name.clone().unwrap_or_else(|| format!("{host}-{}", std::process::id())),
-        resources: pb::Resources { gpus: args.gpus, gpu_memory_mib: args.gpu_memory_mib, cpu_threads: threads },
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        resources: pb::Resources {
+            gpus: args.gpus,
+            gpu_memory_mib: args.gpu_memory_mib,
+            cpu_threads: threads,
+        },
         work_dir: args.work_dir.clone(),
         lease_wait: Duration::from_secs(10),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -130,10 +154,11 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

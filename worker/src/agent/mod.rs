@@ -48,19 +48,32 @@ pub enum AgentError {
 }
 
 /// Runs the agent until `shutdown` turns true (a running job is checkpointed and handed back first).
-pub async fn run(config: AgentConfig, registry: RunnerRegistry, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    registry: RunnerRegistry,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     if registry.kinds().is_empty() {
         return Err(AgentError::NoKinds);
     }
-    let client = transfer::connect(&config.coordinator, config.token.as_deref(), config.ca_cert.as_deref())?;
+    let client = transfer::connect(
+        &config.coordinator,
+        config.token.as_deref(),
+        config.ca_cert.as_deref(),
+    )?;
     let mut worker = Registration::new(&config, &registry, client.clone());
-    let Some(mut registered) = worker.register(&mut shutdown).await? else { return Ok(()) };
+    let Some(mut registered) = worker.register(&mut shutdown).await? else {
+        return Ok(());
+    };
     let mut delay = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let request = pb::LeaseRequest { worker_id: registered.worker_id.clone(), wait_ms: config.lease_wait.as_millis() as u64 };
+        let request = pb::LeaseRequest {
+            worker_id: registered.worker_id.clone(),
+            wait_ms: config.lease_wait.as_millis() as u64,
+        };
         let mut lease_client = client.clone();
         let reply = tokio::select! {
             reply = lease_client.lease_job(request) => reply,
@@ -70,13 +83,26 @@ pub async fn run(config: AgentConfig, registry: RunnerRegistry, mut shutdown: wa
             Ok(reply) => {
                 delay = Duration::from_millis(50);
                 if let Some(lease) = reply.into_inner().lease {
-                    run_job(&config, &registry, &client, &registered, lease, shutdown.clone()).await;
+                    run_job(
+                        &config,
+                        &registry,
+                        &client,
+                        &registered,
+                        lease,
+                        shutdown.clone(),
+                    )
+                    .await;
                 }
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                tracing::warn!(message = status.message(), "coordinator does not know this worker; registering again");
+                tracing::warn!(
+                    message = status.message(),
+                    "coordinator does not know this worker; registering again"
+                );
                 worker.known_id = None;
-                let Some(again) = worker.register(&mut shutdown).await? else { return Ok(()) };
+                let Some(again) = worker.register(&mut shutdown).await? else {
+                    return Ok(());
+                };
                 registered = again;
             }
             Err(status) if transfer::is_transient(&status) => {
@@ -113,10 +139,17 @@ impl Registration {
             host: config.host.clone(),
             worker_id: String::new(),
         };
-        Registration { request, client, known_id: None }
+        Registration {
+            request,
+            client,
+            known_id: None,
+        }
     }
 
-    async fn register(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Option<Registered>, AgentError> {
+    async fn register(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Registered>, AgentError> {
         let mut request = self.request.clone();
         request.worker_id = self.known_id.clone().unwrap_or_default();
         let client = self.client.clone();
@@ -157,14 +190,24 @@ async fn run_job(
     // Heartbeats: renew the lease, carry progress, learn of cancellation.
     let heartbeat = {
         let client = client.clone();
-        let (worker_id, job_id, stop, progress) = (worker_id.clone(), job.id.clone(), stop.clone(), progress.clone());
+        let (worker_id, job_id, stop, progress) = (
+            worker_id.clone(),
+            job.id.clone(),
+            stop.clone(),
+            progress.clone(),
+        );
         let interval = registered.heartbeat;
         tokio::spawn(async move {
             loop {
                 let (step, total) = *progress.lock().unwrap_or_else(|p| p.into_inner());
                 let request = pb::HeartbeatRequest {
                     worker_id: worker_id.clone(),
-                    jobs: vec![pb::JobProgress { job_id: job_id.clone(), attempt, step, total }],
+                    jobs: vec![pb::JobProgress {
+                        job_id: job_id.clone(),
+                        attempt,
+                        step,
+                        total,
+                    }],
                 };
                 match client.clone().heartbeat(request).await {
                     Ok(reply) => {
@@ -195,13 +238,28 @@ async fn run_job(
     let (metrics_tx, metrics_rx) = mpsc::unbounded_channel();
     let sender = tokio::spawn(metric_sender(client.clone(), metrics_rx, stop.clone()));
 
-    let outcome = prepare_and_run(config, registry, client, &worker_id, &lease, &job, metrics_tx, stop.clone(), progress).await;
+    let outcome = prepare_and_run(
+        config,
+        registry,
+        client,
+        &worker_id,
+        &lease,
+        &job,
+        metrics_tx,
+        stop.clone(),
+        progress,
+    )
+    .await;
     let metrics_ok = sender.await.unwrap_or(false);
     shutdown_watch.abort();
 
     let result = match outcome {
         Ok(()) if metrics_ok => {
-            let request = pb::CompleteRequest { worker_id: worker_id.clone(), job_id: job.id.clone(), attempt };
+            let request = pb::CompleteRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+            };
             with_retry("complete", || {
                 let mut client = client.clone();
                 let request = request.clone();
@@ -212,7 +270,12 @@ async fn run_job(
         }
         Ok(()) => Ok("lease lost while sending metrics"),
         Err(RunError::Stopped(StopReason::Shutdown)) => {
-            let request = pb::ReleaseRequest { worker_id: worker_id.clone(), job_id: job.id.clone(), attempt, reason: "worker shutting down".into() };
+            let request = pb::ReleaseRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+                reason: "worker shutting down".into(),
+            };
             with_retry("release", || {
                 let mut client = client.clone();
                 let request = request.clone();
@@ -227,7 +290,13 @@ async fn run_job(
         }),
         Err(RunError::Failed { reason, permanent }) => {
             tracing::warn!(job = %job.id, %reason, permanent, "job failed");
-            let request = pb::FailRequest { worker_id: worker_id.clone(), job_id: job.id.clone(), attempt, reason, permanent };
+            let request = pb::FailRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+                reason,
+                permanent,
+            };
             with_retry("fail", || {
                 let mut client = client.clone();
                 let request = request.clone();
@@ -240,7 +309,9 @@ async fn run_job(
     heartbeat.abort();
     match result {
         Ok(what) => tracing::info!(job = %job.id, attempt, outcome = what, "job finished"),
-        Err(status) => tracing::warn!(job = %job.id, code = ?status.code(), message = status.message(), "could not report the job's outcome"),
+        Err(status) => {
+            tracing::warn!(job = %job.id, code = ?status.code(), message = status.message(), "could not report the job's outcome")
+        }
     }
 }
 
@@ -258,7 +329,10 @@ async fn prepare_and_run(
     progress: Arc<Mutex<(u64, u64)>>,
 ) -> Result<(), RunError> {
     let Some(runner) = registry.get(&job.kind) else {
-        return Err(RunError::permanent(format!("this worker has no runner for job kind {:?}", job.kind)));
+        return Err(RunError::permanent(format!(
+            "this worker has no runner for job kind {:?}",
+            job.kind
+        )));
     };
     let cache = config.work_dir.join("blobs");
     let mut inputs = BTreeMap::new();
@@ -273,7 +347,12 @@ async fn prepare_and_run(
         let path = download_to_cache(client, &parent.sha256, &cache)
             .await
             .map_err(|e| RunError::retryable(format!("parent artifact {}: {e}", parent.name)))?;
-        parents.push(ParentArtifact { job_id: parent.job_id.clone(), name: parent.name.clone(), sha256: parent.sha256.clone(), path });
+        parents.push(ParentArtifact {
+            job_id: parent.job_id.clone(),
+            name: parent.name.clone(),
+            sha256: parent.sha256.clone(),
+            path,
+        });
     }
     let (checkpoint, next_seq) = match &lease.checkpoint {
         Some(c) => {
@@ -285,8 +364,13 @@ async fn prepare_and_run(
         }
         None => (None, 0),
     };
-    let work_dir = config.work_dir.join("jobs").join(format!("{}-{}", &job.id[..job.id.len().min(16)], lease.attempt));
-    std::fs::create_dir_all(&work_dir).map_err(|e| RunError::retryable(format!("creating {}: {e}", work_dir.display())))?;
+    let work_dir = config.work_dir.join("jobs").join(format!(
+        "{}-{}",
+        &job.id[..job.id.len().min(16)],
+        lease.attempt
+    ));
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| RunError::retryable(format!("creating {}: {e}", work_dir.display())))?;
     let mut ctx = JobContext {
         handle: tokio::runtime::Handle::current(),
         client: client.clone(),
@@ -315,7 +399,11 @@ async fn prepare_and_run(
 
 /// Sends metric batches until the channel closes and everything is acknowledged. Returns false when the
 /// lease was lost (the coordinator refused the batches).
-async fn metric_sender(client: WorkerClient, mut rx: mpsc::UnboundedReceiver<MetricMsg>, stop: Arc<StopFlag>) -> bool {
+async fn metric_sender(
+    client: WorkerClient,
+    mut rx: mpsc::UnboundedReceiver<MetricMsg>,
+    stop: Arc<StopFlag>,
+) -> bool {
     let mut pending: VecDeque<pb::MetricBatch> = VecDeque::new();
     let mut flushes = Vec::new();
     let mut closed = false;
@@ -361,7 +449,11 @@ async fn metric_sender(client: WorkerClient, mut rx: mpsc::UnboundedReceiver<Met
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "metrics refused; stopping the job");
-                stop.request(if status.code() == tonic::Code::Aborted { StopReason::Cancelled } else { StopReason::LeaseLost });
+                stop.request(if status.code() == tonic::Code::Aborted {
+                    StopReason::Cancelled
+                } else {
+                    StopReason::LeaseLost
+                });
                 for flush in flushes.drain(..) {
                     let _ = oneshot_send(flush, false);
                 }

@@ -38,11 +38,17 @@ pub enum RunError {
 
 impl RunError {
     pub fn retryable(reason: impl Into<String>) -> RunError {
-        RunError::Failed { reason: reason.into(), permanent: false }
+        RunError::Failed {
+            reason: reason.into(),
+            permanent: false,
+        }
     }
 
     pub fn permanent(reason: impl Into<String>) -> RunError {
-        RunError::Failed { reason: reason.into(), permanent: true }
+        RunError::Failed {
+            reason: reason.into(),
+            permanent: true,
+        }
     }
 }
 
@@ -105,11 +111,15 @@ impl StopFlag {
             StopReason::LeaseLost => 3,
         };
         // Cancellation and lease loss win over a shutdown request.
-        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| match (old, code) {
-            (0, c) => Some(c),
-            (2, c) if c != 2 => Some(c),
-            _ => None,
-        });
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                match (old, code) {
+                    (0, c) => Some(c),
+                    (2, c) if c != 2 => Some(c),
+                    _ => None,
+                }
+            });
     }
 
     pub(crate) fn get(&self) -> Option<StopReason> {
@@ -251,14 +261,18 @@ impl JobContext {
             worker_id: self.worker_id.clone(),
         };
         let client = self.client.clone();
-        let result = self.handle.block_on(transfer::upload_file(client, header, path));
+        let result = self
+            .handle
+            .block_on(transfer::upload_file(client, header, path));
         match result {
             Ok(artifact) => Ok(artifact),
             Err(transfer::TransferError::Rpc(status)) if status.code() == tonic::Code::Aborted => {
                 self.stop.request(StopReason::Cancelled);
                 Err(RunError::Stopped(StopReason::Cancelled))
             }
-            Err(transfer::TransferError::Rpc(status)) if status.code() == tonic::Code::FailedPrecondition => {
+            Err(transfer::TransferError::Rpc(status))
+                if status.code() == tonic::Code::FailedPrecondition =>
+            {
                 self.stop.request(StopReason::LeaseLost);
                 Err(RunError::Stopped(StopReason::LeaseLost))
             }

@@ -57,7 +57,9 @@ struct TestCheckpoint {
 
 /// Deterministic pseudo-random value in [0, 1) for (seed, step, index) (SplitMix64).
 fn unit(seed: u64, step: u64, index: u32) -> f64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -73,13 +75,18 @@ impl JobRunner for TestEmitRunner {
         if let Some(reason) = &config.fail
             && (config.fail_attempts == 0 || ctx.attempt() <= config.fail_attempts)
         {
-            return Err(RunError::Failed { reason: reason.clone(), permanent: config.fail_permanent });
+            return Err(RunError::Failed {
+                reason: reason.clone(),
+                permanent: config.fail_permanent,
+            });
         }
         let (mut step, mut acc) = match ctx.checkpoint() {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| RunError::retryable(format!("reading checkpoint: {e}")))?;
-                let c: TestCheckpoint = serde_json::from_slice(&bytes)
-                    .map_err(|e| RunError::retryable(format!("checkpoint is not a test.emit checkpoint: {e}")))?;
+                let bytes = std::fs::read(path)
+                    .map_err(|e| RunError::retryable(format!("reading checkpoint: {e}")))?;
+                let c: TestCheckpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                    RunError::retryable(format!("checkpoint is not a test.emit checkpoint: {e}"))
+                })?;
                 tracing::info!(job = ctx.job_id(), step = c.step, "test.emit resuming");
                 (c.step, c.acc)
             }
@@ -99,9 +106,14 @@ impl JobRunner for TestEmitRunner {
             let points = (0..config.points_per_step)
                 .map(|i| {
                     let noise = unit(config.seed, step, i);
-                    let value = 2.0 * (-(step as f64) / config.steps.max(1) as f64).exp() + 0.05 * noise;
+                    let value =
+                        2.0 * (-(step as f64) / config.steps.max(1) as f64).exp() + 0.05 * noise;
                     acc = acc.rotate_left(5) ^ value.to_bits();
-                    let name = if i == 0 { "train/loss".to_string() } else { format!("train/aux{i}") };
+                    let name = if i == 0 {
+                        "train/loss".to_string()
+                    } else {
+                        format!("train/aux{i}")
+                    };
                     pb::MetricPoint { name, step, value }
                 })
                 .collect();
@@ -111,7 +123,10 @@ impl JobRunner for TestEmitRunner {
             if config.step_ms > 0 {
                 std::thread::sleep(Duration::from_millis(config.step_ms));
             }
-            if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && step < config.steps {
+            if config.checkpoint_every > 0
+                && step % config.checkpoint_every == 0
+                && step < config.steps
+            {
                 save(ctx, step, acc)?;
             }
         }
@@ -119,15 +134,24 @@ impl JobRunner for TestEmitRunner {
         hasher.update(ctx.config());
         hasher.update(acc.to_le_bytes());
         for path in ctx.inputs().values() {
-            hasher.update(std::fs::read(path).map_err(|e| RunError::retryable(format!("reading input: {e}")))?);
+            hasher.update(
+                std::fs::read(path)
+                    .map_err(|e| RunError::retryable(format!("reading input: {e}")))?,
+            );
         }
         for parent in ctx.parents() {
             hasher.update(parent.sha256.as_bytes());
         }
         let seed = hasher.finalize();
-        let output: Vec<u8> = seed.iter().copied().cycle().take(config.output_bytes).collect();
+        let output: Vec<u8> = seed
+            .iter()
+            .copied()
+            .cycle()
+            .take(config.output_bytes)
+            .collect();
         let path = ctx.work_dir().join("output.bin");
-        std::fs::write(&path, &output).map_err(|e| RunError::retryable(format!("writing output: {e}")))?;
+        std::fs::write(&path, &output)
+            .map_err(|e| RunError::retryable(format!("writing output: {e}")))?;
         ctx.flush_metrics()?;
         ctx.put_artifact("output.bin", &path)?;
         Ok(())
@@ -136,8 +160,10 @@ impl JobRunner for TestEmitRunner {
 
 fn save(ctx: &mut JobContext, step: u64, acc: u64) -> Result<(), RunError> {
     let path = ctx.work_dir().join("checkpoint.json");
-    let bytes = serde_json::to_vec(&TestCheckpoint { step, acc }).map_err(|e| RunError::retryable(e.to_string()))?;
-    std::fs::write(&path, bytes).map_err(|e| RunError::retryable(format!("writing checkpoint: {e}")))?;
+    let bytes = serde_json::to_vec(&TestCheckpoint { step, acc })
+        .map_err(|e| RunError::retryable(e.to_string()))?;
+    std::fs::write(&path, bytes)
+        .map_err(|e| RunError::retryable(format!("writing checkpoint: {e}")))?;
     ctx.save_checkpoint(&path)
 }
 

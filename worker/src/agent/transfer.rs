@@ -25,7 +25,9 @@ pub struct BearerToken(Option<MetadataValue<Ascii>>);
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -38,7 +40,10 @@ pub enum TransferError {
     #[error("coordinator: {}: {}", .0.code(), .0.message())]
     Rpc(Status),
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("download of {sha256} corrupted: got {actual}")]
     Corrupt { sha256: String, actual: String },
     #[error("bad coordinator address {0:?}: {1}")]
@@ -46,7 +51,11 @@ pub enum TransferError {
 }
 
 /// A lazily connecting, authenticated client (reconnects by itself when the coordinator comes back).
-pub fn connect(url: &str, token: Option<&str>, ca_cert: Option<&[u8]>) -> Result<WorkerClient, TransferError> {
+pub fn connect(
+    url: &str,
+    token: Option<&str>,
+    ca_cert: Option<&[u8]>,
+) -> Result<WorkerClient, TransferError> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| TransferError::Address(url.into(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
@@ -60,21 +69,31 @@ pub fn connect(url: &str, token: Option<&str>, ca_cert: Option<&[u8]>) -> Result
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse::<MetadataValue<Ascii>>()
-                .map_err(|_| TransferError::Address(url.into(), "the token has characters not allowed in a header".into()))?,
+                .map_err(|_| {
+                    TransferError::Address(
+                        url.into(),
+                        "the token has characters not allowed in a header".into(),
+                    )
+                })?,
         ),
         None => None,
     };
     let channel = endpoint.connect_lazy();
-    Ok(WorkerServiceClient::with_interceptor(channel, BearerToken(header))
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(
+        WorkerServiceClient::with_interceptor(channel, BearerToken(header))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
 }
 
 /// Errors worth retrying: the coordinator is unreachable or restarting.
 pub fn is_transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
     )
 }
 
@@ -99,40 +118,71 @@ where
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Uploads `path`; fills in the header's hash and size.
-pub async fn upload_file(client: WorkerClient, mut header: pb::ArtifactHeader, path: &Path) -> Result<pb::ArtifactRef, TransferError> {
-    let bytes = tokio::fs::read(path).await.map_err(|source| TransferError::Io { path: path.to_path_buf(), source })?;
+pub async fn upload_file(
+    client: WorkerClient,
+    mut header: pb::ArtifactHeader,
+    path: &Path,
+) -> Result<pb::ArtifactRef, TransferError> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|source| TransferError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     header.sha256 = sha256_hex(&bytes);
     header.size = bytes.len() as u64;
     upload_bytes(client, header, bytes).await
 }
 
 /// Uploads `bytes` with `header` as given (the coordinator verifies the declared hash).
-pub async fn upload_bytes(client: WorkerClient, header: pb::ArtifactHeader, bytes: Vec<u8>) -> Result<pb::ArtifactRef, TransferError> {
+pub async fn upload_bytes(
+    client: WorkerClient,
+    header: pb::ArtifactHeader,
+    bytes: Vec<u8>,
+) -> Result<pb::ArtifactRef, TransferError> {
     let reply = with_retry("upload", || {
         let mut client = client.clone();
         let mut chunks = Vec::new();
         let mut first = Some(header.clone());
         if bytes.is_empty() {
-            chunks.push(pb::ArtifactChunk { header: first.take(), data: Vec::new() });
+            chunks.push(pb::ArtifactChunk {
+                header: first.take(),
+                data: Vec::new(),
+            });
         }
         for piece in bytes.chunks(CHUNK_BYTES) {
-            chunks.push(pb::ArtifactChunk { header: first.take(), data: piece.to_vec() });
+            chunks.push(pb::ArtifactChunk {
+                header: first.take(),
+                data: piece.to_vec(),
+            });
         }
         async move { client.upload_artifact(tokio_stream::iter(chunks)).await }
     })
     .await
     .map_err(TransferError::Rpc)?;
-    reply.into_inner().artifact.ok_or_else(|| TransferError::Rpc(Status::internal("upload reply without artifact")))
+    reply
+        .into_inner()
+        .artifact
+        .ok_or_else(|| TransferError::Rpc(Status::internal("upload reply without artifact")))
 }
 
 /// Downloads blob `sha256` into `cache_dir/<sha256>` unless a verified copy is there; returns its path.
-pub async fn download_to_cache(client: &WorkerClient, sha256: &str, cache_dir: &Path) -> Result<PathBuf, TransferError> {
+pub async fn download_to_cache(
+    client: &WorkerClient,
+    sha256: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf, TransferError> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(TransferError::Rpc(Status::invalid_argument(format!("not a sha256: {sha256:?}"))));
+        return Err(TransferError::Rpc(Status::invalid_argument(format!(
+            "not a sha256: {sha256:?}"
+        ))));
     }
     let dest = cache_dir.join(sha256);
     if let Ok(existing) = tokio::fs::read(&dest).await
@@ -142,7 +192,9 @@ pub async fn download_to_cache(client: &WorkerClient, sha256: &str, cache_dir: &
     }
     let data = with_retry("download", || {
         let mut client = client.clone();
-        let request = pb::DownloadArtifactRequest { sha256: sha256.to_string() };
+        let request = pb::DownloadArtifactRequest {
+            sha256: sha256.to_string(),
+        };
         async move {
             let mut stream = client.download_artifact(request).await?.into_inner();
             let mut data = Vec::new();
@@ -156,11 +208,29 @@ pub async fn download_to_cache(client: &WorkerClient, sha256: &str, cache_dir: &
     .map_err(TransferError::Rpc)?;
     let actual = sha256_hex(&data);
     if actual != sha256 {
-        return Err(TransferError::Corrupt { sha256: sha256.to_string(), actual });
+        return Err(TransferError::Corrupt {
+            sha256: sha256.to_string(),
+            actual,
+        });
     }
-    tokio::fs::create_dir_all(cache_dir).await.map_err(|source| TransferError::Io { path: cache_dir.to_path_buf(), source })?;
+    tokio::fs::create_dir_all(cache_dir)
+        .await
+        .map_err(|source| TransferError::Io {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?;
     let tmp = cache_dir.join(format!(".{sha256}.{}", std::process::id()));
-    tokio::fs::write(&tmp, &data).await.map_err(|source| TransferError::Io { path: tmp.clone(), source })?;
-    tokio::fs::rename(&tmp, &dest).await.map_err(|source| TransferError::Io { path: dest.clone(), source })?;
+    tokio::fs::write(&tmp, &data)
+        .await
+        .map_err(|source| TransferError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .map_err(|source| TransferError::Io {
+            path: dest.clone(),
+            source,
+        })?;
     Ok(dest)
 }

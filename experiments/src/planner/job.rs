@@ -1,0 +1,243 @@
+//! What one job of the graph is: its kind, identity, dependencies, resources and the self-contained config a
+//! worker runs it from (no manifest needed).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DropCounts;
+use crate::manifest::hash::{canonical_sha256, sha256_hex};
+use crate::manifest::{
+    BadRows, ComputeDtype, DatasetFormat, EvalCell, GenerationSpec, LoraSpec, Metric, ModelFamily, ModelStage,
+    PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage, SweepParameter, TrainingSpec,
+};
+
+/// The code version that job ids include. Bump it only when the engine's results for the same config change
+/// (training loop, generation, data preparation, metrics); commits that leave those alone keep every job id,
+/// so completed work is reused.
+pub const ENGINE_REVISION: &str = "tandem-engine-1";
+
+/// How the planner stratifies holdout splits (see `data::split`); part of every data-prep config.
+pub const STRATIFY_KEY: &str = "target-length-words-v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    DataPrep,
+    Train,
+    Eval,
+    Report,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::DataPrep => "data-prep",
+            JobKind::Train => "train",
+            JobKind::Eval => "eval",
+            JobKind::Report => "report",
+        }
+    }
+}
+
+/// One value of a sweep, applied to an evaluation's generation settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub stage: Stage,
+    pub parameter: SweepParameter,
+    pub value: f64,
+}
+
+/// A file a job reads: where it is on the planning machine (not part of the job's identity) and its digest
+/// (part of it, through the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    pub path: PathBuf,
+    /// `sha256:<hex>` as in the manifest's canonical form.
+    pub sha256: String,
+}
+
+/// One job of an experiment's graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Content hash: SHA-256 over kind, config (which holds the input digests and parent job ids) and
+    /// [`ENGINE_REVISION`].
+    pub id: String,
+    pub kind: JobKind,
+    /// Human-readable name, e.g. `train(stage2, fold 3)`.
+    pub label: String,
+    /// Ids of the jobs that must succeed first.
+    pub deps: Vec<String>,
+    /// SHA-256 of the canonical JSON of `config`.
+    pub config_hash: String,
+    pub resources: ResourceRequest,
+    pub stage: Option<Stage>,
+    pub fold: Option<usize>,
+    pub model_stage: Option<ModelStage>,
+    pub task: Option<Stage>,
+    pub sweep: Option<SweepPoint>,
+    /// Where the referenced files are (role -> path and digest): `model`, `dataset`, `bertscore_model`.
+    pub inputs: BTreeMap<String, InputRef>,
+    pub config: JobConfig,
+}
+
+/// Everything a worker needs to run the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobConfig {
+    DataPrep(DataPrepConfig),
+    Train(TrainConfig),
+    Eval(EvalConfig),
+    Report(ReportConfig),
+}
+
+/// The base model, by content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub family: ModelFamily,
+    /// Digest of the weights (a GGUF file, or the listing of a Hugging Face folder's files).
+    pub sha256: String,
+    pub quantization: Quantization,
+    pub compute_dtype: ComputeDtype,
+}
+
+/// A stage's dataset, by content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    pub sha256: String,
+    pub format: DatasetFormat,
+    pub input_column: String,
+    pub target_column: String,
+    pub group_column: Option<String>,
+    pub bad_rows: BadRows,
+    pub max_rows: Option<usize>,
+}
+
+/// The row indices of one split or fold (0-based data rows of the (converted) CSV, ascending).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartIndices {
+    pub fold: Option<usize>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+/// What the planner computed from a CSV dataset: usable rows and the split or folds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedRows {
+    pub total_rows: usize,
+    pub usable_rows: usize,
+    pub dropped: DroppedRows,
+    pub parts: Vec<PartIndices>,
+}
+
+/// Rows dropped as bad (see `data::table`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRows {
+    pub wrong_field_count: usize,
+    pub empty_input: usize,
+    pub empty_target: usize,
+    pub empty_group: usize,
+}
+
+impl From<DropCounts> for DroppedRows {
+    fn from(d: DropCounts) -> Self {
+        DroppedRows {
+            wrong_field_count: d.wrong_field_count,
+            empty_input: d.empty_input,
+            empty_target: d.empty_target,
+            empty_group: d.empty_group,
+        }
+    }
+}
+
+/// Load a stage's data, drop bad rows, cap rows, split. For a CSV the planner has already done it and `rows`
+/// holds the result for the worker to verify; for a MIMIC-CXR tree the worker converts it first and derives
+/// the split with the same functions, seed and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataPrepConfig {
+    pub stage: Stage,
+    pub dataset: DatasetRef,
+    pub seed: u64,
+    pub split: SplitSpec,
+    pub stratify: String,
+    pub rows: Option<PreparedRows>,
+}
+
+/// Which rows of a data-prep job's output a job uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSlice {
+    /// The data-prep job whose artifact (prepared CSV + splits) is read.
+    pub prep_job: String,
+    pub fold: Option<usize>,
+    /// `train` (with `val` for validation) for training, `test` for evaluation.
+    pub part: String,
+    /// SHA-256 of the part's index list (JSON array), when the planner knows it.
+    pub indices_sha256: Option<String>,
+}
+
+/// Fine-tune LoRA adapters on one stage (one fold for stage 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub stage: Stage,
+    pub fold: Option<usize>,
+    pub seed: u64,
+    pub model: ModelRef,
+    pub lora: LoraSpec,
+    pub prompt: PromptSpec,
+    pub training: TrainingSpec,
+    pub data: DataSlice,
+    /// The train job whose adapter initialises this one (stage 2 starts from stage 1).
+    pub init_adapter: Option<String>,
+}
+
+/// Generate on a test part with a model stage and score it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub model_stage: ModelStage,
+    pub task: Stage,
+    pub fold: Option<usize>,
+    pub seed: u64,
+    pub model: ModelRef,
+    /// The train job whose adapter is applied; `None` for the base model.
+    pub adapter: Option<String>,
+    /// The task's inference prompt.
+    pub prompt: String,
+    /// The task's generation settings with any sweep value applied.
+    pub generation: GenerationSpec,
+    pub data: DataSlice,
+    pub metrics: Vec<Metric>,
+    pub preprocess: bool,
+    /// Digest of the BERTScore encoder folder, when the manifest names one.
+    pub bertscore_model: Option<String>,
+    pub bertscore_layer: Option<usize>,
+    pub radgraph_command: Option<Vec<String>>,
+}
+
+/// Tabulate every evaluation like Tables 4.1 and 4.3.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportConfig {
+    pub experiment: String,
+    pub evals: Vec<String>,
+    pub metrics: Vec<Metric>,
+    pub cells: Vec<EvalCell>,
+}
+
+impl JobConfig {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobConfig::DataPrep(_) => JobKind::DataPrep,
+            JobConfig::Train(_) => JobKind::Train,
+            JobConfig::Eval(_) => JobKind::Eval,
+            JobConfig::Report(_) => JobKind::Report,
+        }
+    }
+}
+
+/// (config hash, job id) of a config.
+pub fn identity(config: &JobConfig) -> (String, String) {
+    let config_hash = canonical_sha256(config);
+    let id = sha256_hex(format!("tandem-job-v1\n{ENGINE_REVISION}\n{}\n{config_hash}", config.kind().as_str()).as_bytes());
+    (config_hash, id)
+}

@@ -1,0 +1,344 @@
+//! The planner: expands a resolved manifest into the job graph of an experiment (DESIGN.md): data preparation
+//! per stage, base evaluations, stage-1 training, per-fold stage-2 training from the stage-1 adapter, every
+//! model-stage x task evaluation cell of Tables 4.1 and 4.3 (with the forgetting check: the two-stage model of
+//! fold k on the stage-1 test set), one evaluation per sweep point, and a final report.
+//!
+//! Job ids are content hashes (see [`job::identity`]): a job's config holds the digests of its input files, its
+//! split indices and its parents' ids, so changing a stage-2 setting changes stage-2 jobs and what follows
+//! them but leaves the stage-1 jobs (and their completed work) alone.
+
+pub mod job;
+mod render;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use job::*;
+pub use render::render_tree;
+use serde::Serialize;
+
+use crate::data::{self, split};
+use crate::manifest::hash::{self, HashError, sha256_hex};
+use crate::manifest::{DatasetFormat, EvalCell, Manifest, ModelStage, SplitSpec, Stage, SweepSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error("{stage} dataset: {source}")]
+    Data { stage: &'static str, source: data::DataError },
+    #[error("{stage} dataset {}: {source}", path.display())]
+    Split { stage: &'static str, path: PathBuf, source: split::SplitError },
+}
+
+/// An experiment's job graph, in dependency order (every job after its deps).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub experiment: String,
+    /// The manifest's content hash (`tandem manifest hash`).
+    pub manifest_sha256: String,
+    pub jobs: Vec<JobSpec>,
+}
+
+impl Plan {
+    pub fn job(&self, id: &str) -> Option<&JobSpec> {
+        self.jobs.iter().find(|j| j.id == id)
+    }
+
+    pub fn count(&self, kind: JobKind) -> usize {
+        self.jobs.iter().filter(|j| j.kind == kind).count()
+    }
+}
+
+/// What the planner learns from the file system: digests and, for CSV datasets, the prepared rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInputs {
+    pub manifest_sha256: String,
+    pub model: InputRef,
+    pub datasets: [InputRef; 2],
+    pub bertscore_model: Option<InputRef>,
+    /// Per stage; `None` for a MIMIC-CXR tree (prepared by the worker).
+    pub prepared: [Option<PreparedRows>; 2],
+}
+
+/// Hashes the manifest's files, prepares CSV datasets and expands the graph.
+pub fn plan(manifest: &Manifest) -> Result<Plan, PlanError> {
+    let content = hash::content_hash(manifest)?;
+    let input = |role: &str, path: &PathBuf| InputRef { path: path.clone(), sha256: content.inputs[role].clone() };
+    let mut prepared = [None, None];
+    for (slot, stage) in Stage::ALL.into_iter().enumerate() {
+        prepared[slot] = prepare(manifest, stage)?;
+    }
+    let inputs = PlanInputs {
+        manifest_sha256: content.sha256.clone(),
+        model: input("model.path", &manifest.model.path),
+        datasets: [
+            input("stage1.dataset.path", &manifest.stage1.dataset.path),
+            input("stage2.dataset.path", &manifest.stage2.dataset.path),
+        ],
+        bertscore_model: manifest.evaluation.bertscore_model.as_ref().map(|p| input("evaluation.bertscore_model", p)),
+        prepared,
+    };
+    Ok(expand(manifest, &inputs))
+}
+
+/// Loads a CSV stage dataset and computes its split or folds (`None` for a MIMIC-CXR tree).
+pub fn prepare(manifest: &Manifest, stage: Stage) -> Result<Option<PreparedRows>, PlanError> {
+    let spec = &manifest.stage(stage).dataset;
+    if spec.format == DatasetFormat::Mimic {
+        return Ok(None);
+    }
+    let name = stage.as_str();
+    let mut dataset = data::table::load_csv(&spec.path, &data::CsvOptions::from_spec(spec))
+        .map_err(|source| PlanError::Data { stage: name, source })?;
+    dataset.truncate(spec.max_rows);
+    let items = split::items(&dataset.examples);
+    let split_error = |source| PlanError::Split { stage: name, path: spec.path.clone(), source };
+    let parts = match manifest.stage(stage).split {
+        SplitSpec::Holdout { train, val, test } => {
+            let s = split::holdout(&items, (train, val, test), manifest.seed).map_err(split_error)?;
+            vec![PartIndices { fold: None, train: s.train, val: s.val, test: s.test }]
+        }
+        SplitSpec::Kfold { folds, val_fraction } => split::kfold(&items, folds, val_fraction, manifest.seed)
+            .map_err(split_error)?
+            .into_iter()
+            .map(|f| PartIndices { fold: Some(f.fold), train: f.train, val: f.val, test: f.test })
+            .collect(),
+    };
+    Ok(Some(PreparedRows {
+        total_rows: dataset.total_rows,
+        usable_rows: dataset.examples.len(),
+        dropped: dataset.dropped.into(),
+        parts,
+    }))
+}
+
+struct Builder<'a> {
+    manifest: &'a Manifest,
+    inputs: &'a PlanInputs,
+    jobs: Vec<JobSpec>,
+}
+
+#[derive(Default)]
+struct Labels {
+    stage: Option<Stage>,
+    fold: Option<usize>,
+    model_stage: Option<ModelStage>,
+    task: Option<Stage>,
+    sweep: Option<SweepPoint>,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, label: String, deps: Vec<String>, config: JobConfig, labels: Labels, inputs: BTreeMap<String, InputRef>) -> String {
+        let (config_hash, id) = identity(&config);
+        if let Some(existing) = self.jobs.iter_mut().find(|j| j.id == id) {
+            // The same work reached twice (a sweep value equal to the configured one): one job.
+            if let (None, Some(point)) = (existing.sweep, labels.sweep) {
+                existing.sweep = Some(point);
+                existing.label = format!("{}, {}={} (configured)", existing.label.trim_end_matches(')'), point.parameter.as_str(), point.value) + ")";
+            }
+            return id;
+        }
+        let resources = match config.kind() {
+            JobKind::DataPrep => &self.manifest.resources.data_prep,
+            JobKind::Train => &self.manifest.resources.train,
+            JobKind::Eval => &self.manifest.resources.eval,
+            JobKind::Report => &self.manifest.resources.report,
+        }
+        .clone();
+        self.jobs.push(JobSpec {
+            id: id.clone(),
+            kind: config.kind(),
+            label,
+            deps,
+            config_hash,
+            resources,
+            stage: labels.stage,
+            fold: labels.fold,
+            model_stage: labels.model_stage,
+            task: labels.task,
+            sweep: labels.sweep,
+            inputs,
+            config,
+        });
+        id
+    }
+
+    fn model_ref(&self) -> ModelRef {
+        let m = &self.manifest.model;
+        ModelRef { family: m.family, sha256: self.inputs.model.sha256.clone(), quantization: m.quantization, compute_dtype: m.compute_dtype }
+    }
+
+    fn model_inputs(&self) -> BTreeMap<String, InputRef> {
+        let mut inputs = BTreeMap::from([("model".to_owned(), self.inputs.model.clone())]);
+        if let Some(encoder) = &self.inputs.bertscore_model {
+            inputs.insert("bertscore_model".into(), encoder.clone());
+        }
+        inputs
+    }
+
+    fn slice(&self, stage: Stage, prep_job: &str, fold: Option<usize>, part: &str) -> DataSlice {
+        let prepared = self.inputs.prepared[stage_slot(stage)].as_ref();
+        let indices_sha256 = prepared.and_then(|p| p.parts.iter().find(|x| x.fold == fold)).map(|x| {
+            let list = match part {
+                "train" => &x.train,
+                "val" => &x.val,
+                _ => &x.test,
+            };
+            sha256_hex(serde_json::to_string(list).expect("indices serialise").as_bytes())
+        });
+        DataSlice { prep_job: prep_job.to_owned(), fold, part: part.to_owned(), indices_sha256 }
+    }
+
+    fn data_prep(&mut self, stage: Stage) -> String {
+        let spec = self.manifest.stage(stage);
+        let d = &spec.dataset;
+        let input = self.inputs.datasets[stage_slot(stage)].clone();
+        let config = JobConfig::DataPrep(DataPrepConfig {
+            stage,
+            dataset: DatasetRef {
+                sha256: input.sha256.clone(),
+                format: d.format,
+                input_column: d.input_column.clone(),
+                target_column: d.target_column.clone(),
+                group_column: d.group_column.clone(),
+                bad_rows: d.bad_rows,
+                max_rows: d.max_rows,
+            },
+            seed: self.manifest.seed,
+            split: spec.split.clone(),
+            stratify: STRATIFY_KEY.to_owned(),
+            rows: self.inputs.prepared[stage_slot(stage)].clone(),
+        });
+        let folds = match spec.split {
+            SplitSpec::Kfold { folds, .. } => format!(", {folds} folds"),
+            SplitSpec::Holdout { .. } => String::new(),
+        };
+        let labels = Labels { stage: Some(stage), ..Labels::default() };
+        self.push(format!("data-prep({}{folds})", stage.as_str()), vec![], config, labels, BTreeMap::from([("dataset".to_owned(), input)]))
+    }
+
+    fn train(&mut self, stage: Stage, fold: Option<usize>, prep: &str, init: Option<&str>) -> String {
+        let spec = self.manifest.stage(stage);
+        let config = JobConfig::Train(TrainConfig {
+            stage,
+            fold,
+            seed: self.manifest.seed,
+            model: self.model_ref(),
+            lora: self.manifest.lora.clone(),
+            prompt: spec.prompt.clone(),
+            training: spec.training.clone(),
+            data: self.slice(stage, prep, fold, "train"),
+            init_adapter: init.map(str::to_owned),
+        });
+        let mut deps = vec![prep.to_owned()];
+        deps.extend(init.map(str::to_owned));
+        let label = match fold {
+            Some(k) => format!("train({}, fold {k})", stage.as_str()),
+            None => format!("train({})", stage.as_str()),
+        };
+        let labels = Labels { stage: Some(stage), fold, ..Labels::default() };
+        let mut inputs = self.model_inputs();
+        inputs.remove("bertscore_model");
+        self.push(label, deps, config, labels, inputs)
+    }
+
+    /// One evaluation per generation setting: the configured one and each sweep point of this task (sweeps
+    /// apply to the model fine-tuned on that task's stage: stage1 -> stage-1 model, stage2 -> two-stage model).
+    #[allow(clippy::too_many_arguments)]
+    fn evals(&mut self, model_stage: ModelStage, task: Stage, fold: Option<usize>, prep: &str, adapter: Option<&str>, evals: &mut Vec<String>) {
+        if !self.manifest.evaluation.cells.contains(&EvalCell { model: model_stage, task }) {
+            return;
+        }
+        let spec = self.manifest.stage(task);
+        let mut settings = vec![(spec.generation.clone(), None)];
+        let tuned = match task {
+            Stage::Stage1 => ModelStage::Stage1,
+            Stage::Stage2 => ModelStage::TwoStage,
+        };
+        if model_stage == tuned {
+            for sweep in self.manifest.sweeps.iter().filter(|s: &&SweepSpec| s.stage == task) {
+                for &value in &sweep.values {
+                    let point = SweepPoint { stage: task, parameter: sweep.parameter, value };
+                    settings.push((spec.generation.with(sweep.parameter, value), Some(point)));
+                }
+            }
+        }
+        // With sweeps, the configured setting is the sweep point equal to it (or its own job when none is).
+        for (generation, sweep) in settings {
+            let config = JobConfig::Eval(EvalConfig {
+                model_stage,
+                task,
+                fold,
+                seed: self.manifest.seed,
+                model: self.model_ref(),
+                adapter: adapter.map(str::to_owned),
+                prompt: spec.prompt.inference.clone(),
+                generation,
+                data: self.slice(task, prep, fold, "test"),
+                metrics: self.manifest.evaluation.metrics.clone(),
+                preprocess: self.manifest.evaluation.preprocess,
+                bertscore_model: self.inputs.bertscore_model.as_ref().map(|b| b.sha256.clone()),
+                bertscore_layer: self.manifest.evaluation.bertscore_layer,
+                radgraph_command: self.manifest.evaluation.radgraph_command.clone(),
+            });
+            let model = match (model_stage, fold) {
+                (ModelStage::TwoStage, Some(k)) => format!("two-stage fold {k}"),
+                (m, _) => m.as_str().to_owned(),
+            };
+            let data = match (task, fold) {
+                (Stage::Stage2, Some(k)) => format!("stage2 fold {k} test"),
+                (t, _) => format!("{} test", t.as_str()),
+            };
+            let point = sweep.map_or_else(String::new, |p: SweepPoint| format!(", {}={}", p.parameter.as_str(), p.value));
+            let mut deps = vec![prep.to_owned()];
+            deps.extend(adapter.map(str::to_owned));
+            let labels = Labels { stage: None, fold, model_stage: Some(model_stage), task: Some(task), sweep };
+            let inputs = self.model_inputs();
+            let id = self.push(format!("eval({model}, {data}{point})"), deps, config, labels, inputs);
+            if !evals.contains(&id) {
+                evals.push(id);
+            }
+        }
+    }
+}
+
+fn stage_slot(stage: Stage) -> usize {
+    match stage {
+        Stage::Stage1 => 0,
+        Stage::Stage2 => 1,
+    }
+}
+
+/// Expands the graph from already-known inputs (pure; what `plan` calls after touching the file system).
+pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
+    let mut b = Builder { manifest, inputs, jobs: Vec::new() };
+    let mut evals = Vec::new();
+    let prep1 = b.data_prep(Stage::Stage1);
+    b.evals(ModelStage::Base, Stage::Stage1, None, &prep1, None, &mut evals);
+    let train1 = b.train(Stage::Stage1, None, &prep1, None);
+    b.evals(ModelStage::Stage1, Stage::Stage1, None, &prep1, Some(&train1), &mut evals);
+    let prep2 = b.data_prep(Stage::Stage2);
+    let folds: Vec<Option<usize>> = match manifest.stage2.split {
+        SplitSpec::Kfold { folds, .. } => (0..folds).map(Some).collect(),
+        SplitSpec::Holdout { .. } => vec![None],
+    };
+    for &fold in &folds {
+        b.evals(ModelStage::Base, Stage::Stage2, fold, &prep2, None, &mut evals);
+        b.evals(ModelStage::Stage1, Stage::Stage2, fold, &prep2, Some(&train1), &mut evals);
+    }
+    for &fold in &folds {
+        let train2 = b.train(Stage::Stage2, fold, &prep2, Some(&train1));
+        b.evals(ModelStage::TwoStage, Stage::Stage2, fold, &prep2, Some(&train2), &mut evals);
+        // The forgetting check: the two-stage model of this fold on the stage-1 test set.
+        b.evals(ModelStage::TwoStage, Stage::Stage1, fold, &prep1, Some(&train2), &mut evals);
+    }
+    let report = JobConfig::Report(ReportConfig {
+        experiment: manifest.name.clone(),
+        evals: evals.clone(),
+        metrics: manifest.evaluation.metrics.clone(),
+        cells: manifest.evaluation.cells.clone(),
+    });
+    b.push("report".into(), evals, report, Labels::default(), BTreeMap::new());
+    Plan { experiment: manifest.name.clone(), manifest_sha256: inputs.manifest_sha256.clone(), jobs: b.jobs }
+}

@@ -1,0 +1,109 @@
+//! Loading a base model by path: picks the architecture, applies QLoRA quantisation when asked, and pairs the
+//! model with its tokenizer.
+
+use std::path::Path;
+
+use tandem_experiments::manifest::{ModelFamily, Quantization};
+use tokenizers::Tokenizer;
+
+use super::error::{EngineError, Result};
+use super::model::LanguageModel;
+
+/// How to load a base model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// The architecture; `None` = detect (a `.gguf` file or `model_type` in config.json).
+    pub family: Option<ModelFamily>,
+    pub quantization: Quantization,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            family: None,
+            quantization: Quantization::None,
+        }
+    }
+}
+
+/// A model with its tokenizer.
+pub struct LoadedModel {
+    pub model: Box<dyn LanguageModel>,
+    pub tokenizer: Tokenizer,
+}
+
+impl LoadedModel {
+    /// Token ids of `text`, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| EngineError::Input(format!("cannot tokenise: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| EngineError::Input(format!("cannot detokenise: {e}")))
+    }
+}
+
+/// The architecture of the model at `path`.
+pub fn detect_family(path: &Path) -> Result<ModelFamily> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return Ok(ModelFamily::Llama);
+    }
+    let cfg = path.join("config.json");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| EngineError::io(&cfg, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::config(&cfg, "(file)", format!("not valid JSON: {e}")))?;
+    match json.get("model_type").and_then(|v| v.as_str()) {
+        Some("llama") | Some("mistral") => Ok(ModelFamily::Llama),
+        Some("t5") | Some("mt5") => Ok(ModelFamily::T5),
+        Some(other) => Err(EngineError::config(
+            &cfg,
+            "model_type",
+            format!("{other:?}; accepted: \"llama\", \"t5\""),
+        )),
+        None => Err(EngineError::config(
+            &cfg,
+            "model_type",
+            "missing; accepted: \"llama\", \"t5\"",
+        )),
+    }
+}
+
+/// Loads the model at `path` with `options`.
+pub fn load_model(path: &Path, options: ModelOptions) -> Result<LoadedModel> {
+    let family = match options.family {
+        Some(f) => f,
+        None => detect_family(path)?,
+    };
+    match family {
+        ModelFamily::Llama => {
+            let (mut model, tokenizer) = super::llama::load(path)?;
+            if options.quantization == Quantization::Nf4 {
+                super::qlora::quantize_model(&mut model)?;
+            }
+            Ok(LoadedModel {
+                model: Box::new(model),
+                tokenizer,
+            })
+        }
+        ModelFamily::T5 => load_t5(path, options),
+    }
+}
+
+fn load_t5(path: &Path, _options: ModelOptions) -> Result<LoadedModel> {
+    // The T5 architecture lives in `engine::t5` (its own branch); until it is merged this build has none.
+    Err(EngineError::config(
+        path.join("config.json"),
+        "model_type",
+        "\"t5\" is not supported by this build",
+    ))
+}

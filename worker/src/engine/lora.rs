@@ -1,0 +1,441 @@
+//! The LoRA linear layer: a frozen base weight (dense, or quantised and dequantised on use for QLoRA) plus an
+//! optional trainable low-rank update `(alpha / r) * B(A(dropout(x)))`, initialised as PEFT does.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, Var};
+
+use super::error::{EngineError, Result};
+use super::ops::{self, DenseWeight, WeightSource};
+use super::rng::{self, Purpose, Stream};
+
+/// LoRA hyperparameters of one adapter (PEFT semantics: scale `alpha / r`, bias none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names (or dotted suffixes) that get an adapter, e.g. `q_proj`, `v_proj`.
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    /// The update's scale `alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    /// Checks the values a user could get wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(EngineError::Input("lora.r must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(EngineError::Input(format!(
+                "lora.dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        if self.target_modules.is_empty() {
+            return Err(EngineError::Input(
+                "lora.target_modules must name at least one module".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the module at dotted `path` is targeted: PEFT's rule (the whole path, or its last components,
+    /// equal a target).
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules
+            .iter()
+            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+    }
+}
+
+impl From<&tandem_experiments::manifest::LoraSpec> for LoraConfig {
+    fn from(spec: &tandem_experiments::manifest::LoraSpec) -> Self {
+        Self {
+            r: spec.r,
+            alpha: spec.alpha,
+            dropout: spec.dropout,
+            target_modules: spec.target_modules.clone(),
+        }
+    }
+}
+
+/// Per-forward context: whether this is a training forward (dropout active) and the counters that key the
+/// dropout masks, so masks are reproducible and independent of threads and history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardCtx {
+    pub training: bool,
+    pub seed: u64,
+    /// Optimizer step (or any counter the caller advances between forwards).
+    pub step: u64,
+    /// Micro-batch index within the step.
+    pub micro: u64,
+}
+
+impl ForwardCtx {
+    /// An inference forward: no dropout.
+    pub fn eval() -> Self {
+        Self {
+            training: false,
+            seed: 0,
+            step: 0,
+            micro: 0,
+        }
+    }
+
+    /// A training forward with masks keyed by (seed, step, micro).
+    pub fn train(seed: u64, step: u64, micro: u64) -> Self {
+        Self {
+            training: true,
+            seed,
+            step,
+            micro,
+        }
+    }
+}
+
+/// The trainable part of one layer.
+#[derive(Debug)]
+pub struct LoraWeights {
+    /// `[r, in]`, Kaiming-uniform (a = sqrt(5)) as PEFT.
+    pub a: Var,
+    /// `[out, r]`, zeros at initialisation.
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+/// The frozen base weight of a linear layer.
+#[derive(Debug, Clone)]
+pub enum FrozenWeight {
+    /// Dense f32 `[out, in]`.
+    Dense(Tensor),
+    /// Held quantised; dequantised whenever the forward or backward needs it.
+    Quantized(Arc<dyn QuantizedWeight>),
+}
+
+/// A weight stored in a compact form (NF4 for QLoRA).
+pub trait QuantizedWeight: WeightSource {
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize);
+    /// Bytes the stored form occupies.
+    fn storage_bytes(&self) -> usize;
+}
+
+/// A linear layer without bias: frozen `W` plus an optional LoRA update.
+#[derive(Debug)]
+pub struct LoraLinear {
+    /// Dotted module path as in the Hugging Face model, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    source: Arc<dyn WeightSource>,
+    base: FrozenWeight,
+    lora: Option<LoraWeights>,
+    /// Keys this layer's dropout stream.
+    layer_key: u64,
+}
+
+impl LoraLinear {
+    /// A frozen linear layer from a dense `[out, in]` weight.
+    pub fn dense(path: impl Into<String>, weight: Tensor) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        let path = path.into();
+        let layer_key = rng::name_hash(&path);
+        let source: Arc<dyn WeightSource> = Arc::new(DenseWeight(weight.clone()));
+        Ok(Self {
+            path,
+            in_features,
+            out_features,
+            source,
+            base: FrozenWeight::Dense(weight),
+            lora: None,
+            layer_key,
+        })
+    }
+
+    /// A frozen linear layer whose weight is held quantised.
+    pub fn quantized(path: impl Into<String>, weight: Arc<dyn QuantizedWeight>) -> Self {
+        let (out_features, in_features) = weight.dims();
+        let path = path.into();
+        let layer_key = rng::name_hash(&path);
+        let source: Arc<dyn WeightSource> = weight.clone();
+        Self {
+            path,
+            in_features,
+            out_features,
+            source,
+            base: FrozenWeight::Quantized(weight),
+            lora: None,
+            layer_key,
+        }
+    }
+
+    /// The frozen weight.
+    pub fn base(&self) -> &FrozenWeight {
+        &self.base
+    }
+
+    /// Replaces the frozen weight by a quantised one (same shape).
+    pub fn set_quantized(&mut self, weight: Arc<dyn QuantizedWeight>) -> Result<()> {
+        if weight.dims() != (self.out_features, self.in_features) {
+            return Err(EngineError::Input(format!(
+                "{}: quantised weight is {:?}, layer is ({}, {})",
+                self.path,
+                weight.dims(),
+                self.out_features,
+                self.in_features
+            )));
+        }
+        self.source = weight.clone();
+        self.base = FrozenWeight::Quantized(weight);
+        Ok(())
+    }
+
+    /// The dense base weight `[out, in]` (dequantised if held quantised).
+    pub fn base_matrix(&self) -> Result<Tensor> {
+        Ok(self.source.matrix()?)
+    }
+
+    /// Bytes the frozen weight occupies in memory.
+    pub fn base_bytes(&self) -> usize {
+        match &self.base {
+            FrozenWeight::Dense(t) => t.elem_count() * 4,
+            FrozenWeight::Quantized(q) => q.storage_bytes(),
+        }
+    }
+
+    /// Adds a fresh LoRA update, initialised as PEFT does: A Kaiming-uniform(a = sqrt(5)) from the seeded
+    /// stream keyed by `(seed, path)`, B zeros.
+    pub fn add_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
+        let (r, fan_in) = (config.r, self.in_features);
+        // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let mut stream = Stream::new(seed, Purpose::LoraInit, &[self.layer_key]);
+        let a: Vec<f32> = (0..r * fan_in)
+            .map(|_| ((stream.uniform_f64() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        let a = Var::from_tensor(&Tensor::from_vec(a, (r, fan_in), &Device::Cpu)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(
+            (self.out_features, r),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?;
+        self.lora = Some(LoraWeights {
+            a,
+            b,
+            scale: config.scale(),
+            dropout: config.dropout,
+        });
+        Ok(())
+    }
+
+    /// Sets LoRA weights from values (adapter loading); shapes must be `[r, in]` and `[out, r]`.
+    pub fn set_lora(&mut self, a: Tensor, b: Tensor, scale: f64, dropout: f64) -> Result<()> {
+        let (r, in_f) = a.dims2()?;
+        let (out_f, r2) = b.dims2()?;
+        if in_f != self.in_features || out_f != self.out_features || r != r2 {
+            return Err(EngineError::Input(format!(
+                "{}: lora_A {:?} / lora_B {:?} do not fit a layer of {} -> {} features",
+                self.path,
+                a.dims(),
+                b.dims(),
+                self.in_features,
+                self.out_features
+            )));
+        }
+        self.lora = Some(LoraWeights {
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale,
+            dropout,
+        });
+        Ok(())
+    }
+
+    /// The LoRA update, if this layer has one.
+    pub fn lora(&self) -> Option<&LoraWeights> {
+        self.lora.as_ref()
+    }
+
+    /// Removes the LoRA update.
+    pub fn clear_lora(&mut self) {
+        self.lora = None;
+    }
+
+    /// `x W^T + scale * dropout(x) A^T B^T` for `x` of shape `[..., in]`.
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let base = ops::frozen_matmul(x, &self.source)?;
+        let Some(lora) = &self.lora else {
+            return Ok(base);
+        };
+        let x_in = if ctx.training && lora.dropout > 0.0 {
+            self.dropout(x, lora.dropout, ctx)?
+        } else {
+            x.clone()
+        };
+        let dims = x_in.dims().to_vec();
+        let rows = x_in.elem_count() / self.in_features;
+        let flat = x_in.reshape((rows, self.in_features))?;
+        let down = flat.matmul(&lora.a.as_tensor().t()?)?;
+        let up = down.matmul(&lora.b.as_tensor().t()?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.out_features;
+        let update = (up * lora.scale)?.reshape(out_dims)?;
+        Ok((base + update)?)
+    }
+
+    /// Inverted dropout with a mask drawn from the stream keyed by (seed, step, micro, layer).
+    fn dropout(&self, x: &Tensor, p: f64, ctx: &ForwardCtx) -> Result<Tensor> {
+        let mut stream = Stream::new(
+            ctx.seed,
+            Purpose::Dropout,
+            &[ctx.step, ctx.micro, self.layer_key],
+        );
+        let keep_scale = (1.0 / (1.0 - p)) as f32;
+        let p = p as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if stream.uniform_f32() < p {
+                    0.0
+                } else {
+                    keep_scale
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok((x * mask)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dropout: f64) -> LoraConfig {
+        LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout,
+            target_modules: vec!["q_proj".into()],
+        }
+    }
+
+    #[test]
+    fn fresh_lora_leaves_the_output_unchanged_and_a_is_bounded() {
+        let w = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((4, 6))
+            .unwrap();
+        let mut layer = LoraLinear::dense("model.layers.0.self_attn.q_proj", w).unwrap();
+        let x = Tensor::ones((2, 3, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let before = layer
+            .forward(&x, &ForwardCtx::eval())
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        layer.add_lora(&config(0.0), 42).unwrap();
+        let after = layer
+            .forward(&x, &ForwardCtx::eval())
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        assert_eq!(before, after);
+        let a = layer
+            .lora()
+            .unwrap()
+            .a
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let bound = 1.0 / 6f32.sqrt();
+        assert!(a.iter().all(|v| v.abs() <= bound));
+        assert!(a.iter().any(|v| v.abs() > bound / 2.0));
+    }
+
+    #[test]
+    fn init_and_dropout_are_seeded() {
+        let w = Tensor::ones((3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let make = |seed| {
+            let mut l = LoraLinear::dense("m.q_proj", w.clone()).unwrap();
+            l.add_lora(&config(0.5), seed).unwrap();
+            l.lora()
+                .unwrap()
+                .a
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(make(1), make(1));
+        assert_ne!(make(1), make(2));
+
+        let mut l = LoraLinear::dense("m.q_proj", w.clone()).unwrap();
+        l.add_lora(&config(0.5), 1).unwrap();
+        let x = Tensor::ones((8, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let m1 = l
+            .dropout(&x, 0.5, &ForwardCtx::train(3, 1, 0))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let m2 = l
+            .dropout(&x, 0.5, &ForwardCtx::train(3, 1, 0))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let m3 = l
+            .dropout(&x, 0.5, &ForwardCtx::train(3, 2, 0))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m1, m2);
+        assert_ne!(m1, m3);
+        assert!(m1.iter().flatten().all(|&v| v == 0.0 || v == 2.0));
+    }
+
+    #[test]
+    fn gradients_reach_a_and_b_only() {
+        let w = Tensor::ones((3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mut l = LoraLinear::dense("m.q_proj", w).unwrap();
+        l.add_lora(&config(0.0), 1).unwrap();
+        let x = Tensor::ones((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let loss = l
+            .forward(&x, &ForwardCtx::train(0, 0, 0))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let lora = l.lora().unwrap();
+        // B starts at zero, so A's gradient is zero and B's is not.
+        let gb = grads
+            .get(lora.b.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert!(gb.to_scalar::<f32>().unwrap() > 0.0);
+        assert!(grads.get(lora.a.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn targets_follow_peft_suffix_rule() {
+        let c = LoraConfig {
+            r: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into(), "v".into()],
+        };
+        assert!(c.targets("model.layers.3.self_attn.q_proj"));
+        assert!(c.targets("encoder.block.0.layer.0.SelfAttention.v"));
+        assert!(!c.targets("model.layers.3.self_attn.qq_proj"));
+        assert!(!c.targets("model.layers.3.self_attn.o_proj"));
+    }
+}

@@ -1,0 +1,16 @@
+//! The engine that runs one job: models (LLaMA, T5) with LoRA/QLoRA adapters, the training loop, generation.
+
+pub mod error;
+pub mod lora;
+pub mod model;
+pub mod ops;
+pub mod peft;
+pub mod rng;
+pub mod tensor_io;
+
+pub use error::{EngineError, Result};
+pub mod inspect;
+pub mod llama;
+pub mod load;
+pub mod qlora;
+pub mod threads;

@@ -1,0 +1,186 @@
+//! Tensor operations the models share: the frozen linear map (a custom op whose backward computes only the input
+//! gradient, never the frozen weight's), RMS norm, SiLU, softmax, and the token cross-entropy.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
+
+use super::error::Result;
+
+/// Where a frozen weight matrix `[out, in]` comes from when an op needs it.
+pub trait WeightSource: Send + Sync + std::fmt::Debug {
+    /// The dense f32 matrix `[out, in]` (dequantised if stored quantised).
+    fn matrix(&self) -> candle_core::Result<Tensor>;
+}
+
+/// A dense f32 weight held in memory.
+#[derive(Debug, Clone)]
+pub struct DenseWeight(pub Tensor);
+
+impl WeightSource for DenseWeight {
+    fn matrix(&self) -> candle_core::Result<Tensor> {
+        Ok(self.0.clone())
+    }
+}
+
+/// `y = x W^T` with a frozen `W`: autograd flows to `x` only.
+struct FrozenMatmul {
+    weight: Arc<dyn WeightSource>,
+}
+
+fn cpu_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        candle_core::bail!("{op}: expected f32 input")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: input must be contiguous")
+    };
+    Ok(&values[start..end])
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(storage, layout, "frozen-matmul")?;
+        let w = self.weight.matrix()?;
+        let (out_f, in_f) = w.dims2()?;
+        let dims = layout.dims();
+        let last = *dims.last().unwrap_or(&0);
+        if last != in_f {
+            candle_core::bail!("frozen-matmul: input has {last} features, weight expects {in_f}")
+        }
+        let rows = x.len() / in_f.max(1);
+        let xt = Tensor::from_slice(x, (rows, in_f), &Device::Cpu)?;
+        let y = xt.matmul(&w.t()?)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = out_f;
+        let values = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(values), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let w = self.weight.matrix()?;
+        let (out_f, in_f) = w.dims2()?;
+        let g = grad_res.contiguous()?;
+        let rows = g.elem_count() / out_f.max(1);
+        let gx = g.reshape((rows, out_f))?.matmul(&w)?;
+        let _ = in_f;
+        Ok(Some(gx.reshape(arg.shape())?))
+    }
+}
+
+/// `x W^T` for a frozen weight; `x` is `[..., in]`.
+pub fn frozen_matmul(x: &Tensor, weight: &Arc<dyn WeightSource>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        // No gradient needed: a plain matmul, no custom-op bookkeeping.
+        let w = weight.matrix()?;
+        let (out_f, in_f) = w.dims2()?;
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / in_f.max(1);
+        let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+        *dims.last_mut().expect("rank >= 1") = out_f;
+        return Ok(y.reshape(dims)?);
+    }
+    Ok(x.apply_op1(FrozenMatmul {
+        weight: Arc::clone(weight),
+    })?)
+}
+
+/// RMS norm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight` (LLaMA and T5 layer norms).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let hidden = x.dim(D::Minus1)?;
+    let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / hidden as f64)?;
+    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(weight)?)
+}
+
+/// SiLU: `x * sigmoid(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok((x / (x.neg()?.exp()? + 1.0)?)?)
+}
+
+/// Softmax over the last dimension, stable against large values.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// Sum over positions of `-log softmax(logits)[label]` for labels >= 0; `logits` is `[n, vocab]`, labels
+/// `< 0` (the -100 convention) are ignored. Returns the scalar sum and the number of counted tokens.
+pub fn cross_entropy_sum(logits: &Tensor, labels: &[i64]) -> Result<(Tensor, usize)> {
+    let (n, vocab) = logits.dims2()?;
+    debug_assert_eq!(n, labels.len());
+    let keep: Vec<u32> = (0..n as u32).filter(|&i| labels[i as usize] >= 0).collect();
+    if keep.is_empty() {
+        return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+    }
+    let targets: Vec<u32> = keep.iter().map(|&i| labels[i as usize] as u32).collect();
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(super::error::EngineError::Input(format!(
+            "label token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let rows = if keep.len() == n {
+        logits.clone()
+    } else {
+        logits.index_select(&Tensor::new(keep.as_slice(), logits.device())?, 0)?
+    };
+    let lse = rows.log_sum_exp(D::Minus1)?;
+    let idx = Tensor::new(targets.as_slice(), logits.device())?.unsqueeze(1)?;
+    let picked = rows.gather(&idx, 1)?.squeeze(1)?;
+    Ok(((lse - picked)?.sum_all()?, keep.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+
+    #[test]
+    fn frozen_matmul_matches_plain_matmul_and_backprops_to_input_only() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+        let src: Arc<dyn WeightSource> = Arc::new(DenseWeight(w.clone()));
+        let x = Var::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev).unwrap();
+        let y = frozen_matmul(x.as_tensor(), &src).unwrap();
+        let expect = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            expect.to_vec2::<f32>().unwrap()
+        );
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(gx, vec![vec![5., 7., 9.], vec![5., 7., 9.]]);
+    }
+
+    #[test]
+    fn cross_entropy_ignores_masked_labels() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 0.], [10., 0.], [0., 10.]], &dev).unwrap();
+        let (sum, n) = cross_entropy_sum(&logits, &[0, -100, 1]).unwrap();
+        assert_eq!(n, 2);
+        let v = sum.to_scalar::<f32>().unwrap();
+        let expect = std::f32::consts::LN_2 + (1.0 + (-10f32).exp()).ln();
+        assert!((v - expect).abs() < 1e-5, "{v} vs {expect}");
+    }
+}
