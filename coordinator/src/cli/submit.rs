@@ -62,8 +62,12 @@ fn jobgraph_files(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(String, Path
 /// Largest total size of dataset files sent with a toml manifest (model weights stay with the workers).
 const MAX_SENT_DATASET_BYTES: u64 = 48 << 20;
 
-/// Loads and plans a toml manifest here (where its files are): the planned graph and the dataset files to send.
-fn plan_toml(path: &Path) -> anyhow::Result<Result<(Vec<u8>, Vec<(String, PathBuf)>), ExitCode>> {
+/// A planned graph (JSON) and the files to send with it (name, path).
+type Planned = (Vec<u8>, Vec<(String, PathBuf)>);
+
+/// Loads and plans a toml manifest here (where its files are); `Err(code)` when the manifest is invalid (its
+/// problems were printed).
+fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
     use tandem_experiments::manifest::{self, LoadOptions, hash::referenced_files};
     let manifest = match manifest::load(path, LoadOptions::default()) {
         Ok(m) => m,
