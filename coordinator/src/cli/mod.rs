@@ -4,6 +4,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Orchestrator commands (coordinator, client).
+mod audit;
+mod cancel;
+mod client;
+mod export;
+mod results;
+mod serve;
+mod status;
+mod submit;
+mod token;
+mod watch;
+mod workers;
 mod data;
 mod manifest;
 mod plan;
@@ -20,6 +32,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the coordinator on a store folder.
+    Serve(serve::ServeArgs),
+    /// Manage bearer tokens for teams, workers and admins.
+    Token(token::TokenArgs),
+    /// Submit an experiment; prints its id.
+    Submit(submit::SubmitArgs),
+    /// Show experiments, or one experiment's jobs.
+    Status(status::StatusArgs),
+    /// Follow an experiment live until it ends.
+    Watch(watch::WatchArgs),
+    /// Cancel an experiment's jobs.
+    Cancel(cancel::ExperimentArgs),
+    /// Requeue an experiment's failed and cancelled jobs.
+    Retry(cancel::ExperimentArgs),
+    /// List registered workers.
+    Workers(workers::WorkersArgs),
+    /// Show an experiment's results.
+    Results(results::ResultsArgs),
+    /// Check an experiment's manifest, inputs and artifacts against their recorded hashes.
+    Audit(audit::AuditArgs),
+    /// Write an experiment's manifest, metrics and artifacts to a folder.
+    Export(export::ExportArgs),
     /// Check a manifest: exit 0 with a summary, or 2 with every problem (file:line:col: field: message).
     Validate(validate::ValidateArgs),
     /// Manifest utilities (content hash).
@@ -46,6 +80,17 @@ pub fn init_tracing() {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Submit(args) => submit::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Watch(args) => watch::run(args),
+        Command::Cancel(args) => cancel::cancel(args),
+        Command::Retry(args) => cancel::retry(args),
+        Command::Workers(args) => workers::run(args),
+        Command::Results(args) => results::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Export(args) => export::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Manifest(command) => manifest::run(command),
         Command::Data(command) => data::run(command),
