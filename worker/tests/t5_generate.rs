@@ -1,13 +1,13 @@
 //! T5 incremental decoding (encoder once, decoder KV cache and cached cross-attention keys/values through the
 //! engine's `LanguageModel::start`/`step`) against transformers' `generate` on the tiny checkpoints
-//! (`tests/fixtures/tiny-t5/*/generate.json`). The decode loop here is greedy with the repetition penalty as
-//! transformers applies it; beam-search cases are checked by the engine's generation tests.
+//! (`tests/fixtures/tiny-t5/*/generate.json`), through the engine's generation code.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use tandem_worker::engine::generate::{GenerateConfig, generate};
 use tandem_worker::engine::lora::ForwardCtx;
-use tandem_worker::engine::model::{DecodeState, LanguageModel};
+use tandem_worker::engine::model::LanguageModel;
 use tandem_worker::engine::peft;
 use tandem_worker::engine::t5::T5Model;
 
@@ -36,113 +36,77 @@ fn rows(v: &Value) -> Vec<Vec<u32>> {
     v.as_array().unwrap().iter().map(ids).collect()
 }
 
-/// Greedy decoding as transformers does it: the repetition penalty divides positive (multiplies negative)
-/// logits of every token already in the decoder sequence, the start token included, once per distinct token;
-/// finished rows get pad.
-fn greedy(
-    model: &T5Model,
-    prompts: &[Vec<u32>],
-    max_new: usize,
-    eos: u32,
-    pad: u32,
-    repetition_penalty: f32,
-) -> Vec<Vec<u32>> {
-    let start = model.config.decoder_start_token_id;
-    let mut sequences: Vec<Vec<u32>> = vec![vec![start]; prompts.len()];
-    let mut finished = vec![false; prompts.len()];
-    let (mut state, mut logits): (Box<dyn DecodeState>, _) = model.start(prompts).unwrap();
-    for step in 0..max_new {
-        let rows = logits.to_vec2::<f32>().unwrap();
-        let mut next = Vec::with_capacity(rows.len());
-        for (r, mut row) in rows.into_iter().enumerate() {
-            if finished[r] {
-                next.push(pad);
-                continue;
-            }
-            if repetition_penalty != 1.0 {
-                // Once per distinct token, however often it occurs (transformers gathers and scatters).
-                let mut seen: Vec<u32> = sequences[r].clone();
-                seen.sort_unstable();
-                seen.dedup();
-                for &t in &seen {
-                    let x = &mut row[t as usize];
-                    *x = if *x < 0.0 {
-                        *x * repetition_penalty
-                    } else {
-                        *x / repetition_penalty
-                    };
-                }
-            }
-            // First maximum, as torch.argmax.
-            let best = row
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv { (i, v) } else { (bi, bv) }
-                })
-                .0 as u32;
-            next.push(best);
-        }
-        for (r, &t) in next.iter().enumerate() {
-            sequences[r].push(t);
-            if t == eos {
-                finished[r] = true;
-            }
-        }
-        if finished.iter().all(|&f| f) || step + 1 == max_new {
-            break;
-        }
-        logits = model.step(state.as_mut(), &next).unwrap();
-    }
-    sequences
+/// The new tokens transformers generated: after the decoder start token, up to the first EOS (excluded;
+/// finished rows are then padded).
+fn new_tokens(sequence: &[u32], eos: u32) -> Vec<u32> {
+    sequence[1..]
+        .iter()
+        .take_while(|&&t| t != eos)
+        .copied()
+        .collect()
 }
 
-fn check_greedy_cases(model: &T5Model, cases: &[&Value], what: &str) {
+fn config_of(params: &Value) -> GenerateConfig {
+    let mut cfg = GenerateConfig::greedy(params["max_new_tokens"].as_u64().unwrap() as usize);
+    cfg.num_beams = params["num_beams"].as_u64().unwrap() as usize;
+    cfg.length_penalty = params
+        .get("length_penalty")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    cfg.early_stopping = params
+        .get("early_stopping")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    cfg.repetition_penalty = params
+        .get("repetition_penalty")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    cfg
+}
+
+/// Runs every case of `generate.json` (greedy, beam search, repetition penalty, a stand-in EOS, a padded
+/// batch) through the engine's `generate` and compares the new tokens.
+fn check_cases(model: &mut T5Model, cases: &[&Value], what: &str) {
     assert!(!cases.is_empty());
     for case in cases {
         let params = &case["params"];
+        let eos = params["eos_token_id"].as_u64().unwrap() as u32;
+        model.set_eos_tokens(vec![eos]);
         let mut prompts = rows(&case["input_ids"]);
         // Batched prompts arrive right-padded; the engine takes unpadded prompts and pads them itself.
         for (p, m) in prompts.iter_mut().zip(rows(&case["attention_mask"])) {
             p.truncate(m.iter().filter(|&&x| x == 1).count());
         }
-        let got = greedy(
-            model,
-            &prompts,
-            params["max_new_tokens"].as_u64().unwrap() as usize,
-            params["eos_token_id"].as_u64().unwrap() as u32,
-            params["pad_token_id"].as_u64().unwrap() as u32,
-            params
-                .get("repetition_penalty")
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0) as f32,
-        );
-        let want = rows(&case["sequences"]);
+        let got = generate(&*model, &prompts, &config_of(params)).unwrap();
+        let want: Vec<Vec<u32>> = rows(&case["sequences"])
+            .iter()
+            .map(|s| new_tokens(s, eos))
+            .collect();
         assert_eq!(got, want, "{what}: case {}", case["name"]);
     }
+    model.set_eos_tokens(vec![model.config.eos_token_id]);
 }
 
-fn greedy_cases(fixture: &Value, adapter: bool) -> Vec<&Value> {
+fn cases_of(fixture: &Value, adapter: bool) -> Vec<&Value> {
     fixture["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["params"]["num_beams"].as_u64() == Some(1))
         .filter(|c| c["name"].as_str().unwrap().ends_with("with_adapter") == adapter)
         .collect()
 }
 
 #[test]
-fn greedy_decoding_matches_transformers_generate() {
+fn generation_matches_transformers_generate() {
     for variant in VARIANTS {
         let dir = fixture_dir(variant);
         let fixture = read_json(&dir.join("generate.json"));
         let mut model = T5Model::load(&dir).unwrap();
-        check_greedy_cases(&model, &greedy_cases(&fixture, false), variant);
+        check_cases(&mut model, &cases_of(&fixture, false), variant);
         peft::load(&mut model, &dir.join("adapter"), None).unwrap();
-        check_greedy_cases(
-            &model,
-            &greedy_cases(&fixture, true),
+        check_cases(
+            &mut model,
+            &cases_of(&fixture, true),
             &format!("{variant} + adapter"),
         );
     }
