@@ -1,4 +1,4 @@
-//! LoRA training on the tiny T5: only the q/v adapters of self- and cross-attention get gradients, a short
+//! LoRA and QLoRA training on the tiny T5: only the q/v adapters of self- and cross-attention get gradients, a short
 //! run lowers the decoder loss, and two runs with the same seed give bitwise-identical losses.
 
 use std::path::Path;
@@ -129,4 +129,35 @@ fn trained_adapter_for_peft_round_trip() {
         serde_json::to_string(&last).unwrap(),
     )
     .unwrap();
+}
+
+#[test]
+fn qlora_on_t5_quantises_every_projection_and_training_lowers_the_loss() {
+    let mut m = model();
+    let dense = m
+        .loss(&batch(), LossMask::Prompt, &ForwardCtx::eval())
+        .unwrap();
+    let dense = dense.loss_sum.to_scalar::<f32>().unwrap();
+    let count = tandem_worker::engine::qlora::quantize_model(&mut m).unwrap();
+    // 2 encoder blocks x (q, k, v, o, wi_0, wi_1, wo) + 2 decoder blocks x (2 x q, k, v, o + 3 feed-forward).
+    assert_eq!(count, 2 * 7 + 2 * 11);
+    let quantised = m
+        .loss(&batch(), LossMask::Prompt, &ForwardCtx::eval())
+        .unwrap();
+    let quantised = quantised.loss_sum.to_scalar::<f32>().unwrap();
+    assert!(quantised != dense, "NF4 weights must change the loss");
+    assert!(
+        (quantised - dense).abs() < 0.2 * dense,
+        "NF4 loss {quantised} too far from {dense}"
+    );
+    let config = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.05,
+        target_modules: vec!["q".into(), "v".into()],
+    };
+    add_lora(&mut m, &config, 3).unwrap();
+    let losses = train(&m, 30, 0.5);
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.8 * first, "QLoRA loss went from {first} to {last}");
 }
