@@ -1,5 +1,6 @@
-//! The engine's training loop (AdamW, schedule, evaluation, checkpoints, PEFT adapter output) on the tiny T5:
-//! the loss falls, the written adapter reloads to the same validation loss, and a rerun is bitwise identical.
+//! The engine's training loop (AdamW, schedule, evaluation, checkpoints, PEFT adapter output) on
+//! the tiny T5: the loss falls, the written adapter reloads to the same validation loss, and a
+//! rerun is bitwise identical.
 
 use std::path::Path;
 

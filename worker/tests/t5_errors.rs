@@ -1,6 +1,6 @@
-//! Bad T5 inputs give errors that name the file and field: missing or truncated weights, unsupported
-//! configs, shapes that do not fit, adapters for another model or rank, token ids outside the vocabulary.
-//! Also: a sharded copy (index + shard) loads to the same logits.
+//! Bad T5 inputs give errors that name the file and field: missing or truncated weights,
+//! unsupported configs, shapes that do not fit, adapters for another model or rank, token ids
+//! outside the vocabulary. Also: a sharded copy (index + shard) loads to the same logits.
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
-//! T5 incremental decoding (encoder once, decoder KV cache and cached cross-attention keys/values through the
-//! engine's `LanguageModel::start`/`step`) against transformers' `generate` on the tiny checkpoints
-//! (`tests/fixtures/tiny-t5/*/generate.json`), through the engine's generation code.
+//! T5 incremental decoding (encoder once, decoder KV cache and cached cross-attention keys/values
+//! through the engine's `LanguageModel::start`/`step`) against transformers' `generate` on the tiny
+//! checkpoints (`tests/fixtures/tiny-t5/*/generate.json`), through the engine's generation code.
 
 use std::path::{Path, PathBuf};
 
@@ -36,8 +36,8 @@ fn rows(v: &Value) -> Vec<Vec<u32>> {
     v.as_array().unwrap().iter().map(ids).collect()
 }
 
-/// The new tokens transformers generated: after the decoder start token, up to the first EOS (excluded;
-/// finished rows are then padded).
+/// The new tokens transformers generated: after the decoder start token, up to the first EOS
+/// (excluded; finished rows are then padded).
 fn new_tokens(sequence: &[u32], eos: u32) -> Vec<u32> {
     sequence[1..]
         .iter()
@@ -64,8 +64,8 @@ fn config_of(params: &Value) -> GenerateConfig {
     cfg
 }
 
-/// Runs every case of `generate.json` (greedy, beam search, repetition penalty, a stand-in EOS, a padded
-/// batch) through the engine's `generate` and compares the new tokens.
+/// Runs every case of `generate.json` (greedy, beam search, repetition penalty, a stand-in EOS, a
+/// padded batch) through the engine's `generate` and compares the new tokens.
 fn check_cases(model: &mut T5Model, cases: &[&Value], what: &str) {
     assert!(!cases.is_empty());
     for case in cases {
@@ -73,7 +73,8 @@ fn check_cases(model: &mut T5Model, cases: &[&Value], what: &str) {
         let eos = params["eos_token_id"].as_u64().unwrap() as u32;
         model.set_eos_tokens(vec![eos]);
         let mut prompts = rows(&case["input_ids"]);
-        // Batched prompts arrive right-padded; the engine takes unpadded prompts and pads them itself.
+        // Batched prompts arrive right-padded; the engine takes unpadded prompts and pads them
+        // itself.
         for (p, m) in prompts.iter_mut().zip(rows(&case["attention_mask"])) {
             p.truncate(m.iter().filter(|&&x| x == 1).count());
         }
@@ -112,7 +113,8 @@ fn generation_matches_transformers_generate() {
     }
 }
 
-/// Step-by-step logits with the cache (and after reordering rows, as beam search does) equal a full pass.
+/// Step-by-step logits with the cache (and after reordering rows, as beam search does) equal a full
+/// pass.
 #[test]
 fn cached_steps_equal_a_full_pass_and_follow_row_selection() {
     let model = T5Model::load(&fixture_dir("gated-gelu")).unwrap();

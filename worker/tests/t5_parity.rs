@@ -1,5 +1,6 @@
-//! T5 parity with Hugging Face transformers/PEFT on the tiny random checkpoints in `tests/fixtures/tiny-t5/`
-//! (made by `scripts/parity/make_fixtures.py`): logits, adapter logits, the decoder loss, greedy decoding.
+//! T5 parity with Hugging Face transformers/PEFT on the tiny random checkpoints in
+//! `tests/fixtures/tiny-t5/` (made by `scripts/parity/make_fixtures.py`): logits, adapter logits,
+//! the decoder loss, greedy decoding.
 
 use std::path::{Path, PathBuf};
 

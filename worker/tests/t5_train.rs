@@ -1,5 +1,6 @@
-//! LoRA and QLoRA training on the tiny T5: only the q/v adapters of self- and cross-attention get gradients, a short
-//! run lowers the decoder loss, and two runs with the same seed give bitwise-identical losses.
+//! LoRA and QLoRA training on the tiny T5: only the q/v adapters of self- and cross-attention get
+//! gradients, a short run lowers the decoder loss, and two runs with the same seed give
+//! bitwise-identical losses.
 
 use std::path::Path;
 
@@ -27,7 +28,8 @@ fn batch() -> Vec<TrainExample> {
     ]
 }
 
-/// Plain SGD on the adapters for `steps` steps (dropout on, masks keyed by the step); returns the losses.
+/// Plain SGD on the adapters for `steps` steps (dropout on, masks keyed by the step); returns the
+/// losses.
 fn train(model: &T5Model, steps: u64, lr: f64) -> Vec<f32> {
     let examples = batch();
     let mut losses = Vec::new();
@@ -98,7 +100,8 @@ fn same_seed_gives_bitwise_identical_losses() {
 
 /// Writes a trained adapter and its logits for the manual PEFT round trip:
 /// `TANDEM_T5_ADAPTER_OUT=/tmp/a cargo test -p tandem-worker --test t5_train -- --ignored`, then
-/// `python scripts/parity/make_fixtures.py check-adapter --base worker/tests/fixtures/tiny-t5/gated-gelu
+/// `python scripts/parity/make_fixtures.py check-adapter --base
+/// worker/tests/fixtures/tiny-t5/gated-gelu
 ///  --adapter /tmp/a --ids 20,21,22,1 --decoder-ids 0,30,31` prints the same last-position logits.
 #[test]
 #[ignore = "manual check with Python; writes to $TANDEM_T5_ADAPTER_OUT"]
@@ -139,7 +142,8 @@ fn qlora_on_t5_quantises_every_projection_and_training_lowers_the_loss() {
         .unwrap();
     let dense = dense.loss_sum.to_scalar::<f32>().unwrap();
     let count = tandem_worker::engine::qlora::quantize_model(&mut m).unwrap();
-    // 2 encoder blocks x (q, k, v, o, wi_0, wi_1, wo) + 2 decoder blocks x (2 x q, k, v, o + 3 feed-forward).
+    // 2 encoder blocks x (q, k, v, o, wi_0, wi_1, wo) + 2 decoder blocks x (2 x q, k, v, o + 3
+    // feed-forward).
     assert_eq!(count, 2 * 7 + 2 * 11);
     let quantised = m
         .loss(&batch(), LossMask::Prompt, &ForwardCtx::eval())

@@ -1,5 +1,6 @@
-//! T5 attention: unscaled dot-product attention over `num_heads` heads of size `d_kv`, and the learned
-//! relative-position bias (log-spaced buckets) that the first layer of each stack computes and all layers share.
+//! T5 attention: unscaled dot-product attention over `num_heads` heads of size `d_kv`, and the
+//! learned relative-position bias (log-spaced buckets) that the first layer of each stack computes
+//! and all layers share.
 
 use candle_core::{Device, Tensor};
 
@@ -10,12 +11,14 @@ use crate::engine::ops;
 /// Added to the scores of masked keys; `exp` of it underflows to exactly zero.
 pub const MASKED: f32 = -1e30;
 
-/// The bucket of the relative position `key - query`, as Hugging Face's `_relative_position_bucket`.
+/// The bucket of the relative position `key - query`, as Hugging Face's
+/// `_relative_position_bucket`.
 ///
-/// Bidirectional (encoder): half the buckets for keys after the query. Within a half, distances below
-/// `num_buckets / 2` (of the half) get their own bucket; larger ones share log-spaced buckets up to
-/// `max_distance`, beyond which all fall into the last. Causal (decoder): only keys at or before the query
-/// count. The logarithm is computed in f32 as PyTorch does, so the buckets agree at their boundaries.
+/// Bidirectional (encoder): half the buckets for keys after the query. Within a half, distances
+/// below `num_buckets / 2` (of the half) get their own bucket; larger ones share log-spaced buckets
+/// up to `max_distance`, beyond which all fall into the last. Causal (decoder): only keys at or
+/// before the query count. The logarithm is computed in f32 as PyTorch does, so the buckets agree
+/// at their boundaries.
 pub fn relative_position_bucket(
     relative_position: i64,
     bidirectional: bool,
@@ -53,8 +56,8 @@ pub struct RelativeBias {
 }
 
 impl RelativeBias {
-    /// The bias `[1, heads, q_len, k_len]` for queries at positions `q_offset..q_offset + q_len` and keys at
-    /// `0..k_len`.
+    /// The bias `[1, heads, q_len, k_len]` for queries at positions `q_offset..q_offset + q_len`
+    /// and keys at `0..k_len`.
     pub fn bias(&self, q_len: usize, k_len: usize, q_offset: usize) -> Result<Tensor> {
         let mut buckets = Vec::with_capacity(q_len * k_len);
         for q in 0..q_len {
@@ -78,7 +81,8 @@ impl RelativeBias {
     }
 }
 
-/// Additive causal mask `[1, 1, q_len, k_len]` for queries at `q_offset..`: keys after the query are masked.
+/// Additive causal mask `[1, 1, q_len, k_len]` for queries at `q_offset..`: keys after the query
+/// are masked.
 pub fn causal_mask(q_len: usize, k_len: usize, q_offset: usize, device: &Device) -> Result<Tensor> {
     let values: Vec<f32> = (0..q_len)
         .flat_map(|q| (0..k_len).map(move |k| if k > q + q_offset { MASKED } else { 0.0 }))
@@ -86,7 +90,8 @@ pub fn causal_mask(q_len: usize, k_len: usize, q_offset: usize, device: &Device)
     Ok(Tensor::from_vec(values, (1, 1, q_len, k_len), device)?)
 }
 
-/// One attention sublayer's projections: `q`, `k`, `v` map `d_model -> heads * d_kv`, `o` maps back.
+/// One attention sublayer's projections: `q`, `k`, `v` map `d_model -> heads * d_kv`, `o` maps
+/// back.
 #[derive(Debug)]
 pub struct Attention {
     pub q: LoraLinear,
@@ -113,9 +118,9 @@ impl Attention {
         Ok((self.heads(&self.k, x, ctx)?, self.heads(&self.v, x, ctx)?))
     }
 
-    /// `o(softmax(q k^T + bias) v)` without the `1/sqrt(d_kv)` scaling (T5 folds it into its initialisation).
-    /// `q` is `[b, heads, q_len, d_kv]`, `k`/`v` are `[b, heads, k_len, d_kv]`, `bias` broadcasts to
-    /// `[b, heads, q_len, k_len]`; returns `[b, q_len, d_model]`.
+    /// `o(softmax(q k^T + bias) v)` without the `1/sqrt(d_kv)` scaling (T5 folds it into its
+    /// initialisation). `q` is `[b, heads, q_len, d_kv]`, `k`/`v` are `[b, heads, k_len, d_kv]`,
+    /// `bias` broadcasts to `[b, heads, q_len, k_len]`; returns `[b, q_len, d_model]`.
     pub fn attend(
         &self,
         q: &Tensor,

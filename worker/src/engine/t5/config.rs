@@ -1,4 +1,5 @@
-//! T5 hyperparameters read from a Hugging Face `config.json` and checked against what the engine implements.
+//! T5 hyperparameters read from a Hugging Face `config.json` and checked against what the engine
+//! implements.
 
 use std::path::Path;
 
@@ -30,7 +31,8 @@ pub struct T5Config {
     pub relative_attention_max_distance: usize,
     pub layer_norm_epsilon: f64,
     pub feed_forward: FeedForwardKind,
-    /// The LM head reuses the shared embedding, and the decoder output is scaled by `d_model^-0.5` first.
+    /// The LM head reuses the shared embedding, and the decoder output is scaled by `d_model^-0.5`
+    /// first.
     pub tie_word_embeddings: bool,
     pub pad_token_id: u32,
     pub eos_token_id: u32,

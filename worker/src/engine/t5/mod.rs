@@ -1,6 +1,7 @@
-//! The T5 encoder-decoder (t5-base, FLAN-T5) on candle, loaded from a Hugging Face directory: shared
-//! embeddings, relative position buckets, T5 layer norm, ReLU or gated-GELU feed-forward, the tied LM head's
-//! `d_model^-0.5` scaling, a decoder KV cache, and LoRA on any of its linear layers (PEFT module paths).
+//! The T5 encoder-decoder (t5-base, FLAN-T5) on candle, loaded from a Hugging Face directory:
+//! shared embeddings, relative position buckets, T5 layer norm, ReLU or gated-GELU feed-forward,
+//! the tied LM head's `d_model^-0.5` scaling, a decoder KV cache, and LoRA on any of its linear
+//! layers (PEFT module paths).
 
 mod attention;
 mod config;
@@ -26,8 +27,9 @@ use crate::engine::model::{
 };
 use crate::engine::ops;
 
-/// Loads a T5 model directory (config.json, safetensors weights, tokenizer.json) with its tokenizer; checks
-/// that the tokenizer fits the model's vocabulary (t5-base: 32100 tokens for 32128 embeddings).
+/// Loads a T5 model directory (config.json, safetensors weights, tokenizer.json) with its
+/// tokenizer; checks that the tokenizer fits the model's vocabulary (t5-base: 32100 tokens for
+/// 32128 embeddings).
 pub fn load(dir: &Path) -> Result<(T5Model, Tokenizer)> {
     if !dir.is_dir() {
         return Err(EngineError::weights(
@@ -107,7 +109,8 @@ impl T5Model {
         let encoder = Encoder::load(weights, &config)?;
         let decoder = Decoder::load(weights, &config)?;
         let lm_head = if config.tie_word_embeddings {
-            // Some checkpoints store the tied head anyway; the shared matrix is what the model uses.
+            // Some checkpoints store the tied head anyway; the shared matrix is what the model
+            // uses.
             LoraLinear::dense("lm_head", shared.clone())?
         } else {
             LoraLinear::dense("lm_head", weights.get("lm_head.weight", &[vocab, d])?)?
@@ -129,8 +132,8 @@ impl T5Model {
         })
     }
 
-    /// Replaces the tokens that end a generated sequence (config.json's `eos_token_id` by default), e.g. with
-    /// those of a `generation_config.json`.
+    /// Replaces the tokens that end a generated sequence (config.json's `eos_token_id` by default),
+    /// e.g. with those of a `generation_config.json`.
     pub fn set_eos_tokens(&mut self, eos: Vec<u32>) {
         self.special.eos = eos;
     }
@@ -152,8 +155,8 @@ impl T5Model {
             .reshape((b, s, self.config.d_model))?)
     }
 
-    /// Runs the encoder on `input_ids` (rows of one length); `attention_mask` (1 = token, 0 = padding)
-    /// defaults to all ones.
+    /// Runs the encoder on `input_ids` (rows of one length); `attention_mask` (1 = token, 0 =
+    /// padding) defaults to all ones.
     pub fn encode(
         &self,
         input_ids: &[Vec<u32>],
@@ -223,7 +226,8 @@ impl T5Model {
         self.lm_head.forward(&h, ctx)
     }
 
-    /// Logits `[b, q, vocab]` of a whole encoder-decoder pass (no cache), as `T5ForConditionalGeneration`.
+    /// Logits `[b, q, vocab]` of a whole encoder-decoder pass (no cache), as
+    /// `T5ForConditionalGeneration`.
     pub fn forward(
         &self,
         input_ids: &[Vec<u32>],
@@ -240,8 +244,9 @@ impl T5Model {
         )
     }
 
-    /// Summed decoder cross-entropy of `labels` (rows of one length, `-100` = ignored), with the decoder
-    /// input made as Hugging Face does: the start token, then the labels shifted right (-100 read as pad).
+    /// Summed decoder cross-entropy of `labels` (rows of one length, `-100` = ignored), with the
+    /// decoder input made as Hugging Face does: the start token, then the labels shifted right
+    /// (-100 read as pad).
     pub fn labels_loss(
         &self,
         input_ids: &[Vec<u32>],

@@ -1,5 +1,6 @@
-//! The T5 encoder and decoder stacks: pre-norm blocks of self-attention, (decoder only) cross-attention over
-//! the encoder output, and a feed-forward sublayer, each added to the residual stream; a final layer norm.
+//! The T5 encoder and decoder stacks: pre-norm blocks of self-attention, (decoder only)
+//! cross-attention over the encoder output, and a feed-forward sublayer, each added to the residual
+//! stream; a final layer norm.
 
 use candle_core::Tensor;
 
@@ -174,7 +175,8 @@ impl Encoder {
         })
     }
 
-    /// Encodes embedded tokens `[b, s, d_model]`; `key_mask` is the additive padding mask `[b, 1, 1, s]`.
+    /// Encodes embedded tokens `[b, s, d_model]`; `key_mask` is the additive padding mask `[b, 1,
+    /// 1, s]`.
     pub fn forward(
         &self,
         embedded: &Tensor,
@@ -291,9 +293,10 @@ impl Decoder {
         })
     }
 
-    /// Decodes embedded tokens `[b, q, d_model]` that follow the `cache.len` positions already in `cache`
-    /// (pass an empty cache for a whole sequence) and returns the final-normed hidden states `[b, q, d_model]`.
-    /// `encoded` is the encoder output `[b, s, d_model]`; `key_mask` its additive padding mask `[b, 1, 1, s]`.
+    /// Decodes embedded tokens `[b, q, d_model]` that follow the `cache.len` positions already in
+    /// `cache` (pass an empty cache for a whole sequence) and returns the final-normed hidden
+    /// states `[b, q, d_model]`. `encoded` is the encoder output `[b, s, d_model]`; `key_mask` its
+    /// additive padding mask `[b, 1, 1, s]`.
     pub fn forward(
         &self,
         embedded: &Tensor,
