@@ -224,6 +224,7 @@ pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
                 source,
             })?;
             listing.push_str(&format!("{sha256}  {relative}\n"));
+            tracing::debug!(role = %role, path = %path.display(), bytes, "hashed");
             files.push(FileHash {
                 role: role.clone(),
                 path,

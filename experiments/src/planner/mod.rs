@@ -512,6 +512,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         Labels::default(),
         BTreeMap::new(),
     );
+    tracing::info!(experiment = %manifest.name, jobs = b.jobs.len(), "planned");
     Plan {
         experiment: manifest.name.clone(),
         manifest_sha256: inputs.manifest_sha256.clone(),
