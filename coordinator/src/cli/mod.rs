@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 mod data;
 mod manifest;
 mod plan;
-mod validate;
 mod score;
+mod validate;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
