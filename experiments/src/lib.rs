@@ -4,5 +4,5 @@
 
 pub mod data;
 pub mod manifest;
-pub mod planner;
 pub mod metrics;
+pub mod planner;

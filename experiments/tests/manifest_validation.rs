@@ -507,3 +507,35 @@ fn the_shipped_manifests_validate() {
         );
     }
 }
+
+#[test]
+fn stage1_takes_a_holdout_split_only() {
+    let text = with("[stage1.split]\nkind = \"kfold\"\nfolds = 5\n");
+    let line = line_of(&text, "kind = \"kfold\"");
+    assert_one(
+        &text,
+        &format!(
+            "M:{line}:8: stage1.split.kind: stage 1 is trained once, on one holdout split (accepted: holdout)"
+        ),
+    );
+}
+
+#[test]
+fn a_missing_column_says_a_header_column_is_accepted() {
+    let text = Project::base_text().replace(
+        "path = \"../data/stage1.csv\"",
+        "path = \"../data/stage1.csv\"\ntarget_column = \"impressions\"",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("stage1.dataset.target_column:"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[0].ends_with(
+            "(its columns: findings, impression) (accepted: a column of the CSV header)"
+        ),
+        "{errors:#?}"
+    );
+}

@@ -274,3 +274,66 @@ fn the_plan_serialises_with_ids_kinds_deps_and_config_hashes() {
     assert_eq!(&back, &plan.jobs[0]);
     assert!(planner::render_tree(&plan).contains("train(stage2, fold 4)"));
 }
+
+#[test]
+fn a_worker_reruns_data_prep_from_the_config_alone_and_gets_the_planned_rows() {
+    let project = Project::new();
+    let plan = plan_of(&project, &Project::base_text());
+    let job = find(&plan, "data-prep(stage2, 5 folds)");
+    let JobConfig::DataPrep(config) = &job.config else {
+        panic!()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dataset = &job.inputs["dataset"].path;
+    let prepared = planner::prep::run_data_prep(config, dataset, out.path()).unwrap();
+    assert_eq!(Some(&prepared.rows), config.rows.as_ref());
+    assert_eq!(&prepared.csv, dataset);
+    // A changed byte is caught by the digest.
+    std::fs::write(
+        dataset,
+        std::fs::read_to_string(dataset).unwrap() + "P1,x,y\n",
+    )
+    .unwrap();
+    let error = planner::prep::run_data_prep(config, dataset, out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("the job expects sha256:"), "{error}");
+}
+
+#[test]
+fn a_mimic_data_prep_converts_the_tree_and_splits_it() {
+    let project = Project::new();
+    let tree = project.root().join("mimic/files/p10");
+    for i in 0..30 {
+        let dir = tree.join(format!("p100000{i:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("s500000{i:02}.txt")),
+            format!("FINDINGS: finding {i}.\nIMPRESSION: impression {i}.\n"),
+        )
+        .unwrap();
+    }
+    let text = Project::base_text().replace(
+        "path = \"../data/stage1.csv\"",
+        "path = \"../mimic\"\nformat = \"mimic\"",
+    );
+    let plan = plan_of(&project, &text);
+    let job = find(&plan, "data-prep(stage1)");
+    let JobConfig::DataPrep(config) = &job.config else {
+        panic!()
+    };
+    assert!(
+        config.rows.is_none(),
+        "a MIMIC tree is prepared by the worker"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let prepared =
+        planner::prep::run_data_prep(config, &job.inputs["dataset"].path, out.path()).unwrap();
+    assert_eq!(prepared.rows.usable_rows, 30);
+    assert_eq!(prepared.rows.parts[0].test.len(), 3);
+    assert!(
+        std::fs::read_to_string(&prepared.csv)
+            .unwrap()
+            .starts_with("subject_id,study_id,findings,impression\n")
+    );
+}

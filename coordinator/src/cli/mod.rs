@@ -19,8 +19,8 @@ mod workers;
 mod data;
 mod manifest;
 mod plan;
-mod validate;
 mod score;
+mod validate;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]

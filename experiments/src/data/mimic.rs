@@ -294,6 +294,13 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         }
     }
     summary.kept = reports.len();
+    tracing::info!(
+        path = %path.display(),
+        reports = summary.reports,
+        kept = summary.kept,
+        dropped = summary.dropped_total(),
+        "read MIMIC-CXR reports"
+    );
     Ok((reports, summary))
 }
 

@@ -208,6 +208,25 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::
     Ok(())
 }
 
+/// The digest of a referenced path as it enters the canonical form (`sha256:<hex>`): a file's SHA-256, or the
+/// SHA-256 of a folder's listing (for a model folder, `model_files_only`, only the files that matter).
+pub fn digest_path(path: &Path, model_files_only: bool) -> std::io::Result<String> {
+    if std::fs::metadata(path)?.is_file() {
+        return Ok(format!("sha256:{}", sha256_file(path)?.0));
+    }
+    let mut files = Vec::new();
+    walk(path, "", &mut files)?;
+    if model_files_only {
+        files.retain(|(relative, _)| model_file_matters(relative));
+    }
+    files.sort();
+    let mut listing = String::new();
+    for (relative, file) in files {
+        listing.push_str(&format!("{}  {relative}\n", sha256_file(&file)?.0));
+    }
+    Ok(format!("sha256:{}", sha256_hex(listing.as_bytes())))
+}
+
 /// Hashes every referenced file and the canonical manifest.
 pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
     let mut files = Vec::new();
@@ -224,6 +243,7 @@ pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
                 source,
             })?;
             listing.push_str(&format!("{sha256}  {relative}\n"));
+            tracing::debug!(role = %role, path = %path.display(), bytes, "hashed");
             files.push(FileHash {
                 role: role.clone(),
                 path,

@@ -429,9 +429,9 @@ impl Resolver<'_> {
                 DatasetFormat::Mimic => check_mimic(&path),
             };
             if let Err((problem, field)) = problem {
-                let (field, at) = match field {
-                    Some((name, at)) => (join(&prefix, name), at),
-                    None => (join(&prefix, "path"), span(&dataset.path)),
+                let (field, at, accepted) = match field {
+                    Some((name, at)) => (join(&prefix, name), at, "a column of the CSV header"),
+                    None => (join(&prefix, "path"), span(&dataset.path), accepted),
                 };
                 self.error(
                     at,
@@ -469,6 +469,14 @@ impl Resolver<'_> {
             SplitSpec::Kfold { .. } => RawSplitKind::Kfold,
         };
         let kind = value(&split.kind, default_kind);
+        if stage == Stage::Stage1 && kind == RawSplitKind::Kfold {
+            self.error(
+                span(&split.kind),
+                &join(&prefix, "kind"),
+                "stage 1 is trained once, on one holdout split",
+                "holdout",
+            );
+        }
         let fraction = NumberRange::new(0.0, true, 1.0, true);
         match kind {
             RawSplitKind::Holdout => {

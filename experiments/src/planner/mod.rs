@@ -8,6 +8,7 @@
 //! them but leaves the stage-1 jobs (and their completed work) alone.
 
 pub mod job;
+pub mod prep;
 mod render;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,23 @@ pub enum PlanError {
         stage: &'static str,
         source: data::DataError,
     },
+    #[error("{stage} dataset {}: {source}", path.display())]
+    Io {
+        stage: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{stage} dataset {}: its digest is {found}, the job expects {expected}", path.display())]
+    DigestMismatch {
+        stage: &'static str,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "{stage} dataset: the prepared rows differ from the planned ones (same data, same seed must give the same split)"
+    )]
+    RowsMismatch { stage: &'static str },
     #[error("{stage} dataset {}: {source}", path.display())]
     Split {
         stage: &'static str,
@@ -102,23 +120,44 @@ pub fn prepare(manifest: &Manifest, stage: Stage) -> Result<Option<PreparedRows>
     if spec.format == DatasetFormat::Mimic {
         return Ok(None);
     }
+    let options = data::CsvOptions::from_spec(spec);
+    let split = &manifest.stage(stage).split;
+    prepare_csv(
+        &spec.path,
+        &options,
+        spec.max_rows,
+        split,
+        manifest.seed,
+        stage,
+    )
+    .map(Some)
+}
+
+/// Loads a CSV, drops bad rows as configured, keeps the first `max_rows`, and splits it (the work of a
+/// data-prep job, shared by the planner and the worker so both get the same indices).
+pub fn prepare_csv(
+    path: &std::path::Path,
+    options: &data::CsvOptions,
+    max_rows: Option<usize>,
+    split_spec: &SplitSpec,
+    seed: u64,
+    stage: Stage,
+) -> Result<PreparedRows, PlanError> {
     let name = stage.as_str();
-    let mut dataset = data::table::load_csv(&spec.path, &data::CsvOptions::from_spec(spec))
-        .map_err(|source| PlanError::Data {
-            stage: name,
-            source,
-        })?;
-    dataset.truncate(spec.max_rows);
+    let mut dataset = data::table::load_csv(path, options).map_err(|source| PlanError::Data {
+        stage: name,
+        source,
+    })?;
+    dataset.truncate(max_rows);
     let items = split::items(&dataset.examples);
     let split_error = |source| PlanError::Split {
         stage: name,
-        path: spec.path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let parts = match manifest.stage(stage).split {
+    let parts = match *split_spec {
         SplitSpec::Holdout { train, val, test } => {
-            let s =
-                split::holdout(&items, (train, val, test), manifest.seed).map_err(split_error)?;
+            let s = split::holdout(&items, (train, val, test), seed).map_err(split_error)?;
             vec![PartIndices {
                 fold: None,
                 train: s.train,
@@ -129,7 +168,7 @@ pub fn prepare(manifest: &Manifest, stage: Stage) -> Result<Option<PreparedRows>
         SplitSpec::Kfold {
             folds,
             val_fraction,
-        } => split::kfold(&items, folds, val_fraction, manifest.seed)
+        } => split::kfold(&items, folds, val_fraction, seed)
             .map_err(split_error)?
             .into_iter()
             .map(|f| PartIndices {
@@ -140,12 +179,12 @@ pub fn prepare(manifest: &Manifest, stage: Stage) -> Result<Option<PreparedRows>
             })
             .collect(),
     };
-    Ok(Some(PreparedRows {
+    Ok(PreparedRows {
         total_rows: dataset.total_rows,
         usable_rows: dataset.examples.len(),
         dropped: dataset.dropped.into(),
         parts,
-    }))
+    })
 }
 
 struct Builder<'a> {
@@ -512,6 +551,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         Labels::default(),
         BTreeMap::new(),
     );
+    tracing::info!(experiment = %manifest.name, jobs = b.jobs.len(), "planned");
     Plan {
         experiment: manifest.name.clone(),
         manifest_sha256: inputs.manifest_sha256.clone(),
