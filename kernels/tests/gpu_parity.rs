@@ -12,7 +12,7 @@ use cudarc::driver::CudaSlice;
 use tandem_kernels::cuda::Gpu;
 use tandem_kernels::cuda::gemm::Blas;
 use tandem_kernels::cuda::lora::GpuLora;
-use tandem_kernels::cuda::nf4::GpuNf4;
+use tandem_kernels::cuda::nf4::{GemvVariant, GpuNf4};
 use tandem_kernels::lora::{self, LoraDims, LoraParams};
 use tandem_kernels::nf4::{Nf4Absmax, Nf4Tensor};
 use tandem_kernels::testdata::{keep_mask, normal_f32};
@@ -175,7 +175,8 @@ fn nf4_gemv_matches_float64() {
         (37, 96),
         (333, 4096),
         (4096, 4096),
-        (1000, 14336),
+        (1001, 14336),
+        (6, 64),
     ]
     .iter()
     .enumerate()
@@ -195,13 +196,15 @@ fn nf4_gemv_matches_float64() {
                 }
             }
             let dx = gpu.upload(&x).unwrap();
-            let mut y = poisoned_f32(&gpu, batch * rows);
-            t.gemv(&gpu, &dx, batch, &mut y).unwrap();
-            let err = rel_err(&gpu.download(&y).unwrap(), &want);
-            assert!(
-                err < 1e-5,
-                "{rows}x{cols} batch {batch}: relative error {err}"
-            );
+            for variant in [GemvVariant::RowPerWarp, GemvVariant::FourRowsPerWarp] {
+                let mut y = poisoned_f32(&gpu, batch * rows);
+                t.gemv_with(&gpu, &dx, batch, &mut y, variant).unwrap();
+                let err = rel_err(&gpu.download(&y).unwrap(), &want);
+                assert!(
+                    err < 1e-5,
+                    "{rows}x{cols} batch {batch} {variant:?}: relative error {err}"
+                );
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, sys};
 use super::device::{Gpu, cuda_err};
 use super::gemm::Blas;
 use super::lora::{Operand, gemm_f32};
-use super::nf4::GpuNf4;
+use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
 use crate::nf4::Nf4Tensor;
 use crate::testdata::normal_f32;
@@ -212,27 +212,32 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ));
         drop(outs);
 
-        // NF4 GEMV, batch 1 and 8: reads the 4-bit weights + scales once (x and y are small but counted).
+        // NF4 GEMV, batch 1 and 8, both kernels: reads the 4-bit weights + scales once (x and y counted too).
         for batch in [1usize, 8] {
             let xs: Vec<CudaSlice<f32>> = (0..copies)
                 .map(|c| gpu.upload(&normal_f32(100 + c as u64, batch * k_in)))
                 .collect::<Result<_, _>>()?;
             let mut y = gpu.zeros::<f32>(batch * n_out)?;
-            let ms = time_median(gpu, o, |i| {
-                ws[i % copies].gemv(gpu, &xs[i % copies], batch, &mut y)
-            })?;
-            let bytes = (tensor_bytes + 4 * batch * (k_in + n_out)) as f64;
-            let flops = 2.0 * (batch * w_elems) as f64;
-            let mut r = row(
-                &format!("nf4_gemv_b{batch}"),
-                shape.clone(),
-                ms,
-                Some(bytes),
-                Some(flops),
-                ("copy", copy_gbs),
-            );
-            r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
-            rows.push(r);
+            for (variant, label) in [
+                (GemvVariant::RowPerWarp, "nf4_gemv"),
+                (GemvVariant::FourRowsPerWarp, "nf4_gemv4"),
+            ] {
+                let ms = time_median(gpu, o, |i| {
+                    ws[i % copies].gemv_with(gpu, &xs[i % copies], batch, &mut y, variant)
+                })?;
+                let bytes = (tensor_bytes + 4 * batch * (k_in + n_out)) as f64;
+                let flops = 2.0 * (batch * w_elems) as f64;
+                let mut r = row(
+                    &format!("{label}_b{batch}"),
+                    shape.clone(),
+                    ms,
+                    Some(bytes),
+                    Some(flops),
+                    ("copy", copy_gbs),
+                );
+                r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
+                rows.push(r);
+            }
         }
 
         // GEMM at M tokens: dense cuBLAS bf16 (the ceiling), then NF4 = dequantise to a bf16 scratch + cuBLAS.
