@@ -292,13 +292,18 @@ fn lora_forward_and_backward_match_the_cpu_reference() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
-fn nf4_gemm_through_cublas_matches_float64_in_bf16() {
+fn nf4_gemm_cublas_and_tensor_core_match_float64_in_bf16() {
     let Some(gpu) = gpu() else { return };
     let s = seed();
     let blas = Blas::new(&gpu).unwrap();
-    for (i, &(m, n, k)) in [(1usize, 64usize, 64usize), (37, 33, 70), (256, 1024, 4096)]
-        .iter()
-        .enumerate()
+    for (i, &(m, n, k)) in [
+        (1usize, 64usize, 64usize),
+        (37, 33, 70),
+        (130, 200, 128),
+        (256, 1024, 4096),
+    ]
+    .iter()
+    .enumerate()
     {
         let w = Nf4Tensor::quantize(&normal_f32(s + 500 + i as u64, n * k), n, k, true).unwrap();
         let wd: Vec<f64> = w
@@ -334,5 +339,20 @@ fn nf4_gemm_through_cublas_matches_float64_in_bf16() {
             .collect();
         let err = rel_err(&got, &want);
         assert!(err < 1e-2, "M={m} N={n} K={k}: bf16 relative error {err}");
+        if k % 64 == 0 {
+            let mut y2 = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+            gw.matmul_bf16_mma(&gpu, m, &gx, &mut y2).unwrap();
+            let got: Vec<f32> = gpu
+                .download(&y2)
+                .unwrap()
+                .into_iter()
+                .map(|b| half::bf16::from_bits(b).to_f32())
+                .collect();
+            let err = rel_err(&got, &want);
+            assert!(
+                err < 1e-2,
+                "mma M={m} N={n} K={k}: bf16 relative error {err}"
+            );
+        }
     }
 }

@@ -271,6 +271,20 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
             Some(flops),
             ("cuBLAS bf16", dense_tf),
         ));
+        if k_in % 64 == 0 {
+            let mma_ms = time_median(gpu, o, |i| {
+                ws[i % copies].matmul_bf16_mma(gpu, m, &x, &mut c)
+            })?;
+            let label = "nf4_gemm (mma.sync tiles)";
+            rows.push(row(
+                label,
+                gshape.clone(),
+                mma_ms,
+                None,
+                Some(flops),
+                ("cuBLAS bf16", dense_tf),
+            ));
+        }
         drop((x, w_dense, c, scratch));
 
         // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against

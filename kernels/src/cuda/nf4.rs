@@ -363,4 +363,63 @@ impl GpuNf4 {
         unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch {name}")))?;
         Ok(())
     }
+
+    /// `Y (m x rows) = X (m x cols) W^T` on the tensor cores (`nf4_gemm_mma_bf16`: mma.sync bf16, fp32
+    /// accumulation, W dequantised tile by tile into shared memory, never to device memory). `x` and `y` are raw
+    /// bf16; `cols` must be a multiple of 64. A first, unpipelined kernel: [`super::gemm::Blas::nf4_xwt`]
+    /// (dequantise + cuBLAS) is the alternative, and the benchmark times both.
+    pub fn matmul_bf16_mma(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x: &CudaSlice<u16>,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
+        if m == 0 || !self.cols.is_multiple_of(64) {
+            return Err(KernelError::invalid(
+                "shape",
+                format!(
+                    "m = {m}, cols = {}: need m >= 1 and cols a multiple of 64",
+                    self.cols
+                ),
+            ));
+        }
+        if x.len() < m * self.cols || y.len() < m * self.rows {
+            return Err(KernelError::invalid(
+                "x/y",
+                format!("buffers too small for {m} x {}", self.cols),
+            ));
+        }
+        let dims = (
+            i32::try_from(m),
+            i32::try_from(self.rows),
+            i32::try_from(self.cols),
+        );
+        let (Ok(mi), Ok(ni), Ok(ki)) = dims else {
+            return Err(KernelError::invalid(
+                "shape",
+                "m, rows and cols must fit in i32",
+            ));
+        };
+        let f = gpu.function(&NF4, "nf4_gemm_mma_bf16")?;
+        let a = self.absmax_args();
+        let cfg = LaunchConfig {
+            grid_dim: (self.rows.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(x)
+            .arg(&self.codes)
+            .arg(a.plain)
+            .arg(a.qcodes)
+            .arg(a.scales)
+            .arg(a.map)
+            .arg(&a.offset)
+            .arg(&a.dq);
+        b.arg(&self.levels).arg(y).arg(&mi).arg(&ni).arg(&ki);
+        // SAFETY: matches nf4_gemm_mma_bf16's signature; x and y were checked to hold m*cols and m*rows values.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch nf4_gemm_mma_bf16"))?;
+        Ok(())
+    }
 }
