@@ -6,6 +6,7 @@
 #   3. the benchmark: `tandem-worker bench kernels` (table + JSON) when that subcommand is there, else the
 #      benchmark test binary (table).
 # Usage: kernels/gpu-check.sh [BIN_DIR (default .cache/gpu-bin)] ; output also lands in ${OUT:-.cache/gpu-out}.
+# TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first for the libraries.
 # Whole run: well under 5 minutes on an H100 (each step has its own time limit).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +22,8 @@ find_dir() { # library file name, then candidate folders: prints the first folde
   return 1
 }
 py_nvidia=$(ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/cu13/lib /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib 2>/dev/null | head -n1)
-cands_cuda=(/usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda/compat /lib/x86_64-linux-gnu)
-cands_toolkit=(/usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 $py_nvidia "$PWD/.cache/nvrtc/nvidia/cu13/lib")
+cands_cuda=(${TANDEM_CUDA_LIB_DIRS:-} /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda/compat /lib/x86_64-linux-gnu)
+cands_toolkit=(${TANDEM_CUDA_LIB_DIRS:-} /usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 $py_nvidia "$PWD/.cache/nvrtc/nvidia/cu13/lib")
 driver=$(find_dir 'libcuda.so*' "${cands_cuda[@]}") || { echo "gpu-check: no libcuda.so found in ${cands_cuda[*]}" >&2; exit 2; }
 nvrtc=$(find_dir 'libnvrtc.so*' "${cands_toolkit[@]}") || { echo "gpu-check: no libnvrtc.so found in ${cands_toolkit[*]}" >&2; exit 2; }
 cublas=$(find_dir 'libcublas.so*' "${cands_toolkit[@]}") || { echo "gpu-check: no libcublas.so found (the benchmark needs it)" >&2; cublas=""; }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 use tandem_kernels::cuda::Gpu;
+use tandem_kernels::cuda::gemm::Blas;
 use tandem_kernels::cuda::lora::GpuLora;
-use tandem_kernels::cuda::nf4::GpuNf4;
+use tandem_kernels::cuda::nf4::{GemvVariant, GpuNf4};
 use tandem_kernels::lora::{self, LoraDims, LoraParams};
 use tandem_kernels::nf4::{Nf4Absmax, Nf4Tensor};
 use tandem_kernels::testdata::{keep_mask, normal_f32};
@@ -174,7 +175,8 @@ fn nf4_gemv_matches_float64() {
         (37, 96),
         (333, 4096),
         (4096, 4096),
-        (1000, 14336),
+        (1001, 14336),
+        (6, 64),
     ]
     .iter()
     .enumerate()
@@ -194,13 +196,15 @@ fn nf4_gemv_matches_float64() {
                 }
             }
             let dx = gpu.upload(&x).unwrap();
-            let mut y = poisoned_f32(&gpu, batch * rows);
-            t.gemv(&gpu, &dx, batch, &mut y).unwrap();
-            let err = rel_err(&gpu.download(&y).unwrap(), &want);
-            assert!(
-                err < 1e-5,
-                "{rows}x{cols} batch {batch}: relative error {err}"
-            );
+            for variant in [GemvVariant::RowPerWarp, GemvVariant::FourRowsPerWarp] {
+                let mut y = poisoned_f32(&gpu, batch * rows);
+                t.gemv_with(&gpu, &dx, batch, &mut y, variant).unwrap();
+                let err = rel_err(&gpu.download(&y).unwrap(), &want);
+                assert!(
+                    err < 1e-5,
+                    "{rows}x{cols} batch {batch} {variant:?}: relative error {err}"
+                );
+            }
         }
     }
 }
@@ -282,6 +286,73 @@ fn lora_forward_and_backward_match_the_cpu_reference() {
         ] {
             let err = rel_err(&got, &widen(want));
             assert!(err < 1e-5, "{m}x{k}x{n} r={r}: {name} relative error {err}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn nf4_gemm_cublas_and_tensor_core_match_float64_in_bf16() {
+    let Some(gpu) = gpu() else { return };
+    let s = seed();
+    let blas = Blas::new(&gpu).unwrap();
+    for (i, &(m, n, k)) in [
+        (1usize, 64usize, 64usize),
+        (37, 33, 70),
+        (130, 200, 128),
+        (256, 1024, 4096),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let w = Nf4Tensor::quantize(&normal_f32(s + 500 + i as u64, n * k), n, k, true).unwrap();
+        let wd: Vec<f64> = w
+            .dequantize_bf16()
+            .iter()
+            .map(|v| f64::from(v.to_f32()))
+            .collect();
+        let x: Vec<half::bf16> = normal_f32(s + 600 + i as u64, m * k)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let mut want = vec![0.0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                want[r * n + c] = (0..k)
+                    .map(|q| f64::from(x[r * k + q].to_f32()) * wd[c * k + q])
+                    .sum();
+            }
+        }
+        let gw = GpuNf4::upload(&gpu, &w).unwrap();
+        let gx = gpu
+            .upload(&x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
+            .unwrap();
+        let mut scratch = gpu.upload(&vec![0x7fc0u16; n * k]).unwrap();
+        let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+        blas.nf4_xwt(&gpu, m, &gx, &gw, &mut scratch, &mut y)
+            .unwrap();
+        let got: Vec<f32> = gpu
+            .download(&y)
+            .unwrap()
+            .into_iter()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        let err = rel_err(&got, &want);
+        assert!(err < 1e-2, "M={m} N={n} K={k}: bf16 relative error {err}");
+        if k % 64 == 0 {
+            let mut y2 = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+            gw.matmul_bf16_mma(&gpu, m, &gx, &mut y2).unwrap();
+            let got: Vec<f32> = gpu
+                .download(&y2)
+                .unwrap()
+                .into_iter()
+                .map(|b| half::bf16::from_bits(b).to_f32())
+                .collect();
+            let err = rel_err(&got, &want);
+            assert!(
+                err < 1e-2,
+                "mma M={m} N={n} K={k}: bf16 relative error {err}"
+            );
         }
     }
 }

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::{CudaBlas, result as cublas, sys as cublas_sys};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, sys};
+use cudarc::driver::{CudaSlice, sys};
 
 use super::device::{Gpu, cuda_err};
+use super::gemm::Blas;
 use super::lora::{Operand, gemm_f32};
-use super::nf4::GpuNf4;
+use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
 use crate::nf4::Nf4Tensor;
 use crate::testdata::normal_f32;
@@ -143,48 +143,6 @@ fn row(
     }
 }
 
-/// Row-major `C (m x n) = X (m x k) W^T` with W `n x k`, bf16 in and out, fp32 compute (cublasGemmEx).
-fn cublas_bf16_xwt(
-    gpu: &Gpu,
-    blas: &CudaBlas,
-    (m, n, k): (usize, usize, usize),
-    x: &CudaSlice<u16>,
-    w: &CudaSlice<u16>,
-    c: &mut CudaSlice<u16>,
-) -> Result<(), KernelError> {
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let stream = gpu.stream();
-    let (wp, _g1) = w.device_ptr(stream);
-    let (xp, _g2) = x.device_ptr(stream);
-    let (cp, _g3) = c.device_ptr_mut(stream);
-    let bf16 = cublas_sys::cudaDataType_t::CUDA_R_16BF;
-    // SAFETY: column-major view: C^T (n x m) = W (k x n stored)^T * X^T (k x m stored); sizes match the buffers.
-    unsafe {
-        cublas::gemm_ex(
-            *blas.handle(),
-            cublas_sys::cublasOperation_t::CUBLAS_OP_T,
-            cublas_sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            (&alpha) as *const f32 as *const _,
-            wp as *const _,
-            bf16,
-            k as i32,
-            xp as *const _,
-            bf16,
-            k as i32,
-            (&beta) as *const f32 as *const _,
-            cp as *mut _,
-            bf16,
-            n as i32,
-            cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(cuda_err("cublasGemmEx bf16"))
-}
-
 fn bf16_random(gpu: &Gpu, seed: u64, n: usize) -> Result<CudaSlice<u16>, KernelError> {
     let v: Vec<u16> = normal_f32(seed, n)
         .into_iter()
@@ -220,7 +178,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ("copy", copy_gbs),
     ));
     drop((src, dst));
-    let blas = CudaBlas::new(gpu.stream().clone()).map_err(cuda_err("create cuBLAS handle"))?;
+    let blas = Blas::new(gpu)?;
 
     for (si, &(n_out, k_in)) in o.shapes.iter().enumerate() {
         let shape = format!("{n_out}x{k_in}");
@@ -254,27 +212,32 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ));
         drop(outs);
 
-        // NF4 GEMV, batch 1 and 8: reads the 4-bit weights + scales once (x and y are small but counted).
+        // NF4 GEMV, batch 1 and 8, both kernels: reads the 4-bit weights + scales once (x and y counted too).
         for batch in [1usize, 8] {
             let xs: Vec<CudaSlice<f32>> = (0..copies)
                 .map(|c| gpu.upload(&normal_f32(100 + c as u64, batch * k_in)))
                 .collect::<Result<_, _>>()?;
             let mut y = gpu.zeros::<f32>(batch * n_out)?;
-            let ms = time_median(gpu, o, |i| {
-                ws[i % copies].gemv(gpu, &xs[i % copies], batch, &mut y)
-            })?;
-            let bytes = (tensor_bytes + 4 * batch * (k_in + n_out)) as f64;
-            let flops = 2.0 * (batch * w_elems) as f64;
-            let mut r = row(
-                &format!("nf4_gemv_b{batch}"),
-                shape.clone(),
-                ms,
-                Some(bytes),
-                Some(flops),
-                ("copy", copy_gbs),
-            );
-            r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
-            rows.push(r);
+            for (variant, label) in [
+                (GemvVariant::RowPerWarp, "nf4_gemv"),
+                (GemvVariant::FourRowsPerWarp, "nf4_gemv4"),
+            ] {
+                let ms = time_median(gpu, o, |i| {
+                    ws[i % copies].gemv_with(gpu, &xs[i % copies], batch, &mut y, variant)
+                })?;
+                let bytes = (tensor_bytes + 4 * batch * (k_in + n_out)) as f64;
+                let flops = 2.0 * (batch * w_elems) as f64;
+                let mut r = row(
+                    &format!("{label}_b{batch}"),
+                    shape.clone(),
+                    ms,
+                    Some(bytes),
+                    Some(flops),
+                    ("copy", copy_gbs),
+                );
+                r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
+                rows.push(r);
+            }
         }
 
         // GEMM at M tokens: dense cuBLAS bf16 (the ceiling), then NF4 = dequantise to a bf16 scratch + cuBLAS.
@@ -285,7 +248,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         let w_dense = bf16_random(gpu, 8, w_elems)?;
         let mut c = gpu.zeros::<u16>(m * n_out)?;
         let dense_ms = time_median(gpu, o, |_| {
-            cublas_bf16_xwt(gpu, &blas, (m, n_out, k_in), &x, &w_dense, &mut c)
+            blas.bf16_xwt(gpu, m, n_out, k_in, &x, &w_dense, &mut c)
         })?;
         let dense_tf = flops / (dense_ms * 1e-3) / 1e12;
         rows.push(row(
@@ -298,8 +261,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ));
         let mut scratch = gpu.zeros::<u16>(w_elems)?;
         let nf4_ms = time_median(gpu, o, |i| {
-            ws[i % copies].dequantize_bf16(gpu, &mut scratch)?;
-            cublas_bf16_xwt(gpu, &blas, (m, n_out, k_in), &x, &scratch, &mut c)
+            blas.nf4_xwt(gpu, m, &x, &ws[i % copies], &mut scratch, &mut c)
         })?;
         rows.push(row(
             "nf4_gemm (dequantise + cuBLAS)",
@@ -309,6 +271,20 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
             Some(flops),
             ("cuBLAS bf16", dense_tf),
         ));
+        if k_in % 64 == 0 {
+            let mma_ms = time_median(gpu, o, |i| {
+                ws[i % copies].matmul_bf16_mma(gpu, m, &x, &mut c)
+            })?;
+            let label = "nf4_gemm (mma.sync tiles)";
+            rows.push(row(
+                label,
+                gshape.clone(),
+                mma_ms,
+                None,
+                Some(flops),
+                ("cuBLAS bf16", dense_tf),
+            ));
+        }
         drop((x, w_dense, c, scratch));
 
         // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against

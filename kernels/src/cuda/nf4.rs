@@ -12,6 +12,15 @@ use crate::nf4::{self, DoubleQuantAbsmax, Nf4Absmax, Nf4Tensor};
 /// The largest batch the GEMV kernels take.
 pub const MAX_GEMV_BATCH: usize = 8;
 
+/// Which GEMV kernel to run (both compute the same function; the benchmark times both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvVariant {
+    /// One row per warp (`nf4_gemv_bB`): the simplest form.
+    RowPerWarp,
+    /// Four rows per warp (`nf4_gemv4_bB`): each loaded x value feeds four rows.
+    FourRowsPerWarp,
+}
+
 /// Block scales on the device.
 pub enum GpuAbsmax {
     /// One fp32 absmax per block.
@@ -279,13 +288,25 @@ impl GpuNf4 {
     }
 
     /// `y[b] = W x[b]` for `batch` fp32 vectors (`x` is `batch x cols`, `y` is `batch x rows`, row-major).
-    /// Needs `cols` to be a multiple of 32 (16-byte rows of codes).
+    /// Needs `cols` to be a multiple of 32 (16-byte rows of codes). Runs the one-row-per-warp kernel.
     pub fn gemv(
         &self,
         gpu: &Gpu,
         x: &CudaSlice<f32>,
         batch: usize,
         y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        self.gemv_with(gpu, x, batch, y, GemvVariant::RowPerWarp)
+    }
+
+    /// [`GpuNf4::gemv`] with a chosen kernel.
+    pub fn gemv_with(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        y: &mut CudaSlice<f32>,
+        variant: GemvVariant,
     ) -> Result<(), KernelError> {
         if !(1..=MAX_GEMV_BATCH).contains(&batch) {
             return Err(KernelError::invalid(
@@ -318,10 +339,14 @@ impl GpuNf4 {
                 "rows and cols must fit in i32",
             ));
         };
-        let f = gpu.function(&NF4, &format!("nf4_gemv_b{batch}"))?;
+        let (name, rows_per_block) = match variant {
+            GemvVariant::RowPerWarp => (format!("nf4_gemv_b{batch}"), 8),
+            GemvVariant::FourRowsPerWarp => (format!("nf4_gemv4_b{batch}"), 32),
+        };
+        let f = gpu.function(&NF4, &name)?;
         let a = self.absmax_args();
         let cfg = LaunchConfig {
-            grid_dim: (blocks_for(self.rows, 8), 1, 1),
+            grid_dim: (blocks_for(self.rows, rows_per_block), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -335,7 +360,66 @@ impl GpuNf4 {
             .arg(&a.dq);
         b.arg(x).arg(y).arg(&rows).arg(&cols).arg(&self.levels);
         // SAFETY: matches NF4_GEMV; x and y were checked to hold batch*cols and batch*rows floats.
-        unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch nf4_gemv_b{batch}")))?;
+        unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch {name}")))?;
+        Ok(())
+    }
+
+    /// `Y (m x rows) = X (m x cols) W^T` on the tensor cores (`nf4_gemm_mma_bf16`: mma.sync bf16, fp32
+    /// accumulation, W dequantised tile by tile into shared memory, never to device memory). `x` and `y` are raw
+    /// bf16; `cols` must be a multiple of 64. A first, unpipelined kernel: [`super::gemm::Blas::nf4_xwt`]
+    /// (dequantise + cuBLAS) is the alternative, and the benchmark times both.
+    pub fn matmul_bf16_mma(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x: &CudaSlice<u16>,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
+        if m == 0 || !self.cols.is_multiple_of(64) {
+            return Err(KernelError::invalid(
+                "shape",
+                format!(
+                    "m = {m}, cols = {}: need m >= 1 and cols a multiple of 64",
+                    self.cols
+                ),
+            ));
+        }
+        if x.len() < m * self.cols || y.len() < m * self.rows {
+            return Err(KernelError::invalid(
+                "x/y",
+                format!("buffers too small for {m} x {}", self.cols),
+            ));
+        }
+        let dims = (
+            i32::try_from(m),
+            i32::try_from(self.rows),
+            i32::try_from(self.cols),
+        );
+        let (Ok(mi), Ok(ni), Ok(ki)) = dims else {
+            return Err(KernelError::invalid(
+                "shape",
+                "m, rows and cols must fit in i32",
+            ));
+        };
+        let f = gpu.function(&NF4, "nf4_gemm_mma_bf16")?;
+        let a = self.absmax_args();
+        let cfg = LaunchConfig {
+            grid_dim: (self.rows.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = gpu.stream().launch_builder(&f);
+        b.arg(x)
+            .arg(&self.codes)
+            .arg(a.plain)
+            .arg(a.qcodes)
+            .arg(a.scales)
+            .arg(a.map)
+            .arg(&a.offset)
+            .arg(&a.dq);
+        b.arg(&self.levels).arg(y).arg(&mi).arg(&ni).arg(&ki);
+        // SAFETY: matches nf4_gemm_mma_bf16's signature; x and y were checked to hold m*cols and m*rows values.
+        unsafe { b.launch(cfg) }.map_err(cuda_err("launch nf4_gemm_mma_bf16"))?;
         Ok(())
     }
 }
