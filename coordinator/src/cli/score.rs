@@ -138,10 +138,9 @@ pub fn score_to_string(args: &ScoreArgs) -> anyhow::Result<String> {
         let mut config = BertScoreConfig::new(dir);
         config.num_layers = args.bertscore_layers;
         config.idf = args.bertscore_idf;
-        let mut scorer = BertScorer::load(config.clone())?;
+        let mut scorer = BertScorer::load(config)?;
         if let Some(path) = &args.bertscore_baseline {
-            config.baseline = Some(Baseline::from_file(path, scorer.num_layers())?);
-            scorer = BertScorer::load(config)?;
+            scorer.set_baseline(Some(Baseline::from_file(path, scorer.num_layers())?));
         }
         Some(scorer)
     } else {
