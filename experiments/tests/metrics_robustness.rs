@@ -72,6 +72,17 @@ proptest! {
 }
 
 #[test]
+fn long_texts_are_truncated_like_bert_score() {
+    let long = "no acute cardiopulmonary abnormality . ".repeat(400);
+    let scorer = tiny_bert();
+    assert_eq!(scorer.token_ids(&long).expect("ids").len(), 512);
+    let s = scorer
+        .score(&[long.as_str()], &["no acute disease"])
+        .expect("score");
+    assert!(s[0].f1 > 0.0 && s[0].f1 <= 1.0);
+}
+
+#[test]
 fn command_extractor_scores_with_graphs_from_the_command() {
     let script = fixtures().join("fake_radgraph.sh");
     let mut extractor =

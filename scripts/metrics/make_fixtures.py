@@ -214,6 +214,7 @@ def make_tiny_bert(texts, path):
             elif "word_embeddings" in name:
                 p.sub_(p.mean(0, keepdim=True))
     model.save_pretrained(path, safe_serialization=True)
+    os.chmod(os.path.join(path, "model.safetensors"), 0o644)
     tok = BertTokenizerFast(vocab_file=os.path.join(path, "vocab.txt"), do_lower_case=True, model_max_length=512)
     tok.save_pretrained(path)
 

@@ -138,10 +138,9 @@ pub fn score_to_string(args: &ScoreArgs) -> anyhow::Result<String> {
         let mut config = BertScoreConfig::new(dir);
         config.num_layers = args.bertscore_layers;
         config.idf = args.bertscore_idf;
-        let mut scorer = BertScorer::load(config.clone())?;
+        let mut scorer = BertScorer::load(config)?;
         if let Some(path) = &args.bertscore_baseline {
-            config.baseline = Some(Baseline::from_file(path, scorer.num_layers())?);
-            scorer = BertScorer::load(config)?;
+            scorer.set_baseline(Some(Baseline::from_file(path, scorer.num_layers())?));
         }
         Some(scorer)
     } else {
@@ -227,6 +226,47 @@ mod tests {
         ]))
         .expect("md");
         assert!(md.contains("| meteor |"));
+    }
+
+    #[test]
+    fn bertscore_with_a_local_model_and_baseline() {
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/tests/fixtures/metrics");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.jsonl");
+        std::fs::write(
+            &path,
+            "{\"candidate\": \"heart normal\", \"reference\": \"normal heart size\"}\n",
+        )
+        .expect("write");
+        let model = fixtures.join("tiny-bert");
+        let baseline = fixtures.join("tiny-bert-baseline.tsv");
+        let (p, m, b) = (
+            path.to_str().expect("utf8"),
+            model.to_str().expect("utf8"),
+            baseline.to_str().expect("utf8"),
+        );
+        let base = [
+            "tandem",
+            "score",
+            "--pairs",
+            p,
+            "--metrics",
+            "bertscore",
+            "--bertscore-model",
+            m,
+        ];
+        let plain: serde_json::Value =
+            serde_json::from_str(&score_to_string(&args(&base)).expect("plain")).expect("json");
+        let mut with_baseline = base.to_vec();
+        with_baseline.extend(["--bertscore-baseline", b]);
+        let rescaled: serde_json::Value =
+            serde_json::from_str(&score_to_string(&args(&with_baseline)).expect("rescaled"))
+                .expect("json");
+        let f = plain["corpus"]["bertscore_f1"].as_f64().expect("f1");
+        let g = rescaled["corpus"]["bertscore_f1"].as_f64().expect("f1");
+        // All 3 layers: the baseline row at position 3 has F = 0.5.
+        assert!((g - (f - 0.5) / 0.5).abs() < 1e-9, "{f} {g}");
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl BertModel {
                 ),
             });
         }
+        if config.hidden_size == 0 || config.type_vocab_size == 0 || config.vocab_size == 0 {
+            return Err(MetricsError::Model {
+                path: config_path,
+                message: "hidden_size, vocab_size and type_vocab_size must be positive".to_string(),
+            });
+        }
         if config.num_attention_heads == 0
             || !config
                 .hidden_size
@@ -176,32 +182,33 @@ impl BertModel {
             Ok(v)
         };
         let h = config.hidden_size;
-        let linear = |prefixes: &[String], inputs: usize| -> Result<Linear, MetricsError> {
-            let mut weights = Vec::new();
-            let mut bias = Vec::new();
-            for prefix in prefixes {
-                let w = get(&format!("{prefix}.weight"))?;
-                if w.dims().len() != 2 || w.dims()[1] != inputs {
-                    return Err(MetricsError::Model {
-                        path: weights_path.clone(),
-                        message: format!(
-                            "{prefix}.weight has shape {:?}, expected (_, {inputs})",
-                            w.dims()
-                        ),
-                    });
+        let linear =
+            |prefixes: &[String], inputs: usize, outputs: usize| -> Result<Linear, MetricsError> {
+                let mut weights = Vec::new();
+                let mut bias = Vec::new();
+                for prefix in prefixes {
+                    let w = get(&format!("{prefix}.weight"))?;
+                    if w.dims() != [outputs, inputs] {
+                        return Err(MetricsError::Model {
+                            path: weights_path.clone(),
+                            message: format!(
+                                "{prefix}.weight has shape {:?}, expected [{outputs}, {inputs}]",
+                                w.dims()
+                            ),
+                        });
+                    }
+                    bias.extend(values(&format!("{prefix}.bias"), w.dims()[0])?);
+                    weights.push(w);
                 }
-                bias.extend(values(&format!("{prefix}.bias"), w.dims()[0])?);
-                weights.push(w);
-            }
-            let joined = Tensor::cat(&weights, 0).map_err(candle_err(&weights_path))?;
-            Ok(Linear {
-                weight_t: joined
-                    .t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(candle_err(&weights_path))?,
-                bias,
-            })
-        };
+                let joined = Tensor::cat(&weights, 0).map_err(candle_err(&weights_path))?;
+                Ok(Linear {
+                    weight_t: joined
+                        .t()
+                        .and_then(|t| t.contiguous())
+                        .map_err(candle_err(&weights_path))?,
+                    bias,
+                })
+            };
         let norm = |prefix: &str| -> Result<LayerNorm, MetricsError> {
             Ok(LayerNorm {
                 weight: values(&format!("{prefix}.weight"), h)?,
@@ -217,11 +224,15 @@ impl BertModel {
                 .map(|n| format!("{p}.attention.self.{n}"))
                 .collect();
             layers.push(Layer {
-                qkv: linear(&qkv, h)?,
-                attn_out: linear(&[format!("{p}.attention.output.dense")], h)?,
+                qkv: linear(&qkv, h, h)?,
+                attn_out: linear(&[format!("{p}.attention.output.dense")], h, h)?,
                 attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: linear(&[format!("{p}.intermediate.dense")], h)?,
-                output: linear(&[format!("{p}.output.dense")], config.intermediate_size)?,
+                intermediate: linear(
+                    &[format!("{p}.intermediate.dense")],
+                    h,
+                    config.intermediate_size,
+                )?,
+                output: linear(&[format!("{p}.output.dense")], config.intermediate_size, h)?,
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }

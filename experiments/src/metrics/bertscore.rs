@@ -199,6 +199,11 @@ impl BertScorer {
         &self.config
     }
 
+    /// Sets (or clears) baseline rescaling, e.g. once the layer count is known.
+    pub fn set_baseline(&mut self, baseline: Option<Baseline>) {
+        self.config.baseline = baseline;
+    }
+
     /// Number of encoder layers in use (bert-score's `num_layers`).
     pub fn num_layers(&self) -> usize {
         self.model.num_layers()

@@ -67,15 +67,60 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
     tokens
 }
 
-/// Maps tokens of both sides to small integer ids so that n-grams compare as integer slices.
-fn intern<'a>(ids: &mut HashMap<&'a str, u32>, tokens: &'a [String]) -> Vec<u32> {
-    tokens
-        .iter()
-        .map(|t| {
-            let next = ids.len() as u32;
-            *ids.entry(t.as_str()).or_insert(next)
-        })
-        .collect()
+/// rouge-score's character rule: lower-case, then everything outside `[a-z0-9]` becomes a space.
+fn clean(text: &str, out: &mut String) {
+    out.clear();
+    if text.is_ascii() {
+        out.extend(text.bytes().map(|b| {
+            let c = b.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c as char
+            } else {
+                ' '
+            }
+        }));
+    } else {
+        for c in text.chars() {
+            for lc in c.to_lowercase() {
+                out.push(if lc.is_ascii_lowercase() || lc.is_ascii_digit() {
+                    lc
+                } else {
+                    ' '
+                });
+            }
+        }
+    }
+}
+
+/// Token ids of each non-empty "\n"-separated sentence of `text` (the whole text's tokens are their
+/// concatenation, since "\n" is a separator for the tokenizer too). Ids are shared through `ids`.
+fn sentence_ids(text: &str, use_stemmer: bool, ids: &mut HashMap<String, u32>) -> Vec<Vec<u32>> {
+    let mut cleaned = String::new();
+    let mut sentences = Vec::new();
+    for line in text.split('\n').filter(|s| !s.is_empty()) {
+        clean(line, &mut cleaned);
+        let mut sentence = Vec::new();
+        for token in cleaned.split(' ').filter(|t| !t.is_empty()) {
+            let stemmed;
+            let token = if use_stemmer && token.len() > 3 {
+                stemmed = porter::stem_cached(token);
+                stemmed.as_str()
+            } else {
+                token
+            };
+            let id = match ids.get(token) {
+                Some(&id) => id,
+                None => {
+                    let id = ids.len() as u32;
+                    ids.insert(token.to_string(), id);
+                    id
+                }
+            };
+            sentence.push(id);
+        }
+        sentences.push(sentence);
+    }
+    sentences
 }
 
 fn score_ngrams(target: &[u32], prediction: &[u32], n: usize) -> RougeScore {
@@ -181,30 +226,11 @@ fn score_summary_lcs(ref_sents: &[Vec<u32>], can_sents: &[Vec<u32>], vocab: usiz
 
 /// All four ROUGE variants for one pair (`target` is the reference, `prediction` the candidate).
 pub fn score(target: &str, prediction: &str, use_stemmer: bool) -> RougeScores {
-    let t_tokens = tokenize(target, use_stemmer);
-    let p_tokens = tokenize(prediction, use_stemmer);
-    let sents = |text: &str| -> Vec<Vec<String>> {
-        text.split('\n')
-            .filter(|s| !s.is_empty())
-            .map(|s| tokenize(s, use_stemmer))
-            .collect()
-    };
-    // Without line breaks the single sentence's tokens are the text's tokens.
-    let t_sents = if target.contains('\n') {
-        sents(target)
-    } else {
-        vec![t_tokens.clone()]
-    };
-    let p_sents = if prediction.contains('\n') {
-        sents(prediction)
-    } else {
-        vec![p_tokens.clone()]
-    };
     let mut ids = HashMap::new();
-    let t = intern(&mut ids, &t_tokens);
-    let p = intern(&mut ids, &p_tokens);
-    let t_s: Vec<Vec<u32>> = t_sents.iter().map(|s| intern(&mut ids, s)).collect();
-    let p_s: Vec<Vec<u32>> = p_sents.iter().map(|s| intern(&mut ids, s)).collect();
+    let t_s = sentence_ids(target, use_stemmer, &mut ids);
+    let p_s = sentence_ids(prediction, use_stemmer, &mut ids);
+    let t: Vec<u32> = t_s.concat();
+    let p: Vec<u32> = p_s.concat();
     RougeScores {
         rouge1: score_ngrams(&t, &p, 1),
         rouge2: score_ngrams(&t, &p, 2),
