@@ -2,6 +2,7 @@
 //! (MIMIC-CXR, IU X-ray, CSV, synthetic longitudinal), splits and k-fold, the planner (manifest -> job graph),
 //! evaluation metrics, and result tables.
 
-pub mod manifest;
 pub mod data;
+pub mod manifest;
+pub mod metrics;
 pub mod planner;

@@ -39,7 +39,10 @@ fn whitespace_comments_key_order_and_explicit_defaults_do_not_change_it() {
     let base = hash_of(&project, "a.toml", &Project::base_text());
     let reordered = format!("seed = 7\nname = \"fixture\"\n{REORDERED}");
     assert_eq!(base, hash_of(&project, "b.toml", &reordered));
-    let explicit = format!("{}\n[lora]\nr = 32\nalpha = 64\n[stage2.training]\nbatch_size = 4\n", Project::base_text());
+    let explicit = format!(
+        "{}\n[lora]\nr = 32\nalpha = 64\n[stage2.training]\nbatch_size = 4\n",
+        Project::base_text()
+    );
     assert_eq!(base, hash_of(&project, "c.toml", &explicit));
 }
 
@@ -62,7 +65,11 @@ fn any_byte_of_a_referenced_file_changes_it() {
         let last = changed.len() - 2;
         changed[last] ^= 1;
         std::fs::write(&path, &changed).unwrap();
-        assert_ne!(base, hash_of(&project, "a.toml", &Project::base_text()), "{file}");
+        assert_ne!(
+            base,
+            hash_of(&project, "a.toml", &Project::base_text()),
+            "{file}"
+        );
         std::fs::write(&path, &original).unwrap();
     }
     assert_eq!(base, hash_of(&project, "a.toml", &Project::base_text()));
@@ -76,16 +83,33 @@ fn moving_the_project_folder_keeps_it_and_the_per_file_hashes_are_reported() {
     let here = content_hash(&m).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     copy_tree(project.root(), &elsewhere.path().join("moved"));
-    let moved = manifest::load(&elsewhere.path().join("moved/manifests/a.toml"), LoadOptions::default()).unwrap();
+    let moved = manifest::load(
+        &elsewhere.path().join("moved/manifests/a.toml"),
+        LoadOptions::default(),
+    )
+    .unwrap();
     let there = content_hash(&moved).unwrap();
     assert_eq!(here.sha256, there.sha256);
     assert_eq!(here.canonical, there.canonical);
-    assert!(!here.canonical.contains(&project.root().display().to_string()), "paths must not enter the canonical form");
+    assert!(
+        !here
+            .canonical
+            .contains(&project.root().display().to_string()),
+        "paths must not enter the canonical form"
+    );
     // Per-file hashes, for audits.
     let roles: Vec<&str> = here.files.iter().map(|f| f.role.as_str()).collect();
-    assert_eq!(roles, ["model.path", "stage1.dataset.path", "stage2.dataset.path"]);
+    assert_eq!(
+        roles,
+        ["model.path", "stage1.dataset.path", "stage2.dataset.path"]
+    );
     let gguf = &here.files[0];
-    assert_eq!(gguf.sha256, tandem_experiments::manifest::hash::sha256_file(&gguf.path).unwrap().0);
+    assert_eq!(
+        gguf.sha256,
+        tandem_experiments::manifest::hash::sha256_file(&gguf.path)
+            .unwrap()
+            .0
+    );
     assert_eq!(here.inputs["model.path"], format!("sha256:{}", gguf.sha256));
 }
 
@@ -94,7 +118,12 @@ fn a_hugging_face_folder_hashes_the_files_that_matter() {
     let project = Project::new();
     let hf = project.root().join("models/hf");
     std::fs::create_dir_all(&hf).unwrap();
-    for (name, body) in [("config.json", "{}"), ("tokenizer.json", "{\"v\":1}"), ("model.safetensors", "weights"), ("README.md", "docs")] {
+    for (name, body) in [
+        ("config.json", "{}"),
+        ("tokenizer.json", "{\"v\":1}"),
+        ("model.safetensors", "weights"),
+        ("README.md", "docs"),
+    ] {
         std::fs::write(hf.join(name), body).unwrap();
     }
     let text = Project::base_text().replace("../models/tiny.gguf", "../models/hf");
@@ -107,9 +136,16 @@ fn a_hugging_face_folder_hashes_the_files_that_matter() {
         .filter(|f| f.role == "model.path")
         .map(|f| f.relative.clone())
         .collect();
-    assert_eq!(files, ["config.json", "model.safetensors", "tokenizer.json"]);
+    assert_eq!(
+        files,
+        ["config.json", "model.safetensors", "tokenizer.json"]
+    );
     std::fs::write(hf.join("README.md"), "other docs").unwrap();
-    assert_eq!(base, hash_of(&project, "a.toml", &text), "README does not matter");
+    assert_eq!(
+        base,
+        hash_of(&project, "a.toml", &text),
+        "README does not matter"
+    );
     for name in ["config.json", "tokenizer.json", "model.safetensors"] {
         let before = std::fs::read(hf.join(name)).unwrap();
         std::fs::write(hf.join(name), [before.as_slice(), b" "].concat()).unwrap();
@@ -120,9 +156,20 @@ fn a_hugging_face_folder_hashes_the_files_that_matter() {
 
 /// A manifest with the given settings, its `[stage1.training]` keys in the given order, with optional comments
 /// and extra whitespace.
-fn render(lr: f64, r: usize, batch: usize, order: &[usize], comments: bool, spaces: usize) -> String {
+fn render(
+    lr: f64,
+    r: usize,
+    batch: usize,
+    order: &[usize],
+    comments: bool,
+    spaces: usize,
+) -> String {
     let pad = " ".repeat(spaces);
-    let keys = [format!("lr{pad}= {lr:e}"), format!("batch_size ={pad}{batch}"), format!("warmup_steps = 100{pad}")];
+    let keys = [
+        format!("lr{pad}= {lr:e}"),
+        format!("batch_size ={pad}{batch}"),
+        format!("warmup_steps = 100{pad}"),
+    ];
     let mut text = Project::base_text();
     text.push_str(&format!("\n[lora]\nr = {r}\n\n[stage1.training]\n"));
     for &i in order {

@@ -16,11 +16,17 @@ fn plan_of(project: &Project, text: &str) -> Plan {
 }
 
 fn ids_by_label(plan: &Plan) -> BTreeMap<String, String> {
-    plan.jobs.iter().map(|j| (j.label.clone(), j.id.clone())).collect()
+    plan.jobs
+        .iter()
+        .map(|j| (j.label.clone(), j.id.clone()))
+        .collect()
 }
 
 fn find<'a>(plan: &'a Plan, label: &str) -> &'a JobSpec {
-    plan.jobs.iter().find(|j| j.label == label).unwrap_or_else(|| panic!("no job {label}"))
+    plan.jobs
+        .iter()
+        .find(|j| j.label == label)
+        .unwrap_or_else(|| panic!("no job {label}"))
 }
 
 #[test]
@@ -33,17 +39,35 @@ fn the_graph_has_every_cell_fold_and_sweep_point() {
     assert_eq!(plan.count(JobKind::Train), 6);
     assert_eq!(plan.count(JobKind::Eval), 2 + 5 * 5);
     assert_eq!(plan.count(JobKind::Report), 1);
-    let cells: BTreeSet<(ModelStage, Stage)> = plan.jobs.iter().filter_map(|j| Some((j.model_stage?, j.task?))).collect();
+    let cells: BTreeSet<(ModelStage, Stage)> = plan
+        .jobs
+        .iter()
+        .filter_map(|j| Some((j.model_stage?, j.task?)))
+        .collect();
     assert_eq!(cells.len(), 6, "every model-stage x task cell");
     for fold in 0..5 {
         let train = find(&plan, &format!("train(stage2, fold {fold})"));
         let forgetting = find(&plan, &format!("eval(two-stage fold {fold}, stage1 test)"));
-        assert_eq!(forgetting.deps.last(), Some(&train.id), "forgetting check uses the fold's adapter");
+        assert_eq!(
+            forgetting.deps.last(),
+            Some(&train.id),
+            "forgetting check uses the fold's adapter"
+        );
         assert_eq!(forgetting.task, Some(Stage::Stage1));
-        let configured = find(&plan, &format!("eval(two-stage fold {fold}, stage2 fold {fold} test, temperature=0.6 (configured))"));
-        let swept = find(&plan, &format!("eval(two-stage fold {fold}, stage2 fold {fold} test, temperature=0.4)"));
+        let configured = find(
+            &plan,
+            &format!(
+                "eval(two-stage fold {fold}, stage2 fold {fold} test, temperature=0.6 (configured))"
+            ),
+        );
+        let swept = find(
+            &plan,
+            &format!("eval(two-stage fold {fold}, stage2 fold {fold} test, temperature=0.4)"),
+        );
         for (job, temperature) in [(configured, 0.6), (swept, 0.4)] {
-            let JobConfig::Eval(eval) = &job.config else { panic!("eval config") };
+            let JobConfig::Eval(eval) = &job.config else {
+                panic!("eval config")
+            };
             assert_eq!(eval.generation.temperature, temperature);
             assert_eq!(job.sweep.map(|p| p.value), Some(temperature));
             assert_eq!(eval.adapter.as_ref(), Some(&train.id));
@@ -59,7 +83,11 @@ fn deps_come_first_and_stage2_starts_from_the_stage1_adapter() {
     let mut seen = BTreeSet::new();
     for job in &plan.jobs {
         for dep in &job.deps {
-            assert!(seen.contains(dep), "{} depends on a later or unknown job", job.label);
+            assert!(
+                seen.contains(dep),
+                "{} depends on a later or unknown job",
+                job.label
+            );
         }
         assert!(seen.insert(job.id.clone()), "duplicate id {}", job.label);
     }
@@ -67,7 +95,9 @@ fn deps_come_first_and_stage2_starts_from_the_stage1_adapter() {
     for fold in 0..5 {
         let train2 = find(&plan, &format!("train(stage2, fold {fold})"));
         assert!(train2.deps.contains(&train1.id));
-        let JobConfig::Train(config) = &train2.config else { panic!() };
+        let JobConfig::Train(config) = &train2.config else {
+            panic!()
+        };
         assert_eq!(config.init_adapter.as_ref(), Some(&train1.id));
         assert_eq!(config.training.batch_size, 4);
         assert_eq!(config.data.fold, Some(fold));
@@ -81,14 +111,19 @@ fn deps_come_first_and_stage2_starts_from_the_stage1_adapter() {
 fn data_prep_holds_the_split_indices_and_the_dataset_digest() {
     let project = Project::new();
     let plan = plan_of(&project, &Project::base_text());
-    let JobConfig::DataPrep(prep) = &find(&plan, "data-prep(stage2, 5 folds)").config else { panic!() };
+    let JobConfig::DataPrep(prep) = &find(&plan, "data-prep(stage2, 5 folds)").config else {
+        panic!()
+    };
     let rows = prep.rows.as_ref().unwrap();
     assert_eq!(rows.usable_rows, 36);
     assert_eq!(rows.parts.len(), 5);
     let mut tested: Vec<usize> = rows.parts.iter().flat_map(|p| p.test.clone()).collect();
     tested.sort_unstable();
     assert_eq!(tested, (0..36).collect::<Vec<_>>());
-    let digest = tandem_experiments::manifest::hash::sha256_file(&project.root().join("data/stage2.csv")).unwrap().0;
+    let digest =
+        tandem_experiments::manifest::hash::sha256_file(&project.root().join("data/stage2.csv"))
+            .unwrap()
+            .0;
     assert_eq!(prep.dataset.sha256, format!("sha256:{digest}"));
 }
 
@@ -100,19 +135,43 @@ fn unchanged_inputs_give_unchanged_ids_even_after_moving_the_project() {
     assert_eq!(ids_by_label(&first), ids_by_label(&second));
     let elsewhere = tempfile::tempdir().unwrap();
     copy_tree(project.root(), elsewhere.path());
-    let moved = manifest::load(&elsewhere.path().join("manifests/m.toml"), LoadOptions::default()).unwrap();
-    assert_eq!(ids_by_label(&first), ids_by_label(&planner::plan(&moved).unwrap()));
+    let moved = manifest::load(
+        &elsewhere.path().join("manifests/m.toml"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        ids_by_label(&first),
+        ids_by_label(&planner::plan(&moved).unwrap())
+    );
 }
 
 #[test]
 fn a_stage2_setting_leaves_stage1_jobs_alone() {
     let project = Project::new();
     let base = ids_by_label(&plan_of(&project, &Project::base_text()));
-    let changed = ids_by_label(&plan_of(&project, &format!("{}\n[stage2.training]\nlr = 3e-5\n", Project::base_text())));
-    for label in ["data-prep(stage1)", "data-prep(stage2, 5 folds)", "train(stage1)", "eval(base, stage1 test)", "eval(stage1, stage1 test)", "eval(stage1, stage2 fold 0 test)", "eval(base, stage2 fold 3 test)"] {
+    let changed = ids_by_label(&plan_of(
+        &project,
+        &format!("{}\n[stage2.training]\nlr = 3e-5\n", Project::base_text()),
+    ));
+    for label in [
+        "data-prep(stage1)",
+        "data-prep(stage2, 5 folds)",
+        "train(stage1)",
+        "eval(base, stage1 test)",
+        "eval(stage1, stage1 test)",
+        "eval(stage1, stage2 fold 0 test)",
+        "eval(base, stage2 fold 3 test)",
+    ] {
         assert_eq!(base[label], changed[label], "{label} must keep its id");
     }
-    for label in ["train(stage2, fold 0)", "train(stage2, fold 4)", "eval(two-stage fold 2, stage1 test)", "eval(two-stage fold 1, stage2 fold 1 test, temperature=0.4)", "report"] {
+    for label in [
+        "train(stage2, fold 0)",
+        "train(stage2, fold 4)",
+        "eval(two-stage fold 2, stage1 test)",
+        "eval(two-stage fold 1, stage2 fold 1 test, temperature=0.4)",
+        "report",
+    ] {
         assert_ne!(base[label], changed[label], "{label} must get a new id");
     }
 }
@@ -121,11 +180,24 @@ fn a_stage2_setting_leaves_stage1_jobs_alone() {
 fn a_stage1_setting_changes_everything_downstream_of_stage1_training() {
     let project = Project::new();
     let base = ids_by_label(&plan_of(&project, &Project::base_text()));
-    let changed = ids_by_label(&plan_of(&project, &format!("{}\n[stage1.training]\nlr = 3e-5\n", Project::base_text())));
-    for label in ["data-prep(stage1)", "data-prep(stage2, 5 folds)", "eval(base, stage1 test)", "eval(base, stage2 fold 0 test)"] {
-        assert_eq!(base[label], changed[label], "{label} does not depend on stage-1 training");
+    let changed = ids_by_label(&plan_of(
+        &project,
+        &format!("{}\n[stage1.training]\nlr = 3e-5\n", Project::base_text()),
+    ));
+    for label in [
+        "data-prep(stage1)",
+        "data-prep(stage2, 5 folds)",
+        "eval(base, stage1 test)",
+        "eval(base, stage2 fold 0 test)",
+    ] {
+        assert_eq!(
+            base[label], changed[label],
+            "{label} does not depend on stage-1 training"
+        );
     }
-    let downstream = base.keys().filter(|l| !l.starts_with("data-prep") && !l.starts_with("eval(base"));
+    let downstream = base
+        .keys()
+        .filter(|l| !l.starts_with("data-prep") && !l.starts_with("eval(base"));
     for label in downstream {
         assert_ne!(base[label], changed[label], "{label} must get a new id");
     }
@@ -136,20 +208,32 @@ fn a_dataset_byte_changes_its_data_prep_and_what_follows() {
     let project = Project::new();
     let base = ids_by_label(&plan_of(&project, &Project::base_text()));
     let path = project.root().join("data/stage1.csv");
-    let text = std::fs::read_to_string(&path).unwrap().replace("Finding 3,", "Finding 3;");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("Finding 3,", "Finding 3;");
     std::fs::write(&path, text).unwrap();
     let changed = ids_by_label(&plan_of(&project, &Project::base_text()));
     assert_ne!(base["data-prep(stage1)"], changed["data-prep(stage1)"]);
     assert_ne!(base["train(stage1)"], changed["train(stage1)"]);
-    assert_eq!(base["data-prep(stage2, 5 folds)"], changed["data-prep(stage2, 5 folds)"]);
-    assert_eq!(base["eval(base, stage2 fold 0 test)"], changed["eval(base, stage2 fold 0 test)"]);
+    assert_eq!(
+        base["data-prep(stage2, 5 folds)"],
+        changed["data-prep(stage2, 5 folds)"]
+    );
+    assert_eq!(
+        base["eval(base, stage2 fold 0 test)"],
+        changed["eval(base, stage2 fold 0 test)"]
+    );
 }
 
 #[test]
 fn resources_and_names_are_not_part_of_a_jobs_identity() {
     let project = Project::new();
     let base = ids_by_label(&plan_of(&project, &Project::base_text()));
-    let text = format!("{}\n[resources.train]\ngpus = 2\ngpu_memory_gb = 40\ncpu_threads = 8\n", Project::base_text()).replace("name = \"fixture\"", "name = \"renamed\"");
+    let text = format!(
+        "{}\n[resources.train]\ngpus = 2\ngpu_memory_gb = 40\ncpu_threads = 8\n",
+        Project::base_text()
+    )
+    .replace("name = \"fixture\"", "name = \"renamed\"");
     let changed = ids_by_label(&plan_of(&project, &text));
     assert_eq!(base["train(stage1)"], changed["train(stage1)"]);
     let plan = plan_of(&project, &text);
@@ -159,11 +243,19 @@ fn resources_and_names_are_not_part_of_a_jobs_identity() {
 #[test]
 fn only_the_listed_cells_are_evaluated() {
     let project = Project::new();
-    let text = format!("{}\n[evaluation]\ncells = [\"two-stage:stage2\"]\n", Project::base_text());
+    let text = format!(
+        "{}\n[evaluation]\ncells = [\"two-stage:stage2\"]\n",
+        Project::base_text()
+    );
     let plan = plan_of(&project, &text);
     assert_eq!(plan.count(JobKind::Eval), 5 * 2);
     assert_eq!(plan.count(JobKind::Train), 6);
-    assert!(plan.jobs.iter().filter(|j| j.kind == JobKind::Eval).all(|j| j.model_stage == Some(ModelStage::TwoStage)));
+    assert!(
+        plan.jobs
+            .iter()
+            .filter(|j| j.kind == JobKind::Eval)
+            .all(|j| j.model_stage == Some(ModelStage::TwoStage))
+    );
 }
 
 #[test]
@@ -181,4 +273,67 @@ fn the_plan_serialises_with_ids_kinds_deps_and_config_hashes() {
     let back: JobSpec = serde_json::from_value(job.clone()).unwrap();
     assert_eq!(&back, &plan.jobs[0]);
     assert!(planner::render_tree(&plan).contains("train(stage2, fold 4)"));
+}
+
+#[test]
+fn a_worker_reruns_data_prep_from_the_config_alone_and_gets_the_planned_rows() {
+    let project = Project::new();
+    let plan = plan_of(&project, &Project::base_text());
+    let job = find(&plan, "data-prep(stage2, 5 folds)");
+    let JobConfig::DataPrep(config) = &job.config else {
+        panic!()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dataset = &job.inputs["dataset"].path;
+    let prepared = planner::prep::run_data_prep(config, dataset, out.path()).unwrap();
+    assert_eq!(Some(&prepared.rows), config.rows.as_ref());
+    assert_eq!(&prepared.csv, dataset);
+    // A changed byte is caught by the digest.
+    std::fs::write(
+        dataset,
+        std::fs::read_to_string(dataset).unwrap() + "P1,x,y\n",
+    )
+    .unwrap();
+    let error = planner::prep::run_data_prep(config, dataset, out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("the job expects sha256:"), "{error}");
+}
+
+#[test]
+fn a_mimic_data_prep_converts_the_tree_and_splits_it() {
+    let project = Project::new();
+    let tree = project.root().join("mimic/files/p10");
+    for i in 0..30 {
+        let dir = tree.join(format!("p100000{i:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("s500000{i:02}.txt")),
+            format!("FINDINGS: finding {i}.\nIMPRESSION: impression {i}.\n"),
+        )
+        .unwrap();
+    }
+    let text = Project::base_text().replace(
+        "path = \"../data/stage1.csv\"",
+        "path = \"../mimic\"\nformat = \"mimic\"",
+    );
+    let plan = plan_of(&project, &text);
+    let job = find(&plan, "data-prep(stage1)");
+    let JobConfig::DataPrep(config) = &job.config else {
+        panic!()
+    };
+    assert!(
+        config.rows.is_none(),
+        "a MIMIC tree is prepared by the worker"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let prepared =
+        planner::prep::run_data_prep(config, &job.inputs["dataset"].path, out.path()).unwrap();
+    assert_eq!(prepared.rows.usable_rows, 30);
+    assert_eq!(prepared.rows.parts[0].test.len(), 3);
+    assert!(
+        std::fs::read_to_string(&prepared.csv)
+            .unwrap()
+            .starts_with("subject_id,study_id,findings,impression\n")
+    );
 }

@@ -263,7 +263,7 @@ impl DoubleQuantAbsmax {
 }
 
 /// The mean of fp32 values, summed in f64 and rounded once to fp32.
-fn mean_f32(values: &[f32]) -> f32 {
+pub(crate) fn mean_f32(values: &[f32]) -> f32 {
     let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
     (sum / values.len() as f64) as f32
 }

@@ -1,1 +1,341 @@
-//! End-to-end test helpers: start a real coordinator and real workers on loopback.
+//! End-to-end test helpers: start a real coordinator (`tandem serve`) and real workers (`tandem-worker`) on
+//! loopback, run CLI commands, and wait for conditions.
+//!
+//! The binaries are built once per test process with `cargo build --bins` (cargo does not build a
+//! dependency's binaries for a test) and hard-linked into a private folder, so a concurrent build cannot
+//! swap them mid-test. Set `TANDEM_TEST_BIN_DIR` to use prebuilt binaries instead.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Paths of the two binaries under test.
+#[derive(Debug)]
+pub struct Bins {
+    pub tandem: PathBuf,
+    pub worker: PathBuf,
+}
+
+/// Builds (once) and returns the binaries.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        if let Ok(dir) = std::env::var("TANDEM_TEST_BIN_DIR") {
+            let dir = PathBuf::from(dir);
+            return Bins {
+                tandem: dir.join("tandem"),
+                worker: dir.join("tandem-worker"),
+            };
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // <target>/<profile>/deps/<test-exe>
+        let target = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let status = Command::new(cargo)
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "-p",
+                "tandem-coordinator",
+                "-p",
+                "tandem-worker",
+                "--bins",
+            ])
+            .status()
+            .expect("running cargo build for the tandem binaries");
+        assert!(status.success(), "building the tandem binaries failed");
+        let private = target
+            .join("debug")
+            .join(format!("tandem-tests-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&private).expect("private bin dir");
+        let link = |name: &str| {
+            let from = target.join("debug").join(name);
+            let to = private.join(name);
+            let _ = std::fs::remove_file(&to);
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+            }
+            to
+        };
+        Bins {
+            tandem: link("tandem"),
+            worker: link("tandem-worker"),
+        }
+    })
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes (then panics naming `what`).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `tandem serve` process.
+pub struct Coordinator {
+    child: Option<Child>,
+    pub addr: String,
+    pub url: String,
+    pub store: PathBuf,
+    pub args: Vec<String>,
+    log: PathBuf,
+}
+
+/// Settings that keep the tests fast: short leases, frequent heartbeats, short back-off.
+pub const FAST: &[&str] = &[
+    "--lease-ttl-ms",
+    "1500",
+    "--heartbeat-ms",
+    "100",
+    "--backoff-ms",
+    "100",
+    "--max-attempts",
+    "4",
+];
+
+impl Coordinator {
+    /// Starts a coordinator on a free loopback port with `args` added.
+    pub fn start(store: &Path, args: &[&str]) -> Coordinator {
+        Self::start_on(
+            store,
+            "127.0.0.1:0",
+            args.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start_on(store: &Path, listen: &str, args: Vec<String>) -> Coordinator {
+        let log = store.with_extension(format!("serve-{}.log", std::process::id()));
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("coordinator log");
+        let mut child = Command::new(&bins().tandem)
+            .arg("serve")
+            .arg("--store")
+            .arg(store)
+            .args(["--listen", listen])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("starting tandem serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the listen line");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line from tandem serve: {line:?} (log {})",
+                    log.display()
+                )
+            })
+            .to_string();
+        let addr = url.trim_start_matches("http://").to_string();
+        Coordinator {
+            child: Some(child),
+            addr,
+            url,
+            store: store.to_path_buf(),
+            args,
+            log,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same store and address (workers reconnect to the same URL).
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr = self.addr.clone();
+        let mut last = None;
+        for _ in 0..40 {
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::start_on(&self.store, &addr, self.args.clone())
+            }));
+            match started {
+                Ok(mut fresh) => {
+                    self.child = fresh.child.take();
+                    return;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        panic!(
+            "could not restart the coordinator on {addr}: {:?}",
+            last.map(|_| "start failed")
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `tandem-worker` process.
+pub struct Worker {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(url: &str, token: Option<&str>, name: &str, dir: &Path) -> Worker {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = File::create(&log).expect("worker log");
+        let mut command = Command::new(&bins().worker);
+        command
+            .args([
+                "--coordinator",
+                url,
+                "--name",
+                name,
+                "--threads",
+                "1",
+                "--enable-test-kinds",
+            ])
+            .arg("--work-dir")
+            .arg(dir.join(name))
+            .env("RUST_LOG", "info")
+            .env_remove("TANDEM_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        Worker {
+            child: Some(command.spawn().expect("starting tandem-worker")),
+            log,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `tandem ARGS` against `url` with `token`.
+pub fn tandem(url: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(&bins().tandem);
+    command
+        .args(args)
+        .env("TANDEM_COORDINATOR", url)
+        .env_remove("TANDEM_TOKEN");
+    if let Some(token) = token {
+        command.env("TANDEM_TOKEN", token);
+    }
+    command.output().expect("running tandem")
+}
+
+/// Runs `tandem ARGS`, asserts success, returns stdout.
+pub fn tandem_ok(url: &str, token: Option<&str>, args: &[&str]) -> String {
+    let out = tandem(url, token, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates a token directly in a (not yet served) store.
+pub fn create_token(store: &Path, role_flag: &str, name: Option<&str>) -> String {
+    let mut command = Command::new(&bins().tandem);
+    command.args(["token", "create", role_flag]);
+    if let Some(name) = name {
+        command.arg(name);
+    }
+    let out = command
+        .arg("--store")
+        .arg(store)
+        .output()
+        .expect("tandem token create");
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `tandem status ID --format json`, parsed.
+pub fn status_json(url: &str, token: Option<&str>, experiment: &str) -> serde_json::Value {
+    let out = tandem_ok(url, token, &["status", experiment, "--format", "json"]);
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// Writes a job-graph manifest into `dir` and returns its path.
+pub fn write_manifest(dir: &Path, file: &str, graph: &serde_json::Value) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, serde_json::to_vec_pretty(graph).expect("json"))
+        .expect("writing manifest");
+    path
+}

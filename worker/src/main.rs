@@ -109,6 +109,10 @@ struct LogitsArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // Agent mode: `tandem-worker --coordinator URL ...` serves a coordinator (see `tandem_worker::agent`).
+    if tandem_worker::agent::cli::wants_agent_mode() {
+        return tandem_worker::agent::cli::main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -132,7 +132,10 @@ fn run_mimic(args: MimicArgs) -> anyhow::Result<ExitCode> {
         println!("  dropped {count:>8}  {}", reason.describe());
     }
     if summary.other_files > 0 {
-        println!("  ignored {:>8}  files outside the files/pNN/pNNNNNNNN/sNNNNNNNN.txt layout", summary.other_files);
+        println!(
+            "  ignored {:>8}  files outside the files/pNN/pNNNNNNNN/sNNNNNNNN.txt layout",
+            summary.other_files
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -141,11 +144,17 @@ fn run_synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
     if args.patients == 0 {
         return user_error("--patients must be at least 1");
     }
-    let rows = synth::generate(synth::SynthOptions { patients: args.patients, seed: args.seed });
+    let rows = synth::generate(synth::SynthOptions {
+        patients: args.patients,
+        seed: args.seed,
+    });
     if let Err(error) = synth::write_csv(&rows, &args.output) {
         return user_error(error);
     }
-    let ned = rows.iter().filter(|r| r.summary == "No evidence of disease.").count();
+    let ned = rows
+        .iter()
+        .filter(|r| r.summary == "No evidence of disease.")
+        .count();
     println!(
         "SYNTHETIC: {} examinations of {} synthetic patients (seed {}), {} ({:.1}%) with no evidence of disease -> {}",
         rows.len(),
@@ -175,7 +184,10 @@ fn load(args: &CsvArgs) -> Result<Dataset, String> {
                     header.join(", ")
                 ));
             };
-            (i.clone().unwrap_or_else(|| di.into()), t.clone().unwrap_or_else(|| dt.into()))
+            (
+                i.clone().unwrap_or_else(|| di.into()),
+                t.clone().unwrap_or_else(|| dt.into()),
+            )
         }
     };
     let options = CsvOptions {
@@ -194,7 +206,12 @@ fn load(args: &CsvArgs) -> Result<Dataset, String> {
 
 fn describe(args: &CsvArgs, dataset: &Dataset) -> String {
     let d = &dataset.dropped;
-    let mut text = format!("{}: {} usable rows of {}", args.csv.display(), dataset.examples.len(), dataset.total_rows);
+    let mut text = format!(
+        "{}: {} usable rows of {}",
+        args.csv.display(),
+        dataset.examples.len(),
+        dataset.total_rows
+    );
     if d.total() > 0 {
         text.push_str(&format!(
             " ({} dropped: {} wrong field count, {} empty input, {} empty target, {} empty group)",
@@ -212,9 +229,16 @@ fn describe(args: &CsvArgs, dataset: &Dataset) -> String {
 }
 
 fn groups_in(dataset: &Dataset, indices: &[usize]) -> usize {
-    let by_row: std::collections::BTreeMap<usize, &str> =
-        dataset.examples.iter().map(|e| (e.row, e.group.as_deref().unwrap_or(""))).collect();
-    indices.iter().filter_map(|i| by_row.get(i)).collect::<std::collections::BTreeSet<_>>().len()
+    let by_row: std::collections::BTreeMap<usize, &str> = dataset
+        .examples
+        .iter()
+        .map(|e| (e.row, e.group.as_deref().unwrap_or("")))
+        .collect();
+    indices
+        .iter()
+        .filter_map(|i| by_row.get(i))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 fn preview(indices: &[usize]) -> String {
@@ -224,14 +248,28 @@ fn preview(indices: &[usize]) -> String {
 }
 
 fn row(dataset: &Dataset, grouped: bool, name: &str, indices: &[usize]) -> String {
-    let groups = if grouped { format!("{:>7}", groups_in(dataset, indices)) } else { String::new() };
-    format!("{name:<6} {:>6}{groups}  {}", indices.len(), preview(indices))
+    let groups = if grouped {
+        format!("{:>7}", groups_in(dataset, indices))
+    } else {
+        String::new()
+    };
+    format!(
+        "{name:<6} {:>6}{groups}  {}",
+        indices.len(),
+        preview(indices)
+    )
 }
 
 fn run_split(args: SplitArgs) -> anyhow::Result<ExitCode> {
     let sum = args.train + args.val + args.test;
-    if (sum - 1.0).abs() > 1e-9 || [args.train, args.val, args.test].iter().any(|f| !(0.0..=1.0).contains(f)) {
-        return user_error(format!("--train + --val + --test = {sum}, not 1 (accepted: fractions in [0, 1] summing to 1)"));
+    if (sum - 1.0).abs() > 1e-9
+        || [args.train, args.val, args.test]
+            .iter()
+            .any(|f| !(0.0..=1.0).contains(f))
+    {
+        return user_error(format!(
+            "--train + --val + --test = {sum}, not 1 (accepted: fractions in [0, 1] summing to 1)"
+        ));
     }
     let dataset = match load(&args.csv) {
         Ok(d) => d,
@@ -246,11 +284,24 @@ fn run_split(args: SplitArgs) -> anyhow::Result<ExitCode> {
         SplitFormat::Json => println!("{}", serde_json::to_string(&result)?),
         SplitFormat::Table => {
             println!("{}", describe(&args.csv, &dataset));
-            let how = args.csv.group.as_ref().map_or_else(|| "stratified by target length".to_owned(), |g| format!("grouped by {g}"));
-            println!("split {}/{}/{} seed {} ({how})", args.train, args.val, args.test, args.csv.seed);
+            let how = args.csv.group.as_ref().map_or_else(
+                || "stratified by target length".to_owned(),
+                |g| format!("grouped by {g}"),
+            );
+            println!(
+                "split {}/{}/{} seed {} ({how})",
+                args.train, args.val, args.test, args.csv.seed
+            );
             let grouped = args.csv.group.is_some();
-            println!("part     rows{}  data-row indices", if grouped { " groups" } else { "" });
-            for (name, indices) in [("train", &result.train), ("val", &result.val), ("test", &result.test)] {
+            println!(
+                "part     rows{}  data-row indices",
+                if grouped { " groups" } else { "" }
+            );
+            for (name, indices) in [
+                ("train", &result.train),
+                ("val", &result.val),
+                ("test", &result.test),
+            ] {
                 println!("{}", row(&dataset, grouped, name, indices));
             }
         }
@@ -265,7 +316,10 @@ struct Folds<'a> {
 
 fn run_kfold(args: KfoldArgs) -> anyhow::Result<ExitCode> {
     if args.folds < 2 {
-        return user_error(format!("--folds {}: k-fold needs at least 2 folds", args.folds));
+        return user_error(format!(
+            "--folds {}: k-fold needs at least 2 folds",
+            args.folds
+        ));
     }
     let dataset = match load(&args.csv) {
         Ok(d) => d,
@@ -280,12 +334,22 @@ fn run_kfold(args: KfoldArgs) -> anyhow::Result<ExitCode> {
         SplitFormat::Json => println!("{}", serde_json::to_string(&Folds { folds: &folds })?),
         SplitFormat::Table => {
             println!("{}", describe(&args.csv, &dataset));
-            let how = args.csv.group.as_ref().map_or_else(|| "stratified by target length".to_owned(), |g| format!("grouped by {g}"));
-            println!("{}-fold, val {} of all rows, seed {} ({how})", args.folds, args.val_fraction, args.csv.seed);
+            let how = args.csv.group.as_ref().map_or_else(
+                || "stratified by target length".to_owned(),
+                |g| format!("grouped by {g}"),
+            );
+            println!(
+                "{}-fold, val {} of all rows, seed {} ({how})",
+                args.folds, args.val_fraction, args.csv.seed
+            );
             let grouped = args.csv.group.is_some();
             for fold in &folds {
                 println!("fold {}:", fold.fold);
-                for (name, indices) in [("train", &fold.train), ("val", &fold.val), ("test", &fold.test)] {
+                for (name, indices) in [
+                    ("train", &fold.train),
+                    ("val", &fold.val),
+                    ("test", &fold.test),
+                ] {
                     println!("  {}", row(&dataset, grouped, name, indices));
                 }
             }

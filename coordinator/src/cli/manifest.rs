@@ -38,13 +38,20 @@ pub fn run(command: ManifestCommand) -> anyhow::Result<ExitCode> {
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    let hash = content_hash(&manifest).with_context(|| format!("hashing {}", args.manifest.display()))?;
+    let hash =
+        content_hash(&manifest).with_context(|| format!("hashing {}", args.manifest.display()))?;
     match args.format {
         HashFormat::Plain => println!("{}  {}", hash.sha256, args.manifest.display()),
         HashFormat::Files => {
             println!("{}  {}", hash.sha256, args.manifest.display());
             for file in &hash.files {
-                println!("{}  {:>12}  {}  {}", file.sha256, file.bytes, file.role, file.path.display());
+                println!(
+                    "{}  {:>12}  {}  {}",
+                    file.sha256,
+                    file.bytes,
+                    file.role,
+                    file.path.display()
+                );
             }
         }
         HashFormat::Json => println!("{}", serde_json::to_string_pretty(&hash)?),

@@ -4,9 +4,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Orchestrator commands (coordinator, client).
+mod audit;
+mod cancel;
+mod client;
+mod export;
+mod results;
+mod serve;
+mod status;
+mod submit;
+mod token;
+mod watch;
+mod workers;
 mod data;
 mod manifest;
 mod plan;
+mod score;
 mod validate;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
@@ -19,6 +32,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the coordinator on a store folder.
+    Serve(serve::ServeArgs),
+    /// Manage bearer tokens for teams, workers and admins.
+    Token(token::TokenArgs),
+    /// Submit an experiment; prints its id.
+    Submit(submit::SubmitArgs),
+    /// Show experiments, or one experiment's jobs.
+    Status(status::StatusArgs),
+    /// Follow an experiment live until it ends.
+    Watch(watch::WatchArgs),
+    /// Cancel an experiment's jobs.
+    Cancel(cancel::ExperimentArgs),
+    /// Requeue an experiment's failed and cancelled jobs.
+    Retry(cancel::ExperimentArgs),
+    /// List registered workers.
+    Workers(workers::WorkersArgs),
+    /// Show an experiment's results.
+    Results(results::ResultsArgs),
+    /// Check an experiment's manifest, inputs and artifacts against their recorded hashes.
+    Audit(audit::AuditArgs),
+    /// Write an experiment's manifest, metrics and artifacts to a folder.
+    Export(export::ExportArgs),
     /// Check a manifest: exit 0 with a summary, or 2 with every problem (file:line:col: field: message).
     Validate(validate::ValidateArgs),
     /// Manifest utilities (content hash).
@@ -29,20 +64,37 @@ pub enum Command {
     Data(data::DataCommand),
     /// Expand a manifest into its job graph.
     Plan(plan::PlanArgs),
+    /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
+    Score(score::ScoreArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Submit(args) => submit::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Watch(args) => watch::run(args),
+        Command::Cancel(args) => cancel::cancel(args),
+        Command::Retry(args) => cancel::retry(args),
+        Command::Workers(args) => workers::run(args),
+        Command::Results(args) => results::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Export(args) => export::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Manifest(command) => manifest::run(command),
         Command::Data(command) => data::run(command),
         Command::Plan(args) => plan::run(args),
+        Command::Score(args) => score::run(args),
     }
 }

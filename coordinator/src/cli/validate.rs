@@ -22,7 +22,11 @@ pub fn load_or_report(path: &std::path::Path, check_files: bool) -> Result<Manif
         Err(error) => {
             let count = error.diagnostics().len();
             if count > 0 {
-                eprintln!("{}: {count} problem{}:", path.display(), if count == 1 { "" } else { "s" });
+                eprintln!(
+                    "{}: {count} problem{}:",
+                    path.display(),
+                    if count == 1 { "" } else { "s" }
+                );
             }
             eprintln!("{error}");
             Err(ExitCode::from(2))
@@ -33,7 +37,10 @@ pub fn load_or_report(path: &std::path::Path, check_files: bool) -> Result<Manif
 fn split_summary(split: &SplitSpec) -> String {
     match split {
         SplitSpec::Holdout { train, val, test } => format!("holdout {train}/{val}/{test}"),
-        SplitSpec::Kfold { folds, val_fraction } => format!("{folds}-fold (val {val_fraction})"),
+        SplitSpec::Kfold {
+            folds,
+            val_fraction,
+        } => format!("{folds}-fold (val {val_fraction})"),
     }
 }
 
@@ -43,7 +50,10 @@ pub fn summary(m: &Manifest) -> String {
     let quant = format!("{:?}", m.model.quantization).to_lowercase();
     let points: usize = m.sweeps.iter().map(|s| s.values.len()).sum();
     let group = |s: &tandem_experiments::manifest::StageSpec| {
-        s.dataset.group_column.as_ref().map_or_else(String::new, |g| format!(" by {g}"))
+        s.dataset
+            .group_column
+            .as_ref()
+            .map_or_else(String::new, |g| format!(" by {g}"))
     };
     format!(
         "experiment {} (team {}): {family} {quant} LoRA r={} alpha={}; stage1 {}{}; stage2 {}{}; {} sweep point{}; {} eval cell{}; metrics {}",
@@ -58,8 +68,17 @@ pub fn summary(m: &Manifest) -> String {
         points,
         if points == 1 { "" } else { "s" },
         m.evaluation.cells.len(),
-        if m.evaluation.cells.len() == 1 { "" } else { "s" },
-        m.evaluation.metrics.iter().map(|x| format!("{x:?}").to_lowercase()).collect::<Vec<_>>().join(","),
+        if m.evaluation.cells.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        m.evaluation
+            .metrics
+            .iter()
+            .map(|x| format!("{x:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 
@@ -68,7 +87,15 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         Ok(m) => m,
         Err(code) => return Ok(code),
     };
-    let scope = if args.schema_only { " (schema only; files not checked)" } else { "" };
-    println!("ok: {}: {}{scope}", args.manifest.display(), summary(&manifest));
+    let scope = if args.schema_only {
+        " (schema only; files not checked)"
+    } else {
+        ""
+    };
+    println!(
+        "ok: {}: {}{scope}",
+        args.manifest.display(),
+        summary(&manifest)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -113,7 +113,10 @@ pub fn normalize_whitespace(text: &str) -> String {
 
 fn known(name: &str) -> Option<Header> {
     let name = normalize_whitespace(name).to_uppercase();
-    KNOWN.iter().find(|(known, _)| *known == name).map(|(_, header)| *header)
+    KNOWN
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, header)| *header)
 }
 
 fn is_caps_name(name: &str) -> bool {
@@ -122,7 +125,9 @@ fn is_caps_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
         && letters >= 2
         && name.len() <= 60
-        && name.chars().all(|c| c.is_ascii_uppercase() || " /&-()'".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || " /&-()'".contains(c))
 }
 
 /// The header on `line` and the text after it, if the line is a header.
@@ -169,9 +174,13 @@ pub fn extract_sections(report: &str) -> Sections {
 /// Subject and study ids from a path ending in `pNN/pNNNNNNNN/sNNNNNNNN.txt`.
 pub fn ids_from_path(path: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = path.split(['/', '\\']).filter(|p| !p.is_empty()).collect();
-    let [.., bucket, subject, study] = parts.as_slice() else { return None };
+    let [.., bucket, subject, study] = parts.as_slice() else {
+        return None;
+    };
     let digits = |s: &str, prefix: char, n: usize| {
-        s.strip_prefix(prefix).filter(|d| d.len() == n && d.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned)
+        s.strip_prefix(prefix)
+            .filter(|d| d.len() == n && d.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_owned)
     };
     digits(bucket, 'p', 2)?;
     let subject = digits(subject, 'p', 8)?;
@@ -183,15 +192,25 @@ pub fn ids_from_path(path: &str) -> Option<(String, String)> {
 pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), DataError> {
     let mut raw: Vec<((String, String), Vec<u8>)> = Vec::new();
     let mut summary = MimicSummary::default();
-    let io = |source| DataError::Io { path: path.to_path_buf(), source };
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if path.is_dir() {
         let mut files = Vec::new();
         walk(path, &mut files).map_err(io)?;
         for file in files {
-            let relative = file.strip_prefix(path).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+            let relative = file
+                .strip_prefix(path)
+                .unwrap_or(&file)
+                .to_string_lossy()
+                .replace('\\', "/");
             match ids_from_path(&relative) {
                 Some(ids) => {
-                    let bytes = std::fs::read(&file).map_err(|source| DataError::Io { path: file.clone(), source })?;
+                    let bytes = std::fs::read(&file).map_err(|source| DataError::Io {
+                        path: file.clone(),
+                        source,
+                    })?;
                     raw.push((ids, bytes));
                 }
                 None => summary.other_files += 1,
@@ -199,7 +218,10 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         }
     } else if path.extension().is_some_and(|x| x == "zip") {
         let file = std::fs::File::open(path).map_err(io)?;
-        let zip_error = |e: zip::result::ZipError| DataError::Zip { path: path.to_path_buf(), message: e.to_string() };
+        let zip_error = |e: zip::result::ZipError| DataError::Zip {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
         let mut archive = zip::ZipArchive::new(file).map_err(zip_error)?;
         for index in 0..archive.len() {
             let mut entry = archive.by_index(index).map_err(zip_error)?;
@@ -210,19 +232,35 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
             match ids_from_path(&name) {
                 Some(ids) => {
                     let mut bytes = Vec::new();
-                    entry.read_to_end(&mut bytes).map_err(|e| DataError::Zip { path: path.to_path_buf(), message: format!("{name}: {e}") })?;
+                    entry.read_to_end(&mut bytes).map_err(|e| DataError::Zip {
+                        path: path.to_path_buf(),
+                        message: format!("{name}: {e}"),
+                    })?;
                     raw.push((ids, bytes));
                 }
                 None => summary.other_files += 1,
             }
         }
     } else if path.exists() {
-        return Err(DataError::Layout { path: path.to_path_buf(), message: "not a folder or a .zip (accepted: a MIMIC-CXR report folder, or a .zip of one)".into() });
+        return Err(DataError::Layout {
+            path: path.to_path_buf(),
+            message:
+                "not a folder or a .zip (accepted: a MIMIC-CXR report folder, or a .zip of one)"
+                    .into(),
+        });
     } else {
-        return Err(io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or folder",
+        )));
     }
     if raw.is_empty() {
-        return Err(DataError::Layout { path: path.to_path_buf(), message: "no reports found (accepted: files laid out as files/pNN/pNNNNNNNN/sNNNNNNNN.txt)".into() });
+        return Err(DataError::Layout {
+            path: path.to_path_buf(),
+            message:
+                "no reports found (accepted: files laid out as files/pNN/pNNNNNNNN/sNNNNNNNN.txt)"
+                    .into(),
+        });
     }
     raw.sort_by(|a, b| a.0.cmp(&b.0));
     let mut reports = Vec::new();
@@ -234,13 +272,35 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         };
         let sections = extract_sections(&text);
         match (sections.findings, sections.impression) {
-            (Some(findings), Some(impression)) => reports.push(MimicReport { subject_id, study_id, findings, impression }),
+            (Some(findings), Some(impression)) => reports.push(MimicReport {
+                subject_id,
+                study_id,
+                findings,
+                impression,
+            }),
             (None, None) => *summary.dropped.entry(DropReason::MissingBoth).or_default() += 1,
-            (None, _) => *summary.dropped.entry(DropReason::MissingFindings).or_default() += 1,
-            (_, None) => *summary.dropped.entry(DropReason::MissingImpression).or_default() += 1,
+            (None, _) => {
+                *summary
+                    .dropped
+                    .entry(DropReason::MissingFindings)
+                    .or_default() += 1
+            }
+            (_, None) => {
+                *summary
+                    .dropped
+                    .entry(DropReason::MissingImpression)
+                    .or_default() += 1
+            }
         }
     }
     summary.kept = reports.len();
+    tracing::info!(
+        path = %path.display(),
+        reports = summary.reports,
+        kept = summary.kept,
+        dropped = summary.dropped_total(),
+        "read MIMIC-CXR reports"
+    );
     Ok((reports, summary))
 }
 
@@ -260,13 +320,28 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// Writes the thesis's CSV: subject_id, study_id, findings, impression.
 pub fn write_csv(reports: &[MimicReport], out: &Path) -> Result<(), DataError> {
-    let error = |e: csv::Error| DataError::Io { path: out.to_path_buf(), source: std::io::Error::other(e.to_string()) };
+    let error = |e: csv::Error| DataError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
     let mut writer = csv::Writer::from_path(out).map_err(error)?;
-    writer.write_record(["subject_id", "study_id", "findings", "impression"]).map_err(error)?;
+    writer
+        .write_record(["subject_id", "study_id", "findings", "impression"])
+        .map_err(error)?;
     for report in reports {
-        writer.write_record([&report.subject_id, &report.study_id, &report.findings, &report.impression]).map_err(error)?;
+        writer
+            .write_record([
+                &report.subject_id,
+                &report.study_id,
+                &report.findings,
+                &report.impression,
+            ])
+            .map_err(error)?;
     }
-    writer.flush().map_err(|source| DataError::Io { path: out.to_path_buf(), source })
+    writer.flush().map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -280,8 +355,14 @@ mod tests {
     #[test]
     fn classic_headers_with_colons() {
         let s = extract_sections(CLASSIC);
-        assert_eq!(s.findings.as_deref(), Some("The lungs are clear. No pleural effusion."));
-        assert_eq!(s.impression.as_deref(), Some("No acute cardiopulmonary process."));
+        assert_eq!(
+            s.findings.as_deref(),
+            Some("The lungs are clear. No pleural effusion.")
+        );
+        assert_eq!(
+            s.impression.as_deref(),
+            Some("No acute cardiopulmonary process.")
+        );
     }
 
     #[test]
@@ -289,9 +370,14 @@ mod tests {
         let s = extract_sections("Findings\nHeart size normal.\nimpression: Normal chest.\n");
         assert_eq!(s.findings.as_deref(), Some("Heart size normal."));
         assert_eq!(s.impression.as_deref(), Some("Normal chest."));
-        let s = extract_sections("FINDINGS: Small left effusion.\nIMPRESSIONS:\n1. Effusion.\n2. No pneumonia.\n");
+        let s = extract_sections(
+            "FINDINGS: Small left effusion.\nIMPRESSIONS:\n1. Effusion.\n2. No pneumonia.\n",
+        );
         assert_eq!(s.findings.as_deref(), Some("Small left effusion."));
-        assert_eq!(s.impression.as_deref(), Some("1. Effusion. 2. No pneumonia."));
+        assert_eq!(
+            s.impression.as_deref(),
+            Some("1. Effusion. 2. No pneumonia.")
+        );
     }
 
     #[test]
@@ -304,7 +390,9 @@ mod tests {
 
     #[test]
     fn sections_end_at_the_next_caps_header_and_caps_text_stays_text() {
-        let s = extract_sections("FINDINGS: Lungs clear.\nNOTIFICATION: called Dr. ___.\nIMPRESSION:\nNO ACUTE DISEASE.\nRECOMMENDATION(S): follow-up.\n");
+        let s = extract_sections(
+            "FINDINGS: Lungs clear.\nNOTIFICATION: called Dr. ___.\nIMPRESSION:\nNO ACUTE DISEASE.\nRECOMMENDATION(S): follow-up.\n",
+        );
         assert_eq!(s.findings.as_deref(), Some("Lungs clear."));
         assert_eq!(s.impression.as_deref(), Some("NO ACUTE DISEASE."));
         let s = extract_sections("FINDINGS: Lungs clear.\nPA AND LATERAL VIEWS: unchanged.\n");
@@ -319,8 +407,14 @@ mod tests {
 
     #[test]
     fn ids_come_from_the_layout() {
-        assert_eq!(ids_from_path("files/p10/p10000032/s50414267.txt"), Some(("10000032".into(), "50414267".into())));
-        assert_eq!(ids_from_path("mimic/files/p10/p10000032/s50414267.txt").map(|x| x.1), Some("50414267".into()));
+        assert_eq!(
+            ids_from_path("files/p10/p10000032/s50414267.txt"),
+            Some(("10000032".into(), "50414267".into()))
+        );
+        assert_eq!(
+            ids_from_path("mimic/files/p10/p10000032/s50414267.txt").map(|x| x.1),
+            Some("50414267".into())
+        );
         assert_eq!(ids_from_path("files/p10/p1000003/s50414267.txt"), None);
         assert_eq!(ids_from_path("files/p10/p10000032/index.html"), None);
     }
@@ -328,19 +422,47 @@ mod tests {
     fn tree() -> Vec<(&'static str, &'static [u8])> {
         vec![
             ("files/p10/p10000032/s50414267.txt", CLASSIC.as_bytes()),
-            ("files/p10/p10000032/s50000001.txt", b"Findings\nHeart normal.\nImpressions\nNormal.\n"),
-            ("files/p11/p11000001/s51000001.txt", b"FINDINGS: only findings.\n"),
-            ("files/p11/p11000001/s51000002.txt", b"IMPRESSION: only impression.\n"),
-            ("files/p11/p11000002/s52000001.txt", b"EXAMINATION: chest.\n"),
-            ("files/p12/p12000001/s53000001.txt", b"findings: a\nconclusion: b\n"),
-            ("files/p12/p12000001/s53000002.txt", b"FINDINGS: \xff\nIMPRESSION: x\n"),
+            (
+                "files/p10/p10000032/s50000001.txt",
+                b"Findings\nHeart normal.\nImpressions\nNormal.\n",
+            ),
+            (
+                "files/p11/p11000001/s51000001.txt",
+                b"FINDINGS: only findings.\n",
+            ),
+            (
+                "files/p11/p11000001/s51000002.txt",
+                b"IMPRESSION: only impression.\n",
+            ),
+            (
+                "files/p11/p11000002/s52000001.txt",
+                b"EXAMINATION: chest.\n",
+            ),
+            (
+                "files/p12/p12000001/s53000001.txt",
+                b"findings: a\nconclusion: b\n",
+            ),
+            (
+                "files/p12/p12000001/s53000002.txt",
+                b"FINDINGS: \xff\nIMPRESSION: x\n",
+            ),
             ("files/p12/p12000001/notes.csv", b"x"),
         ]
     }
 
     fn check(reports: &[MimicReport], summary: &MimicSummary) {
-        let ids: Vec<_> = reports.iter().map(|r| format!("{}/{}", r.subject_id, r.study_id)).collect();
-        assert_eq!(ids, ["10000032/50000001", "10000032/50414267", "12000001/53000001"]);
+        let ids: Vec<_> = reports
+            .iter()
+            .map(|r| format!("{}/{}", r.subject_id, r.study_id))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "10000032/50000001",
+                "10000032/50414267",
+                "12000001/53000001"
+            ]
+        );
         assert_eq!(reports[2].impression, "b");
         assert_eq!(summary.reports, 7);
         assert_eq!(summary.kept, 3);
@@ -348,7 +470,12 @@ mod tests {
         let dropped: Vec<_> = summary.dropped.iter().map(|(r, n)| (*r, *n)).collect();
         assert_eq!(
             dropped,
-            [(DropReason::MissingFindings, 1), (DropReason::MissingImpression, 1), (DropReason::MissingBoth, 1), (DropReason::NotUtf8, 1)]
+            [
+                (DropReason::MissingFindings, 1),
+                (DropReason::MissingImpression, 1),
+                (DropReason::MissingBoth, 1),
+                (DropReason::NotUtf8, 1)
+            ]
         );
     }
 
@@ -365,7 +492,12 @@ mod tests {
         let out = dir.path().join("out.csv");
         write_csv(&reports, &out).unwrap();
         let text = std::fs::read_to_string(out).unwrap();
-        assert!(text.starts_with("subject_id,study_id,findings,impression\n10000032,50000001,Heart normal.,Normal.\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "subject_id,study_id,findings,impression\n10000032,50000001,Heart normal.,Normal.\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -374,7 +506,12 @@ mod tests {
         let zip_path = dir.path().join("mimic-cxr-reports.zip");
         let mut writer = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
         for (name, bytes) in tree() {
-            writer.start_file(format!("mimic-cxr-reports/{name}"), zip::write::SimpleFileOptions::default()).unwrap();
+            writer
+                .start_file(
+                    format!("mimic-cxr-reports/{name}"),
+                    zip::write::SimpleFileOptions::default(),
+                )
+                .unwrap();
             writer.write_all(bytes).unwrap();
         }
         writer.finish().unwrap();
@@ -387,7 +524,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let error = read_reports(dir.path()).unwrap_err().to_string();
         assert!(error.contains("no reports found"), "{error}");
-        let error = read_reports(&dir.path().join("absent")).unwrap_err().to_string();
+        let error = read_reports(&dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no such file"), "{error}");
     }
 }

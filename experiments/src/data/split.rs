@@ -56,10 +56,19 @@ pub struct Fold {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SplitError {
     #[error("{what} needs at least {needed} {unit}, the data has {got}")]
-    TooFew { what: String, needed: usize, got: usize, unit: &'static str },
-    #[error("the split leaves the {part} part empty ({rows} rows; accepted: more rows or larger fractions)")]
+    TooFew {
+        what: String,
+        needed: usize,
+        got: usize,
+        unit: &'static str,
+    },
+    #[error(
+        "the split leaves the {part} part empty ({rows} rows; accepted: more rows or larger fractions)"
+    )]
     EmptyPart { part: &'static str, rows: usize },
-    #[error("some rows have a group and some do not; a group-aware split needs a group for every row")]
+    #[error(
+        "some rows have a group and some do not; a group-aware split needs a group for every row"
+    )]
     MixedGroups,
 }
 
@@ -78,7 +87,11 @@ pub fn length_stratum(target: &str) -> u32 {
 pub fn items(examples: &[super::Example]) -> Vec<SplitItem> {
     examples
         .iter()
-        .map(|e| SplitItem { index: e.row, stratum: length_stratum(&e.target), group: e.group.clone() })
+        .map(|e| SplitItem {
+            index: e.row,
+            stratum: length_stratum(&e.target),
+            group: e.group.clone(),
+        })
         .collect()
 }
 
@@ -101,15 +114,29 @@ fn grouped(items: &[SplitItem]) -> Result<Option<BTreeMap<&str, Vec<usize>>>, Sp
     }
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for item in items {
-        groups.entry(item.group.as_deref().unwrap_or_default()).or_default().push(item.index);
+        groups
+            .entry(item.group.as_deref().unwrap_or_default())
+            .or_default()
+            .push(item.index);
     }
     Ok(Some(groups))
 }
 
 /// Groups as (members, random key), largest first, ties by key then name.
-fn ordered_groups<'a>(groups: &BTreeMap<&'a str, Vec<usize>>, rng: &mut ChaCha8Rng) -> Vec<(&'a str, Vec<usize>, u64)> {
-    let mut list: Vec<_> = groups.iter().map(|(name, members)| (*name, members.clone(), rng.next_u64())).collect();
-    list.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.2.cmp(&b.2)).then(a.0.cmp(b.0)));
+fn ordered_groups<'a>(
+    groups: &BTreeMap<&'a str, Vec<usize>>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(&'a str, Vec<usize>, u64)> {
+    let mut list: Vec<_> = groups
+        .iter()
+        .map(|(name, members)| (*name, members.clone(), rng.next_u64()))
+        .collect();
+    list.sort_by(|a, b| {
+        b.1.len()
+            .cmp(&a.1.len())
+            .then(a.2.cmp(&b.2))
+            .then(a.0.cmp(b.0))
+    });
     list
 }
 
@@ -127,13 +154,22 @@ fn sorted(mut v: Vec<usize>) -> Vec<usize> {
 }
 
 /// A seeded train/val/test split with the given fractions (which sum to 1).
-pub fn holdout(items: &[SplitItem], fractions: (f64, f64, f64), seed: u64) -> Result<Split, SplitError> {
+pub fn holdout(
+    items: &[SplitItem],
+    fractions: (f64, f64, f64),
+    seed: u64,
+) -> Result<Split, SplitError> {
     let (train_f, val_f, test_f) = fractions;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = items.len();
     let split = if let Some(groups) = grouped(items)? {
         if groups.len() < 3 {
-            return Err(SplitError::TooFew { what: "a group-aware split".into(), needed: 3, got: groups.len(), unit: "groups" });
+            return Err(SplitError::TooFew {
+                what: "a group-aware split".into(),
+                needed: 3,
+                got: groups.len(),
+                unit: "groups",
+            });
         }
         let targets = [n as f64 * train_f, n as f64 * val_f, n as f64 * test_f];
         let mut parts: [Vec<usize>; 3] = Default::default();
@@ -148,7 +184,11 @@ pub fn holdout(items: &[SplitItem], fractions: (f64, f64, f64), seed: u64) -> Re
             parts[part].extend(members);
         }
         let [train, val, test] = parts;
-        Split { train: sorted(train), val: sorted(val), test: sorted(test) }
+        Split {
+            train: sorted(train),
+            val: sorted(val),
+            test: sorted(test),
+        }
     } else {
         let order = stratified_order(items, &mut rng);
         let n_test = rounded(n, test_f);
@@ -167,9 +207,17 @@ pub fn holdout(items: &[SplitItem], fractions: (f64, f64, f64), seed: u64) -> Re
                 rest += 1;
             }
         }
-        Split { train: sorted(train), val: sorted(val), test: sorted(test) }
+        Split {
+            train: sorted(train),
+            val: sorted(val),
+            test: sorted(test),
+        }
     };
-    for (part, list, fraction) in [("train", &split.train, train_f), ("val", &split.val, val_f), ("test", &split.test, test_f)] {
+    for (part, list, fraction) in [
+        ("train", &split.train, train_f),
+        ("val", &split.val, val_f),
+        ("test", &split.test, test_f),
+    ] {
         if list.is_empty() && fraction > 0.0 {
             return Err(SplitError::EmptyPart { part, rows: n });
         }
@@ -179,9 +227,19 @@ pub fn holdout(items: &[SplitItem], fractions: (f64, f64, f64), seed: u64) -> Re
 
 /// Seeded k-fold cross-validation: every item in exactly one test fold, `val_fraction` of all items held out
 /// for validation from the other folds, the rest trains.
-pub fn kfold(items: &[SplitItem], folds: usize, val_fraction: f64, seed: u64) -> Result<Vec<Fold>, SplitError> {
+pub fn kfold(
+    items: &[SplitItem],
+    folds: usize,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<Vec<Fold>, SplitError> {
     if folds < 2 {
-        return Err(SplitError::TooFew { what: "k-fold".into(), needed: 2, got: folds, unit: "folds" });
+        return Err(SplitError::TooFew {
+            what: "k-fold".into(),
+            needed: 2,
+            got: folds,
+            unit: "folds",
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = items.len();
@@ -189,18 +247,28 @@ pub fn kfold(items: &[SplitItem], folds: usize, val_fraction: f64, seed: u64) ->
     let mut out = Vec::with_capacity(folds);
     if let Some(groups) = grouped(items)? {
         if groups.len() < folds + 1 {
-            return Err(SplitError::TooFew { what: format!("{folds}-fold cross-validation by group"), needed: folds + 1, got: groups.len(), unit: "groups" });
+            return Err(SplitError::TooFew {
+                what: format!("{folds}-fold cross-validation by group"),
+                needed: folds + 1,
+                got: groups.len(),
+                unit: "groups",
+            });
         }
         let ordered = ordered_groups(&groups, &mut rng);
         let mut fold_of = vec![0usize; ordered.len()];
         let mut sizes = vec![0usize; folds];
         for (g, (_, members, _)) in ordered.iter().enumerate() {
-            let fold = (0..folds).min_by_key(|&f| (sizes[f], f)).expect("folds >= 2");
+            let fold = (0..folds)
+                .min_by_key(|&f| (sizes[f], f))
+                .expect("folds >= 2");
             fold_of[g] = fold;
             sizes[fold] += members.len();
         }
         for fold in 0..folds {
-            let mut candidates: Vec<(u64, usize)> = (0..ordered.len()).filter(|&g| fold_of[g] != fold).map(|g| (rng.next_u64(), g)).collect();
+            let mut candidates: Vec<(u64, usize)> = (0..ordered.len())
+                .filter(|&g| fold_of[g] != fold)
+                .map(|g| (rng.next_u64(), g))
+                .collect();
             candidates.sort_unstable();
             let mut in_val = vec![false; ordered.len()];
             let mut val_rows = 0usize;
@@ -215,25 +283,49 @@ pub fn kfold(items: &[SplitItem], folds: usize, val_fraction: f64, seed: u64) ->
                 }
             }
             if val_rows == 0 && n_val > 0 && left_to_train > 1 {
-                let smallest = candidates.iter().map(|&(_, g)| g).min_by_key(|&g| (ordered[g].1.len(), g));
+                let smallest = candidates
+                    .iter()
+                    .map(|&(_, g)| g)
+                    .min_by_key(|&g| (ordered[g].1.len(), g));
                 if let Some(g) = smallest {
                     in_val[g] = true;
                 }
             }
             let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
             for (g, (_, members, _)) in ordered.iter().enumerate() {
-                let part = if fold_of[g] == fold { &mut test } else if in_val[g] { &mut val } else { &mut train };
+                let part = if fold_of[g] == fold {
+                    &mut test
+                } else if in_val[g] {
+                    &mut val
+                } else {
+                    &mut train
+                };
                 part.extend(members.iter().copied());
             }
-            out.push(Fold { fold, train: sorted(train), val: sorted(val), test: sorted(test) });
+            out.push(Fold {
+                fold,
+                train: sorted(train),
+                val: sorted(val),
+                test: sorted(test),
+            });
         }
     } else {
         if n < folds + 1 {
-            return Err(SplitError::TooFew { what: format!("{folds}-fold cross-validation"), needed: folds + 1, got: n, unit: "rows" });
+            return Err(SplitError::TooFew {
+                what: format!("{folds}-fold cross-validation"),
+                needed: folds + 1,
+                got: n,
+                unit: "rows",
+            });
         }
         let order = stratified_order(items, &mut rng);
         for fold in 0..folds {
-            let others: Vec<usize> = order.iter().enumerate().filter(|(i, _)| i % folds != fold).map(|(_, &p)| p).collect();
+            let others: Vec<usize> = order
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % folds != fold)
+                .map(|(_, &p)| p)
+                .collect();
             let m = others.len();
             let want_val = n_val.min(m.saturating_sub(1));
             let offset = fold * m / folds;
@@ -245,8 +337,18 @@ pub fn kfold(items: &[SplitItem], folds: usize, val_fraction: f64, seed: u64) ->
                     train.push(items[p].index);
                 }
             }
-            let test = order.iter().enumerate().filter(|(i, _)| i % folds == fold).map(|(_, &p)| items[p].index).collect();
-            out.push(Fold { fold, train: sorted(train), val: sorted(val), test: sorted(test) });
+            let test = order
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % folds == fold)
+                .map(|(_, &p)| items[p].index)
+                .collect();
+            out.push(Fold {
+                fold,
+                train: sorted(train),
+                val: sorted(val),
+                test: sorted(test),
+            });
         }
     }
     Ok(out)
@@ -261,7 +363,13 @@ mod tests {
     use super::*;
 
     fn plain(n: usize, strata: u32) -> Vec<SplitItem> {
-        (0..n).map(|i| SplitItem { index: i * 3 + 1, stratum: (i as u32 * 7) % strata.max(1), group: None }).collect()
+        (0..n)
+            .map(|i| SplitItem {
+                index: i * 3 + 1,
+                stratum: (i as u32 * 7) % strata.max(1),
+                group: None,
+            })
+            .collect()
     }
 
     fn with_groups(sizes: &[usize]) -> Vec<SplitItem> {
@@ -269,7 +377,11 @@ mod tests {
         for (g, &size) in sizes.iter().enumerate() {
             for _ in 0..size {
                 let index = items.len();
-                items.push(SplitItem { index, stratum: 0, group: Some(format!("patient-{g}")) });
+                items.push(SplitItem {
+                    index,
+                    stratum: 0,
+                    group: Some(format!("patient-{g}")),
+                });
             }
         }
         items
@@ -280,15 +392,24 @@ mod tests {
     }
 
     fn group_of(items: &[SplitItem]) -> BTreeMap<usize, String> {
-        items.iter().map(|i| (i.index, i.group.clone().unwrap_or_default())).collect()
+        items
+            .iter()
+            .map(|i| (i.index, i.group.clone().unwrap_or_default()))
+            .collect()
     }
 
     fn assert_no_straddle(items: &[SplitItem], parts: [&Vec<usize>; 3]) {
         let groups = group_of(items);
-        let sets: Vec<BTreeSet<&String>> = parts.iter().map(|p| p.iter().map(|i| &groups[i]).collect()).collect();
+        let sets: Vec<BTreeSet<&String>> = parts
+            .iter()
+            .map(|p| p.iter().map(|i| &groups[i]).collect())
+            .collect();
         for a in 0..3 {
             for b in (a + 1)..3 {
-                assert!(sets[a].is_disjoint(&sets[b]), "a group straddles parts {a} and {b}");
+                assert!(
+                    sets[a].is_disjoint(&sets[b]),
+                    "a group straddles parts {a} and {b}"
+                );
             }
         }
     }
@@ -297,7 +418,10 @@ mod tests {
     fn holdout_sizes_are_exact_and_stable_for_a_seed() {
         let items = plain(100, 5);
         let split = holdout(&items, (0.8, 0.1, 0.1), 7).unwrap();
-        assert_eq!((split.train.len(), split.val.len(), split.test.len()), (80, 10, 10));
+        assert_eq!(
+            (split.train.len(), split.val.len(), split.test.len()),
+            (80, 10, 10)
+        );
         assert_eq!(split, holdout(&items, (0.8, 0.1, 0.1), 7).unwrap());
         assert_ne!(split, holdout(&items, (0.8, 0.1, 0.1), 8).unwrap());
     }
@@ -305,7 +429,13 @@ mod tests {
     #[test]
     fn holdout_is_stratified_by_length_bucket() {
         // 50 short and 50 long targets: each part gets half of each, within one row.
-        let items: Vec<SplitItem> = (0..100).map(|i| SplitItem { index: i, stratum: (i % 2) as u32, group: None }).collect();
+        let items: Vec<SplitItem> = (0..100)
+            .map(|i| SplitItem {
+                index: i,
+                stratum: (i % 2) as u32,
+                group: None,
+            })
+            .collect();
         let split = holdout(&items, (0.8, 0.1, 0.1), 3).unwrap();
         let odd = split.test.iter().filter(|i| *i % 2 == 1).count();
         assert!((4..=6).contains(&odd), "test has {odd} of stratum 1");
@@ -324,7 +454,10 @@ mod tests {
         let items = plain(10, 2);
         let split = holdout(&items, (0.6, 0.2, 0.2), 42).unwrap();
         let folds = kfold(&items, 3, 0.2, 42).unwrap();
-        let text = format!("{split:?} {:?}", folds.iter().map(|f| &f.test).collect::<Vec<_>>());
+        let text = format!(
+            "{split:?} {:?}",
+            folds.iter().map(|f| &f.test).collect::<Vec<_>>()
+        );
         assert_eq!(text, PINNED_SEED_42);
     }
 
@@ -333,11 +466,20 @@ mod tests {
     #[test]
     fn too_few_groups_or_rows_is_an_error() {
         let error = kfold(&with_groups(&[3, 3, 3]), 5, 0.1, 1).unwrap_err();
-        assert_eq!(error.to_string(), "5-fold cross-validation by group needs at least 6 groups, the data has 3");
-        assert!(matches!(kfold(&plain(4, 1), 5, 0.1, 1), Err(SplitError::TooFew { .. })));
+        assert_eq!(
+            error.to_string(),
+            "5-fold cross-validation by group needs at least 6 groups, the data has 3"
+        );
+        assert!(matches!(
+            kfold(&plain(4, 1), 5, 0.1, 1),
+            Err(SplitError::TooFew { .. })
+        ));
         let mut mixed = with_groups(&[2, 2, 2]);
         mixed[0].group = None;
-        assert_eq!(holdout(&mixed, (0.8, 0.1, 0.1), 1), Err(SplitError::MixedGroups));
+        assert_eq!(
+            holdout(&mixed, (0.8, 0.1, 0.1), 1),
+            Err(SplitError::MixedGroups)
+        );
     }
 
     proptest! {

@@ -20,7 +20,15 @@ use serde::Serialize;
 use super::error::DataError;
 
 /// Columns of the generated CSV.
-pub const COLUMNS: [&str; 7] = ["patient_id", "exam_index", "exam_date", "modality", "impression", "summary", "synthetic"];
+pub const COLUMNS: [&str; 7] = [
+    "patient_id",
+    "exam_index",
+    "exam_date",
+    "modality",
+    "impression",
+    "summary",
+    "synthetic",
+];
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,37 +81,83 @@ struct Cancer {
 const CANCERS: &[Cancer] = &[
     Cancer {
         name: "lung adenocarcinoma",
-        sites: &["right upper lobe mass", "mediastinal lymph node", "left lower lobe nodule", "right adrenal nodule", "segment VII liver lesion", "T8 vertebral body lesion"],
+        sites: &[
+            "right upper lobe mass",
+            "mediastinal lymph node",
+            "left lower lobe nodule",
+            "right adrenal nodule",
+            "segment VII liver lesion",
+            "T8 vertebral body lesion",
+        ],
         therapies: &["carboplatin and pemetrexed", "pembrolizumab", "docetaxel"],
         pet: false,
     },
     Cancer {
         name: "breast carcinoma",
-        sites: &["left breast mass", "left axillary lymph node", "segment IVa liver lesion", "L2 vertebral body sclerotic lesion", "right lower lobe nodule"],
-        therapies: &["letrozole and palbociclib", "capecitabine", "trastuzumab deruxtecan"],
+        sites: &[
+            "left breast mass",
+            "left axillary lymph node",
+            "segment IVa liver lesion",
+            "L2 vertebral body sclerotic lesion",
+            "right lower lobe nodule",
+        ],
+        therapies: &[
+            "letrozole and palbociclib",
+            "capecitabine",
+            "trastuzumab deruxtecan",
+        ],
         pet: false,
     },
     Cancer {
         name: "colorectal adenocarcinoma",
-        sites: &["sigmoid colon mass", "segment VI liver lesion", "segment II liver lesion", "retroperitoneal lymph node", "left lower lobe nodule", "peritoneal implant"],
+        sites: &[
+            "sigmoid colon mass",
+            "segment VI liver lesion",
+            "segment II liver lesion",
+            "retroperitoneal lymph node",
+            "left lower lobe nodule",
+            "peritoneal implant",
+        ],
         therapies: &["FOLFOX", "FOLFIRI with bevacizumab", "regorafenib"],
         pet: false,
     },
     Cancer {
         name: "diffuse large B-cell lymphoma",
-        sites: &["left cervical lymph node", "mediastinal lymph node", "retroperitoneal lymph node", "splenic lesion", "right inguinal lymph node"],
+        sites: &[
+            "left cervical lymph node",
+            "mediastinal lymph node",
+            "retroperitoneal lymph node",
+            "splenic lesion",
+            "right inguinal lymph node",
+        ],
         therapies: &["R-CHOP", "R-ICE", "CAR T-cell therapy"],
         pet: true,
     },
     Cancer {
         name: "melanoma",
-        sites: &["right axillary lymph node", "left upper lobe nodule", "segment VIII liver lesion", "subcutaneous left flank nodule", "right adrenal nodule"],
-        therapies: &["nivolumab and ipilimumab", "nivolumab", "dabrafenib and trametinib"],
+        sites: &[
+            "right axillary lymph node",
+            "left upper lobe nodule",
+            "segment VIII liver lesion",
+            "subcutaneous left flank nodule",
+            "right adrenal nodule",
+        ],
+        therapies: &[
+            "nivolumab and ipilimumab",
+            "nivolumab",
+            "dabrafenib and trametinib",
+        ],
         pet: true,
     },
     Cancer {
         name: "renal cell carcinoma",
-        sites: &["left renal mass", "right lower lobe nodule", "left adrenal nodule", "pancreatic tail lesion", "T11 vertebral body lesion"],
+        sites: &[
+            "left renal mass",
+            "right lower lobe nodule",
+            "left adrenal nodule",
+            "pancreatic tail lesion",
+            "T11 vertebral body lesion",
+        ],
         therapies: &["pembrolizumab and axitinib", "cabozantinib", "everolimus"],
         pet: false,
     },
@@ -144,7 +198,20 @@ enum Change {
     Stable(Lesion),
 }
 
-const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 
 /// (year, month 1-12, day) of a day count since 1970-01-01 (proleptic Gregorian; Hinnant's algorithm).
 fn civil(days: i64) -> (i64, usize, i64) {
@@ -174,17 +241,27 @@ fn size(lesion: &Lesion) -> String {
     if lesion.long_mm < 10.0 {
         format!("{:.0} mm", lesion.long_mm)
     } else {
-        format!("{:.1} x {:.1} cm", lesion.long_mm / 10.0, lesion.short_mm / 10.0)
+        format!(
+            "{:.1} x {:.1} cm",
+            lesion.long_mm / 10.0,
+            lesion.short_mm / 10.0
+        )
     }
 }
 
 fn short_size(lesion: &Lesion) -> String {
-    if lesion.long_mm < 10.0 { format!("{:.0} mm", lesion.long_mm) } else { format!("{:.1} cm", lesion.long_mm / 10.0) }
+    if lesion.long_mm < 10.0 {
+        format!("{:.0} mm", lesion.long_mm)
+    } else {
+        format!("{:.1} cm", lesion.long_mm / 10.0)
+    }
 }
 
 fn capitalise(text: &str) -> String {
     let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |c| c.to_uppercase().collect::<String>() + chars.as_str())
+    chars.next().map_or_else(String::new, |c| {
+        c.to_uppercase().collect::<String>() + chars.as_str()
+    })
 }
 
 /// Generates `patients` series of examinations.
@@ -216,8 +293,16 @@ fn generate_patient(dice: &mut Dice, patient: usize, rows: &mut Vec<SynthRow>) {
             }
         }
         for site in sites {
-            let long_mm = if site == 0 { dice.between(22.0, 55.0) } else { dice.between(8.0, 25.0) };
-            lesions.push(Lesion { site, long_mm, short_mm: long_mm * dice.between(0.55, 0.85) });
+            let long_mm = if site == 0 {
+                dice.between(22.0, 55.0)
+            } else {
+                dice.between(8.0, 25.0)
+            };
+            lesions.push(Lesion {
+                site,
+                long_mm,
+                short_mm: long_mm * dice.between(0.55, 0.85),
+            });
         }
     }
     let mut course = Course::Response;
@@ -245,7 +330,11 @@ fn generate_patient(dice: &mut Dice, patient: usize, rows: &mut Vec<SynthRow>) {
                 if dice.chance(0.2) {
                     let site = dice.below(cancer.sites.len());
                     let long_mm = dice.between(7.0, 18.0);
-                    let new = Lesion { site, long_mm, short_mm: long_mm * dice.between(0.6, 0.9) };
+                    let new = Lesion {
+                        site,
+                        long_mm,
+                        short_mm: long_mm * dice.between(0.6, 0.9),
+                    };
                     lesions.push(new);
                     course = Course::Progression;
                     let changes = vec![Change::New(new)];
@@ -261,12 +350,42 @@ fn generate_patient(dice: &mut Dice, patient: usize, rows: &mut Vec<SynthRow>) {
                 }
                 let roll = dice.unit();
                 course = match last {
-                    Course::Progression => if roll < 0.6 { Course::Response } else if roll < 0.9 { Course::Stable } else { Course::Progression },
-                    Course::Response => if roll < 0.55 { Course::Response } else if roll < 0.85 { Course::Stable } else { Course::Progression },
-                    Course::Stable => if roll < 0.45 { Course::Stable } else if roll < 0.7 { Course::Response } else { Course::Progression },
+                    Course::Progression => {
+                        if roll < 0.6 {
+                            Course::Response
+                        } else if roll < 0.9 {
+                            Course::Stable
+                        } else {
+                            Course::Progression
+                        }
+                    }
+                    Course::Response => {
+                        if roll < 0.55 {
+                            Course::Response
+                        } else if roll < 0.85 {
+                            Course::Stable
+                        } else {
+                            Course::Progression
+                        }
+                    }
+                    Course::Stable => {
+                        if roll < 0.45 {
+                            Course::Stable
+                        } else if roll < 0.7 {
+                            Course::Response
+                        } else {
+                            Course::Progression
+                        }
+                    }
                 };
                 let changes = evolve(dice, cancer, &mut lesions, course);
-                follow_up(cancer, previous_date, &changes, therapy_change, &boilerplate)
+                follow_up(
+                    cancer,
+                    previous_date,
+                    &changes,
+                    therapy_change,
+                    &boilerplate,
+                )
             }
         };
         rows.push(SynthRow {
@@ -282,7 +401,12 @@ fn generate_patient(dice: &mut Dice, patient: usize, rows: &mut Vec<SynthRow>) {
     }
 }
 
-fn evolve(dice: &mut Dice, cancer: &Cancer, lesions: &mut Vec<Lesion>, course: Course) -> Vec<Change> {
+fn evolve(
+    dice: &mut Dice,
+    cancer: &Cancer,
+    lesions: &mut Vec<Lesion>,
+    course: Course,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     let mut kept = Vec::new();
     for lesion in lesions.iter() {
@@ -291,7 +415,11 @@ fn evolve(dice: &mut Dice, cancer: &Cancer, lesions: &mut Vec<Lesion>, course: C
             Course::Stable => dice.between(0.94, 1.06),
             Course::Progression => dice.between(1.0, 1.5),
         };
-        let now = Lesion { site: lesion.site, long_mm: lesion.long_mm * factor, short_mm: lesion.short_mm * factor };
+        let now = Lesion {
+            site: lesion.site,
+            long_mm: lesion.long_mm * factor,
+            short_mm: lesion.short_mm * factor,
+        };
         if now.long_mm < 5.0 {
             changes.push(Change::Resolved(*lesion));
             continue;
@@ -306,12 +434,20 @@ fn evolve(dice: &mut Dice, cancer: &Cancer, lesions: &mut Vec<Lesion>, course: C
         changes.push(change);
         kept.push(now);
     }
-    if course == Course::Progression && (dice.chance(0.5) || !changes.iter().any(|c| matches!(c, Change::Enlarging(..)))) {
-        let free: Vec<usize> = (0..cancer.sites.len()).filter(|s| !kept.iter().any(|l| l.site == *s)).collect();
+    if course == Course::Progression
+        && (dice.chance(0.5) || !changes.iter().any(|c| matches!(c, Change::Enlarging(..))))
+    {
+        let free: Vec<usize> = (0..cancer.sites.len())
+            .filter(|s| !kept.iter().any(|l| l.site == *s))
+            .collect();
         if !free.is_empty() {
             let site = *dice.pick(&free);
             let long_mm = dice.between(6.0, 16.0);
-            let new = Lesion { site, long_mm, short_mm: long_mm * dice.between(0.6, 0.9) };
+            let new = Lesion {
+                site,
+                long_mm,
+                short_mm: long_mm * dice.between(0.6, 0.9),
+            };
             changes.push(Change::New(new));
             kept.push(new);
         }
@@ -320,7 +456,12 @@ fn evolve(dice: &mut Dice, cancer: &Cancer, lesions: &mut Vec<Lesion>, course: C
     changes
 }
 
-fn baseline(cancer: &Cancer, lesions: &[Lesion], adjuvant: bool, boilerplate: &[&str]) -> (String, String) {
+fn baseline(
+    cancer: &Cancer,
+    lesions: &[Lesion],
+    adjuvant: bool,
+    boilerplate: &[&str],
+) -> (String, String) {
     if adjuvant {
         let impression = format!(
             "Baseline examination following resection of {}. Expected postsurgical changes. No evidence of residual, recurrent or metastatic disease. {}",
@@ -329,16 +470,30 @@ fn baseline(cancer: &Cancer, lesions: &[Lesion], adjuvant: bool, boilerplate: &[
         );
         return (impression, "No evidence of disease.".to_owned());
     }
-    let mut sentences = vec![format!("Baseline staging examination for {}. No prior studies are available for comparison.", cancer.name)];
+    let mut sentences = vec![format!(
+        "Baseline staging examination for {}. No prior studies are available for comparison.",
+        cancer.name
+    )];
     let mut items = Vec::new();
     for lesion in lesions {
         let phrase = cancer.sites[lesion.site];
-        let role = if lesion.site == 0 { "consistent with the known primary" } else { "consistent with metastatic disease" };
-        sentences.push(format!("{} measuring {}, {role}.", capitalise(phrase), size(lesion)));
+        let role = if lesion.site == 0 {
+            "consistent with the known primary"
+        } else {
+            "consistent with metastatic disease"
+        };
+        sentences.push(format!(
+            "{} measuring {}, {role}.",
+            capitalise(phrase),
+            size(lesion)
+        ));
         items.push(format!("{phrase} {}", short_size(lesion)));
     }
     sentences.extend(boilerplate.iter().map(|s| s.to_string()));
-    (sentences.join(" "), format!("Baseline {}: {}.", cancer.name, items.join("; ")))
+    (
+        sentences.join(" "),
+        format!("Baseline {}: {}.", cancer.name, items.join("; ")),
+    )
 }
 
 fn no_evidence(previous: i64, boilerplate: &[&str]) -> (String, String) {
@@ -350,7 +505,13 @@ fn no_evidence(previous: i64, boilerplate: &[&str]) -> (String, String) {
     (impression, "No evidence of disease.".to_owned())
 }
 
-fn follow_up(cancer: &Cancer, previous: i64, changes: &[Change], therapy_change: Option<&str>, boilerplate: &[&str]) -> (String, String) {
+fn follow_up(
+    cancer: &Cancer,
+    previous: i64,
+    changes: &[Change],
+    therapy_change: Option<&str>,
+    boilerplate: &[&str],
+) -> (String, String) {
     let site = |l: &Lesion| cancer.sites[l.site];
     let mut clauses = Vec::new();
     let mut items = Vec::new();
@@ -368,19 +529,46 @@ fn follow_up(cancer: &Cancer, previous: i64, changes: &[Change], therapy_change:
     for change in &sorted {
         match change {
             Change::New(l) => {
-                clauses.push(format!("new {} measuring {}, concerning for metastatic disease", site(l), size(l)));
+                clauses.push(format!(
+                    "new {} measuring {}, concerning for metastatic disease",
+                    site(l),
+                    size(l)
+                ));
                 items.push(format!("new {} ({})", site(l), short_size(l)));
             }
             Change::Enlarging(before, now) => {
-                clauses.push(format!("interval enlargement of the {}, now measuring {}, previously {}", site(now), size(now), size(before)));
-                items.push(format!("enlarging {} ({}, was {})", site(now), short_size(now), short_size(before)));
+                clauses.push(format!(
+                    "interval enlargement of the {}, now measuring {}, previously {}",
+                    site(now),
+                    size(now),
+                    size(before)
+                ));
+                items.push(format!(
+                    "enlarging {} ({}, was {})",
+                    site(now),
+                    short_size(now),
+                    short_size(before)
+                ));
             }
             Change::Decreasing(before, now) => {
-                clauses.push(format!("decrease in size of the {}, now measuring {}, previously {}", site(now), size(now), size(before)));
-                items.push(format!("decreasing {} ({}, was {})", site(now), short_size(now), short_size(before)));
+                clauses.push(format!(
+                    "decrease in size of the {}, now measuring {}, previously {}",
+                    site(now),
+                    size(now),
+                    size(before)
+                ));
+                items.push(format!(
+                    "decreasing {} ({}, was {})",
+                    site(now),
+                    short_size(now),
+                    short_size(before)
+                ));
             }
             Change::Resolved(before) => {
-                clauses.push(format!("resolution of the previously seen {}", site(before)));
+                clauses.push(format!(
+                    "resolution of the previously seen {}",
+                    site(before)
+                ));
                 items.push(format!("resolved {}", site(before)));
             }
             Change::Stable(now) => {
@@ -394,17 +582,35 @@ fn follow_up(cancer: &Cancer, previous: i64, changes: &[Change], therapy_change:
         }
     }
     if stable_count > 0 {
-        items.push(if stable_count == 1 { "other lesion stable".to_owned() } else { "other lesions stable".to_owned() });
+        items.push(if stable_count == 1 {
+            "other lesion stable".to_owned()
+        } else {
+            "other lesions stable".to_owned()
+        });
     }
-    let progression = sorted.iter().any(|c| matches!(c, Change::New(_) | Change::Enlarging(..)));
-    let all_resolved = !sorted.is_empty() && sorted.iter().all(|c| matches!(c, Change::Resolved(_)));
-    let response = sorted.iter().any(|c| matches!(c, Change::Decreasing(..) | Change::Resolved(_)));
+    let progression = sorted
+        .iter()
+        .any(|c| matches!(c, Change::New(_) | Change::Enlarging(..)));
+    let all_resolved =
+        !sorted.is_empty() && sorted.iter().all(|c| matches!(c, Change::Resolved(_)));
+    let response = sorted
+        .iter()
+        .any(|c| matches!(c, Change::Decreasing(..) | Change::Resolved(_)));
     let (verdict, label) = if progression {
-        ("Findings are consistent with disease progression.", "Progression")
+        (
+            "Findings are consistent with disease progression.",
+            "Progression",
+        )
     } else if all_resolved {
-        ("No residual evidence of disease, consistent with complete response.", "Complete response")
+        (
+            "No residual evidence of disease, consistent with complete response.",
+            "Complete response",
+        )
     } else if response {
-        ("Findings are consistent with continued treatment response.", "Partial response")
+        (
+            "Findings are consistent with continued treatment response.",
+            "Partial response",
+        )
     } else {
         ("Overall stable disease.", "Stable disease")
     };
@@ -426,16 +632,30 @@ fn follow_up(cancer: &Cancer, previous: i64, changes: &[Change], therapy_change:
 
 /// Writes rows with the [`COLUMNS`] header; the `synthetic` column is `true` on every row.
 pub fn write_csv(rows: &[SynthRow], out: &Path) -> Result<(), DataError> {
-    let error = |e: csv::Error| DataError::Io { path: out.to_path_buf(), source: std::io::Error::other(e.to_string()) };
+    let error = |e: csv::Error| DataError::Io {
+        path: out.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
     let mut writer = csv::Writer::from_path(out).map_err(error)?;
     writer.write_record(COLUMNS).map_err(error)?;
     for row in rows {
         let index = row.exam_index.to_string();
         writer
-            .write_record([&row.patient_id, &index, &row.exam_date, &row.modality, &row.impression, &row.summary, "true"])
+            .write_record([
+                &row.patient_id,
+                &index,
+                &row.exam_date,
+                &row.modality,
+                &row.impression,
+                &row.summary,
+                "true",
+            ])
             .map_err(error)?;
     }
-    writer.flush().map_err(|source| DataError::Io { path: out.to_path_buf(), source })
+    writer.flush().map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -452,14 +672,32 @@ mod tests {
 
     #[test]
     fn same_seed_same_rows_other_seed_other_rows() {
-        let a = generate(SynthOptions { patients: 5, seed: 9 });
-        assert_eq!(a, generate(SynthOptions { patients: 5, seed: 9 }));
-        assert_ne!(a, generate(SynthOptions { patients: 5, seed: 10 }));
+        let a = generate(SynthOptions {
+            patients: 5,
+            seed: 9,
+        });
+        assert_eq!(
+            a,
+            generate(SynthOptions {
+                patients: 5,
+                seed: 9
+            })
+        );
+        assert_ne!(
+            a,
+            generate(SynthOptions {
+                patients: 5,
+                seed: 10
+            })
+        );
     }
 
     #[test]
     fn series_are_dated_in_order_and_summaries_are_concise() {
-        let rows = generate(SynthOptions { patients: 20, seed: 1 });
+        let rows = generate(SynthOptions {
+            patients: 20,
+            seed: 1,
+        });
         assert!((120..=220).contains(&rows.len()), "{} rows", rows.len());
         for pair in rows.windows(2) {
             if pair[0].patient_id == pair[1].patient_id {
@@ -470,15 +708,35 @@ mod tests {
         for row in &rows {
             assert!(row.summary.len() < row.impression.len(), "{row:?}");
             for line in BOILERPLATE {
-                assert!(!row.summary.contains(line.trim_end_matches('.')), "boilerplate kept: {row:?}");
+                assert!(
+                    !row.summary.contains(line.trim_end_matches('.')),
+                    "boilerplate kept: {row:?}"
+                );
             }
             if row.exam_index > 0 {
-                assert!(row.impression.contains("Since ") || row.impression.starts_with("Interval change"), "{row:?}");
+                assert!(
+                    row.impression.contains("Since ")
+                        || row.impression.starts_with("Interval change"),
+                    "{row:?}"
+                );
             }
         }
-        let ned = rows.iter().filter(|r| r.summary == "No evidence of disease.").count() as f64 / rows.len() as f64;
-        assert!((0.1..=0.35).contains(&ned), "no-evidence-of-disease share {ned}");
-        assert!(rows.iter().any(|r| r.summary.starts_with("Progression after change to")) || rows.iter().any(|r| r.impression.contains("change of systemic therapy")));
+        let ned = rows
+            .iter()
+            .filter(|r| r.summary == "No evidence of disease.")
+            .count() as f64
+            / rows.len() as f64;
+        assert!(
+            (0.1..=0.35).contains(&ned),
+            "no-evidence-of-disease share {ned}"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.summary.starts_with("Progression after change to"))
+                || rows
+                    .iter()
+                    .any(|r| r.impression.contains("change of systemic therapy"))
+        );
         assert!(rows.iter().any(|r| r.summary.contains("new ")));
         assert!(rows.iter().any(|r| r.summary.contains("resolved ")));
         assert!(rows.iter().any(|r| r.modality == "PET-CT"));
@@ -487,9 +745,17 @@ mod tests {
     #[test]
     fn the_committed_set_is_what_its_readme_command_makes() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthetic-longitudinal");
-        let committed = std::fs::read_to_string(dir.join("SYNTHETIC-oncology-impressions.csv")).unwrap();
+        let committed =
+            std::fs::read_to_string(dir.join("SYNTHETIC-oncology-impressions.csv")).unwrap();
         let out = tempfile::NamedTempFile::new().unwrap();
-        write_csv(&generate(SynthOptions { patients: 20, seed: 2024 }), out.path()).unwrap();
+        write_csv(
+            &generate(SynthOptions {
+                patients: 20,
+                seed: 2024,
+            }),
+            out.path(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(out.path()).unwrap(), committed);
     }
 }

@@ -76,7 +76,10 @@ impl Dataset {
 
 /// Reads `path` and returns its usable rows.
 pub fn load_csv(path: &Path, options: &CsvOptions) -> Result<Dataset, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_csv(&bytes, path, options)
 }
 
@@ -85,7 +88,10 @@ pub fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_path(path)
-        .map_err(|e| DataError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
+        .map_err(|e| DataError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
     let header = reader.headers().map_err(|e| csv_error(path, e))?;
     Ok(header.iter().map(str::to_owned).collect())
 }
@@ -93,27 +99,41 @@ pub fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
 /// Parses CSV `bytes` as if read from `path` (which names it in errors).
 pub fn parse_csv(bytes: &[u8], path: &Path, options: &CsvOptions) -> Result<Dataset, DataError> {
     if let Some(line) = unterminated_quote(bytes) {
-        return Err(DataError::UnterminatedQuote { path: path.to_path_buf(), line });
+        return Err(DataError::UnterminatedQuote {
+            path: path.to_path_buf(),
+            line,
+        });
     }
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let columns: Vec<String> = match reader.headers() {
-        Ok(header) if !header.is_empty() && !(header.len() == 1 && header[0].is_empty()) => {
+        Ok(header) if !(header.is_empty() || header.len() == 1 && header[0].is_empty()) => {
             header.iter().map(str::to_owned).collect()
         }
-        Ok(_) => return Err(DataError::NoHeader { path: path.to_path_buf() }),
+        Ok(_) => {
+            return Err(DataError::NoHeader {
+                path: path.to_path_buf(),
+            });
+        }
         Err(error) => return Err(csv_error(path, error)),
     };
     let find = |column: &str, role: &'static str| {
-        columns.iter().position(|c| c == column).ok_or_else(|| DataError::MissingColumn {
-            path: path.to_path_buf(),
-            column: column.to_owned(),
-            role,
-            available: columns.clone(),
-        })
+        columns
+            .iter()
+            .position(|c| c == column)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: path.to_path_buf(),
+                column: column.to_owned(),
+                role,
+                available: columns.clone(),
+            })
     };
     let input_at = find(&options.input_column, "the input")?;
     let target_at = find(&options.target_column, "the target")?;
-    let group_at = options.group_column.as_deref().map(|g| find(g, "the group")).transpose()?;
+    let group_at = options
+        .group_column
+        .as_deref()
+        .map(|g| find(g, "the group"))
+        .transpose()?;
 
     let mut examples = Vec::new();
     let mut dropped = DropCounts::default();
@@ -123,23 +143,47 @@ pub fn parse_csv(bytes: &[u8], path: &Path, options: &CsvOptions) -> Result<Data
         total_rows += 1;
         let line = record.position().map_or(0, |p| p.line());
         let problem = if record.len() != columns.len() {
-            Some((format!("has {} fields, the header has {}", record.len(), columns.len()), "missing column", 0))
+            Some((
+                format!(
+                    "has {} fields, the header has {}",
+                    record.len(),
+                    columns.len()
+                ),
+                "missing column",
+                0,
+            ))
         } else if record[input_at].trim().is_empty() {
             Some((format!("empty {:?}", options.input_column), "input", 1))
         } else if record[target_at].trim().is_empty() {
             Some((format!("empty {:?}", options.target_column), "target", 2))
         } else if group_at.is_some_and(|g| record[g].trim().is_empty()) {
-            Some((format!("empty {:?}", options.group_column.as_deref().unwrap_or_default()), "group", 3))
+            Some((
+                format!(
+                    "empty {:?}",
+                    options.group_column.as_deref().unwrap_or_default()
+                ),
+                "group",
+                3,
+            ))
         } else {
             None
         };
         if let Some((reason, _, which)) = problem {
             if options.bad_rows == BadRows::Error {
                 let what = match &options.group_column {
-                    Some(group) => format!("{}, {} and {}", options.input_column, options.target_column, group),
+                    Some(group) => format!(
+                        "{}, {} and {}",
+                        options.input_column, options.target_column, group
+                    ),
                     None => format!("{} and {}", options.input_column, options.target_column),
                 };
-                return Err(DataError::BadRow { path: path.to_path_buf(), line, row, reason, what });
+                return Err(DataError::BadRow {
+                    path: path.to_path_buf(),
+                    line,
+                    row,
+                    reason,
+                    what,
+                });
             }
             match which {
                 0 => dropped.wrong_field_count += 1,
@@ -156,7 +200,12 @@ pub fn parse_csv(bytes: &[u8], path: &Path, options: &CsvOptions) -> Result<Data
             group: group_at.map(|g| record[g].to_owned()),
         });
     }
-    Ok(Dataset { columns, total_rows, examples, dropped })
+    Ok(Dataset {
+        columns,
+        total_rows,
+        examples,
+        dropped,
+    })
 }
 
 fn csv_error(path: &Path, error: csv::Error) -> DataError {
@@ -165,7 +214,11 @@ fn csv_error(path: &Path, error: csv::Error) -> DataError {
         csv::ErrorKind::Utf8 { .. } => "not valid UTF-8 (accepted: a UTF-8 CSV file)".to_owned(),
         _ => error.to_string(),
     };
-    DataError::Csv { path: path.to_path_buf(), line, message }
+    DataError::Csv {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
 }
 
 /// The 1-based line of a quoted field that is still open at the end of the file, if any (RFC 4180 quoting:
@@ -234,32 +287,66 @@ mod tests {
 
     #[test]
     fn a_missing_header_column_is_named_with_the_columns_there_are() {
-        let error = parse("id,findings\n1,a\n", &options(BadRows::Drop, None)).unwrap_err().to_string();
-        assert_eq!(error, "d.csv: has no column \"impression\" for the target (its columns: id, findings)");
+        let error = parse("id,findings\n1,a\n", &options(BadRows::Drop, None))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "d.csv: has no column \"impression\" for the target (its columns: id, findings)"
+        );
     }
 
     #[test]
     fn a_short_row_is_an_error_naming_line_and_row() {
-        let error = parse("id,findings,impression\n1,a,b\n2,a\n", &options(BadRows::Error, None)).unwrap_err().to_string();
-        assert!(error.starts_with("d.csv:3: data row 1: has 2 fields, the header has 3"), "{error}");
-        assert!(error.contains("accepted: a row with every column"), "{error}");
+        let error = parse(
+            "id,findings,impression\n1,a,b\n2,a\n",
+            &options(BadRows::Error, None),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("d.csv:3: data row 1: has 2 fields, the header has 3"),
+            "{error}"
+        );
+        assert!(
+            error.contains("accepted: a row with every column"),
+            "{error}"
+        );
     }
 
     #[test]
     fn empty_text_is_an_error_or_dropped_and_counted() {
         let text = "id,findings,impression\n1,a,b\n2,  ,b\n3,a,\n4,x\n5,c,d\n";
-        let error = parse(text, &options(BadRows::Error, None)).unwrap_err().to_string();
-        assert!(error.starts_with("d.csv:3: data row 1: empty \"findings\""), "{error}");
+        let error = parse(text, &options(BadRows::Error, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("d.csv:3: data row 1: empty \"findings\""),
+            "{error}"
+        );
         let data = parse(text, &options(BadRows::Drop, None)).unwrap();
-        assert_eq!(data.examples.iter().map(|e| e.row).collect::<Vec<_>>(), vec![0, 4]);
+        assert_eq!(
+            data.examples.iter().map(|e| e.row).collect::<Vec<_>>(),
+            vec![0, 4]
+        );
         assert_eq!(data.total_rows, 5);
-        assert_eq!(data.dropped, DropCounts { wrong_field_count: 1, empty_input: 1, empty_target: 1, empty_group: 0 });
+        assert_eq!(
+            data.dropped,
+            DropCounts {
+                wrong_field_count: 1,
+                empty_input: 1,
+                empty_target: 1,
+                empty_group: 0
+            }
+        );
     }
 
     #[test]
     fn an_empty_group_is_a_bad_row() {
         let text = "findings,impression,g\na,b,\n";
-        let error = parse(text, &options(BadRows::Error, Some("g"))).unwrap_err().to_string();
+        let error = parse(text, &options(BadRows::Error, Some("g")))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("data row 0: empty \"g\""), "{error}");
     }
 
@@ -267,16 +354,28 @@ mod tests {
     fn an_unterminated_quote_names_the_line_it_opened_on() {
         let text = "id,findings,impression\n1,a,b\n2,\"never closed,b\n3,c,d\n";
         for bad_rows in [BadRows::Error, BadRows::Drop] {
-            let error = parse(text, &options(bad_rows, None)).unwrap_err().to_string();
+            let error = parse(text, &options(bad_rows, None))
+                .unwrap_err()
+                .to_string();
             assert!(error.starts_with("d.csv:3: unterminated quote"), "{error}");
         }
         // Quotes inside an unquoted field are literal and fine.
-        assert!(parse("findings,impression\n5\" nodule,b\n", &options(BadRows::Error, None)).is_ok());
+        assert!(
+            parse(
+                "findings,impression\n5\" nodule,b\n",
+                &options(BadRows::Error, None)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn invalid_utf8_names_the_line() {
-        let error = parse_csv(b"findings,impression\na,b\n\xff,c\n", Path::new("d.csv"), &options(BadRows::Error, None));
+        let error = parse_csv(
+            b"findings,impression\na,b\n\xff,c\n",
+            Path::new("d.csv"),
+            &options(BadRows::Error, None),
+        );
         let error = error.unwrap_err().to_string();
         assert!(error.starts_with("d.csv:3: not valid UTF-8"), "{error}");
     }
@@ -287,7 +386,9 @@ mod tests {
         let data = load_csv(&path, &options(BadRows::Drop, None)).unwrap();
         assert_eq!(data.total_rows, 3851);
         assert_eq!(data.examples.len(), 3331);
-        let error = load_csv(&path, &options(BadRows::Error, None)).unwrap_err().to_string();
+        let error = load_csv(&path, &options(BadRows::Error, None))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("data row"), "{error}");
     }
 }

@@ -7,8 +7,7 @@ pub const STAGE1_TRAIN_PROMPT: &str = "Below is a patient's chest X-ray findings
 /// Stage-1 inference prompt.
 pub const STAGE1_INFERENCE_PROMPT: &str = "Task: Provide a concise summary that captures the key abnormalities and overall interpretation of the following findings: {input}";
 /// Stage-2 training prompt.
-pub const STAGE2_TRAIN_PROMPT: &str =
-    "Task: Given the following radiology impression, summarize it focusing on key findings and changes: {input}";
+pub const STAGE2_TRAIN_PROMPT: &str = "Task: Given the following radiology impression, summarize it focusing on key findings and changes: {input}";
 /// Stage-2 inference prompt.
 pub const STAGE2_INFERENCE_PROMPT: &str = "Task: Given the following radiology impression, summarize it focusing on key information and observed changes: {input}";
 
@@ -19,7 +18,12 @@ pub const SEED: u64 = 42;
 pub const TEAM: &str = "default";
 
 pub fn lora() -> LoraSpec {
-    LoraSpec { r: 32, alpha: 64.0, dropout: 0.05, target_modules: vec!["q_proj".into(), "v_proj".into()] }
+    LoraSpec {
+        r: 32,
+        alpha: 64.0,
+        dropout: 0.05,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    }
 }
 
 /// LoRA targets for a family when the manifest names none.
@@ -33,7 +37,15 @@ pub fn target_modules(family: ModelFamily) -> Vec<String> {
 /// Every LoRA target module name a family's layers have (q/k/v/o projections and the MLP).
 pub fn known_target_modules(family: ModelFamily) -> &'static [&'static str] {
     match family {
-        ModelFamily::Llama => &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ModelFamily::Llama => &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         ModelFamily::T5 => &["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"],
     }
 }
@@ -124,15 +136,28 @@ pub fn generation(stage: Stage) -> GenerationSpec {
 
 pub fn prompt(stage: Stage) -> PromptSpec {
     match stage {
-        Stage::Stage1 => PromptSpec { train: STAGE1_TRAIN_PROMPT.into(), inference: STAGE1_INFERENCE_PROMPT.into() },
-        Stage::Stage2 => PromptSpec { train: STAGE2_TRAIN_PROMPT.into(), inference: STAGE2_INFERENCE_PROMPT.into() },
+        Stage::Stage1 => PromptSpec {
+            train: STAGE1_TRAIN_PROMPT.into(),
+            inference: STAGE1_INFERENCE_PROMPT.into(),
+        },
+        Stage::Stage2 => PromptSpec {
+            train: STAGE2_TRAIN_PROMPT.into(),
+            inference: STAGE2_INFERENCE_PROMPT.into(),
+        },
     }
 }
 
 pub fn split(stage: Stage) -> SplitSpec {
     match stage {
-        Stage::Stage1 => SplitSpec::Holdout { train: 0.8, val: 0.1, test: 0.1 },
-        Stage::Stage2 => SplitSpec::Kfold { folds: 5, val_fraction: 0.1 },
+        Stage::Stage1 => SplitSpec::Holdout {
+            train: 0.8,
+            val: 0.1,
+            test: 0.1,
+        },
+        Stage::Stage2 => SplitSpec::Kfold {
+            folds: 5,
+            val_fraction: 0.1,
+        },
     }
 }
 
@@ -162,7 +187,13 @@ pub fn evaluation() -> EvaluationSpec {
         }
     }
     EvaluationSpec {
-        metrics: vec![Metric::Bleu, Metric::Rouge, Metric::Meteor, Metric::Bertscore, Metric::Radgraph],
+        metrics: vec![
+            Metric::Bleu,
+            Metric::Rouge,
+            Metric::Meteor,
+            Metric::Bertscore,
+            Metric::Radgraph,
+        ],
         cells,
         preprocess: true,
         bertscore_model: None,
@@ -172,11 +203,23 @@ pub fn evaluation() -> EvaluationSpec {
 }
 
 pub fn resources() -> ResourcesSpec {
-    let cpu = |threads| ResourceRequest { gpus: 0, gpu_memory_gb: 0, cpu_threads: threads };
+    let cpu = |threads| ResourceRequest {
+        gpus: 0,
+        gpu_memory_gb: 0,
+        cpu_threads: threads,
+    };
     ResourcesSpec {
         data_prep: cpu(1),
-        train: ResourceRequest { gpus: 1, gpu_memory_gb: 24, cpu_threads: 2 },
-        eval: ResourceRequest { gpus: 1, gpu_memory_gb: 16, cpu_threads: 2 },
+        train: ResourceRequest {
+            gpus: 1,
+            gpu_memory_gb: 24,
+            cpu_threads: 2,
+        },
+        eval: ResourceRequest {
+            gpus: 1,
+            gpu_memory_gb: 16,
+            cpu_threads: 2,
+        },
         report: cpu(1),
     }
 }

@@ -69,7 +69,10 @@ impl Diagnostics {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{}: cannot read the manifest: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(Diagnostics),
 }
@@ -95,7 +98,10 @@ impl LineIndex {
     pub(crate) fn new(text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(offset, _)| offset + 1));
-        LineIndex { line_starts, text: text.to_owned() }
+        LineIndex {
+            line_starts,
+            text: text.to_owned(),
+        }
     }
 
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
@@ -105,7 +111,10 @@ impl LineIndex {
             Err(next) => next - 1,
         };
         let start = self.line_starts[line];
-        let column = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line + 1, column + 1)
     }
 }
@@ -120,7 +129,11 @@ pub(crate) struct Collector {
 
 impl Collector {
     pub(crate) fn new(file: &Path, text: &str) -> Self {
-        Collector { file: file.to_path_buf(), index: LineIndex::new(text), diagnostics: Vec::new() }
+        Collector {
+            file: file.to_path_buf(),
+            index: LineIndex::new(text),
+            diagnostics: Vec::new(),
+        }
     }
 
     pub(crate) fn push(
@@ -151,7 +164,8 @@ impl Collector {
         if self.diagnostics.is_empty() {
             return Ok(());
         }
-        self.diagnostics.sort_by_key(|d| d.position.unwrap_or((usize::MAX, usize::MAX)));
+        self.diagnostics
+            .sort_by_key(|d| d.position.unwrap_or((usize::MAX, usize::MAX)));
         Err(Diagnostics(self.diagnostics))
     }
 }
@@ -179,6 +193,9 @@ mod tests {
             message: "must be at least 1, got 0".into(),
             accepted: Some("an integer >= 1".into()),
         };
-        assert_eq!(d.to_string(), "m.toml:3:7: lora.r: must be at least 1, got 0 (accepted: an integer >= 1)");
+        assert_eq!(
+            d.to_string(),
+            "m.toml:3:7: lora.r: must be at least 1, got 0 (accepted: an integer >= 1)"
+        );
     }
 }

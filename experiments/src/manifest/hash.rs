@@ -23,7 +23,11 @@ use super::types::{DatasetFormat, Manifest};
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("{role}: cannot read {}: {source}", path.display())]
-    Read { role: String, path: PathBuf, source: std::io::Error },
+    Read {
+        role: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{role}: {} has no files to hash", path.display())]
     Empty { role: String, path: PathBuf },
 }
@@ -127,30 +131,49 @@ pub fn canonical_sha256<T: Serialize>(value: &T) -> String {
 
 /// Whether a file of a Hugging Face model folder matters for the weights it holds.
 fn model_file_matters(relative: &str) -> bool {
-    matches!(relative, "config.json" | "tokenizer.json" | "model.safetensors.index.json")
-        || !relative.contains('/') && relative.ends_with(".safetensors")
+    matches!(
+        relative,
+        "config.json" | "tokenizer.json" | "model.safetensors.index.json"
+    ) || !relative.contains('/') && relative.ends_with(".safetensors")
 }
 
 /// The files behind each path the manifest references: role -> files (sorted by relative path).
-pub fn referenced_files(manifest: &Manifest) -> Result<BTreeMap<String, Vec<(String, PathBuf)>>, HashError> {
-    let mut roles: Vec<(String, PathBuf, bool)> = vec![("model.path".into(), manifest.model.path.clone(), true)];
+pub fn referenced_files(
+    manifest: &Manifest,
+) -> Result<BTreeMap<String, Vec<(String, PathBuf)>>, HashError> {
+    let mut roles: Vec<(String, PathBuf, bool)> =
+        vec![("model.path".into(), manifest.model.path.clone(), true)];
     for (name, stage) in [("stage1", &manifest.stage1), ("stage2", &manifest.stage2)] {
         let _ = DatasetFormat::Csv;
-        roles.push((format!("{name}.dataset.path"), stage.dataset.path.clone(), false));
+        roles.push((
+            format!("{name}.dataset.path"),
+            stage.dataset.path.clone(),
+            false,
+        ));
     }
     if let Some(encoder) = &manifest.evaluation.bertscore_model {
         roles.push(("evaluation.bertscore_model".into(), encoder.clone(), true));
     }
     let mut out = BTreeMap::new();
     for (role, path, is_model) in roles {
-        let read_error = |source| HashError::Read { role: role.clone(), path: path.clone(), source };
+        let read_error = |source| HashError::Read {
+            role: role.clone(),
+            path: path.clone(),
+            source,
+        };
         let metadata = std::fs::metadata(&path).map_err(read_error)?;
         let files = if metadata.is_file() {
-            let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             vec![(name, path.clone())]
         } else {
             let mut files = Vec::new();
-            walk(&path, "", &mut files).map_err(|source| HashError::Read { role: role.clone(), path: path.clone(), source })?;
+            walk(&path, "", &mut files).map_err(|source| HashError::Read {
+                role: role.clone(),
+                path: path.clone(),
+                source,
+            })?;
             if is_model {
                 files.retain(|(relative, _)| model_file_matters(relative));
             }
@@ -169,7 +192,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let path = entry.path();
         let metadata = std::fs::metadata(&path)?;
         if metadata.is_dir() {
@@ -181,24 +208,65 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::
     Ok(())
 }
 
+/// The digest of a referenced path as it enters the canonical form (`sha256:<hex>`): a file's SHA-256, or the
+/// SHA-256 of a folder's listing (for a model folder, `model_files_only`, only the files that matter).
+pub fn digest_path(path: &Path, model_files_only: bool) -> std::io::Result<String> {
+    if std::fs::metadata(path)?.is_file() {
+        return Ok(format!("sha256:{}", sha256_file(path)?.0));
+    }
+    let mut files = Vec::new();
+    walk(path, "", &mut files)?;
+    if model_files_only {
+        files.retain(|(relative, _)| model_file_matters(relative));
+    }
+    files.sort();
+    let mut listing = String::new();
+    for (relative, file) in files {
+        listing.push_str(&format!("{}  {relative}\n", sha256_file(&file)?.0));
+    }
+    Ok(format!("sha256:{}", sha256_hex(listing.as_bytes())))
+}
+
 /// Hashes every referenced file and the canonical manifest.
 pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
     let mut files = Vec::new();
     let mut inputs = BTreeMap::new();
     for (role, entries) in referenced_files(manifest)? {
-        let single = entries.len() == 1 && std::fs::metadata(&entries[0].1).is_ok_and(|m| m.is_file()) && is_file_role(manifest, &role);
+        let single = entries.len() == 1
+            && std::fs::metadata(&entries[0].1).is_ok_and(|m| m.is_file())
+            && is_file_role(manifest, &role);
         let mut listing = String::new();
         for (relative, path) in entries {
-            let (sha256, bytes) = sha256_file(&path).map_err(|source| HashError::Read { role: role.clone(), path: path.clone(), source })?;
+            let (sha256, bytes) = sha256_file(&path).map_err(|source| HashError::Read {
+                role: role.clone(),
+                path: path.clone(),
+                source,
+            })?;
             listing.push_str(&format!("{sha256}  {relative}\n"));
-            files.push(FileHash { role: role.clone(), path, relative, sha256, bytes });
+            tracing::debug!(role = %role, path = %path.display(), bytes, "hashed");
+            files.push(FileHash {
+                role: role.clone(),
+                path,
+                relative,
+                sha256,
+                bytes,
+            });
         }
-        let digest = if single { files.last().expect("one file").sha256.clone() } else { sha256_hex(listing.as_bytes()) };
+        let digest = if single {
+            files.last().expect("one file").sha256.clone()
+        } else {
+            sha256_hex(listing.as_bytes())
+        };
         inputs.insert(role, format!("sha256:{digest}"));
     }
     let canonical = canonical_form(manifest, &inputs);
     let sha256 = sha256_hex(format!("{DOMAIN}{canonical}").as_bytes());
-    Ok(ContentHash { sha256, canonical, inputs, files })
+    Ok(ContentHash {
+        sha256,
+        canonical,
+        inputs,
+        files,
+    })
 }
 
 /// Whether the role's path is itself a file (not a folder).
@@ -239,8 +307,13 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
-        let value: serde_json::Value = serde_json::from_str(r#"{"b": {"z": 1, "a": [2, {"y": 1, "x": 0.5}]}, "a": "s"}"#).unwrap();
-        assert_eq!(canonical_json(&value), r#"{"a":"s","b":{"a":[2,{"x":0.5,"y":1}],"z":1}}"#);
+        let value: serde_json::Value =
+            serde_json::from_str(r#"{"b": {"z": 1, "a": [2, {"y": 1, "x": 0.5}]}, "a": "s"}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"a":"s","b":{"a":[2,{"x":0.5,"y":1}],"z":1}}"#
+        );
     }
 
     #[test]
@@ -249,7 +322,10 @@ mod tests {
         let path = dir.path().join("abc");
         std::fs::write(&path, b"abc").unwrap();
         let (digest, bytes) = sha256_file(&path).unwrap();
-        assert_eq!(digest, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(bytes, 3);
         // Larger than one buffer.
         let big = vec![7u8; BUFFER * 2 + 5];

@@ -5,7 +5,11 @@ use std::path::{Component, Path, PathBuf};
 
 /// `path` joined to `base` when relative, then `.` and `..` removed lexically.
 pub fn resolve(base: &Path, path: &Path) -> PathBuf {
-    let joined = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
     normalize(&joined)
 }
 
@@ -31,7 +35,10 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// The folder a manifest's relative paths are resolved against: its parent, made absolute.
 pub fn manifest_dir(manifest: &Path) -> PathBuf {
-    let parent = manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = manifest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let absolute = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
     normalize(&absolute)
 }
@@ -43,9 +50,18 @@ mod tests {
     #[test]
     fn relative_paths_join_the_base_and_fold_parent_components() {
         let base = Path::new("/project/experiments/manifests");
-        assert_eq!(resolve(base, Path::new("../data/x.csv")), PathBuf::from("/project/experiments/data/x.csv"));
-        assert_eq!(resolve(base, Path::new("/abs/./y")), PathBuf::from("/abs/y"));
-        assert_eq!(resolve(base, Path::new("../../../../..")), PathBuf::from("/"));
+        assert_eq!(
+            resolve(base, Path::new("../data/x.csv")),
+            PathBuf::from("/project/experiments/data/x.csv")
+        );
+        assert_eq!(
+            resolve(base, Path::new("/abs/./y")),
+            PathBuf::from("/abs/y")
+        );
+        assert_eq!(
+            resolve(base, Path::new("../../../../..")),
+            PathBuf::from("/")
+        );
         assert_eq!(normalize(Path::new("a/../../b")), PathBuf::from("../b"));
     }
 }

@@ -179,7 +179,12 @@ pub(crate) fn parse(text: &str, errors: &mut Collector) -> Option<RawManifest> {
     if !syntax_errors.is_empty() {
         for error in syntax_errors {
             let (message, accepted) = split_expected(error.message());
-            errors.push(error.span(), "", format!("invalid TOML: {message}"), accepted);
+            errors.push(
+                error.span(),
+                "",
+                format!("invalid TOML: {message}"),
+                accepted,
+            );
         }
         return None;
     }
@@ -190,7 +195,9 @@ pub(crate) fn parse(text: &str, errors: &mut Collector) -> Option<RawManifest> {
             Err(error) => error,
         };
         let (message, accepted) = split_expected(error.message());
-        let located = error.span().and_then(|span| locate(document.get_ref(), &span));
+        let located = error
+            .span()
+            .and_then(|span| locate(document.get_ref(), &span));
         match located {
             Some(path) => {
                 let span = error.span();
@@ -212,7 +219,10 @@ fn split_expected(message: &str) -> (String, Option<String>) {
     match message.split_once(", expected ") {
         Some((what, expected)) => {
             let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-            (what.to_owned(), Some(expected.replace("` or `", ", ").replace('`', "")))
+            (
+                what.to_owned(),
+                Some(expected.replace("` or `", ", ").replace('`', "")),
+            )
         }
         None => (message.to_owned(), None),
     }
@@ -261,28 +271,42 @@ fn locate(table: &DeTable<'_>, error: &Range<usize>) -> Option<Vec<Segment>> {
 fn locate_in_value(value: &DeValue<'_>, error: &Range<usize>) -> Option<Vec<Segment>> {
     match value {
         DeValue::Table(table) => locate(table, error),
-        DeValue::Array(items) => items.iter().enumerate().find_map(|(index, item)| match item.get_ref() {
-            DeValue::Table(table) => {
-                locate(table, error).map(|deeper| [vec![Segment::Index(index)], deeper].concat())
-            }
-            _ => None,
-        }),
+        DeValue::Array(items) => {
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(index, item)| match item.get_ref() {
+                    DeValue::Table(table) => locate(table, error)
+                        .map(|deeper| [vec![Segment::Index(index)], deeper].concat()),
+                    _ => None,
+                })
+        }
         _ => None,
     }
 }
 
 fn remove(table: &mut DeTable<'_>, path: &[Segment]) {
-    let Some(Segment::Key(first)) = path.first() else { return };
+    let Some(Segment::Key(first)) = path.first() else {
+        return;
+    };
     if path.len() == 1 {
-        let key = table.keys().find(|key| key.get_ref().as_ref() == first.as_str()).cloned();
+        let key = table
+            .keys()
+            .find(|key| key.get_ref().as_ref() == first.as_str())
+            .cloned();
         if let Some(key) = key {
             table.remove(&key);
         }
         return;
     }
-    let key = table.keys().find(|key| key.get_ref().as_ref() == first.as_str()).cloned();
+    let key = table
+        .keys()
+        .find(|key| key.get_ref().as_ref() == first.as_str())
+        .cloned();
     let Some(key) = key else { return };
-    let Some(value) = table.get_mut(&key) else { return };
+    let Some(value) = table.get_mut(&key) else {
+        return;
+    };
     match (value.get_mut(), &path[1]) {
         (DeValue::Table(inner), _) => remove(inner, &path[1..]),
         (DeValue::Array(items), Segment::Index(index)) => {
@@ -303,7 +327,11 @@ mod tests {
     fn parse_errors(text: &str) -> (Option<RawManifest>, Vec<String>) {
         let mut collector = Collector::new(Path::new("m.toml"), text);
         let raw = parse(text, &mut collector);
-        let lines = collector.diagnostics.iter().map(|d| d.to_string()).collect();
+        let lines = collector
+            .diagnostics
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         (raw, lines)
     }
 
@@ -313,12 +341,33 @@ mod tests {
         let (raw, errors) = parse_errors(text);
         assert!(raw.is_some(), "the rest still parses");
         assert_eq!(errors.len(), 4, "{errors:#?}");
-        assert!(errors.iter().any(|e| e.starts_with("m.toml:2:1: seeed: unknown field")), "{errors:#?}");
-        assert!(errors.iter().any(|e| e.starts_with("m.toml:4:5: lora.r: invalid type: string \"big\"")));
-        assert!(errors.iter().any(|e| e.contains("lora.alpah: unknown field `alpah` (accepted: r, alpha, dropout, target_modules)")));
-        assert!(errors.iter().any(|e| e.starts_with("m.toml:7:1: stage2.training.lrr")));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("m.toml:2:1: seeed: unknown field")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("m.toml:4:5: lora.r: invalid type: string \"big\""))
+        );
+        assert!(errors.iter().any(|e| e.contains(
+            "lora.alpah: unknown field `alpah` (accepted: r, alpha, dropout, target_modules)"
+        )));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("m.toml:7:1: stage2.training.lrr"))
+        );
         let raw = raw.unwrap();
-        let training = raw.stage2.unwrap().into_inner().training.unwrap().into_inner();
+        let training = raw
+            .stage2
+            .unwrap()
+            .into_inner()
+            .training
+            .unwrap()
+            .into_inner();
         assert_eq!(*training.batch_size.unwrap().get_ref(), 4);
     }
 
@@ -327,8 +376,14 @@ mod tests {
         let text = "[[sweeps]]\nparameter = \"temperature\"\nvalues = [0.1]\n[[sweeps]]\nparameter = \"heat\"\n";
         let (_, errors) = parse_errors(text);
         assert_eq!(errors.len(), 1, "{errors:#?}");
-        assert!(errors[0].contains("sweeps[1].parameter: unknown variant `heat`"), "{errors:#?}");
-        assert!(errors[0].contains("(accepted: temperature, top_k"), "{errors:#?}");
+        assert!(
+            errors[0].contains("sweeps[1].parameter: unknown variant `heat`"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[0].contains("(accepted: temperature, top_k"),
+            "{errors:#?}"
+        );
     }
 
     #[test]

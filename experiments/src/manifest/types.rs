@@ -295,14 +295,20 @@ impl EvalCell {
     pub fn all() -> Vec<EvalCell> {
         Stage::ALL
             .into_iter()
-            .flat_map(|task| ModelStage::ALL.into_iter().map(move |model| EvalCell { model, task }))
+            .flat_map(|task| {
+                ModelStage::ALL
+                    .into_iter()
+                    .map(move |model| EvalCell { model, task })
+            })
             .collect()
     }
 
     /// Parses the manifest spelling `MODEL:TASK`, e.g. `two-stage:stage1` (the forgetting check).
     pub fn parse(text: &str) -> Option<EvalCell> {
         let (model, task) = text.split_once(':')?;
-        let model = ModelStage::ALL.into_iter().find(|m| m.as_str() == model.trim())?;
+        let model = ModelStage::ALL
+            .into_iter()
+            .find(|m| m.as_str() == model.trim())?;
         let task = Stage::ALL.into_iter().find(|t| t.as_str() == task.trim())?;
         Some(EvalCell { model, task })
     }
@@ -330,7 +336,10 @@ impl SweepParameter {
 
     /// Whether the parameter takes whole numbers.
     pub fn is_integer(self) -> bool {
-        matches!(self, SweepParameter::TopK | SweepParameter::NumBeams | SweepParameter::MaxNewTokens)
+        matches!(
+            self,
+            SweepParameter::TopK | SweepParameter::NumBeams | SweepParameter::MaxNewTokens
+        )
     }
 }
 

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::DropCounts;
 use crate::manifest::hash::{canonical_sha256, sha256_hex};
 use crate::manifest::{
-    BadRows, ComputeDtype, DatasetFormat, EvalCell, GenerationSpec, LoraSpec, Metric, ModelFamily, ModelStage,
-    PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage, SweepParameter, TrainingSpec,
+    BadRows, ComputeDtype, DatasetFormat, EvalCell, GenerationSpec, LoraSpec, Metric, ModelFamily,
+    ModelStage, PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage, SweepParameter,
+    TrainingSpec,
 };
 
 /// The code version that job ids include. Bump it only when the engine's results for the same config change
@@ -238,6 +239,12 @@ impl JobConfig {
 /// (config hash, job id) of a config.
 pub fn identity(config: &JobConfig) -> (String, String) {
     let config_hash = canonical_sha256(config);
-    let id = sha256_hex(format!("tandem-job-v1\n{ENGINE_REVISION}\n{}\n{config_hash}", config.kind().as_str()).as_bytes());
+    let id = sha256_hex(
+        format!(
+            "tandem-job-v1\n{ENGINE_REVISION}\n{}\n{config_hash}",
+            config.kind().as_str()
+        )
+        .as_bytes(),
+    );
     (config_hash, id)
 }

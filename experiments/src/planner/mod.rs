@@ -8,6 +8,7 @@
 //! them but leaves the stage-1 jobs (and their completed work) alone.
 
 pub mod job;
+pub mod prep;
 mod render;
 
 use std::collections::BTreeMap;
@@ -26,9 +27,33 @@ pub enum PlanError {
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error("{stage} dataset: {source}")]
-    Data { stage: &'static str, source: data::DataError },
+    Data {
+        stage: &'static str,
+        source: data::DataError,
+    },
     #[error("{stage} dataset {}: {source}", path.display())]
-    Split { stage: &'static str, path: PathBuf, source: split::SplitError },
+    Io {
+        stage: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{stage} dataset {}: its digest is {found}, the job expects {expected}", path.display())]
+    DigestMismatch {
+        stage: &'static str,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "{stage} dataset: the prepared rows differ from the planned ones (same data, same seed must give the same split)"
+    )]
+    RowsMismatch { stage: &'static str },
+    #[error("{stage} dataset {}: {source}", path.display())]
+    Split {
+        stage: &'static str,
+        path: PathBuf,
+        source: split::SplitError,
+    },
 }
 
 /// An experiment's job graph, in dependency order (every job after its deps).
@@ -64,7 +89,10 @@ pub struct PlanInputs {
 /// Hashes the manifest's files, prepares CSV datasets and expands the graph.
 pub fn plan(manifest: &Manifest) -> Result<Plan, PlanError> {
     let content = hash::content_hash(manifest)?;
-    let input = |role: &str, path: &PathBuf| InputRef { path: path.clone(), sha256: content.inputs[role].clone() };
+    let input = |role: &str, path: &PathBuf| InputRef {
+        path: path.clone(),
+        sha256: content.inputs[role].clone(),
+    };
     let mut prepared = [None, None];
     for (slot, stage) in Stage::ALL.into_iter().enumerate() {
         prepared[slot] = prepare(manifest, stage)?;
@@ -76,7 +104,11 @@ pub fn plan(manifest: &Manifest) -> Result<Plan, PlanError> {
             input("stage1.dataset.path", &manifest.stage1.dataset.path),
             input("stage2.dataset.path", &manifest.stage2.dataset.path),
         ],
-        bertscore_model: manifest.evaluation.bertscore_model.as_ref().map(|p| input("evaluation.bertscore_model", p)),
+        bertscore_model: manifest
+            .evaluation
+            .bertscore_model
+            .as_ref()
+            .map(|p| input("evaluation.bertscore_model", p)),
         prepared,
     };
     Ok(expand(manifest, &inputs))
@@ -88,29 +120,71 @@ pub fn prepare(manifest: &Manifest, stage: Stage) -> Result<Option<PreparedRows>
     if spec.format == DatasetFormat::Mimic {
         return Ok(None);
     }
+    let options = data::CsvOptions::from_spec(spec);
+    let split = &manifest.stage(stage).split;
+    prepare_csv(
+        &spec.path,
+        &options,
+        spec.max_rows,
+        split,
+        manifest.seed,
+        stage,
+    )
+    .map(Some)
+}
+
+/// Loads a CSV, drops bad rows as configured, keeps the first `max_rows`, and splits it (the work of a
+/// data-prep job, shared by the planner and the worker so both get the same indices).
+pub fn prepare_csv(
+    path: &std::path::Path,
+    options: &data::CsvOptions,
+    max_rows: Option<usize>,
+    split_spec: &SplitSpec,
+    seed: u64,
+    stage: Stage,
+) -> Result<PreparedRows, PlanError> {
     let name = stage.as_str();
-    let mut dataset = data::table::load_csv(&spec.path, &data::CsvOptions::from_spec(spec))
-        .map_err(|source| PlanError::Data { stage: name, source })?;
-    dataset.truncate(spec.max_rows);
+    let mut dataset = data::table::load_csv(path, options).map_err(|source| PlanError::Data {
+        stage: name,
+        source,
+    })?;
+    dataset.truncate(max_rows);
     let items = split::items(&dataset.examples);
-    let split_error = |source| PlanError::Split { stage: name, path: spec.path.clone(), source };
-    let parts = match manifest.stage(stage).split {
+    let split_error = |source| PlanError::Split {
+        stage: name,
+        path: path.to_path_buf(),
+        source,
+    };
+    let parts = match *split_spec {
         SplitSpec::Holdout { train, val, test } => {
-            let s = split::holdout(&items, (train, val, test), manifest.seed).map_err(split_error)?;
-            vec![PartIndices { fold: None, train: s.train, val: s.val, test: s.test }]
+            let s = split::holdout(&items, (train, val, test), seed).map_err(split_error)?;
+            vec![PartIndices {
+                fold: None,
+                train: s.train,
+                val: s.val,
+                test: s.test,
+            }]
         }
-        SplitSpec::Kfold { folds, val_fraction } => split::kfold(&items, folds, val_fraction, manifest.seed)
+        SplitSpec::Kfold {
+            folds,
+            val_fraction,
+        } => split::kfold(&items, folds, val_fraction, seed)
             .map_err(split_error)?
             .into_iter()
-            .map(|f| PartIndices { fold: Some(f.fold), train: f.train, val: f.val, test: f.test })
+            .map(|f| PartIndices {
+                fold: Some(f.fold),
+                train: f.train,
+                val: f.val,
+                test: f.test,
+            })
             .collect(),
     };
-    Ok(Some(PreparedRows {
+    Ok(PreparedRows {
         total_rows: dataset.total_rows,
         usable_rows: dataset.examples.len(),
         dropped: dataset.dropped.into(),
         parts,
-    }))
+    })
 }
 
 struct Builder<'a> {
@@ -129,13 +203,25 @@ struct Labels {
 }
 
 impl Builder<'_> {
-    fn push(&mut self, label: String, deps: Vec<String>, config: JobConfig, labels: Labels, inputs: BTreeMap<String, InputRef>) -> String {
+    fn push(
+        &mut self,
+        label: String,
+        deps: Vec<String>,
+        config: JobConfig,
+        labels: Labels,
+        inputs: BTreeMap<String, InputRef>,
+    ) -> String {
         let (config_hash, id) = identity(&config);
         if let Some(existing) = self.jobs.iter_mut().find(|j| j.id == id) {
             // The same work reached twice (a sweep value equal to the configured one): one job.
             if let (None, Some(point)) = (existing.sweep, labels.sweep) {
                 existing.sweep = Some(point);
-                existing.label = format!("{}, {}={} (configured)", existing.label.trim_end_matches(')'), point.parameter.as_str(), point.value) + ")";
+                existing.label = format!(
+                    "{}, {}={} (configured)",
+                    existing.label.trim_end_matches(')'),
+                    point.parameter.as_str(),
+                    point.value
+                ) + ")";
             }
             return id;
         }
@@ -166,7 +252,12 @@ impl Builder<'_> {
 
     fn model_ref(&self) -> ModelRef {
         let m = &self.manifest.model;
-        ModelRef { family: m.family, sha256: self.inputs.model.sha256.clone(), quantization: m.quantization, compute_dtype: m.compute_dtype }
+        ModelRef {
+            family: m.family,
+            sha256: self.inputs.model.sha256.clone(),
+            quantization: m.quantization,
+            compute_dtype: m.compute_dtype,
+        }
     }
 
     fn model_inputs(&self) -> BTreeMap<String, InputRef> {
@@ -179,15 +270,26 @@ impl Builder<'_> {
 
     fn slice(&self, stage: Stage, prep_job: &str, fold: Option<usize>, part: &str) -> DataSlice {
         let prepared = self.inputs.prepared[stage_slot(stage)].as_ref();
-        let indices_sha256 = prepared.and_then(|p| p.parts.iter().find(|x| x.fold == fold)).map(|x| {
-            let list = match part {
-                "train" => &x.train,
-                "val" => &x.val,
-                _ => &x.test,
-            };
-            sha256_hex(serde_json::to_string(list).expect("indices serialise").as_bytes())
-        });
-        DataSlice { prep_job: prep_job.to_owned(), fold, part: part.to_owned(), indices_sha256 }
+        let indices_sha256 = prepared
+            .and_then(|p| p.parts.iter().find(|x| x.fold == fold))
+            .map(|x| {
+                let list = match part {
+                    "train" => &x.train,
+                    "val" => &x.val,
+                    _ => &x.test,
+                };
+                sha256_hex(
+                    serde_json::to_string(list)
+                        .expect("indices serialise")
+                        .as_bytes(),
+                )
+            });
+        DataSlice {
+            prep_job: prep_job.to_owned(),
+            fold,
+            part: part.to_owned(),
+            indices_sha256,
+        }
     }
 
     fn data_prep(&mut self, stage: Stage) -> String {
@@ -214,11 +316,26 @@ impl Builder<'_> {
             SplitSpec::Kfold { folds, .. } => format!(", {folds} folds"),
             SplitSpec::Holdout { .. } => String::new(),
         };
-        let labels = Labels { stage: Some(stage), ..Labels::default() };
-        self.push(format!("data-prep({}{folds})", stage.as_str()), vec![], config, labels, BTreeMap::from([("dataset".to_owned(), input)]))
+        let labels = Labels {
+            stage: Some(stage),
+            ..Labels::default()
+        };
+        self.push(
+            format!("data-prep({}{folds})", stage.as_str()),
+            vec![],
+            config,
+            labels,
+            BTreeMap::from([("dataset".to_owned(), input)]),
+        )
     }
 
-    fn train(&mut self, stage: Stage, fold: Option<usize>, prep: &str, init: Option<&str>) -> String {
+    fn train(
+        &mut self,
+        stage: Stage,
+        fold: Option<usize>,
+        prep: &str,
+        init: Option<&str>,
+    ) -> String {
         let spec = self.manifest.stage(stage);
         let config = JobConfig::Train(TrainConfig {
             stage,
@@ -237,7 +354,11 @@ impl Builder<'_> {
             Some(k) => format!("train({}, fold {k})", stage.as_str()),
             None => format!("train({})", stage.as_str()),
         };
-        let labels = Labels { stage: Some(stage), fold, ..Labels::default() };
+        let labels = Labels {
+            stage: Some(stage),
+            fold,
+            ..Labels::default()
+        };
         let mut inputs = self.model_inputs();
         inputs.remove("bertscore_model");
         self.push(label, deps, config, labels, inputs)
@@ -246,8 +367,19 @@ impl Builder<'_> {
     /// One evaluation per generation setting: the configured one and each sweep point of this task (sweeps
     /// apply to the model fine-tuned on that task's stage: stage1 -> stage-1 model, stage2 -> two-stage model).
     #[allow(clippy::too_many_arguments)]
-    fn evals(&mut self, model_stage: ModelStage, task: Stage, fold: Option<usize>, prep: &str, adapter: Option<&str>, evals: &mut Vec<String>) {
-        if !self.manifest.evaluation.cells.contains(&EvalCell { model: model_stage, task }) {
+    fn evals(
+        &mut self,
+        model_stage: ModelStage,
+        task: Stage,
+        fold: Option<usize>,
+        prep: &str,
+        adapter: Option<&str>,
+        evals: &mut Vec<String>,
+    ) {
+        if !self.manifest.evaluation.cells.contains(&EvalCell {
+            model: model_stage,
+            task,
+        }) {
             return;
         }
         let spec = self.manifest.stage(task);
@@ -257,9 +389,18 @@ impl Builder<'_> {
             Stage::Stage2 => ModelStage::TwoStage,
         };
         if model_stage == tuned {
-            for sweep in self.manifest.sweeps.iter().filter(|s: &&SweepSpec| s.stage == task) {
+            for sweep in self
+                .manifest
+                .sweeps
+                .iter()
+                .filter(|s: &&SweepSpec| s.stage == task)
+            {
                 for &value in &sweep.values {
-                    let point = SweepPoint { stage: task, parameter: sweep.parameter, value };
+                    let point = SweepPoint {
+                        stage: task,
+                        parameter: sweep.parameter,
+                        value,
+                    };
                     settings.push((spec.generation.with(sweep.parameter, value), Some(point)));
                 }
             }
@@ -278,7 +419,11 @@ impl Builder<'_> {
                 data: self.slice(task, prep, fold, "test"),
                 metrics: self.manifest.evaluation.metrics.clone(),
                 preprocess: self.manifest.evaluation.preprocess,
-                bertscore_model: self.inputs.bertscore_model.as_ref().map(|b| b.sha256.clone()),
+                bertscore_model: self
+                    .inputs
+                    .bertscore_model
+                    .as_ref()
+                    .map(|b| b.sha256.clone()),
                 bertscore_layer: self.manifest.evaluation.bertscore_layer,
                 radgraph_command: self.manifest.evaluation.radgraph_command.clone(),
             });
@@ -290,12 +435,26 @@ impl Builder<'_> {
                 (Stage::Stage2, Some(k)) => format!("stage2 fold {k} test"),
                 (t, _) => format!("{} test", t.as_str()),
             };
-            let point = sweep.map_or_else(String::new, |p: SweepPoint| format!(", {}={}", p.parameter.as_str(), p.value));
+            let point = sweep.map_or_else(String::new, |p: SweepPoint| {
+                format!(", {}={}", p.parameter.as_str(), p.value)
+            });
             let mut deps = vec![prep.to_owned()];
             deps.extend(adapter.map(str::to_owned));
-            let labels = Labels { stage: None, fold, model_stage: Some(model_stage), task: Some(task), sweep };
+            let labels = Labels {
+                stage: None,
+                fold,
+                model_stage: Some(model_stage),
+                task: Some(task),
+                sweep,
+            };
             let inputs = self.model_inputs();
-            let id = self.push(format!("eval({model}, {data}{point})"), deps, config, labels, inputs);
+            let id = self.push(
+                format!("eval({model}, {data}{point})"),
+                deps,
+                config,
+                labels,
+                inputs,
+            );
             if !evals.contains(&id) {
                 evals.push(id);
             }
@@ -312,26 +471,72 @@ fn stage_slot(stage: Stage) -> usize {
 
 /// Expands the graph from already-known inputs (pure; what `plan` calls after touching the file system).
 pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
-    let mut b = Builder { manifest, inputs, jobs: Vec::new() };
+    let mut b = Builder {
+        manifest,
+        inputs,
+        jobs: Vec::new(),
+    };
     let mut evals = Vec::new();
     let prep1 = b.data_prep(Stage::Stage1);
-    b.evals(ModelStage::Base, Stage::Stage1, None, &prep1, None, &mut evals);
+    b.evals(
+        ModelStage::Base,
+        Stage::Stage1,
+        None,
+        &prep1,
+        None,
+        &mut evals,
+    );
     let train1 = b.train(Stage::Stage1, None, &prep1, None);
-    b.evals(ModelStage::Stage1, Stage::Stage1, None, &prep1, Some(&train1), &mut evals);
+    b.evals(
+        ModelStage::Stage1,
+        Stage::Stage1,
+        None,
+        &prep1,
+        Some(&train1),
+        &mut evals,
+    );
     let prep2 = b.data_prep(Stage::Stage2);
     let folds: Vec<Option<usize>> = match manifest.stage2.split {
         SplitSpec::Kfold { folds, .. } => (0..folds).map(Some).collect(),
         SplitSpec::Holdout { .. } => vec![None],
     };
     for &fold in &folds {
-        b.evals(ModelStage::Base, Stage::Stage2, fold, &prep2, None, &mut evals);
-        b.evals(ModelStage::Stage1, Stage::Stage2, fold, &prep2, Some(&train1), &mut evals);
+        b.evals(
+            ModelStage::Base,
+            Stage::Stage2,
+            fold,
+            &prep2,
+            None,
+            &mut evals,
+        );
+        b.evals(
+            ModelStage::Stage1,
+            Stage::Stage2,
+            fold,
+            &prep2,
+            Some(&train1),
+            &mut evals,
+        );
     }
     for &fold in &folds {
         let train2 = b.train(Stage::Stage2, fold, &prep2, Some(&train1));
-        b.evals(ModelStage::TwoStage, Stage::Stage2, fold, &prep2, Some(&train2), &mut evals);
+        b.evals(
+            ModelStage::TwoStage,
+            Stage::Stage2,
+            fold,
+            &prep2,
+            Some(&train2),
+            &mut evals,
+        );
         // The forgetting check: the two-stage model of this fold on the stage-1 test set.
-        b.evals(ModelStage::TwoStage, Stage::Stage1, fold, &prep1, Some(&train2), &mut evals);
+        b.evals(
+            ModelStage::TwoStage,
+            Stage::Stage1,
+            fold,
+            &prep1,
+            Some(&train2),
+            &mut evals,
+        );
     }
     let report = JobConfig::Report(ReportConfig {
         experiment: manifest.name.clone(),
@@ -339,6 +544,17 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         metrics: manifest.evaluation.metrics.clone(),
         cells: manifest.evaluation.cells.clone(),
     });
-    b.push("report".into(), evals, report, Labels::default(), BTreeMap::new());
-    Plan { experiment: manifest.name.clone(), manifest_sha256: inputs.manifest_sha256.clone(), jobs: b.jobs }
+    b.push(
+        "report".into(),
+        evals,
+        report,
+        Labels::default(),
+        BTreeMap::new(),
+    );
+    tracing::info!(experiment = %manifest.name, jobs = b.jobs.len(), "planned");
+    Plan {
+        experiment: manifest.name.clone(),
+        manifest_sha256: inputs.manifest_sha256.clone(),
+        jobs: b.jobs,
+    }
 }

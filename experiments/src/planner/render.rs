@@ -34,7 +34,14 @@ pub fn render_tree(plan: &Plan) -> String {
     out
 }
 
-fn write_job(plan: &Plan, index: usize, children: &BTreeMap<&str, Vec<usize>>, prefix: &str, out: &mut String, root: bool) {
+fn write_job(
+    plan: &Plan,
+    index: usize,
+    children: &BTreeMap<&str, Vec<usize>>,
+    prefix: &str,
+    out: &mut String,
+    root: bool,
+) {
     let job = &plan.jobs[index];
     let mut line = format!("{} {}", &job.id[..12], job.label);
     if job.kind == JobKind::Report {
@@ -42,12 +49,17 @@ fn write_job(plan: &Plan, index: usize, children: &BTreeMap<&str, Vec<usize>>, p
     } else if job.deps.len() > 1 {
         let others: Vec<String> = job.deps[..job.deps.len() - 1]
             .iter()
-            .map(|d| plan.job(d).map_or_else(|| d[..12].to_owned(), |j| j.label.clone()))
+            .map(|d| {
+                plan.job(d)
+                    .map_or_else(|| d[..12].to_owned(), |j| j.label.clone())
+            })
             .collect();
         line.push_str(&format!("  (also needs {})", others.join(", ")));
     }
     let _ = writeln!(out, "{line}");
-    let Some(kids) = children.get(job.id.as_str()) else { return };
+    let Some(kids) = children.get(job.id.as_str()) else {
+        return;
+    };
     for (position, &kid) in kids.iter().enumerate() {
         let last = position + 1 == kids.len();
         let _ = write!(out, "{prefix}{}", if last { "└─ " } else { "├─ " });

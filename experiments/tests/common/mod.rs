@@ -36,15 +36,26 @@ impl Project {
         std::fs::create_dir_all(root.join("models")).unwrap();
         std::fs::create_dir_all(root.join("data")).unwrap();
         std::fs::create_dir_all(root.join("manifests")).unwrap();
-        std::fs::write(root.join("models/tiny.gguf"), b"GGUF\x03\x00\x00\x00tiny weights").unwrap();
+        std::fs::write(
+            root.join("models/tiny.gguf"),
+            b"GGUF\x03\x00\x00\x00tiny weights",
+        )
+        .unwrap();
         let mut stage1 = String::from("findings,impression\n");
         for i in 0..40 {
-            stage1.push_str(&format!("\"Finding {i}, lungs {}.\",Impression {i} {}\n", if i % 2 == 0 { "clear" } else { "hazy" }, "word ".repeat(i % 12)));
+            stage1.push_str(&format!(
+                "\"Finding {i}, lungs {}.\",Impression {i} {}\n",
+                if i % 2 == 0 { "clear" } else { "hazy" },
+                "word ".repeat(i % 12)
+            ));
         }
         std::fs::write(root.join("data/stage1.csv"), stage1).unwrap();
         let mut stage2 = String::from("patient,impression,summary\n");
         for i in 0..36 {
-            stage2.push_str(&format!("P{},Since then lesion {i} grew.,Progression {i}.\n", i % 9));
+            stage2.push_str(&format!(
+                "P{},Since then lesion {i} grew.,Progression {i}.\n",
+                i % 9
+            ));
         }
         std::fs::write(root.join("data/stage2.csv"), stage2).unwrap();
         Project { dir }
@@ -63,7 +74,8 @@ impl Project {
 
     /// The base manifest with its relative paths one level up (manifests/ sits beside models/ and data/).
     pub fn base_text() -> String {
-        BASE.replace("\"models/", "\"../models/").replace("\"data/", "\"../data/")
+        BASE.replace("\"models/", "\"../models/")
+            .replace("\"data/", "\"../data/")
     }
 }
 

@@ -84,26 +84,18 @@ pub fn load_model(path: &Path, options: ModelOptions) -> Result<LoadedModel> {
         Some(f) => f,
         None => detect_family(path)?,
     };
-    match family {
+    let (mut model, tokenizer): (Box<dyn LanguageModel>, Tokenizer) = match family {
         ModelFamily::Llama => {
-            let (mut model, tokenizer) = super::llama::load(path)?;
-            if options.quantization == Quantization::Nf4 {
-                super::qlora::quantize_model(&mut model)?;
-            }
-            Ok(LoadedModel {
-                model: Box::new(model),
-                tokenizer,
-            })
+            let (model, tokenizer) = super::llama::load(path)?;
+            (Box::new(model), tokenizer)
         }
-        ModelFamily::T5 => load_t5(path, options),
+        ModelFamily::T5 => {
+            let (model, tokenizer) = super::t5::load(path)?;
+            (Box::new(model), tokenizer)
+        }
+    };
+    if options.quantization == Quantization::Nf4 {
+        super::qlora::quantize_model(model.as_mut())?;
     }
-}
-
-fn load_t5(path: &Path, _options: ModelOptions) -> Result<LoadedModel> {
-    // The T5 architecture lives in `engine::t5` (its own branch); until it is merged this build has none.
-    Err(EngineError::config(
-        path.join("config.json"),
-        "model_type",
-        "\"t5\" is not supported by this build",
-    ))
+    Ok(LoadedModel { model, tokenizer })
 }

@@ -16,4 +16,5 @@ pub mod llama;
 pub mod load;
 pub mod qlora;
 pub mod threads;
+pub mod t5;
 pub mod train;

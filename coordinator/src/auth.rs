@@ -1,0 +1,242 @@
+//! Bearer tokens and who may do what. Tokens are random secrets shown once; the coordinator keeps only their
+//! SHA-256. A team token sees and changes only its team's experiments; a worker token may only act as the
+//! workers it registered; an admin token may do everything, including managing tokens.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::RwLock;
+
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::store::{TokenRecord, TokenRole, hex, now_ms, sha256_hex};
+
+/// The authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub role: TokenRole,
+    pub name: String,
+}
+
+impl Principal {
+    /// The team whose experiments the caller may see (`None`: all, for admins).
+    pub fn team_scope(&self) -> Option<&str> {
+        match self.role {
+            TokenRole::Admin => None,
+            _ => Some(&self.name),
+        }
+    }
+
+    /// How the audit log names the caller.
+    pub fn actor(&self) -> String {
+        format!("{}:{}", self.role.label(), self.name)
+    }
+}
+
+/// Checks `[A-Za-z0-9_.-]{1,64}` for team and worker names.
+pub fn validate_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: {name:?} is not a valid name (1-64 of A-Z a-z 0-9 _ - .)"
+        ))
+    }
+}
+
+/// A new token: the secret (to show once) and the record to store.
+pub fn new_token(role: TokenRole, name: &str) -> (String, TokenRecord) {
+    let mut bytes = [0u8; 32];
+    rand::RngReader(rand::rngs::SysRng)
+        .read_exact(&mut bytes)
+        .expect("the system random source is readable");
+    let secret = format!("tdm_{}", hex(&bytes));
+    let secret_sha256 = sha256_hex(secret.as_bytes());
+    let record = TokenRecord {
+        id: format!("tok-{}", &secret_sha256[..12]),
+        secret_sha256,
+        role,
+        name: name.to_string(),
+        created_ms: now_ms(),
+        revoked: false,
+    };
+    (secret, record)
+}
+
+/// The token table in memory, plus the `--insecure-local` switch.
+pub struct Auth {
+    insecure_local: bool,
+    by_hash: RwLock<HashMap<String, TokenRecord>>,
+}
+
+impl Auth {
+    pub fn new(tokens: Vec<TokenRecord>, insecure_local: bool) -> Auth {
+        let by_hash = tokens
+            .into_iter()
+            .map(|t| (t.secret_sha256.clone(), t))
+            .collect();
+        Auth {
+            insecure_local,
+            by_hash: RwLock::new(by_hash),
+        }
+    }
+
+    pub fn insecure_local(&self) -> bool {
+        self.insecure_local
+    }
+
+    pub fn upsert(&self, record: TokenRecord) {
+        let mut table = self.by_hash.write().unwrap_or_else(|p| p.into_inner());
+        table.insert(record.secret_sha256.clone(), record);
+    }
+
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        let table = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = table.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// The caller of a request: UNAUTHENTICATED without a valid token (unless `--insecure-local`).
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        let Some(header) = header else {
+            if self.insecure_local {
+                return Ok(Principal {
+                    role: TokenRole::Admin,
+                    name: "local".into(),
+                });
+            }
+            return Err(Status::unauthenticated(
+                "missing bearer token (pass --token or set TANDEM_TOKEN)",
+            ));
+        };
+        let secret = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+        let table = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        match table.get(&sha256_hex(secret.as_bytes())) {
+            Some(record) if !record.revoked => Ok(Principal {
+                role: record.role,
+                name: record.name.clone(),
+            }),
+            Some(_) => Err(Status::unauthenticated("token revoked")),
+            None if self.insecure_local => Ok(Principal {
+                role: TokenRole::Admin,
+                name: "local".into(),
+            }),
+            None => Err(Status::unauthenticated("unknown token")),
+        }
+    }
+}
+
+/// Clients (teams and admins) only.
+pub fn require_client(principal: &Principal) -> Result<(), Status> {
+    match principal.role {
+        TokenRole::Team | TokenRole::Admin => Ok(()),
+        TokenRole::Worker => Err(Status::permission_denied(
+            "a worker token cannot call the client service",
+        )),
+    }
+}
+
+/// Workers (and admins) only.
+pub fn require_worker(principal: &Principal) -> Result<(), Status> {
+    match principal.role {
+        TokenRole::Worker | TokenRole::Admin => Ok(()),
+        TokenRole::Team => Err(Status::permission_denied(
+            "a team token cannot call the worker service",
+        )),
+    }
+}
+
+pub fn require_admin(principal: &Principal) -> Result<(), Status> {
+    match principal.role {
+        TokenRole::Admin => Ok(()),
+        _ => Err(Status::permission_denied(
+            "only an admin token can manage tokens",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(token: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn tokens_authenticate_by_hash_and_revocation_sticks() {
+        let (secret, mut record) = new_token(TokenRole::Team, "radiology");
+        assert!(!record.secret_sha256.contains(&secret[4..]));
+        let auth = Auth::new(vec![record.clone()], false);
+        let who = auth.authenticate(&metadata(&secret)).unwrap();
+        assert_eq!(
+            who,
+            Principal {
+                role: TokenRole::Team,
+                name: "radiology".into()
+            }
+        );
+        assert_eq!(who.team_scope(), Some("radiology"));
+        assert_eq!(
+            auth.authenticate(&metadata("tdm_wrong"))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        record.revoked = true;
+        auth.upsert(record);
+        assert_eq!(
+            auth.authenticate(&metadata(&secret)).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn roles_gate_services() {
+        let team = Principal {
+            role: TokenRole::Team,
+            name: "a".into(),
+        };
+        let worker = Principal {
+            role: TokenRole::Worker,
+            name: "w".into(),
+        };
+        assert!(require_client(&team).is_ok());
+        assert_eq!(
+            require_client(&worker).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            require_worker(&team).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            require_admin(&team).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(validate_name("--team", "lab-1.x").is_ok());
+        assert!(validate_name("--team", "../x").is_err());
+    }
+
+    #[test]
+    fn insecure_local_admits_callers_without_tokens() {
+        let auth = Auth::new(vec![], true);
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()).unwrap().role,
+            TokenRole::Admin
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! `tandem serve`: run the coordinator on a store folder until SIGTERM / Ctrl-C.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tandem_coordinator::grpc::Limits;
+use tandem_coordinator::scheduler::SchedulerConfig;
+use tandem_coordinator::server::{ServeOptions, start};
+
+use super::client::block_on;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Store folder (created if missing; an existing store resumes where it stood).
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// No tokens needed (every caller is the admin "local"); loopback addresses only.
+    #[arg(long)]
+    pub insecure_local: bool,
+    /// PEM certificate chain for TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Lease time-to-live without a heartbeat, ms.
+    #[arg(long, default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval asked of workers, ms.
+    #[arg(long, default_value_t = 3_000)]
+    pub heartbeat_ms: u64,
+    /// Attempts before a job fails for good.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// First retry back-off, ms (doubles per attempt, at most 60 s).
+    #[arg(long, default_value_t = 1_000)]
+    pub backoff_ms: u64,
+    /// Largest gRPC message, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_message_mib: usize,
+    /// Largest artifact upload, MiB.
+    #[arg(long, default_value_t = 8192)]
+    pub max_upload_mib: u64,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let options = ServeOptions {
+        store_dir: args.store.clone(),
+        listen: args.listen,
+        insecure_local: args.insecure_local,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        scheduler: SchedulerConfig {
+            lease_ttl_ms: args.lease_ttl_ms,
+            heartbeat_interval_ms: args.heartbeat_ms,
+            max_attempts: args.max_attempts.max(1),
+            backoff_base_ms: args.backoff_ms,
+            backoff_max_ms: 60_000,
+            max_lease_wait_ms: 20_000,
+            tick_ms: (args.heartbeat_ms / 4).clamp(20, 500),
+        },
+        limits: Limits {
+            max_message_bytes: args.max_message_mib << 20,
+            max_upload_bytes: args.max_upload_mib << 20,
+            ..Limits::default()
+        },
+    };
+    block_on(async move {
+        let running = start(options).await?;
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        println!(
+            "tandem coordinator listening on {scheme}://{}",
+            running.addr
+        );
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("shutting down");
+        running.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })?
+}

@@ -1,0 +1,423 @@
+//! `WorkerService`: what `tandem-worker` calls. A worker token may only act as workers registered under its
+//! own name.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use prost::Message;
+use tandem_proto as pb;
+use tandem_proto::worker_service_server::WorkerService;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::client::stream_blob;
+use super::convert::{artifact_ref, input_ref, resources_from_pb, resources_to_pb};
+use super::{Shared, status_of, store_status};
+use crate::auth::{Principal, require_worker};
+use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
+use crate::store::{ArtifactRecord, StoreError, TokenRole, WorkerRecord, is_sha256_hex, now_ms};
+
+pub struct WorkerApi {
+    shared: Shared,
+}
+
+/// An artifact name is one plain path component: it is used for file names on export.
+pub fn validate_artifact_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0', ':']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "artifact name {name:?} must be one plain file name (no path separators, not starting with '.')"
+        )))
+    }
+}
+
+impl WorkerApi {
+    pub fn new(shared: Shared) -> WorkerApi {
+        WorkerApi { shared }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let principal = self.shared.auth.authenticate(request.metadata())?;
+        require_worker(&principal)?;
+        Ok(principal)
+    }
+
+    /// A worker token may act only as a worker registered under its name.
+    fn check_worker(&self, principal: &Principal, worker_id: &str) -> Result<(), Status> {
+        if principal.role != TokenRole::Worker {
+            return Ok(());
+        }
+        match self.shared.scheduler.worker(worker_id) {
+            Some(worker) if worker.name == principal.name => Ok(()),
+            Some(_) => Err(Status::permission_denied(format!(
+                "worker {worker_id} belongs to another token"
+            ))),
+            None => Err(Status::not_found(format!(
+                "unknown worker {worker_id}: register again"
+            ))),
+        }
+    }
+
+    fn lease_to_pb(grant: LeaseGrant) -> pb::Lease {
+        let job = &grant.job;
+        pb::Lease {
+            job: Some(pb::JobSpec {
+                id: job.id.clone(),
+                kind: job.kind.clone(),
+                name: job.name.clone(),
+                deps: job.deps.clone(),
+                resources: Some(resources_to_pb(&job.resources)),
+                config: grant.config.clone(),
+                inputs: job.inputs.iter().map(|i| i.name.clone()).collect(),
+            }),
+            attempt: grant.attempt,
+            deadline_ms: grant.deadline_ms,
+            checkpoint: grant.checkpoint.as_ref().map(|c| pb::Checkpoint {
+                sha256: c.sha256.clone(),
+                metric_seq: c.metric_seq,
+            }),
+            inputs: job.inputs.iter().map(|i| input_ref(&job.id, i)).collect(),
+            parents: grant.parents.iter().map(artifact_ref).collect(),
+            experiment_id: grant.experiment_id.clone(),
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        let name = if principal.role == TokenRole::Worker {
+            principal.name.clone()
+        } else {
+            req.name.clone()
+        };
+        crate::auth::validate_name("name", &name).map_err(Status::invalid_argument)?;
+        let known = (!req.worker_id.is_empty()).then_some(req.worker_id.as_str());
+        if let Some(id) = known
+            && self.shared.scheduler.worker(id).is_some()
+        {
+            self.check_worker(&principal, id)?;
+        }
+        let record = WorkerRecord {
+            id: String::new(),
+            name,
+            resources: resources_from_pb(req.resources.as_ref()),
+            kinds: req.kinds,
+            version: req.version,
+            git_commit: req.git_commit,
+            cargo_lock_sha256: req.cargo_lock_sha256,
+            host: req.host,
+            registered_ms: 0,
+            last_seen_ms: 0,
+        };
+        let worker_id = self
+            .shared
+            .scheduler
+            .register_worker(known, record)
+            .await
+            .map_err(status_of)?;
+        let config = self.shared.scheduler.config();
+        Ok(Response::new(pb::RegisterReply {
+            worker_id,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            lease_ttl_ms: config.lease_ttl_ms,
+        }))
+    }
+
+    async fn lease_job(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        self.check_worker(&principal, &req.worker_id)?;
+        let grant = self
+            .shared
+            .scheduler
+            .lease(&req.worker_id, Duration::from_millis(req.wait_ms))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::LeaseReply {
+            lease: grant.map(Self::lease_to_pb),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        if self.shared.scheduler.worker(&req.worker_id).is_none() {
+            return Ok(Response::new(pb::HeartbeatReply {
+                cancel: req.jobs.iter().map(|j| j.job_id.clone()).collect(),
+                lease_deadline_ms: 0,
+                reregister: true,
+            }));
+        }
+        self.check_worker(&principal, &req.worker_id)?;
+        let reports: Vec<ProgressReport> = req
+            .jobs
+            .iter()
+            .map(|j| ProgressReport {
+                job_id: j.job_id.clone(),
+                attempt: j.attempt,
+                step: j.step,
+                total: j.total,
+            })
+            .collect();
+        let outcome = self
+            .shared
+            .scheduler
+            .heartbeat(&req.worker_id, &reports)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::HeartbeatReply {
+            cancel: outcome.cancel,
+            lease_deadline_ms: outcome.lease_deadline_ms,
+            reregister: false,
+        }))
+    }
+
+    async fn stream_metrics(
+        &self,
+        request: Request<Streaming<pb::MetricBatch>>,
+    ) -> Result<Response<pb::MetricAck>, Status> {
+        let principal = self.caller(&request)?;
+        let mut stream = request.into_inner();
+        let mut worker_id: Option<String> = None;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            match &worker_id {
+                None => {
+                    self.check_worker(&principal, &batch.worker_id)?;
+                    worker_id = Some(batch.worker_id.clone());
+                }
+                Some(id) if *id != batch.worker_id => {
+                    return Err(Status::invalid_argument(
+                        "one metric stream carries one worker's batches",
+                    ));
+                }
+                Some(_) => {}
+            }
+            if batches.len() >= self.shared.limits.max_batches_per_stream {
+                return Err(Status::resource_exhausted(format!(
+                    "more than {} batches in one stream",
+                    self.shared.limits.max_batches_per_stream
+                )));
+            }
+            let last = batch
+                .points
+                .first()
+                .map(|p| (p.name.clone(), p.step, p.value));
+            let stored = pb::MetricBatch {
+                job_id: String::new(),
+                attempt: batch.attempt,
+                seq: batch.seq,
+                points: batch.points,
+                worker_id: String::new(),
+            };
+            batches.push(MetricBatchIn {
+                job_id: batch.job_id,
+                attempt: batch.attempt,
+                seq: batch.seq,
+                points: stored.points.len() as u64,
+                encoded: stored.encode_to_vec(),
+                last,
+            });
+        }
+        let Some(worker_id) = worker_id else {
+            return Ok(Response::new(pb::MetricAck::default()));
+        };
+        let counts = self
+            .shared
+            .scheduler
+            .ingest_metrics(&worker_id, batches)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::MetricAck {
+            batches: counts.batches,
+            duplicates: counts.duplicates,
+            points: counts.points,
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<pb::ArtifactChunk>>,
+    ) -> Result<Response<pb::UploadArtifactReply>, Status> {
+        let principal = self.caller(&request)?;
+        let mut stream = request.into_inner();
+        let Some(first) = stream.next().await else {
+            return Err(Status::invalid_argument(
+                "empty upload: the first chunk must carry the header",
+            ));
+        };
+        let first = first?;
+        let header = first.header.clone().ok_or_else(|| {
+            Status::invalid_argument("the first chunk of an upload must carry the header")
+        })?;
+        self.check_worker(&principal, &header.worker_id)?;
+        validate_artifact_name(&header.name)?;
+        if header.role != "output" && header.role != "checkpoint" {
+            return Err(Status::invalid_argument(format!(
+                "role {:?}: expected \"output\" or \"checkpoint\"",
+                header.role
+            )));
+        }
+        if !is_sha256_hex(&header.sha256) {
+            return Err(Status::invalid_argument(format!(
+                "sha256 {:?}: expected 64 lower-case hex digits",
+                header.sha256
+            )));
+        }
+        let limit = self.shared.limits.max_upload_bytes;
+        if header.size > limit {
+            return Err(Status::resource_exhausted(format!(
+                "artifact of {} bytes exceeds the upload limit of {limit}",
+                header.size
+            )));
+        }
+        let scheduler = &self.shared.scheduler;
+        scheduler
+            .check_upload(&header.worker_id, &header.job_id, header.attempt)
+            .map_err(status_of)?;
+        let mut writer = scheduler
+            .store()
+            .blobs()
+            .writer(limit)
+            .map_err(store_status)?;
+        writer.write(&first.data).map_err(store_status)?;
+        while let Some(chunk) = stream.next().await {
+            writer.write(&chunk?.data).map_err(store_status)?;
+        }
+        if writer.written() != header.size {
+            return Err(Status::invalid_argument(format!(
+                "artifact rejected: declared {} bytes, received {}",
+                header.size,
+                writer.written()
+            )));
+        }
+        let size = writer.written();
+        writer.finish(&header.sha256).map_err(|err| match err {
+            StoreError::HashMismatch { .. } => {
+                Status::invalid_argument(format!("artifact rejected: {err}"))
+            }
+            other => store_status(other),
+        })?;
+        let record = ArtifactRecord {
+            job_id: header.job_id.clone(),
+            name: header.name.clone(),
+            sha256: header.sha256.clone(),
+            size,
+            role: header.role.clone(),
+            attempt: header.attempt,
+            metric_seq: header.metric_seq,
+            created_ms: now_ms(),
+        };
+        scheduler
+            .record_artifact(&header.worker_id, record.clone())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::UploadArtifactReply {
+            artifact: Some(artifact_ref(&record)),
+        }))
+    }
+
+    type DownloadArtifactStream = ChunkStream;
+
+    async fn download_artifact(
+        &self,
+        request: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        self.caller(&request)?;
+        Ok(Response::new(stream_blob(
+            &self.shared,
+            &request.get_ref().sha256,
+        )?))
+    }
+
+    async fn complete_job(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        self.check_worker(&principal, &req.worker_id)?;
+        self.shared
+            .scheduler
+            .complete(&req.worker_id, &req.job_id, req.attempt)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::CompleteReply {}))
+    }
+
+    async fn fail_job(
+        &self,
+        request: Request<pb::FailRequest>,
+    ) -> Result<Response<pb::FailReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        self.check_worker(&principal, &req.worker_id)?;
+        let will_retry = self
+            .shared
+            .scheduler
+            .fail(
+                &req.worker_id,
+                &req.job_id,
+                req.attempt,
+                &req.reason,
+                req.permanent,
+            )
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::FailReply { will_retry }))
+    }
+
+    async fn release_job(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        self.check_worker(&principal, &req.worker_id)?;
+        self.shared
+            .scheduler
+            .release(&req.worker_id, &req.job_id, req.attempt, &req.reason)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_artifact_name;
+
+    #[test]
+    fn artifact_names_are_single_plain_components() {
+        for ok in ["adapter_model.safetensors", "checkpoint", "metrics-1.csv"] {
+            assert!(validate_artifact_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "c:x", "a\0b",
+        ] {
+            assert!(validate_artifact_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

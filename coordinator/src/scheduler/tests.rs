@@ -1,0 +1,437 @@
+//! Scheduler unit tests: the state machine, leases, cache, cancellation and recovery, driven directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::SledStore;
+
+fn config() -> SchedulerConfig {
+    SchedulerConfig {
+        lease_ttl_ms: 10_000,
+        heartbeat_interval_ms: 100,
+        max_attempts: 2,
+        backoff_base_ms: 1,
+        backoff_max_ms: 5,
+        max_lease_wait_ms: 50,
+        tick_ms: 10,
+    }
+}
+
+fn open(dir: &std::path::Path, config: SchedulerConfig) -> Arc<Scheduler> {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
+    Scheduler::open(store, config).unwrap()
+}
+
+fn job(id: &str, deps: &[&str]) -> PlannedJob {
+    PlannedJob {
+        id: id.into(),
+        kind: "test.emit".into(),
+        name: format!("job {id}"),
+        deps: deps.iter().map(|d| d.to_string()).collect(),
+        resources: Resources {
+            gpus: 0,
+            gpu_memory_mib: 0,
+            cpu_threads: 1,
+        },
+        config: b"{}".to_vec(),
+        inputs: vec![],
+    }
+}
+
+fn submission(team: &str, jobs: Vec<PlannedJob>) -> Submission {
+    Submission {
+        name: "exp".into(),
+        team: team.into(),
+        submitter: "tester".into(),
+        manifest: b"manifest".to_vec(),
+        manifest_format: "jobgraph+json".into(),
+        manifest_name: "m.json".into(),
+        inputs: vec![("data.csv".into(), b"a,b\n1,2\n".to_vec())],
+        priority: 0,
+        jobs,
+    }
+}
+
+fn worker(name: &str, threads: u32) -> WorkerRecord {
+    WorkerRecord {
+        id: String::new(),
+        name: name.into(),
+        resources: Resources {
+            gpus: 0,
+            gpu_memory_mib: 0,
+            cpu_threads: threads,
+        },
+        kinds: vec!["test.emit".into()],
+        version: "test".into(),
+        git_commit: "unknown".into(),
+        cargo_lock_sha256: String::new(),
+        host: "localhost".into(),
+        registered_ms: 0,
+        last_seen_ms: 0,
+    }
+}
+
+const WAIT: Duration = Duration::from_millis(20);
+
+#[tokio::test]
+async fn dependencies_gate_readiness_and_completion_unblocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    let out = s
+        .submit(submission("a", vec![job("j1", &[]), job("j2", &["j1"])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let first = s.lease(&w, WAIT).await.unwrap().expect("j1 is ready");
+    assert_eq!(first.job.id, "j1");
+    assert!(
+        s.lease(&w, WAIT).await.unwrap().is_none(),
+        "j2 waits for j1"
+    );
+    s.complete(&w, "j1", first.attempt).await.unwrap();
+    let second = s.lease(&w, WAIT).await.unwrap().expect("j2 became ready");
+    assert_eq!(second.job.id, "j2");
+    s.complete(&w, "j2", second.attempt).await.unwrap();
+    let view = s.experiment(Some("a"), &out.experiment_id).unwrap();
+    assert_eq!(view.state, "succeeded");
+}
+
+#[tokio::test]
+async fn expired_leases_requeue_then_fail_after_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        SchedulerConfig {
+            lease_ttl_ms: 1,
+            ..config()
+        },
+    );
+    let out = s
+        .submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.tick().await.unwrap(), 1);
+    // The expired lease's worker has lost it.
+    assert!(matches!(
+        s.complete(&w, "j1", lease.attempt).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    s.tick().await.unwrap();
+    let again = s
+        .lease(&w, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .expect("requeued after back-off");
+    assert_eq!(again.attempt, 2);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.tick().await.unwrap();
+    let view = s.experiment(None, &out.experiment_id).unwrap();
+    let j = &view.jobs[0].job;
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.attempts, 2);
+    assert!(j.last_error.as_deref().unwrap().contains("lease expired"));
+    assert_eq!(view.state, "failed");
+}
+
+#[tokio::test]
+async fn failures_retry_unless_permanent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[]), job("j2", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 1)).await.unwrap();
+    let l1 = s.lease(&w, WAIT).await.unwrap().unwrap();
+    assert!(
+        s.fail(&w, &l1.job.id, l1.attempt, "oom", false)
+            .await
+            .unwrap(),
+        "first failure is retried"
+    );
+    let l2 = s
+        .lease(&w, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    let permanent = l2.job.id.clone();
+    assert!(
+        !s.fail(&w, &permanent, l2.attempt, "bad config", true)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn cancellation_reaches_the_worker_on_its_next_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    let out = s
+        .submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    let report = [ProgressReport {
+        job_id: "j1".into(),
+        attempt: lease.attempt,
+        step: 1,
+        total: 10,
+    }];
+    assert!(s.heartbeat(&w, &report).await.unwrap().cancel.is_empty());
+    assert_eq!(
+        s.experiment(None, &out.experiment_id).unwrap().jobs[0]
+            .job
+            .state,
+        JobState::Running
+    );
+    assert!(matches!(
+        s.cancel(Some("b"), "team:b", &out.experiment_id).await,
+        Err(SchedulerError::PermissionDenied(_))
+    ));
+    assert_eq!(
+        s.cancel(Some("a"), "team:a", &out.experiment_id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.heartbeat(&w, &report).await.unwrap().cancel,
+        vec!["j1".to_string()]
+    );
+    assert_eq!(
+        s.experiment(None, &out.experiment_id).unwrap().state,
+        "cancelled"
+    );
+    // Retry brings it back.
+    assert_eq!(
+        s.retry(Some("a"), "team:a", &out.experiment_id)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.lease(&w, WAIT).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_new_lease_carries_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w1 = s.register_worker(None, worker("w1", 4)).await.unwrap();
+    let w2 = s.register_worker(None, worker("w2", 4)).await.unwrap();
+    let lease = s.lease(&w1, WAIT).await.unwrap().unwrap();
+    assert!(lease.checkpoint.is_none());
+    let sha = s.store().blobs().put_bytes(b"ckpt").unwrap();
+    let record = ArtifactRecord {
+        job_id: "j1".into(),
+        name: "checkpoint".into(),
+        sha256: sha.clone(),
+        size: 4,
+        role: "checkpoint".into(),
+        attempt: lease.attempt,
+        metric_seq: 7,
+        created_ms: 0,
+    };
+    assert!(matches!(
+        s.record_artifact(&w2, record.clone()).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
+    s.record_artifact(&w1, record).await.unwrap();
+    s.release(&w1, "j1", lease.attempt, "shutting down")
+        .await
+        .unwrap();
+    let resumed = s.lease(&w2, WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        resumed.checkpoint,
+        Some(CheckpointRef {
+            sha256: sha,
+            metric_seq: 7
+        })
+    );
+    assert_eq!(resumed.job.attempts, 1, "a released lease is not counted");
+}
+
+#[tokio::test]
+async fn succeeded_jobs_are_served_from_the_cache_across_experiments() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    s.complete(&w, "j1", lease.attempt).await.unwrap();
+    let again = s
+        .submit(submission("a", vec![job("j1", &[]), job("j3", &["j1"])]))
+        .await
+        .unwrap();
+    assert_eq!(again.cached, 1);
+    let next = s.lease(&w, WAIT).await.unwrap().unwrap();
+    assert_eq!(next.job.id, "j3", "j1 is not run again");
+    assert!(s.experiment(None, &again.experiment_id).unwrap().jobs[0].cached);
+}
+
+#[tokio::test]
+async fn resent_metric_batches_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    let batch = |seq| MetricBatchIn {
+        job_id: "j1".into(),
+        attempt: lease.attempt,
+        seq,
+        encoded: vec![seq as u8],
+        points: 3,
+        last: None,
+    };
+    let first = s
+        .ingest_metrics(&w, vec![batch(0), batch(1)])
+        .await
+        .unwrap();
+    assert_eq!((first.batches, first.duplicates, first.points), (2, 0, 6));
+    let resent = s
+        .ingest_metrics(&w, vec![batch(1), batch(2)])
+        .await
+        .unwrap();
+    assert_eq!((resent.batches, resent.duplicates), (1, 1));
+    assert_eq!(s.store().metric_batches("j1").unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn reopening_the_store_resumes_every_job_where_it_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let (experiment_id, worker_id, attempt) = {
+        let s = open(dir.path(), config());
+        let out = s
+            .submit(submission(
+                "a",
+                vec![job("j1", &[]), job("j2", &[]), job("j3", &["j1"])],
+            ))
+            .await
+            .unwrap();
+        let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+        let l1 = s.lease(&w, WAIT).await.unwrap().unwrap();
+        s.complete(&w, &l1.job.id, l1.attempt).await.unwrap();
+        let l2 = s.lease(&w, WAIT).await.unwrap().unwrap();
+        (out.experiment_id, w, l2.attempt)
+    };
+    let s = open(dir.path(), config());
+    let view = s.experiment(None, &experiment_id).unwrap();
+    let states: Vec<_> = view
+        .jobs
+        .iter()
+        .map(|j| (j.job.id.clone(), j.job.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("j1".to_string(), JobState::Succeeded),
+            ("j2".to_string(), JobState::Leased),
+            ("j3".to_string(), JobState::Ready)
+        ]
+    );
+    // The worker that held j2 can still complete it after the restart.
+    s.complete(&worker_id, "j2", attempt).await.unwrap();
+    let l3 = s.lease(&worker_id, WAIT).await.unwrap().unwrap();
+    assert_eq!(l3.job.id, "j3");
+}
+
+#[tokio::test]
+async fn teams_share_workers_fairly_and_priorities_order_a_team() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission(
+        "a",
+        (0..4).map(|i| job(&format!("a{i}"), &[])).collect(),
+    ))
+    .await
+    .unwrap();
+    let mut urgent = submission("b", vec![job("b-low", &[])]);
+    urgent.priority = 0;
+    s.submit(urgent).await.unwrap();
+    let mut high = submission("b", vec![job("b-high", &[])]);
+    high.priority = 5;
+    s.submit(high).await.unwrap();
+    let w = s.register_worker(None, worker("w", 8)).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(s.lease(&w, WAIT).await.unwrap().unwrap().job.id);
+    }
+    // a and b alternate (a was queued first); b's higher priority job goes before its older one.
+    assert_eq!(order, vec!["a0", "b-high", "a1", "b-low"]);
+}
+
+#[tokio::test]
+async fn jobs_only_go_to_workers_they_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    let mut gpu_job = job("gpu", &[]);
+    gpu_job.resources = Resources {
+        gpus: 1,
+        gpu_memory_mib: 20_000,
+        cpu_threads: 1,
+    };
+    s.submit(submission("a", vec![gpu_job])).await.unwrap();
+    let cpu = s.register_worker(None, worker("cpu", 16)).await.unwrap();
+    assert!(s.lease(&cpu, WAIT).await.unwrap().is_none());
+    let mut big = worker("gpu", 4);
+    big.resources.gpus = 1;
+    big.resources.gpu_memory_mib = 24_000;
+    let g = s.register_worker(None, big).await.unwrap();
+    assert_eq!(s.lease(&g, WAIT).await.unwrap().unwrap().job.id, "gpu");
+}
+
+#[tokio::test]
+async fn a_waiting_lease_wakes_when_a_job_becomes_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        dir.path(),
+        SchedulerConfig {
+            max_lease_wait_ms: 10_000,
+            ..config()
+        },
+    );
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let waiter = {
+        let s = s.clone();
+        let w = w.clone();
+        tokio::spawn(async move { s.lease(&w, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let lease = waiter.await.unwrap().unwrap().expect("woken by the submit");
+    assert_eq!(lease.job.id, "j1");
+}
+
+#[test]
+fn graph_errors_name_the_job_and_field() {
+    let none = |_: &str| None;
+    let err = validate_graph(&[job("x", &["missing"])], none)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("jobs[0]") && err.contains("deps[0]") && err.contains("missing"),
+        "{err}"
+    );
+    let err = validate_graph(&[job("x", &["y"]), job("y", &["x"])], none)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cycle"), "{err}");
+    let err = validate_graph(&[job("x", &[]), job("x", &[])], none)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("duplicate"), "{err}");
+}

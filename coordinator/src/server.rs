@@ -1,0 +1,150 @@
+//! Serving: open the store, resume the scheduler, and serve both gRPC services (plus reflection) on a
+//! listener, with optional TLS. Used by `tandem serve`, the end-to-end tests and the scale benchmark.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tandem_proto::client_service_server::ClientServiceServer;
+use tandem_proto::worker_service_server::WorkerServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::auth::Auth;
+use crate::grpc::{ClientApi, Limits, Shared, WorkerApi};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use crate::store::{SledStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    ReadTls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("--insecure-local serves only loopback addresses, not {0}")]
+    InsecureNotLoopback(SocketAddr),
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub store_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub insecure_local: bool,
+    /// PEM certificate chain and private key; TLS is on when both are given.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub scheduler: SchedulerConfig,
+    pub limits: Limits,
+}
+
+/// A coordinator serving in this process.
+pub struct RunningCoordinator {
+    pub addr: SocketAddr,
+    pub scheduler: Arc<Scheduler>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    ticker: JoinHandle<()>,
+}
+
+impl RunningCoordinator {
+    /// Waits until the server stops (it runs until `shutdown`).
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        let result = (&mut self.server).await;
+        self.ticker.abort();
+        match result {
+            Ok(inner) => Ok(inner?),
+            Err(_) => Ok(()),
+        }
+    }
+
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+}
+
+/// Opens the store at `options.store_dir`, resumes it and starts serving.
+pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeError> {
+    if options.insecure_local && !options.listen.ip().is_loopback() {
+        return Err(ServeError::InsecureNotLoopback(options.listen));
+    }
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.store_dir)?);
+    let auth = Arc::new(Auth::new(store.tokens()?, options.insecure_local));
+    let scheduler = Scheduler::open(store, options.scheduler.clone())?;
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: options.listen,
+        source,
+    })?;
+    let shared = Shared {
+        scheduler: scheduler.clone(),
+        auth,
+        limits: options.limits,
+    };
+    let max = options.limits.max_message_bytes;
+    let client = ClientServiceServer::new(ClientApi::new(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let worker = WorkerServiceServer::new(WorkerApi::new(shared))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &options.tls {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ServeError::ReadTls {
+                path: path.clone(),
+                source,
+            })
+        };
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = builder
+        .add_service(client)
+        .add_service(worker)
+        .add_service(reflection);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let ticker = tokio::spawn(scheduler.clone().run_ticker());
+    tracing::info!(%addr, tls = options.tls.is_some(), insecure_local = options.insecure_local, "coordinator serving");
+    Ok(RunningCoordinator {
+        addr,
+        scheduler,
+        shutdown: Some(tx),
+        server,
+        ticker,
+    })
+}

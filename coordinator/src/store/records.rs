@@ -1,0 +1,223 @@
+//! The plain records the coordinator persists: experiments, jobs with their attempts and lease, workers,
+//! artifacts, audit entries and tokens. Serialized as JSON values in the store.
+
+use serde::{Deserialize, Serialize};
+
+/// What a job asks for or what a worker offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub gpus: u32,
+    pub gpu_memory_mib: u64,
+    pub cpu_threads: u32,
+}
+
+impl Resources {
+    /// True when `request` fits into `self` (GPU memory is per GPU and only matters when GPUs are asked for).
+    pub fn fits(&self, request: &Resources) -> bool {
+        request.gpus <= self.gpus
+            && request.cpu_threads <= self.cpu_threads
+            && (request.gpus == 0 || request.gpu_memory_mib <= self.gpu_memory_mib)
+    }
+
+    /// `self - used`, saturating at zero (GPU memory per GPU is not reduced: whole GPUs are allocated).
+    pub fn minus(&self, used: &Resources) -> Resources {
+        Resources {
+            gpus: self.gpus.saturating_sub(used.gpus),
+            gpu_memory_mib: self.gpu_memory_mib,
+            cpu_threads: self.cpu_threads.saturating_sub(used.cpu_threads),
+        }
+    }
+
+    pub fn plus(&self, other: &Resources) -> Resources {
+        Resources {
+            gpus: self.gpus + other.gpus,
+            gpu_memory_mib: self.gpu_memory_mib.max(other.gpu_memory_mib),
+            cpu_threads: self.cpu_threads + other.cpu_threads,
+        }
+    }
+}
+
+/// A job's place in its life cycle: `blocked -> ready -> leased -> running -> succeeded | failed | cancelled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Blocked,
+    Ready,
+    Leased,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    pub fn is_leased(self) -> bool {
+        matches!(self, JobState::Leased | JobState::Running)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Blocked => "blocked",
+            JobState::Ready => "ready",
+            JobState::Leased => "leased",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A file handed in with an experiment (or a job output), addressed by its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentRecord {
+    pub id: String,
+    pub name: String,
+    pub team: String,
+    pub submitter: String,
+    pub created_ms: u64,
+    pub manifest_sha256: String,
+    pub manifest_format: String,
+    pub manifest_name: String,
+    pub inputs: Vec<InputRef>,
+    pub job_ids: Vec<String>,
+    /// Jobs that had already succeeded when this experiment was submitted (served from the cache).
+    pub cached_jobs: Vec<String>,
+    pub priority: i32,
+    pub cancelled: bool,
+}
+
+/// The last checkpoint a job uploaded: resume from it, and continue metric sequence numbers at `metric_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub sha256: String,
+    pub metric_seq: u64,
+}
+
+/// One try at running a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub number: u32,
+    pub worker: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    /// "running", "succeeded", "failed", "expired", "released", "cancelled".
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub deps: Vec<String>,
+    pub resources: Resources,
+    pub inputs: Vec<InputRef>,
+    pub team: String,
+    pub priority: i32,
+    /// Submission order, for FIFO within a priority.
+    pub submit_seq: u64,
+    pub state: JobState,
+    /// Attempts started so far (a released lease does not count).
+    pub attempts: u32,
+    pub attempt_log: Vec<AttemptRecord>,
+    pub last_error: Option<String>,
+    pub worker: Option<String>,
+    pub lease_deadline_ms: u64,
+    /// Back-off: not leased again before this time.
+    pub not_before_ms: u64,
+    pub checkpoint: Option<CheckpointRef>,
+    pub experiments: Vec<String>,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub name: String,
+    pub resources: Resources,
+    pub kinds: Vec<String>,
+    pub version: String,
+    pub git_commit: String,
+    pub cargo_lock_sha256: String,
+    pub host: String,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub job_id: String,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    /// "output" or "checkpoint".
+    pub role: String,
+    pub attempt: u32,
+    pub metric_seq: u64,
+    pub created_ms: u64,
+}
+
+/// One line of the append-only audit log: a state change and who caused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub experiment_id: Option<String>,
+    pub job_id: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    Team,
+    Worker,
+    Admin,
+}
+
+impl TokenRole {
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenRole::Team => "team",
+            TokenRole::Worker => "worker",
+            TokenRole::Admin => "admin",
+        }
+    }
+}
+
+/// A bearer token, stored by the SHA-256 of its secret only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub role: TokenRole,
+    pub name: String,
+    pub created_ms: u64,
+    pub revoked: bool,
+}
+
+/// Milliseconds since the Unix epoch (persisted deadlines use wall-clock time so they survive restarts).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

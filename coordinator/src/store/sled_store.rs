@@ -1,0 +1,297 @@
+//! The sled implementation of [`Store`]: one tree per record type, JSON values, metric batches keyed by
+//! `job id \0 seq (big-endian)` so a resent batch is detected with one compare-and-swap.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    ArtifactRecord, AuditEntry, BlobStore, CommitWait, ExperimentRecord, GroupCommit, JobRecord,
+    Store, StoreError, StoreResult, TokenRecord, WorkerRecord,
+};
+
+pub struct SledStore {
+    db: sled::Db,
+    experiments: sled::Tree,
+    manifests: sled::Tree,
+    jobs: sled::Tree,
+    job_configs: sled::Tree,
+    workers: sled::Tree,
+    metrics: sled::Tree,
+    artifacts: sled::Tree,
+    audit: sled::Tree,
+    tokens: sled::Tree,
+    blobs: BlobStore,
+    group: GroupCommit,
+}
+
+fn encode<T: Serialize>(tree: &'static str, value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Codec { tree, source })
+}
+
+fn decode_all<T: DeserializeOwned>(tree: &'static str, t: &sled::Tree) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    for item in t.iter() {
+        let (_, value) = item?;
+        out.push(
+            serde_json::from_slice(&value).map_err(|source| StoreError::Codec { tree, source })?,
+        );
+    }
+    Ok(out)
+}
+
+fn metric_key(job_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(job_id.len() + 9);
+    key.extend_from_slice(job_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`: `dir/db` for sled, `dir/blobs` for artifacts.
+    pub fn open(dir: &Path) -> StoreResult<SledStore> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(32 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = SledStore {
+            experiments: tree("experiments")?,
+            manifests: tree("manifests")?,
+            jobs: tree("jobs")?,
+            job_configs: tree("job_configs")?,
+            workers: tree("workers")?,
+            metrics: tree("metrics")?,
+            artifacts: tree("artifacts")?,
+            audit: tree("audit")?,
+            tokens: tree("tokens")?,
+            blobs: BlobStore::open(dir)?,
+            group: {
+                let flush_db = db.clone();
+                GroupCommit::start(move || flush_db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            },
+            db,
+        };
+        Ok(store)
+    }
+}
+
+impl Store for SledStore {
+    fn put_experiment(&self, record: &ExperimentRecord) -> StoreResult<()> {
+        self.experiments
+            .insert(record.id.as_bytes(), encode("experiments", record)?)?;
+        Ok(())
+    }
+
+    fn experiments(&self) -> StoreResult<Vec<ExperimentRecord>> {
+        decode_all("experiments", &self.experiments)
+    }
+
+    fn put_manifest(&self, experiment_id: &str, manifest: &[u8]) -> StoreResult<()> {
+        self.manifests.insert(experiment_id.as_bytes(), manifest)?;
+        Ok(())
+    }
+
+    fn manifest(&self, experiment_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .manifests
+            .get(experiment_id.as_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put_job(&self, record: &JobRecord) -> StoreResult<()> {
+        self.jobs
+            .insert(record.id.as_bytes(), encode("jobs", record)?)?;
+        Ok(())
+    }
+
+    fn jobs(&self) -> StoreResult<Vec<JobRecord>> {
+        decode_all("jobs", &self.jobs)
+    }
+
+    fn put_job_config(&self, job_id: &str, config: &[u8]) -> StoreResult<()> {
+        self.job_configs.insert(job_id.as_bytes(), config)?;
+        Ok(())
+    }
+
+    fn job_config(&self, job_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.job_configs.get(job_id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn put_worker(&self, record: &WorkerRecord) -> StoreResult<()> {
+        self.workers
+            .insert(record.id.as_bytes(), encode("workers", record)?)?;
+        Ok(())
+    }
+
+    fn workers(&self) -> StoreResult<Vec<WorkerRecord>> {
+        decode_all("workers", &self.workers)
+    }
+
+    fn insert_metric_batch(&self, job_id: &str, seq: u64, encoded: &[u8]) -> StoreResult<bool> {
+        let key = metric_key(job_id, seq);
+        let swapped = self
+            .metrics
+            .compare_and_swap(key, None as Option<&[u8]>, Some(encoded))?;
+        Ok(swapped.is_ok())
+    }
+
+    fn metric_batches(&self, job_id: &str) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        let mut prefix = job_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.metrics.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&key[prefix.len()..]);
+            out.push((u64::from_be_bytes(seq), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn put_artifact(&self, record: &ArtifactRecord) -> StoreResult<()> {
+        let mut key = record.job_id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(record.name.as_bytes());
+        self.artifacts.insert(key, encode("artifacts", record)?)?;
+        Ok(())
+    }
+
+    fn artifacts(&self, job_id: &str) -> StoreResult<Vec<ArtifactRecord>> {
+        let mut prefix = job_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.artifacts.scan_prefix(&prefix) {
+            let (_, value) = item?;
+            out.push(
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "artifacts",
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        let id = self.db.generate_id()?;
+        self.audit
+            .insert(id.to_be_bytes(), encode("audit", entry)?)?;
+        Ok(())
+    }
+
+    fn audit_entries(&self) -> StoreResult<Vec<AuditEntry>> {
+        decode_all("audit", &self.audit)
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> StoreResult<()> {
+        self.tokens
+            .insert(record.id.as_bytes(), encode("tokens", record)?)?;
+        Ok(())
+    }
+
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        decode_all("tokens", &self.tokens)
+    }
+
+    fn next_id(&self) -> StoreResult<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn commit(&self) -> CommitWait {
+        self.group.commit()
+    }
+
+    fn flush_now(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobState, Resources, TokenRole};
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            kind: "test.emit".into(),
+            name: id.into(),
+            deps: vec![],
+            resources: Resources::default(),
+            inputs: vec![],
+            team: "a".into(),
+            priority: 0,
+            submit_seq: 1,
+            state: JobState::Ready,
+            attempts: 0,
+            attempt_log: vec![],
+            last_error: None,
+            worker: None,
+            lease_deadline_ms: 0,
+            not_before_ms: 0,
+            checkpoint: None,
+            experiments: vec!["e1".into()],
+            created_ms: 1_700_000_000_000,
+            finished_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_job(&job("j1")).unwrap();
+            store.put_job_config("j1", b"{\"steps\":3}").unwrap();
+            assert!(store.insert_metric_batch("j1", 0, b"a").unwrap());
+            assert!(
+                !store.insert_metric_batch("j1", 0, b"a").unwrap(),
+                "a resent batch is not new"
+            );
+            assert!(store.insert_metric_batch("j1", 1, b"b").unwrap());
+            assert!(store.insert_metric_batch("j10", 0, b"other job").unwrap());
+            store
+                .put_token(&TokenRecord {
+                    id: "t1".into(),
+                    secret_sha256: "x".into(),
+                    role: TokenRole::Team,
+                    name: "a".into(),
+                    created_ms: 1,
+                    revoked: false,
+                })
+                .unwrap();
+            store
+                .append_audit(&AuditEntry {
+                    time_ms: 1,
+                    actor: "team:a".into(),
+                    action: "submit".into(),
+                    experiment_id: Some("e1".into()),
+                    job_id: None,
+                    detail: String::new(),
+                })
+                .unwrap();
+            store.commit().await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.jobs().unwrap(), vec![job("j1")]);
+        assert_eq!(store.job_config("j1").unwrap().unwrap(), b"{\"steps\":3}");
+        let batches = store.metric_batches("j1").unwrap();
+        assert_eq!(batches, vec![(0, b"a".to_vec()), (1, b"b".to_vec())]);
+        assert_eq!(store.tokens().unwrap().len(), 1);
+        assert_eq!(store.audit_entries().unwrap().len(), 1);
+        assert_ne!(store.next_id().unwrap(), store.next_id().unwrap());
+    }
+}

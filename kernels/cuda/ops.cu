@@ -1,0 +1,224 @@
+// The LLaMA training op set, forward and backward, fp32: embedding gather/scatter-add, RMSNorm, RoPE (angles in
+// fp64, inverse frequencies from the host, Llama-3.1 scaling included), SwiGLU, cross-entropy with an ignore
+// index, AdamW, global-norm clipping, and causal GQA attention (naive: one block per query). References:
+// kernels/src/ops/*.rs.
+
+// ---- embedding -------------------------------------------------------------------------------------------
+extern "C" __global__ void embedding_forward(const float* __restrict__ table, const u32* __restrict__ ids,
+                                             i64 tokens, int dim, float* __restrict__ out) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < tokens * dim; i += (i64)gridDim.x * blockDim.x) {
+        i64 t = i / dim;
+        out[i] = table[(i64)ids[t] * dim + (i - t * dim)];
+    }
+}
+
+// dtable must be zeroed first; rows shared by several tokens are summed with atomics.
+extern "C" __global__ void embedding_backward(const float* __restrict__ dy, const u32* __restrict__ ids,
+                                              i64 tokens, int dim, float* __restrict__ dtable) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < tokens * dim; i += (i64)gridDim.x * blockDim.x) {
+        i64 t = i / dim;
+        atomicAdd(&dtable[(i64)ids[t] * dim + (i - t * dim)], dy[i]);
+    }
+}
+
+// ---- RMSNorm: one block per row ----------------------------------------------------------------------------
+extern "C" __global__ void rmsnorm_forward(const float* __restrict__ x, const float* __restrict__ w, int dim,
+                                           float eps, float* __restrict__ y, float* __restrict__ rstd) {
+    __shared__ float scratch[32];
+    const float* xr = x + (i64)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss = fmaf(xr[j], xr[j], ss);
+    ss = block_sum(ss, scratch);
+    float rs = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) y[(i64)blockIdx.x * dim + j] = xr[j] * rs * w[j];
+    if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+}
+
+// dweight must be zeroed first (summed over rows with atomics).
+extern "C" __global__ void rmsnorm_backward(const float* __restrict__ x, const float* __restrict__ w,
+                                            const float* __restrict__ rstd, const float* __restrict__ dy, int dim,
+                                            float* __restrict__ dx, float* __restrict__ dw) {
+    __shared__ float scratch[32];
+    i64 base = (i64)blockIdx.x * dim;
+    float rs = rstd[blockIdx.x];
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) dot = fmaf(dy[base + j] * w[j], x[base + j], dot);
+    dot = block_sum(dot, scratch);
+    float c = rs * rs * rs / (float)dim * dot;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float g = dy[base + j] * w[j];
+        dx[base + j] = rs * g - c * x[base + j];
+        atomicAdd(&dw[j], dy[base + j] * x[base + j] * rs);
+    }
+}
+
+// ---- RoPE (rotate-half pairs i, i + d/2), sign +1 forward, -1 backward ----------------------------------------
+extern "C" __global__ void rope(const float* __restrict__ x, const u32* __restrict__ positions,
+                                const float* __restrict__ inv_freq, i64 tokens, int heads, int head_dim, float sign,
+                                float* __restrict__ out) {
+    int half = head_dim / 2;
+    i64 total = tokens * heads * half;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        int f = (int)(i % half);
+        i64 th = i / half;  // token * heads + head
+        i64 t = th / heads;
+        double angle = (double)sign * ((double)positions[t] * (double)inv_freq[f]);
+        double s, c;
+        sincos(angle, &s, &c);
+        i64 base = th * head_dim;
+        double a = x[base + f], b = x[base + f + half];
+        out[base + f] = (float)(a * c - b * s);
+        out[base + f + half] = (float)(b * c + a * s);
+    }
+}
+
+// ---- SwiGLU -------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float sigmoidf_(float g) { return 1.0f / (1.0f + expf(-g)); }
+
+extern "C" __global__ void swiglu_forward(const float* __restrict__ gate, const float* __restrict__ up, i64 n,
+                                          float* __restrict__ y) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        y[i] = g * sigmoidf_(g) * up[i];
+    }
+}
+
+extern "C" __global__ void swiglu_backward(const float* __restrict__ gate, const float* __restrict__ up,
+                                           const float* __restrict__ dy, i64 n, float* __restrict__ dgate,
+                                           float* __restrict__ dup) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float g = gate[i], s = sigmoidf_(g), d = dy[i];
+        dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
+        dup[i] = d * g * s;
+    }
+}
+
+// ---- cross-entropy: one block per row (vocabularies of any size) -----------------------------------------------
+extern "C" __global__ void cross_entropy_forward(const float* __restrict__ logits, const int* __restrict__ targets,
+                                                 int vocab, int ignore_index, float* __restrict__ lse,
+                                                 float* __restrict__ row_loss) {
+    __shared__ float scratch[32];
+    const float* l = logits + (i64)blockIdx.x * vocab;
+    float m = __int_as_float(0xff800000);
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) m = fmaxf(m, l[j]);
+    m = block_max(m, scratch);
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(l[j] - m);
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) {
+        float r = m + logf(s);
+        int t = targets[blockIdx.x];
+        lse[blockIdx.x] = r;
+        row_loss[blockIdx.x] = t == ignore_index ? 0.0f : r - l[t];
+    }
+}
+
+extern "C" __global__ void cross_entropy_backward(const float* __restrict__ logits, const int* __restrict__ targets,
+                                                  const float* __restrict__ lse, int vocab, int ignore_index,
+                                                  float scale, float* __restrict__ dlogits) {
+    i64 base = (i64)blockIdx.x * vocab;
+    int t = targets[blockIdx.x];
+    float r = lse[blockIdx.x];
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        float d = 0.0f;
+        if (t != ignore_index) d = (expf(logits[base + j] - r) - (j == t ? 1.0f : 0.0f)) * scale;
+        dlogits[base + j] = d;
+    }
+}
+
+// ---- AdamW and clipping ----------------------------------------------------------------------------------------
+// bc1 = 1 - beta1^step, bc2 = 1 - beta2^step (from the host).
+extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+                                      float* __restrict__ v, i64 n, float lr, float beta1, float beta2, float eps,
+                                      float weight_decay, float bc1, float bc2) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * (1.0f - lr * weight_decay) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+    }
+}
+
+// Adds the sum of squares of x into *acc (fp64; zero it first). Called once per gradient tensor.
+extern "C" __global__ void sum_squares(const float* __restrict__ x, i64 n, double* __restrict__ acc) {
+    __shared__ double part[32];
+    double s = 0.0;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
+        atomicAdd(acc, t);
+    }
+}
+
+extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float factor) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= factor;
+}
+
+// ---- causal GQA attention, naive: one block per (batch, token, q head); thread e owns element e of the head ----
+// q: B x T x Hq x D, k/v: B x T x Hkv x D. Saves the log-sum-exp of each query's scores for the backward.
+extern "C" __global__ void attention_forward_naive(const float* __restrict__ q, const float* __restrict__ k,
+                                                   const float* __restrict__ v, int T, int Hq, int Hkv, int D,
+                                                   float* __restrict__ out, float* __restrict__ lse) {
+    __shared__ float scratch[32];
+    int h = blockIdx.x % Hq;
+    int t = (blockIdx.x / Hq) % T;
+    int b = blockIdx.x / (Hq * T);
+    int kh = h / (Hq / Hkv);
+    int e = threadIdx.x;
+    float scale = 1.0f / sqrtf((float)D);
+    float qe = e < D ? q[(i64)blockIdx.x * D + e] : 0.0f;
+    float m = __int_as_float(0xff800000), l = 0.0f, acc = 0.0f;
+    for (int j = 0; j <= t; ++j) {
+        i64 ko = (((i64)b * T + j) * Hkv + kh) * D;
+        float s = block_sum(e < D ? qe * k[ko + e] : 0.0f, scratch) * scale;
+        float mn = fmaxf(m, s);
+        float corr = expf(m - mn), p = expf(s - mn);
+        l = l * corr + p;
+        acc = acc * corr + (e < D ? p * v[ko + e] : 0.0f);
+        m = mn;
+    }
+    if (e < D) out[(i64)blockIdx.x * D + e] = acc / l;
+    if (e == 0) lse[blockIdx.x] = m + logf(l);
+}
+
+// dk and dv must be zeroed first (kv heads are shared by several query heads and tokens: atomics).
+extern "C" __global__ void attention_backward_naive(const float* __restrict__ q, const float* __restrict__ k,
+                                                    const float* __restrict__ v, const float* __restrict__ out,
+                                                    const float* __restrict__ lse, const float* __restrict__ dout,
+                                                    int T, int Hq, int Hkv, int D, float* __restrict__ dq,
+                                                    float* __restrict__ dk, float* __restrict__ dv) {
+    __shared__ float scratch[32];
+    int h = blockIdx.x % Hq;
+    int t = (blockIdx.x / Hq) % T;
+    int b = blockIdx.x / (Hq * T);
+    int kh = h / (Hq / Hkv);
+    int e = threadIdx.x;
+    float scale = 1.0f / sqrtf((float)D);
+    i64 qo = (i64)blockIdx.x * D;
+    float qe = e < D ? q[qo + e] : 0.0f;
+    float de = e < D ? dout[qo + e] : 0.0f;
+    float dot = block_sum(e < D ? de * out[qo + e] : 0.0f, scratch);  // sum_j P_j dP_j = dout . out
+    float r = lse[blockIdx.x];
+    float dqe = 0.0f;
+    for (int j = 0; j <= t; ++j) {
+        i64 ko = (((i64)b * T + j) * Hkv + kh) * D;
+        float s = block_sum(e < D ? qe * k[ko + e] : 0.0f, scratch) * scale;
+        float p = expf(s - r);
+        float dp = block_sum(e < D ? de * v[ko + e] : 0.0f, scratch);
+        float ds = p * (dp - dot) * scale;
+        if (e < D) {
+            dqe = fmaf(ds, k[ko + e], dqe);
+            atomicAdd(&dk[ko + e], ds * qe);
+            atomicAdd(&dv[ko + e], p * de);
+        }
+    }
+    if (e < D) dq[qo + e] = dqe;
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run on a machine with an NVIDIA GPU (sm_80+): builds nothing. Finds the CUDA libraries (driver, NVRTC,
+# cuBLAS) on the machine, then runs the prebuilt release binaries from kernels/gpu-prepare.sh:
+#   1. the NVRTC compile check for every .cu file (and the CPU unit tests),
+#   2. the GPU parity tests (every kernel vs its CPU reference, fresh random inputs, poisoned outputs),
+#   3. the benchmark: `tandem-worker bench kernels` (table + JSON) when that subcommand is there, else the
+#      benchmark test binary (table).
+# Usage: kernels/gpu-check.sh [BIN_DIR (default .cache/gpu-bin)] ; output also lands in ${OUT:-.cache/gpu-out}.
+# TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first for the libraries.
+# Whole run: well under 5 minutes on an H100 (each step has its own time limit).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin="${1:-.cache/gpu-bin}"
+out="${OUT:-.cache/gpu-out}"
+mkdir -p "$out"
+
+find_dir() { # library file name, then candidate folders: prints the first folder that has it
+  local lib=$1; shift
+  for d in "$@"; do
+    for f in "$d"/$lib; do [ -e "$f" ] && { echo "$d"; return 0; }; done
+  done
+  return 1
+}
+py_nvidia=$(ls -d /opt/*/.venv/lib/python3*/site-packages/nvidia/cu13/lib /usr/local/lib/python3*/dist-packages/nvidia/cu13/lib 2>/dev/null | head -n1)
+cands_cuda=(${TANDEM_CUDA_LIB_DIRS:-} /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/cuda/compat /lib/x86_64-linux-gnu)
+cands_toolkit=(${TANDEM_CUDA_LIB_DIRS:-} /usr/local/cuda-13.0/targets/x86_64-linux/lib /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 $py_nvidia "$PWD/.cache/nvrtc/nvidia/cu13/lib")
+driver=$(find_dir 'libcuda.so*' "${cands_cuda[@]}") || { echo "gpu-check: no libcuda.so found in ${cands_cuda[*]}" >&2; exit 2; }
+nvrtc=$(find_dir 'libnvrtc.so*' "${cands_toolkit[@]}") || { echo "gpu-check: no libnvrtc.so found in ${cands_toolkit[*]}" >&2; exit 2; }
+cublas=$(find_dir 'libcublas.so*' "${cands_toolkit[@]}") || { echo "gpu-check: no libcublas.so found (the benchmark needs it)" >&2; cublas=""; }
+export LD_LIBRARY_PATH="$driver:$nvrtc${cublas:+:$cublas}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TANDEM_REQUIRE_GPU=1 TANDEM_REQUIRE_NVRTC=1 RUST_LOG="${RUST_LOG:-info}"
+echo "gpu-check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+status=0
+step() { # name, time limit (s), command...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name"
+  local start=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+step unit 60 "$bin/kernels-unit" --include-ignored
+step parity 120 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
+step ops-parity 90 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
+if [ -x "$bin/tandem-worker" ] && "$bin/tandem-worker" bench kernels --help >/dev/null 2>&1; then
+  step bench 150 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
+else
+  echo "(tandem-worker with 'bench kernels' not in $bin: the benchmark runs from its test binary, table only)"
+  step bench 150 "$bin/gpu-bench" --include-ignored --nocapture
+fi
+exit $status

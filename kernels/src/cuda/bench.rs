@@ -1,0 +1,375 @@
+//! The kernel benchmark behind `tandem-worker bench kernels`: NF4 dequantise, GEMV and GEMM, and the LoRA
+//! adapter's extra cost, at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
+//! copy bandwidth, cuBLAS bf16 GEMM). Timing: CUDA events around each launch, warm-up first, the median of the
+//! repeats, inputs rotated over enough copies to overflow the L2 cache.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, sys};
+
+use super::device::{Gpu, cuda_err};
+use super::gemm::Blas;
+use super::lora::{Operand, gemm_f32};
+use super::nf4::{GemvVariant, GpuNf4};
+use crate::error::KernelError;
+use crate::nf4::Nf4Tensor;
+use crate::testdata::normal_f32;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Timed repeats per measurement (the median is reported).
+    pub repeats: usize,
+    /// Untimed runs first.
+    pub warmup: usize,
+    /// Tokens for the GEMM and LoRA measurements.
+    pub tokens: usize,
+    /// LoRA rank.
+    pub rank: usize,
+    /// Weight shapes `(out_features, in_features)`.
+    pub shapes: Vec<(usize, usize)>,
+}
+
+impl Default for BenchOptions {
+    /// LLaMA-3.1-8B: q/o projections 4096x4096, gate/up 14336x4096, down 4096x14336; 2048 tokens; r = 32.
+    fn default() -> Self {
+        Self {
+            repeats: 20,
+            warmup: 3,
+            tokens: 2048,
+            rank: 32,
+            shapes: vec![(4096, 4096), (14336, 4096), (4096, 14336)],
+        }
+    }
+}
+
+/// One measured line.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    /// The kernel (e.g. `nf4_dequantize_bf16`).
+    pub kernel: String,
+    /// The shape in words (e.g. `14336x4096`, `M=2048 N=14336 K=4096`).
+    pub shape: String,
+    /// Median time per launch, milliseconds.
+    pub median_ms: f64,
+    /// Bytes the kernel must move at least (each input read once, each output written once), when memory-bound.
+    pub bytes: Option<f64>,
+    /// Floating-point operations, when arithmetic-bound.
+    pub flops: Option<f64>,
+    /// Achieved GB/s (`bytes / time`).
+    pub gb_per_s: Option<f64>,
+    /// Achieved TFLOP/s.
+    pub tflop_per_s: Option<f64>,
+    /// Fraction of the matching ceiling measured in this run (copy bandwidth, or cuBLAS at the same shape).
+    pub of_ceiling: Option<f64>,
+    /// What the ceiling is.
+    pub ceiling: String,
+}
+
+/// The whole run.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    /// Device name.
+    pub device: String,
+    /// Compute capability, e.g. 90.
+    pub arch: u32,
+    /// Device-to-device copy bandwidth (read + write), GB/s.
+    pub copy_gb_per_s: f64,
+    /// Every measurement.
+    pub rows: Vec<BenchRow>,
+}
+
+/// Times `f` with CUDA events: `warmup` untimed calls, then the median of `repeats` timed ones (ms).
+fn time_median(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    mut f: impl FnMut(usize) -> Result<(), KernelError>,
+) -> Result<f64, KernelError> {
+    let ctx = gpu.context();
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    for i in 0..o.warmup {
+        f(i)?;
+    }
+    gpu.synchronize()?;
+    let mut times = Vec::with_capacity(o.repeats);
+    for i in 0..o.repeats.max(1) {
+        let start = ctx.new_event(flags).map_err(cuda_err("create event"))?;
+        let end = ctx.new_event(flags).map_err(cuda_err("create event"))?;
+        start
+            .record(gpu.stream())
+            .map_err(cuda_err("record event"))?;
+        f(o.warmup + i)?;
+        end.record(gpu.stream()).map_err(cuda_err("record event"))?;
+        times.push(f64::from(
+            start.elapsed_ms(&end).map_err(cuda_err("event time"))?,
+        ));
+    }
+    gpu.synchronize()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Enough copies of an input of `bytes` bytes that rotating through them overflows the L2 cache (>= 2).
+fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
+    let l2 = gpu
+        .context()
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+        .map(|v| v.max(0) as usize)
+        .unwrap_or(64 << 20);
+    (4 * l2).div_ceil(bytes.max(1)).clamp(2, 16)
+}
+
+fn row(
+    kernel: &str,
+    shape: String,
+    ms: f64,
+    bytes: Option<f64>,
+    flops: Option<f64>,
+    ceiling: (&str, f64),
+) -> BenchRow {
+    let gb = bytes.map(|b| b / (ms * 1e-3) / 1e9);
+    let tf = flops.map(|f| f / (ms * 1e-3) / 1e12);
+    let of = gb.or(tf).map(|v| v / ceiling.1);
+    BenchRow {
+        kernel: kernel.into(),
+        shape,
+        median_ms: ms,
+        bytes,
+        flops,
+        gb_per_s: gb,
+        tflop_per_s: tf,
+        of_ceiling: of,
+        ceiling: ceiling.0.into(),
+    }
+}
+
+fn bf16_random(gpu: &Gpu, seed: u64, n: usize) -> Result<CudaSlice<u16>, KernelError> {
+    let v: Vec<u16> = normal_f32(seed, n)
+        .into_iter()
+        .map(|x| half::bf16::from_f32(x * 0.05).to_bits())
+        .collect();
+    gpu.upload(&v)
+}
+
+/// Runs every measurement on `gpu`.
+pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError> {
+    let mut rows = Vec::new();
+    // Ceiling 1: device-to-device copy of 1 GiB, counting bytes read plus bytes written.
+    let copy_len = 1usize << 28;
+    let src = gpu.upload(
+        &(0..copy_len)
+            .map(|i| (i % 65_521) as f32)
+            .collect::<Vec<_>>(),
+    )?;
+    let mut dst = gpu.zeros::<f32>(copy_len)?;
+    let copy_ms = time_median(gpu, o, |_| {
+        gpu.stream()
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(cuda_err("copy"))
+    })?;
+    let copy_bytes = 2.0 * 4.0 * copy_len as f64;
+    let copy_gbs = copy_bytes / (copy_ms * 1e-3) / 1e9;
+    rows.push(row(
+        "copy_dtod (ceiling)",
+        "1 GiB".into(),
+        copy_ms,
+        Some(copy_bytes),
+        None,
+        ("copy", copy_gbs),
+    ));
+    drop((src, dst));
+    let blas = Blas::new(gpu)?;
+
+    for (si, &(n_out, k_in)) in o.shapes.iter().enumerate() {
+        let shape = format!("{n_out}x{k_in}");
+        let w_host = normal_f32(10 + si as u64, n_out * k_in)
+            .into_iter()
+            .map(|v| v * 0.02)
+            .collect::<Vec<_>>();
+        let cpu = Nf4Tensor::quantize(&w_host, n_out, k_in, true)?;
+        let tensor_bytes = cpu.bytes();
+        let copies = copies_for(gpu, tensor_bytes + 2 * n_out * k_in);
+        let ws: Vec<GpuNf4> = (0..copies)
+            .map(|_| GpuNf4::upload(gpu, &cpu))
+            .collect::<Result<_, _>>()?;
+        let w_elems = n_out * k_in;
+
+        // NF4 -> bf16 dequantise: reads codes + absmax, writes 2 bytes per weight.
+        let mut outs: Vec<CudaSlice<u16>> = (0..copies)
+            .map(|_| gpu.zeros(w_elems))
+            .collect::<Result<_, _>>()?;
+        let ms = time_median(gpu, o, |i| {
+            ws[i % copies].dequantize_bf16(gpu, &mut outs[i % copies])
+        })?;
+        let bytes = (tensor_bytes + 2 * w_elems) as f64;
+        rows.push(row(
+            "nf4_dequantize_bf16",
+            shape.clone(),
+            ms,
+            Some(bytes),
+            None,
+            ("copy", copy_gbs),
+        ));
+        drop(outs);
+
+        // NF4 GEMV, batch 1 and 8, both kernels: reads the 4-bit weights + scales once (x and y counted too).
+        for batch in [1usize, 8] {
+            let xs: Vec<CudaSlice<f32>> = (0..copies)
+                .map(|c| gpu.upload(&normal_f32(100 + c as u64, batch * k_in)))
+                .collect::<Result<_, _>>()?;
+            let mut y = gpu.zeros::<f32>(batch * n_out)?;
+            for (variant, label) in [
+                (GemvVariant::RowPerWarp, "nf4_gemv"),
+                (GemvVariant::FourRowsPerWarp, "nf4_gemv4"),
+            ] {
+                let ms = time_median(gpu, o, |i| {
+                    ws[i % copies].gemv_with(gpu, &xs[i % copies], batch, &mut y, variant)
+                })?;
+                let bytes = (tensor_bytes + 4 * batch * (k_in + n_out)) as f64;
+                let flops = 2.0 * (batch * w_elems) as f64;
+                let mut r = row(
+                    &format!("{label}_b{batch}"),
+                    shape.clone(),
+                    ms,
+                    Some(bytes),
+                    Some(flops),
+                    ("copy", copy_gbs),
+                );
+                r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
+                rows.push(r);
+            }
+        }
+
+        // GEMM at M tokens: dense cuBLAS bf16 (the ceiling), then NF4 = dequantise to a bf16 scratch + cuBLAS.
+        let m = o.tokens;
+        let flops = 2.0 * (m * w_elems) as f64;
+        let gshape = format!("M={m} N={n_out} K={k_in}");
+        let x = bf16_random(gpu, 7, m * k_in)?;
+        let w_dense = bf16_random(gpu, 8, w_elems)?;
+        let mut c = gpu.zeros::<u16>(m * n_out)?;
+        let dense_ms = time_median(gpu, o, |_| {
+            blas.bf16_xwt(gpu, m, n_out, k_in, &x, &w_dense, &mut c)
+        })?;
+        let dense_tf = flops / (dense_ms * 1e-3) / 1e12;
+        rows.push(row(
+            "cublas_bf16_gemm (ceiling)",
+            gshape.clone(),
+            dense_ms,
+            None,
+            Some(flops),
+            ("cuBLAS bf16", dense_tf),
+        ));
+        let mut scratch = gpu.zeros::<u16>(w_elems)?;
+        let nf4_ms = time_median(gpu, o, |i| {
+            blas.nf4_xwt(gpu, m, &x, &ws[i % copies], &mut scratch, &mut c)
+        })?;
+        rows.push(row(
+            "nf4_gemm (dequantise + cuBLAS)",
+            gshape.clone(),
+            nf4_ms,
+            None,
+            Some(flops),
+            ("cuBLAS bf16", dense_tf),
+        ));
+        if k_in % 64 == 0 {
+            let mma_ms = time_median(gpu, o, |i| {
+                ws[i % copies].matmul_bf16_mma(gpu, m, &x, &mut c)
+            })?;
+            let label = "nf4_gemm (mma.sync tiles)";
+            rows.push(row(
+                label,
+                gshape.clone(),
+                mma_ms,
+                None,
+                Some(flops),
+                ("cuBLAS bf16", dense_tf),
+            ));
+        }
+        drop((x, w_dense, c, scratch));
+
+        // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against
+        // the base product's time (cuBLAS bf16 at the same shape); `of_ceiling` is adapter / base.
+        let r_ = o.rank;
+        let xf = gpu.upload(&normal_f32(20, m * k_in))?;
+        let a = gpu.upload(&normal_f32(21, r_ * k_in))?;
+        let b = gpu.upload(&normal_f32(22, n_out * r_))?;
+        let mut h = gpu.zeros::<f32>(m * r_)?;
+        let mut y = gpu.zeros::<f32>(m * n_out)?;
+        let lora_ms = time_median(gpu, o, |_| {
+            gemm_f32(
+                gpu,
+                m,
+                r_,
+                k_in,
+                Operand::new(&xf, k_in, false),
+                Operand::new(&a, k_in, true),
+                1.0,
+                0.0,
+                &mut h,
+                None,
+            )?;
+            gemm_f32(
+                gpu,
+                m,
+                n_out,
+                r_,
+                Operand::new(&h, r_, false),
+                Operand::new(&b, r_, true),
+                1.0,
+                1.0,
+                &mut y,
+                None,
+            )
+        })?;
+        let lflops = 2.0 * (m * r_ * (k_in + n_out)) as f64;
+        let mut lr = row(
+            &format!("lora_adapter_fwd_r{r_} (fp32 tiled)"),
+            gshape,
+            lora_ms,
+            None,
+            Some(lflops),
+            ("base GEMM time", 1.0),
+        );
+        lr.of_ceiling = Some(lora_ms / dense_ms);
+        lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
+        rows.push(lr);
+    }
+    Ok(BenchReport {
+        device: gpu.name().to_string(),
+        arch: gpu.arch(),
+        copy_gb_per_s: copy_gbs,
+        rows,
+    })
+}
+
+impl BenchReport {
+    /// A plain-text table, one line per measurement.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "device: {} (sm_{}), copy ceiling {:.0} GB/s\n{:<40} {:<26} {:>10} {:>10} {:>10} {:>8}  ceiling\n",
+            self.device,
+            self.arch,
+            self.copy_gb_per_s,
+            "kernel",
+            "shape",
+            "median ms",
+            "GB/s",
+            "TFLOP/s",
+            "ratio"
+        );
+        let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+        for r in &self.rows {
+            out += &format!(
+                "{:<40} {:<26} {:>10.4} {:>10} {:>10} {:>8}  {}\n",
+                r.kernel,
+                r.shape,
+                r.median_ms,
+                f(r.gb_per_s, 0),
+                f(r.tflop_per_s, 1),
+                f(r.of_ceiling, 3),
+                r.ceiling
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,184 @@
+//! Finding a GPU and running kernels on it: the context and stream of device 0, its compute capability, and the
+//! modules compiled for it (once per source file, cached), plus small helpers to move data and launch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::compile::{self, KernelSource};
+use crate::error::KernelError;
+
+/// Turns any CUDA library error into a [`KernelError::Cuda`] naming the operation.
+pub(crate) fn cuda_err<E: std::fmt::Debug>(op: impl Into<String>) -> impl FnOnce(E) -> KernelError {
+    let op = op.into();
+    move |e| KernelError::Cuda {
+        op,
+        detail: format!("{e:?}"),
+    }
+}
+
+/// One GPU (device 0) ready to run Tandem's kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: u32,
+    name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("name", &self.name)
+            .field("arch", &self.arch)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// The process's GPU, opened on first call; `None` when there is none or CUDA cannot be used, which is
+    /// reported once (tracing, info level) with the reason, not treated as an error.
+    pub fn get() -> Option<Arc<Gpu>> {
+        static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+        GPU.get_or_init(|| match Self::open() {
+            Ok(gpu) => {
+                tracing::info!(device = %gpu.name, arch = gpu.arch, "CUDA device found; kernels compile for it with NVRTC");
+                Some(Arc::new(gpu))
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "no CUDA device in use; the CPU references run instead");
+                None
+            }
+        })
+        .clone()
+    }
+
+    /// Why there is no GPU, or `None` when there is one (for tests that skip with a printed reason).
+    pub fn absence_reason() -> Option<String> {
+        match Self::get() {
+            Some(_) => None,
+            None => Some(
+                Self::open()
+                    .err()
+                    .unwrap_or_else(|| "device could not be opened".into()),
+            ),
+        }
+    }
+
+    fn open() -> Result<Gpu, String> {
+        // SAFETY: only probes dlopen for the driver library names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver library (libcuda.so.1) on the library search path".into());
+        }
+        compile::nvrtc_version()?;
+        let count = CudaContext::device_count().map_err(|e| format!("CUDA driver: {e:?}"))?;
+        if count < 1 {
+            return Err("the CUDA driver reports no device".into());
+        }
+        let ctx = CudaContext::new(0).map_err(|e| format!("opening device 0: {e:?}"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("compute capability: {e:?}"))?;
+        if major < 8 {
+            return Err(format!(
+                "device 0 is sm_{major}{minor}; the kernels need sm_80 or newer (bf16 conversions)"
+            ));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "unknown".into());
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            arch: (major * 10 + minor) as u32,
+            name,
+            modules: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's name (e.g. "NVIDIA H100 80GB HBM3").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability as a number, e.g. 90 for sm_90.
+    pub fn arch(&self) -> u32 {
+        self.arch
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every kernel of this crate is launched on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// A kernel function, compiling and loading its source file for this device on first use.
+    pub fn function(
+        &self,
+        source: &'static KernelSource,
+        name: &str,
+    ) -> Result<CudaFunction, KernelError> {
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(source.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = compile::compile_cubin(source, self.arch)?;
+                    let module = self
+                        .ctx
+                        .load_module(Ptx::from_binary(cubin))
+                        .map_err(cuda_err(format!("load module {}", source.name)))?;
+                    modules.insert(source.name, module.clone());
+                    module
+                }
+            }
+        };
+        module
+            .load_function(name)
+            .map_err(cuda_err(format!("find kernel {name} in {}", source.name)))
+    }
+
+    /// Copies host data to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, KernelError> {
+        self.stream
+            .clone_htod(data)
+            .map_err(cuda_err("copy to device"))
+    }
+
+    /// A new zeroed device buffer of `len` elements (at least one, so it can always be passed to a kernel).
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>, KernelError> {
+        self.stream
+            .alloc_zeros(len.max(1))
+            .map_err(cuda_err("allocate"))
+    }
+
+    /// Copies a device buffer back to the host (waits for the stream).
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        data: &CudaSlice<T>,
+    ) -> Result<Vec<T>, KernelError> {
+        self.stream
+            .clone_dtoh(data)
+            .map_err(cuda_err("copy to host"))
+    }
+
+    /// Waits for all work on the stream and surfaces any asynchronous error.
+    pub fn synchronize(&self) -> Result<(), KernelError> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+}
+
+/// Blocks of `threads` threads covering `items` work items (at least one block).
+pub(crate) fn blocks_for(items: usize, per_block: usize) -> u32 {
+    items.div_ceil(per_block).max(1) as u32
+}

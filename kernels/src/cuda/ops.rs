@@ -1,0 +1,501 @@
+//! The LLaMA op set on the GPU (`kernels/cuda/ops.cu`): thin launchers over device buffers, each checked against
+//! `crate::ops` by the GPU parity tests. Buffers are row-major fp32 unless noted; sizes are checked here.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::compile::OPS;
+use super::device::{Gpu, blocks_for, cuda_err};
+use crate::error::KernelError;
+use crate::ops::attention::AttentionDims;
+use crate::ops::optim::AdamW;
+
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f = $gpu.function(&OPS, $name)?;
+        let mut b = $gpu.stream().launch_builder(&f);
+        $( b.arg($arg); )*
+        // SAFETY: the argument list matches the kernel's signature in ops.cu and the callers check the sizes.
+        unsafe { b.launch($cfg) }.map_err(cuda_err(concat!("launch ", $name)))?;
+    }};
+}
+
+fn grid(items: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks_for(items, 256).min(1 << 20), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), KernelError> {
+    if buf.len() >= len {
+        Ok(())
+    } else {
+        Err(KernelError::invalid(
+            what,
+            format!("device buffer of {} elements, needs {len}", buf.len()),
+        ))
+    }
+}
+
+fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
+    i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
+}
+
+/// `out[t] = table[ids[t]]` (ids must be in range: the caller validates them, e.g. with the CPU reference).
+pub fn embedding_forward(
+    gpu: &Gpu,
+    table: &CudaSlice<f32>,
+    ids: &CudaSlice<u32>,
+    tokens: usize,
+    dim: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("ids", ids, tokens)?;
+    need("out", out, tokens * dim)?;
+    let (t, d) = (tokens as i64, i32_of(dim, "dim")?);
+    launch!(
+        gpu,
+        "embedding_forward",
+        grid(tokens * dim),
+        table,
+        ids,
+        &t,
+        &d,
+        out
+    );
+    Ok(())
+}
+
+/// `dtable = scatter-add of dy by ids` (`dtable` is zeroed here first).
+pub fn embedding_backward(
+    gpu: &Gpu,
+    dy: &CudaSlice<f32>,
+    ids: &CudaSlice<u32>,
+    tokens: usize,
+    dim: usize,
+    dtable: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("dy", dy, tokens * dim)?;
+    need("ids", ids, tokens)?;
+    gpu.stream()
+        .memset_zeros(dtable)
+        .map_err(cuda_err("zero dtable"))?;
+    let (t, d) = (tokens as i64, i32_of(dim, "dim")?);
+    launch!(
+        gpu,
+        "embedding_backward",
+        grid(tokens * dim),
+        dy,
+        ids,
+        &t,
+        &d,
+        dtable
+    );
+    Ok(())
+}
+
+/// RMSNorm forward over `rows x dim`; writes `y` and `rstd` (one per row).
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_forward(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    y: &mut CudaSlice<f32>,
+    rstd: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("x", x, rows * dim)?;
+    need("y", y, rows * dim)?;
+    need("rstd", rstd, rows)?;
+    let d = i32_of(dim, "dim")?;
+    launch!(
+        gpu,
+        "rmsnorm_forward",
+        per_row(rows, 256),
+        x,
+        w,
+        &d,
+        &eps,
+        y,
+        rstd
+    );
+    Ok(())
+}
+
+/// RMSNorm backward; `dw` is zeroed here first.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    rstd: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+    dx: &mut CudaSlice<f32>,
+    dw: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("x", x, rows * dim)?;
+    need("dy", dy, rows * dim)?;
+    need("dx", dx, rows * dim)?;
+    need("dw", dw, dim)?;
+    gpu.stream().memset_zeros(dw).map_err(cuda_err("zero dw"))?;
+    let d = i32_of(dim, "dim")?;
+    launch!(
+        gpu,
+        "rmsnorm_backward",
+        per_row(rows, 256),
+        x,
+        w,
+        rstd,
+        dy,
+        &d,
+        dx,
+        dw
+    );
+    Ok(())
+}
+
+/// RoPE over `tokens x heads x head_dim`; `sign` 1 forward, -1 backward; `inv_freq` from `ops::rope::inv_freq`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    positions: &CudaSlice<u32>,
+    inv_freq: &CudaSlice<f32>,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    sign: f32,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("x", x, tokens * heads * head_dim)?;
+    need("out", out, tokens * heads * head_dim)?;
+    need("positions", positions, tokens)?;
+    need("inv_freq", inv_freq, head_dim / 2)?;
+    let (t, h, d) = (
+        tokens as i64,
+        i32_of(heads, "heads")?,
+        i32_of(head_dim, "head_dim")?,
+    );
+    launch!(
+        gpu,
+        "rope",
+        grid(tokens * heads * head_dim / 2),
+        x,
+        positions,
+        inv_freq,
+        &t,
+        &h,
+        &d,
+        &sign,
+        out
+    );
+    Ok(())
+}
+
+/// SwiGLU forward over `n` elements.
+pub fn swiglu_forward(
+    gpu: &Gpu,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    n: usize,
+    y: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("gate", gate, n)?;
+    need("up", up, n)?;
+    need("y", y, n)?;
+    let n64 = n as i64;
+    launch!(gpu, "swiglu_forward", grid(n), gate, up, &n64, y);
+    Ok(())
+}
+
+/// SwiGLU backward.
+pub fn swiglu_backward(
+    gpu: &Gpu,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    n: usize,
+    dgate: &mut CudaSlice<f32>,
+    dup: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("dy", dy, n)?;
+    need("dgate", dgate, n)?;
+    need("dup", dup, n)?;
+    let n64 = n as i64;
+    launch!(
+        gpu,
+        "swiglu_backward",
+        grid(n),
+        gate,
+        up,
+        dy,
+        &n64,
+        dgate,
+        dup
+    );
+    Ok(())
+}
+
+/// Cross-entropy forward over `rows x vocab`: writes per-row `lse` and loss (0 on ignored rows); the caller sums
+/// the losses and counts the rows (targets must be valid: check them with the CPU reference's rule).
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_forward(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    targets: &CudaSlice<i32>,
+    rows: usize,
+    vocab: usize,
+    ignore_index: i32,
+    lse: &mut CudaSlice<f32>,
+    row_loss: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("logits", logits, rows * vocab)?;
+    need("targets", targets, rows)?;
+    need("lse", lse, rows)?;
+    need("row_loss", row_loss, rows)?;
+    let v = i32_of(vocab, "vocab")?;
+    launch!(
+        gpu,
+        "cross_entropy_forward",
+        per_row(rows, 1024),
+        logits,
+        targets,
+        &v,
+        &ignore_index,
+        lse,
+        row_loss
+    );
+    Ok(())
+}
+
+/// Cross-entropy backward: `dlogits = (softmax - onehot) * scale`, 0 on ignored rows.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    targets: &CudaSlice<i32>,
+    lse: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    ignore_index: i32,
+    scale: f32,
+    dlogits: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("logits", logits, rows * vocab)?;
+    need("dlogits", dlogits, rows * vocab)?;
+    let v = i32_of(vocab, "vocab")?;
+    launch!(
+        gpu,
+        "cross_entropy_backward",
+        per_row(rows, 1024),
+        logits,
+        targets,
+        lse,
+        &v,
+        &ignore_index,
+        &scale,
+        dlogits
+    );
+    Ok(())
+}
+
+/// One AdamW step (`step` from 1) over `n` parameters, in place.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    gpu: &Gpu,
+    opt: &AdamW,
+    step: u32,
+    params: &mut CudaSlice<f32>,
+    grads: &CudaSlice<f32>,
+    m: &mut CudaSlice<f32>,
+    v: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<(), KernelError> {
+    if step == 0 {
+        return Err(KernelError::invalid("step", "AdamW steps count from 1"));
+    }
+    for (what, len) in [
+        ("params", params.len()),
+        ("grads", grads.len()),
+        ("m", m.len()),
+        ("v", v.len()),
+    ] {
+        if len < n {
+            return Err(KernelError::invalid(
+                what,
+                format!("{len} elements, needs {n}"),
+            ));
+        }
+    }
+    let bc1 = (1.0 - f64::from(opt.beta1).powi(step as i32)) as f32;
+    let bc2 = (1.0 - f64::from(opt.beta2).powi(step as i32)) as f32;
+    let n64 = n as i64;
+    launch!(
+        gpu,
+        "adamw_step",
+        grid(n),
+        params,
+        grads,
+        m,
+        v,
+        &n64,
+        &opt.lr,
+        &opt.beta1,
+        &opt.beta2,
+        &opt.eps,
+        &opt.weight_decay,
+        &bc1,
+        &bc2
+    );
+    Ok(())
+}
+
+/// The global L2 norm of several gradient buffers (fp64 accumulation on the device).
+pub fn global_norm(gpu: &Gpu, grads: &[&CudaSlice<f32>]) -> Result<f64, KernelError> {
+    let mut acc = gpu.zeros::<f64>(1)?;
+    for g in grads {
+        let n = g.len() as i64;
+        launch!(gpu, "sum_squares", grid(g.len()), *g, &n, &mut acc);
+    }
+    Ok(gpu.download(&acc)?[0].sqrt())
+}
+
+/// Scales the gradients by `min(1, max_norm / (norm + 1e-6))` when over the limit; returns the norm before.
+pub fn clip_global_norm(
+    gpu: &Gpu,
+    grads: &mut [&mut CudaSlice<f32>],
+    max_norm: f64,
+) -> Result<f64, KernelError> {
+    let norm = global_norm(gpu, &grads.iter().map(|g| &**g).collect::<Vec<_>>())?;
+    let factor = crate::ops::optim::clip_factor(norm, max_norm);
+    if factor < 1.0 {
+        for g in grads.iter_mut() {
+            let len = g.len();
+            let n = len as i64;
+            launch!(gpu, "scale_inplace", grid(len), &mut **g, &n, &factor);
+        }
+    }
+    Ok(norm)
+}
+
+fn attention_cfg(d: &AttentionDims) -> Result<LaunchConfig, KernelError> {
+    if d.head_dim == 0
+        || d.head_dim > 1024
+        || d.kv_heads == 0
+        || !d.q_heads.is_multiple_of(d.kv_heads)
+    {
+        return Err(KernelError::invalid(
+            "attention dims",
+            format!("{d:?}: head_dim 1..=1024, kv_heads dividing q_heads"),
+        ));
+    }
+    let threads = d.head_dim.div_ceil(32) * 32;
+    Ok(LaunchConfig {
+        grid_dim: ((d.batch * d.tokens * d.q_heads) as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Causal GQA attention forward (naive); writes `out` (shaped like q) and one log-sum-exp per query.
+pub fn attention_forward(
+    gpu: &Gpu,
+    d: AttentionDims,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+    lse: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    let cfg = attention_cfg(&d)?;
+    let queries = d.batch * d.tokens * d.q_heads;
+    need("q", q, queries * d.head_dim)?;
+    need("k", k, d.batch * d.tokens * d.kv_heads * d.head_dim)?;
+    need("v", v, d.batch * d.tokens * d.kv_heads * d.head_dim)?;
+    need("out", out, queries * d.head_dim)?;
+    need("lse", lse, queries)?;
+    let (t, hq, hkv, hd) = (
+        i32_of(d.tokens, "tokens")?,
+        i32_of(d.q_heads, "q_heads")?,
+        i32_of(d.kv_heads, "kv_heads")?,
+        i32_of(d.head_dim, "head_dim")?,
+    );
+    launch!(
+        gpu,
+        "attention_forward_naive",
+        cfg,
+        q,
+        k,
+        v,
+        &t,
+        &hq,
+        &hkv,
+        &hd,
+        out,
+        lse
+    );
+    Ok(())
+}
+
+/// Causal GQA attention backward (naive); `dk` and `dv` are zeroed here first.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    d: AttentionDims,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    out: &CudaSlice<f32>,
+    lse: &CudaSlice<f32>,
+    dout: &CudaSlice<f32>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    let cfg = attention_cfg(&d)?;
+    let queries = d.batch * d.tokens * d.q_heads;
+    need("dout", dout, queries * d.head_dim)?;
+    need("dq", dq, queries * d.head_dim)?;
+    need("dk", dk, d.batch * d.tokens * d.kv_heads * d.head_dim)?;
+    need("dv", dv, d.batch * d.tokens * d.kv_heads * d.head_dim)?;
+    gpu.stream().memset_zeros(dk).map_err(cuda_err("zero dk"))?;
+    gpu.stream().memset_zeros(dv).map_err(cuda_err("zero dv"))?;
+    let (t, hq, hkv, hd) = (
+        i32_of(d.tokens, "tokens")?,
+        i32_of(d.q_heads, "q_heads")?,
+        i32_of(d.kv_heads, "kv_heads")?,
+        i32_of(d.head_dim, "head_dim")?,
+    );
+    launch!(
+        gpu,
+        "attention_backward_naive",
+        cfg,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        &t,
+        &hq,
+        &hkv,
+        &hd,
+        dq,
+        dk,
+        dv
+    );
+    Ok(())
+}

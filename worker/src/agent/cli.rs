@@ -1,0 +1,177 @@
+//! `tandem-worker --coordinator URL ...`: the agent mode of the worker binary (flags, environment facts
+//! reported for audits, signal handling).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use tandem_proto as pb;
+
+use super::test_runner::{TEST_EMIT_KIND, TestEmitRunner};
+use super::{AgentConfig, RunnerRegistry};
+
+/// Serve a Tandem coordinator as a worker.
+#[derive(Debug, Parser)]
+#[command(name = "tandem-worker", version)]
+pub struct AgentArgs {
+    /// Coordinator URL (http://host:port, or https:// with --ca-cert).
+    #[arg(
+        long,
+        env = "TANDEM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+    /// Worker bearer token (`tandem token create --worker NAME`).
+    #[arg(long, env = "TANDEM_TOKEN")]
+    pub token: Option<String>,
+    /// PEM CA certificate to trust for an https coordinator.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Worker name (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CPU threads offered (default: all).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// GPUs offered.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_memory_mib: u64,
+    /// Folder for downloads and scratch files.
+    #[arg(long, default_value = ".tandem/worker")]
+    pub work_dir: PathBuf,
+    /// Also run the deterministic test job kind `test.emit` (tests and benchmarks).
+    #[arg(long)]
+    pub enable_test_kinds: bool,
+}
+
+/// True when the process arguments ask for agent mode (a `--coordinator` flag).
+pub fn wants_agent_mode() -> bool {
+    std::env::args().any(|a| a == "--coordinator" || a.starts_with("--coordinator="))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The git commit and Cargo.lock hash of the source tree the binary was built from, when it is still there.
+fn code_version() -> (String, String) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let commit = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&source)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let lock = std::fs::read(source.join("Cargo.lock"))
+        .map(|bytes| {
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    (commit, lock)
+}
+
+/// Parses the agent flags from the process arguments and runs the agent until SIGTERM / Ctrl-C.
+pub fn main() -> ExitCode {
+    let args = AgentArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut registry = RunnerRegistry::new();
+    if args.enable_test_kinds {
+        registry.register(TEST_EMIT_KIND, Arc::new(TestEmitRunner));
+    }
+    let ca_cert = match &args.ca_cert {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(err) => {
+                eprintln!("error: --ca-cert {}: {err}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let host = host_name();
+    let (git_commit, cargo_lock_sha256) = code_version();
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    let config = AgentConfig {
+        coordinator: args.coordinator.clone(),
+        token: args.token.clone(),
+        ca_cert,
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        resources: pb::Resources {
+            gpus: args.gpus,
+            gpu_memory_mib: args.gpu_memory_mib,
+            cpu_threads: threads,
+        },
+        work_dir: args.work_dir.clone(),
+        lease_wait: Duration::from_secs(10),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit,
+        cargo_lock_sha256,
+        host,
+    };
+    runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down: checkpointing and handing back the lease");
+            let _ = tx.send(true);
+        });
+        match super::run(config, registry, rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,474 @@
+//! The worker agent: registers with a coordinator, long-polls for leases, runs each job with the
+//! [`JobRunner`] registered for its kind, heartbeats (renewing the lease, learning of cancellations), streams
+//! metrics with per-job sequence numbers, uploads artifacts, completes or fails the job, reconnects with
+//! back-off when the coordinator goes away, and on shutdown (SIGTERM) checkpoints and hands its lease back.
+
+pub mod cli;
+mod runner;
+pub mod test_runner;
+pub mod transfer;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_proto as pb;
+use tokio::sync::{mpsc, watch};
+
+pub use runner::{JobContext, JobRunner, ParentArtifact, RunError, RunnerRegistry, StopReason};
+use runner::{MetricMsg, StopFlag};
+use transfer::{TransferError, WorkerClient, download_to_cache, with_retry};
+
+/// How a worker presents itself and where it keeps files.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub coordinator: String,
+    pub token: Option<String>,
+    pub ca_cert: Option<Vec<u8>>,
+    pub name: String,
+    pub resources: pb::Resources,
+    pub work_dir: PathBuf,
+    /// Long-poll wait per lease call.
+    pub lease_wait: Duration,
+    pub version: String,
+    pub git_commit: String,
+    pub cargo_lock_sha256: String,
+    pub host: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error("coordinator refused: {}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("the worker has no job kinds to offer")]
+    NoKinds,
+}
+
+/// Runs the agent until `shutdown` turns true (a running job is checkpointed and handed back first).
+pub async fn run(
+    config: AgentConfig,
+    registry: RunnerRegistry,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    if registry.kinds().is_empty() {
+        return Err(AgentError::NoKinds);
+    }
+    let client = transfer::connect(
+        &config.coordinator,
+        config.token.as_deref(),
+        config.ca_cert.as_deref(),
+    )?;
+    let mut worker = Registration::new(&config, &registry, client.clone());
+    let Some(mut registered) = worker.register(&mut shutdown).await? else {
+        return Ok(());
+    };
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let request = pb::LeaseRequest {
+            worker_id: registered.worker_id.clone(),
+            wait_ms: config.lease_wait.as_millis() as u64,
+        };
+        let mut lease_client = client.clone();
+        let reply = tokio::select! {
+            reply = lease_client.lease_job(request) => reply,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        match reply {
+            Ok(reply) => {
+                delay = Duration::from_millis(50);
+                if let Some(lease) = reply.into_inner().lease {
+                    run_job(
+                        &config,
+                        &registry,
+                        &client,
+                        &registered,
+                        lease,
+                        shutdown.clone(),
+                    )
+                    .await;
+                }
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::warn!(
+                    message = status.message(),
+                    "coordinator does not know this worker; registering again"
+                );
+                worker.known_id = None;
+                let Some(again) = worker.register(&mut shutdown).await? else {
+                    return Ok(());
+                };
+                registered = again;
+            }
+            Err(status) if transfer::is_transient(&status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "lease call failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(status) => return Err(AgentError::Refused(status)),
+        }
+    }
+}
+
+struct Registration {
+    request: pb::RegisterRequest,
+    client: WorkerClient,
+    known_id: Option<String>,
+}
+
+#[derive(Clone)]
+struct Registered {
+    worker_id: String,
+    heartbeat: Duration,
+}
+
+impl Registration {
+    fn new(config: &AgentConfig, registry: &RunnerRegistry, client: WorkerClient) -> Registration {
+        let request = pb::RegisterRequest {
+            name: config.name.clone(),
+            resources: Some(config.resources),
+            kinds: registry.kinds(),
+            version: config.version.clone(),
+            git_commit: config.git_commit.clone(),
+            cargo_lock_sha256: config.cargo_lock_sha256.clone(),
+            host: config.host.clone(),
+            worker_id: String::new(),
+        };
+        Registration {
+            request,
+            client,
+            known_id: None,
+        }
+    }
+
+    async fn register(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Registered>, AgentError> {
+        let mut request = self.request.clone();
+        request.worker_id = self.known_id.clone().unwrap_or_default();
+        let client = self.client.clone();
+        let call = with_retry("register", || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.register(request).await }
+        });
+        let reply = tokio::select! {
+            reply = call => reply.map_err(AgentError::Refused)?.into_inner(),
+            _ = shutdown.changed() => return Ok(None),
+        };
+        tracing::info!(worker = %reply.worker_id, "registered with the coordinator");
+        self.known_id = Some(reply.worker_id.clone());
+        Ok(Some(Registered {
+            worker_id: reply.worker_id,
+            heartbeat: Duration::from_millis(reply.heartbeat_interval_ms.max(50)),
+        }))
+    }
+}
+
+/// Runs one leased job to its end and reports the outcome.
+async fn run_job(
+    config: &AgentConfig,
+    registry: &RunnerRegistry,
+    client: &WorkerClient,
+    registered: &Registered,
+    lease: pb::Lease,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(job) = lease.job.clone() else { return };
+    let worker_id = registered.worker_id.clone();
+    let attempt = lease.attempt;
+    tracing::info!(job = %job.id, kind = %job.kind, name = %job.name, attempt, "job leased");
+    let stop = Arc::new(StopFlag::default());
+    let progress = Arc::new(Mutex::new((0u64, 0u64)));
+
+    // Heartbeats: renew the lease, carry progress, learn of cancellation.
+    let heartbeat = {
+        let client = client.clone();
+        let (worker_id, job_id, stop, progress) = (
+            worker_id.clone(),
+            job.id.clone(),
+            stop.clone(),
+            progress.clone(),
+        );
+        let interval = registered.heartbeat;
+        tokio::spawn(async move {
+            loop {
+                let (step, total) = *progress.lock().unwrap_or_else(|p| p.into_inner());
+                let request = pb::HeartbeatRequest {
+                    worker_id: worker_id.clone(),
+                    jobs: vec![pb::JobProgress {
+                        job_id: job_id.clone(),
+                        attempt,
+                        step,
+                        total,
+                    }],
+                };
+                match client.clone().heartbeat(request).await {
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        if reply.cancel.contains(&job_id) {
+                            tracing::info!(job = %job_id, "coordinator says stop (cancelled or lease lost)");
+                            stop.request(StopReason::Cancelled);
+                        }
+                    }
+                    Err(status) => tracing::warn!(code = ?status.code(), "heartbeat failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    };
+    // Shutdown requests reach the runner through the stop flag.
+    let shutdown_watch = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while shutdown.changed().await.is_ok() {
+                if *shutdown.borrow() {
+                    stop.request(StopReason::Shutdown);
+                    return;
+                }
+            }
+        })
+    };
+    let (metrics_tx, metrics_rx) = mpsc::unbounded_channel();
+    let sender = tokio::spawn(metric_sender(client.clone(), metrics_rx, stop.clone()));
+
+    let outcome = prepare_and_run(
+        config,
+        registry,
+        client,
+        &worker_id,
+        &lease,
+        &job,
+        metrics_tx,
+        stop.clone(),
+        progress,
+    )
+    .await;
+    let metrics_ok = sender.await.unwrap_or(false);
+    shutdown_watch.abort();
+
+    let result = match outcome {
+        Ok(()) if metrics_ok => {
+            let request = pb::CompleteRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+            };
+            with_retry("complete", || {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.complete_job(request).await.map(|_| ()) }
+            })
+            .await
+            .map(|_| "succeeded")
+        }
+        Ok(()) => Ok("lease lost while sending metrics"),
+        Err(RunError::Stopped(StopReason::Shutdown)) => {
+            let request = pb::ReleaseRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+                reason: "worker shutting down".into(),
+            };
+            with_retry("release", || {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.release_job(request).await.map(|_| ()) }
+            })
+            .await
+            .map(|_| "handed back")
+        }
+        Err(RunError::Stopped(reason)) => Ok(match reason {
+            StopReason::Cancelled => "cancelled",
+            _ => "lease lost",
+        }),
+        Err(RunError::Failed { reason, permanent }) => {
+            tracing::warn!(job = %job.id, %reason, permanent, "job failed");
+            let request = pb::FailRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt,
+                reason,
+                permanent,
+            };
+            with_retry("fail", || {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.fail_job(request).await.map(|_| ()) }
+            })
+            .await
+            .map(|_| "failed")
+        }
+    };
+    heartbeat.abort();
+    match result {
+        Ok(what) => tracing::info!(job = %job.id, attempt, outcome = what, "job finished"),
+        Err(status) => {
+            tracing::warn!(job = %job.id, code = ?status.code(), message = status.message(), "could not report the job's outcome")
+        }
+    }
+}
+
+/// Downloads what the job reads, then runs its runner on a blocking thread.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_and_run(
+    config: &AgentConfig,
+    registry: &RunnerRegistry,
+    client: &WorkerClient,
+    worker_id: &str,
+    lease: &pb::Lease,
+    job: &pb::JobSpec,
+    metrics: mpsc::UnboundedSender<MetricMsg>,
+    stop: Arc<StopFlag>,
+    progress: Arc<Mutex<(u64, u64)>>,
+) -> Result<(), RunError> {
+    let Some(runner) = registry.get(&job.kind) else {
+        return Err(RunError::permanent(format!(
+            "this worker has no runner for job kind {:?}",
+            job.kind
+        )));
+    };
+    let cache = config.work_dir.join("blobs");
+    let mut inputs = BTreeMap::new();
+    for input in &lease.inputs {
+        let path = download_to_cache(client, &input.sha256, &cache)
+            .await
+            .map_err(|e| RunError::retryable(format!("input {}: {e}", input.name)))?;
+        inputs.insert(input.name.clone(), path);
+    }
+    let mut parents = Vec::new();
+    for parent in &lease.parents {
+        let path = download_to_cache(client, &parent.sha256, &cache)
+            .await
+            .map_err(|e| RunError::retryable(format!("parent artifact {}: {e}", parent.name)))?;
+        parents.push(ParentArtifact {
+            job_id: parent.job_id.clone(),
+            name: parent.name.clone(),
+            sha256: parent.sha256.clone(),
+            path,
+        });
+    }
+    let (checkpoint, next_seq) = match &lease.checkpoint {
+        Some(c) => {
+            let path = download_to_cache(client, &c.sha256, &cache)
+                .await
+                .map_err(|e| RunError::retryable(format!("checkpoint: {e}")))?;
+            tracing::info!(job = %job.id, checkpoint = %c.sha256, metric_seq = c.metric_seq, "resuming from checkpoint");
+            (Some(path), c.metric_seq)
+        }
+        None => (None, 0),
+    };
+    let work_dir = config.work_dir.join("jobs").join(format!(
+        "{}-{}",
+        &job.id[..job.id.len().min(16)],
+        lease.attempt
+    ));
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| RunError::retryable(format!("creating {}: {e}", work_dir.display())))?;
+    let mut ctx = JobContext {
+        handle: tokio::runtime::Handle::current(),
+        client: client.clone(),
+        worker_id: worker_id.to_string(),
+        lease: lease.clone(),
+        job: job.clone(),
+        work_dir: work_dir.clone(),
+        inputs,
+        parents,
+        checkpoint,
+        next_seq,
+        metrics,
+        stop,
+        progress,
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let result = runner.run(&mut ctx);
+        drop(ctx);
+        result
+    })
+    .await
+    .unwrap_or_else(|panic| Err(RunError::retryable(format!("runner panicked: {panic}"))));
+    let _ = std::fs::remove_dir_all(&work_dir);
+    result
+}
+
+/// Sends metric batches until the channel closes and everything is acknowledged. Returns false when the
+/// lease was lost (the coordinator refused the batches).
+async fn metric_sender(
+    client: WorkerClient,
+    mut rx: mpsc::UnboundedReceiver<MetricMsg>,
+    stop: Arc<StopFlag>,
+) -> bool {
+    let mut pending: VecDeque<pb::MetricBatch> = VecDeque::new();
+    let mut flushes = Vec::new();
+    let mut closed = false;
+    loop {
+        if pending.is_empty() {
+            for flush in flushes.drain(..) {
+                let _: Result<(), bool> = oneshot_send(flush, true);
+            }
+            if closed {
+                return true;
+            }
+            match rx.recv().await {
+                None => closed = true,
+                Some(MetricMsg::Batch(b)) => pending.push_back(b),
+                Some(MetricMsg::Flush(tx)) => flushes.push(tx),
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(MetricMsg::Batch(b)) => pending.push_back(b),
+                Ok(MetricMsg::Flush(tx)) => flushes.push(tx),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let take = pending.len().min(512);
+        let batches: Vec<pb::MetricBatch> = pending.iter().take(take).cloned().collect();
+        let result = with_retry("metrics", || {
+            let mut client = client.clone();
+            let batches = batches.clone();
+            async move { client.stream_metrics(tokio_stream::iter(batches)).await }
+        })
+        .await;
+        match result {
+            Ok(_) => {
+                pending.drain(..take);
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "metrics refused; stopping the job");
+                stop.request(if status.code() == tonic::Code::Aborted {
+                    StopReason::Cancelled
+                } else {
+                    StopReason::LeaseLost
+                });
+                for flush in flushes.drain(..) {
+                    let _ = oneshot_send(flush, false);
+                }
+                // Drain and drop the rest so the runner never blocks on us.
+                while let Some(msg) = rx.recv().await {
+                    if let MetricMsg::Flush(tx) = msg {
+                        let _ = oneshot_send(tx, false);
+                    }
+                }
+                return false;
+            }
+        }
+    }
+}
+
+fn oneshot_send(tx: tokio::sync::oneshot::Sender<bool>, value: bool) -> Result<(), bool> {
+    tx.send(value)
+}
