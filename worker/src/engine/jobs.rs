@@ -128,6 +128,14 @@ pub fn run_train(
     } else {
         model::add_lora(loaded.model.as_mut(), &lora, manifest.seed)?;
     }
+    tracing::info!(
+        stage = job.stage.as_str(),
+        fold = job.fold,
+        train_rows = rows.train.len(),
+        val_rows = rows.val.len(),
+        init_adapter = job.init_adapter.is_some(),
+        "training job"
+    );
     let max_len = stage.training.max_length;
     let train_ex = build_examples(
         &loaded,
@@ -182,6 +190,12 @@ pub fn run_generate(
         peft::load(loaded.model.as_mut(), dir, Some(manifest.lora.r))?;
     }
     let cfg = config.unwrap_or_else(|| GenerateConfig::from_spec(&spec.generation, manifest.seed));
+    tracing::info!(
+        stage = stage.as_str(),
+        rows = inputs.len(),
+        beams = cfg.num_beams,
+        "generation job"
+    );
     let inputs: Vec<String> = if manifest.evaluation.preprocess {
         inputs.iter().map(|s| preprocess(s)).collect()
     } else {
