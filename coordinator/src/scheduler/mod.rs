@@ -404,7 +404,8 @@ impl Scheduler {
             );
         }
         let now = now_ms();
-        for mut job in store.jobs()? {
+        state.jobs.reserve(store.job_count());
+        store.scan_jobs(&mut |mut job: JobRecord| {
             state.next_submit_seq = state.next_submit_seq.max(job.submit_seq + 1);
             for dep in &job.deps {
                 state
@@ -434,7 +435,7 @@ impl Scheduler {
                 _ => {}
             }
             state.jobs.insert(job.id.clone(), job);
-        }
+        })?;
         let blocked: Vec<String> = state
             .jobs
             .values()
