@@ -172,6 +172,10 @@ pub struct MetricAckCounts {
 
 type ReadyKey = (i64, u64, String);
 
+/// How many ready jobs per team (in priority order, skipping back-offs and kinds the worker lacks) placement
+/// looks at for one lease; a job deeper in a queue that alone would fit waits for the ones before it.
+const CANDIDATES_PER_TEAM: usize = 16;
+
 struct LiveWorker {
     record: WorkerRecord,
     leases: HashSet<String>,
@@ -729,7 +733,7 @@ impl Scheduler {
                     });
                     ids.push(job.id.clone());
                     taken += 1;
-                    if taken == 32 {
+                    if taken == CANDIDATES_PER_TEAM {
                         break;
                     }
                 }
