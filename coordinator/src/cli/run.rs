@@ -114,7 +114,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     "--coordinator",
                     &url,
                     "--name",
-                    &format!("local-{i}"),
+                    &format!("{prefix}{i}"),
                     "--threads",
                     &threads.to_string(),
                 ])
