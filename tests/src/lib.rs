@@ -2,8 +2,8 @@
 //! loopback, run CLI commands, and wait for conditions.
 //!
 //! The binaries are built once per test process with `cargo build --bins` (cargo does not build a
-//! dependency's binaries for a test) and hard-linked into a private folder, so a concurrent build cannot
-//! swap them mid-test. Set `TANDEM_TEST_BIN_DIR` to use prebuilt binaries instead.
+//! dependency's binaries for a test) and copied into a private folder, so a concurrent build cannot swap
+//! them mid-test. Set `TANDEM_TEST_BIN_DIR` to use prebuilt binaries instead.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -57,18 +57,25 @@ pub fn bins() -> &'static Bins {
             .status()
             .expect("running cargo build for the tandem binaries");
         assert!(status.success(), "building the tandem binaries failed");
-        let private = target
-            .join("debug")
-            .join(format!("tandem-tests-bin-{}", std::process::id()));
-        std::fs::create_dir_all(&private).expect("private bin dir");
-        let link = |name: &str| {
-            let from = target.join("debug").join(name);
-            let to = private.join(name);
-            let _ = std::fs::remove_file(&to);
-            if std::fs::hard_link(&from, &to).is_err() {
-                std::fs::copy(&from, &to)
-                    .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        let debug = target.join("debug");
+        // Copies left by earlier test processes that have exited are garbage.
+        if let Ok(entries) = std::fs::read_dir(&debug) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("tandem-tests-bin-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
             }
+        }
+        let private = debug.join(format!("tandem-tests-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&private).expect("private bin dir");
+        // A copy, not a hard link: a later build may rewrite the linked file in place.
+        let link = |name: &str| {
+            let from = debug.join(name);
+            let to = private.join(name);
+            std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
             to
         };
         Bins {

@@ -668,3 +668,71 @@ fn a_corrupted_or_escaping_artifact_upload_is_rejected() {
     );
     assert!(lab.coordinator.store.join("blobs").exists());
 }
+
+#[test]
+fn tandem_run_drives_an_experiment_with_local_workers_and_refuses_unknown_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = write_manifest(
+        dir.path(),
+        "local.json",
+        &json!({"name": "local", "jobs": [
+            {"name": "prep", "kind": "test.emit", "config": {"steps": 3}},
+            {"name": "train", "kind": "test.emit", "deps": ["prep"], "config": {"steps": 6, "checkpoint_every": 2}}
+        ]}),
+    );
+    let store = dir.path().join(".tandem").join("store");
+    let out = std::process::Command::new(&tandem_tests::bins().tandem)
+        .args([
+            "run",
+            graph.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--enable-test-kinds",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| train | succeeded | train/loss | 6 | 5 |"),
+        "{stdout}"
+    );
+    let runs = dir.path().join(".tandem").join("runs");
+    let exported: Vec<_> = std::fs::read_dir(&runs).unwrap().collect();
+    assert_eq!(
+        exported.len(),
+        1,
+        "one export folder under {}",
+        runs.display()
+    );
+
+    let unknown = write_manifest(
+        dir.path(),
+        "unknown.json",
+        &json!({"name": "x", "jobs": [{"name": "t", "kind": "train"}]}),
+    );
+    let out = std::process::Command::new(&tandem_tests::bins().tandem)
+        .args([
+            "run",
+            unknown.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--enable-test-kinds",
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no local worker runs job kind(s) train (workers offer: test.emit)"),
+        "{stderr}"
+    );
+}

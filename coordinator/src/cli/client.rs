@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn file_names_cannot_escape() {
         assert_eq!(safe_file_name("../../etc/passwd"), "_._.._etc_passwd");
-        assert_eq!(safe_file_name(".."), "__");
+        assert_eq!(safe_file_name(".."), "_.");
         assert_eq!(safe_file_name(""), "_");
         assert_eq!(
             safe_file_name("adapter_model.safetensors"),

@@ -10,6 +10,7 @@ mod cancel;
 mod client;
 mod export;
 mod results;
+mod run;
 mod serve;
 mod status;
 mod submit;
@@ -54,6 +55,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Write an experiment's manifest, metrics and artifacts to a folder.
     Export(export::ExportArgs),
+    /// Run one experiment on this machine: embedded coordinator, local workers, watch, results.
+    Run(run::RunArgs),
     /// Check a manifest: exit 0 with a summary, or 2 with every problem (file:line:col: field: message).
     Validate(validate::ValidateArgs),
     /// Manifest utilities (content hash).
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Results(args) => results::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
+        Command::Run(args) => run::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Manifest(command) => manifest::run(command),
         Command::Data(command) => data::run(command),

@@ -63,34 +63,43 @@ pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(rpc)?
             .into_inner();
-        let table = rows(&reply);
-        match args.format {
-            ResultsFormat::Json => {
-                let rows: Vec<_> = table
-                    .iter()
-                    .map(|(job, state, series, n, step, value)| {
-                        json!({"job": job, "state": state, "series": series, "points": n, "last_step": step, "last_value": value})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            }
-            ResultsFormat::Csv => {
-                println!("job,state,series,points,last_step,last_value");
-                for (job, state, series, n, step, value) in &table {
-                    println!("{job},{state},{series},{n},{step},{value}");
-                }
-            }
-            ResultsFormat::Md => {
-                println!("| job | state | series | points | last step | last value |");
-                println!("|---|---|---|---:|---:|---:|");
-                for (job, state, series, n, step, value) in &table {
-                    println!("| {job} | {state} | {series} | {n} | {step} | {value:.4} |");
-                }
-                if table.is_empty() {
-                    println!("| (no metrics recorded) | | | | | |");
-                }
-            }
-        }
+        print!("{}", render(&reply, args.format)?);
         anyhow::Ok(ExitCode::SUCCESS)
     })?
+}
+
+/// The results table in `format`.
+pub fn render(reply: &pb::ResultsReply, format: ResultsFormat) -> anyhow::Result<String> {
+    let table = rows(reply);
+    let mut out = String::new();
+    match format {
+        ResultsFormat::Json => {
+            let rows: Vec<_> = table
+                .iter()
+                .map(|(job, state, series, n, step, value)| {
+                    json!({"job": job, "state": state, "series": series, "points": n, "last_step": step, "last_value": value})
+                })
+                .collect();
+            out.push_str(&serde_json::to_string_pretty(&rows)?);
+            out.push('\n');
+        }
+        ResultsFormat::Csv => {
+            out.push_str("job,state,series,points,last_step,last_value\n");
+            for (job, state, series, n, step, value) in &table {
+                out.push_str(&format!("{job},{state},{series},{n},{step},{value}\n"));
+            }
+        }
+        ResultsFormat::Md => {
+            out.push_str("| job | state | series | points | last step | last value |\n|---|---|---|---:|---:|---:|\n");
+            for (job, state, series, n, step, value) in &table {
+                out.push_str(&format!(
+                    "| {job} | {state} | {series} | {n} | {step} | {value:.4} |\n"
+                ));
+            }
+            if table.is_empty() {
+                out.push_str("| (no metrics recorded) | | | | | |\n");
+            }
+        }
+    }
+    Ok(out)
 }

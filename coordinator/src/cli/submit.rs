@@ -100,28 +100,35 @@ fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
     Ok(Ok((serde_json::to_vec(&plan.jobs)?, files)))
 }
 
-pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let manifest = std::fs::read(&args.manifest)
-        .with_context(|| format!("reading {}", args.manifest.display()))?;
-    let format = match &args.format {
-        Some(f) => f.clone(),
-        None => format_of(&args.manifest)?,
+/// Reads `manifest` (planning a toml manifest here) and its input files into a submit request; `Err(code)`
+/// when the manifest is invalid (its problems were printed).
+pub fn request(
+    manifest_path: &Path,
+    format: Option<&str>,
+    extra_inputs: &[PathBuf],
+    priority: i32,
+) -> anyhow::Result<Result<pb::SubmitRequest, ExitCode>> {
+    let manifest = std::fs::read(manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let format = match format {
+        Some(f) => f.to_string(),
+        None => format_of(manifest_path)?,
     };
     let mut plan = Vec::new();
     let mut files = if format == tandem_coordinator::planning::FORMAT_JOBGRAPH {
-        jobgraph_files(&args.manifest, &manifest)?
+        jobgraph_files(manifest_path, &manifest)?
     } else if format == tandem_coordinator::planning::FORMAT_TOML {
-        match plan_toml(&args.manifest)? {
+        match plan_toml(manifest_path)? {
             Ok((planned, files)) => {
                 plan = planned;
                 files
             }
-            Err(code) => return Ok(code),
+            Err(code) => return Ok(Err(code)),
         }
     } else {
         Vec::new()
     };
-    for path in &args.inputs {
+    for path in extra_inputs {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -134,21 +141,32 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("reading input file {}", path.display()))?;
         inputs.push(pb::InputFile { name, content });
     }
-    let manifest_name = args
-        .manifest
+    let manifest_name = manifest_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    Ok(Ok(pb::SubmitRequest {
+        manifest,
+        format,
+        manifest_name,
+        inputs,
+        priority,
+        plan,
+    }))
+}
+
+pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let request = match request(
+        &args.manifest,
+        args.format.as_deref(),
+        &args.inputs,
+        args.priority,
+    )? {
+        Ok(request) => request,
+        Err(code) => return Ok(code),
+    };
     let reply = block_on(async move {
         let mut client = args.client.connect().await?;
-        let request = pb::SubmitRequest {
-            manifest,
-            format,
-            manifest_name,
-            inputs,
-            priority: args.priority,
-            plan,
-        };
         anyhow::Ok(
             client
                 .submit_experiment(request)

@@ -172,6 +172,10 @@ pub struct MetricAckCounts {
 
 type ReadyKey = (i64, u64, String);
 
+/// How many ready jobs per team (in priority order, skipping back-offs and kinds the worker lacks) placement
+/// looks at for one lease; a job deeper in a queue that alone would fit waits for the ones before it.
+const CANDIDATES_PER_TEAM: usize = 16;
+
 struct LiveWorker {
     record: WorkerRecord,
     leases: HashSet<String>,
@@ -404,7 +408,8 @@ impl Scheduler {
             );
         }
         let now = now_ms();
-        for mut job in store.jobs()? {
+        state.jobs.reserve(store.job_count());
+        store.scan_jobs(&mut |mut job: JobRecord| {
             state.next_submit_seq = state.next_submit_seq.max(job.submit_seq + 1);
             for dep in &job.deps {
                 state
@@ -434,7 +439,7 @@ impl Scheduler {
                 _ => {}
             }
             state.jobs.insert(job.id.clone(), job);
-        }
+        })?;
         let blocked: Vec<String> = state
             .jobs
             .values()
@@ -728,7 +733,7 @@ impl Scheduler {
                     });
                     ids.push(job.id.clone());
                     taken += 1;
-                    if taken == 32 {
+                    if taken == CANDIDATES_PER_TEAM {
                         break;
                     }
                 }

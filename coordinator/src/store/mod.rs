@@ -55,6 +55,10 @@ pub trait Store: Send + Sync + 'static {
 
     fn put_job(&self, record: &JobRecord) -> StoreResult<()>;
     fn jobs(&self) -> StoreResult<Vec<JobRecord>>;
+    /// Calls `visit` with every job, one at a time (recovery without holding two copies of every job).
+    fn scan_jobs(&self, visit: &mut dyn FnMut(JobRecord)) -> StoreResult<()>;
+    /// How many jobs are stored.
+    fn job_count(&self) -> usize;
     fn put_job_config(&self, job_id: &str, config: &[u8]) -> StoreResult<()>;
     fn job_config(&self, job_id: &str) -> StoreResult<Option<Vec<u8>>>;
 

@@ -58,7 +58,7 @@ impl SledStore {
         })?;
         let db = sled::Config::new()
             .path(dir.join("db"))
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(None)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
@@ -114,6 +114,23 @@ impl Store for SledStore {
 
     fn jobs(&self) -> StoreResult<Vec<JobRecord>> {
         decode_all("jobs", &self.jobs)
+    }
+
+    fn scan_jobs(&self, visit: &mut dyn FnMut(JobRecord)) -> StoreResult<()> {
+        for item in self.jobs.iter() {
+            let (_, value) = item?;
+            visit(
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "jobs",
+                    source,
+                })?,
+            );
+        }
+        Ok(())
+    }
+
+    fn job_count(&self) -> usize {
+        self.jobs.len()
     }
 
     fn put_job_config(&self, job_id: &str, config: &[u8]) -> StoreResult<()> {

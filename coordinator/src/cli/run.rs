@@ -1,0 +1,234 @@
+//! `tandem run M`: one experiment end to end on this machine. Starts an embedded coordinator on a loopback
+//! port with its store under `.tandem/` (or `--store`), starts `--workers N` local `tandem-worker` processes,
+//! submits M, shows `watch`, then prints the results and where the exported files are.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use tandem_coordinator::grpc::Limits;
+use tandem_coordinator::scheduler::SchedulerConfig;
+use tandem_coordinator::server::{ServeOptions, start};
+use tandem_proto as pb;
+
+use super::client::{ClientArgs, block_on, rpc};
+use super::results::{ResultsFormat, render};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest (`.toml` experiment manifest or `.json` job graph).
+    pub manifest: PathBuf,
+    /// Local worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Store folder of the embedded coordinator (reused across runs: finished jobs come from the cache).
+    #[arg(long, default_value = ".tandem/store")]
+    pub store: PathBuf,
+    /// CPU threads per worker (default: the machine's cores divided among the workers).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Let the workers run the deterministic test job kind `test.emit`.
+    #[arg(long)]
+    pub enable_test_kinds: bool,
+    /// Where to export the experiment (manifest, metrics, adapters) when it finishes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let request = match super::submit::request(&args.manifest, None, &[], 0)? {
+        Ok(request) => request,
+        Err(code) => return Ok(code),
+    };
+    let worker_exe = std::env::current_exe()
+        .context("locating the tandem executable")?
+        .with_file_name("tandem-worker");
+    anyhow::ensure!(
+        worker_exe.is_file(),
+        "{} not found: build it (cargo build --release -p tandem-worker) next to tandem",
+        worker_exe.display()
+    );
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let threads = args
+        .threads
+        .unwrap_or((cores / args.workers.max(1) as u32).max(1));
+    let root = args
+        .store
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".tandem"));
+    block_on(async move {
+        let options = ServeOptions {
+            store_dir: args.store.clone(),
+            listen: "127.0.0.1:0".parse()?,
+            insecure_local: true,
+            tls: None,
+            scheduler: SchedulerConfig {
+                heartbeat_interval_ms: 1_000,
+                lease_ttl_ms: 10_000,
+                ..SchedulerConfig::default()
+            },
+            limits: Limits::default(),
+        };
+        let coordinator = start(options)
+            .await
+            .with_context(|| format!("starting the coordinator on {}", args.store.display()))?;
+        let url = format!("http://{}", coordinator.addr);
+        eprintln!("coordinator on {url}, store {}", args.store.display());
+        let mut children = Vec::new();
+        // Names unique to this run, so workers of earlier runs on the same store are not counted.
+        let prefix = format!("local-{}-", std::process::id());
+        for i in 0..args.workers {
+            let log = root.join(format!("worker-{i}.log"));
+            std::fs::create_dir_all(&root)?;
+            let mut command = Command::new(&worker_exe);
+            command
+                .args([
+                    "--coordinator",
+                    &url,
+                    "--name",
+                    &format!("{prefix}{i}"),
+                    "--threads",
+                    &threads.to_string(),
+                ])
+                .arg("--work-dir")
+                .arg(root.join(format!("worker-{i}")))
+                .env_remove("TANDEM_TOKEN")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(&log)
+                        .with_context(|| format!("creating {}", log.display()))?,
+                );
+            if args.enable_test_kinds {
+                command.arg("--enable-test-kinds");
+            }
+            children.push(
+                command
+                    .spawn()
+                    .with_context(|| format!("starting {}", worker_exe.display()))?,
+            );
+        }
+        let _workers = Workers(children);
+        let client_args = ClientArgs {
+            coordinator: url.clone(),
+            token: None,
+            ca_cert: None,
+        };
+        let mut client = client_args.connect().await?;
+        // Every job kind must be offered by a worker, or the experiment would wait forever.
+        let started = Instant::now();
+        let offered = loop {
+            let listed = client
+                .list_workers(pb::ListWorkersRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let alive: Vec<_> = listed
+                .workers
+                .into_iter()
+                .filter(|w| w.alive && w.name.starts_with(&prefix))
+                .collect();
+            if alive.len() >= args.workers || started.elapsed() > Duration::from_secs(30) {
+                break alive
+                    .into_iter()
+                    .flat_map(|w| w.kinds)
+                    .collect::<std::collections::BTreeSet<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let reply = client
+            .submit_experiment(request)
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        let experiment = reply.experiment_id;
+        eprintln!(
+            "experiment {experiment}: {} jobs ({} from the cache)",
+            reply.jobs, reply.cached
+        );
+        let status = client
+            .get_experiment(pb::GetExperimentRequest {
+                experiment_id: experiment.clone(),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        let missing: std::collections::BTreeSet<_> = status
+            .jobs
+            .iter()
+            .filter(|j| !j.cached && !offered.contains(&j.kind))
+            .map(|j| j.kind.clone())
+            .collect();
+        if !missing.is_empty() {
+            client
+                .cancel(pb::CancelRequest {
+                    experiment_id: experiment.clone(),
+                })
+                .await
+                .map_err(rpc)?;
+            anyhow::bail!(
+                "no local worker runs job kind(s) {} (workers offer: {}); experiment {experiment} cancelled",
+                missing.into_iter().collect::<Vec<_>>().join(", "),
+                offered.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let state = super::watch::follow(&mut client, &experiment).await?;
+        let results = client
+            .results(pb::ResultsRequest {
+                experiment_id: experiment.clone(),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        println!();
+        print!("{}", render(&results, ResultsFormat::Md)?);
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| root.join("runs").join(&experiment));
+        drop(client);
+        let export = super::export::ExportArgs {
+            experiment: experiment.clone(),
+            out: out.clone(),
+            client: client_args,
+        };
+        tokio::task::spawn_blocking(move || super::export::run(export)).await??;
+        println!(
+            "metrics, artifacts and the manifest are in {}",
+            out.display()
+        );
+        coordinator.shutdown().await?;
+        anyhow::Ok(if state == "succeeded" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })?
+}
