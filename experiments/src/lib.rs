@@ -4,5 +4,6 @@
 
 pub mod data;
 pub mod manifest;
-pub mod planner;
 pub mod metrics;
+pub mod planner;
+pub mod report;
