@@ -6,3 +6,4 @@ pub mod data;
 pub mod manifest;
 pub mod metrics;
 pub mod planner;
+pub mod report;

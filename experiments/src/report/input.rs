@@ -1,0 +1,149 @@
+//! What the report reads: one scored evaluation per eval job ([`EvalResult`]), one point per logged training or
+//! validation value ([`CurvePoint`]), and the table columns with the score keys `tandem score` emits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{GenerationSpec, ModelFamily, ModelStage, Stage, SweepParameter};
+
+/// The corpus scores of one evaluation job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub family: ModelFamily,
+    pub model: ModelStage,
+    /// The task (test set) evaluated on.
+    pub task: Stage,
+    /// The fold of a k-fold stage (the test fold, and for two-stage models the fold the model was trained on).
+    pub fold: Option<usize>,
+    /// The sweep point this evaluation belongs to, if any.
+    pub sweep: Option<(SweepParameter, f64)>,
+    /// Whether this evaluation used the manifest's configured generation settings, i.e. it is a cell of the
+    /// main tables. True for an evaluation without a sweep point; for a sweep point, true when its value equals
+    /// the configured one (the planner runs that work once), see [`EvalResult::is_configured`].
+    #[serde(default = "default_true")]
+    pub configured: bool,
+    /// Corpus scores by the keys of `tandem score` (`bleu1`, `rougeL`, `bertscore_f1`, `radgraph_partial`,
+    /// ...), in [0, 1]; `None` = not available. Keys the tables do not show are ignored.
+    pub scores: BTreeMap<String, Option<f64>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl EvalResult {
+    /// Whether an evaluation with `sweep` ran the configured generation settings `generation` of its task.
+    pub fn is_configured(
+        generation: &GenerationSpec,
+        sweep: Option<(SweepParameter, f64)>,
+    ) -> bool {
+        match sweep {
+            None => true,
+            Some((parameter, value)) => generation.with(parameter, value) == *generation,
+        }
+    }
+}
+
+/// Which logged quantity a curve point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Series {
+    TrainLoss,
+    ValLoss,
+    ValPerplexity,
+}
+
+impl Series {
+    pub const ALL: [Series; 3] = [Series::TrainLoss, Series::ValLoss, Series::ValPerplexity];
+
+    /// The metric name the engine streams: `train_loss`, `val_loss`, `val_perplexity`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Series::TrainLoss => "train_loss",
+            Series::ValLoss => "val_loss",
+            Series::ValPerplexity => "val_perplexity",
+        }
+    }
+
+    /// Parses the streamed metric name.
+    pub fn parse(name: &str) -> Option<Series> {
+        Series::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The panel title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Series::TrainLoss => "Training loss",
+            Series::ValLoss => "Validation loss",
+            Series::ValPerplexity => "Validation perplexity",
+        }
+    }
+}
+
+/// One logged value of a training job.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// The training stage that logged it.
+    pub stage: Stage,
+    /// The fold of a k-fold stage-2 training; `None` for stage 1.
+    pub fold: Option<usize>,
+    /// Optimizer step.
+    pub step: u64,
+    pub series: Series,
+    pub value: f64,
+}
+
+/// One column of the thesis's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Column {
+    /// The header, e.g. `B-1`.
+    pub label: &'static str,
+    /// The score key of `tandem score`, e.g. `bleu1`.
+    pub key: &'static str,
+}
+
+/// The columns of Tables 4.1/4.3/4.4 in order. RG is F1-RadGraph with partial entity/relation matching
+/// (`radgraph_partial`), the reward the RadGraph package reports as F1-RadGraph.
+pub const COLUMNS: [Column; 10] = [
+    Column {
+        label: "B-1",
+        key: "bleu1",
+    },
+    Column {
+        label: "B-2",
+        key: "bleu2",
+    },
+    Column {
+        label: "B-3",
+        key: "bleu3",
+    },
+    Column {
+        label: "B-4",
+        key: "bleu4",
+    },
+    Column {
+        label: "R-1",
+        key: "rouge1",
+    },
+    Column {
+        label: "R-2",
+        key: "rouge2",
+    },
+    Column {
+        label: "R-L",
+        key: "rougeL",
+    },
+    Column {
+        label: "M",
+        key: "meteor",
+    },
+    Column {
+        label: "BS",
+        key: "bertscore_f1",
+    },
+    Column {
+        label: "RG",
+        key: "radgraph_partial",
+    },
+];
