@@ -1,5 +1,7 @@
 //! `tandem-worker`: run one job locally (train, generate) or inspect a checkpoint (logits).
 
+mod bench;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -32,6 +34,15 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the logits of the last prompt position as JSON.
     Logits(LogitsArgs),
+    /// Benchmarks that print figures (not tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The CUDA kernels at LLaMA-3.1-8B shapes against copy bandwidth and cuBLAS (needs an NVIDIA GPU).
+    Kernels(bench::kernels::KernelBenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +133,9 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train(args),
         Command::Generate(args) => generate(args),
         Command::Logits(args) => logits(args),
+        Command::Bench(BenchCommand::Kernels(args)) => {
+            bench::kernels::run_kernel_bench(&args).map(drop)
+        }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
