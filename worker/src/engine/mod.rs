@@ -15,6 +15,6 @@ pub mod jobs;
 pub mod llama;
 pub mod load;
 pub mod qlora;
-pub mod threads;
 pub mod t5;
+pub mod threads;
 pub mod train;

@@ -116,8 +116,61 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     Ok((x / (x.neg()?.exp()? + 1.0)?)?)
 }
 
+/// Softmax over the last dimension as one op: the backward `dx = y * (dy - sum(dy * y))` needs only the output,
+/// so attention keeps one tensor per layer for autograd instead of five.
+struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "softmax-last"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(storage, layout, "softmax-last")?;
+        let dim = *layout.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        for (row, dst) in x
+            .chunks_exact(dim.max(1))
+            .zip(out.chunks_exact_mut(dim.max(1)))
+        {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = (v - max).exp();
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            dst.iter_mut().for_each(|d| *d *= inv);
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(grad_res.broadcast_sub(&dot)?.mul(res)?))
+    }
+}
+
 /// Softmax over the last dimension, stable against large values.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    if !x.track_op() {
+        return Ok(x.apply_op1_no_bwd(&SoftmaxLast)?);
+    }
+    Ok(x.apply_op1(SoftmaxLast)?)
+}
+
+/// The same softmax from plain tensor operations (the reference the fused op is tested against).
+pub fn softmax_last_slow(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
@@ -171,6 +224,33 @@ mod tests {
         let grads = y.sum_all().unwrap().backward().unwrap();
         let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(gx, vec![vec![5., 7., 9.], vec![5., 7., 9.]]);
+    }
+
+    #[test]
+    fn fused_softmax_matches_slow_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[1f32, 2., -3., 0.5], [10., 10., -1e30, 0.]], &dev).unwrap();
+        let w = Tensor::new(&[[0.3f32, -1., 2., 0.1], [1., 0.5, -0.2, 3.]], &dev).unwrap();
+        let fast = softmax_last(x.as_tensor()).unwrap();
+        let slow = softmax_last_slow(x.as_tensor()).unwrap();
+        let (a, b) = (
+            fast.to_vec2::<f32>().unwrap(),
+            slow.to_vec2::<f32>().unwrap(),
+        );
+        for (ra, rb) in a.iter().zip(&b) {
+            for (va, vb) in ra.iter().zip(rb) {
+                assert!((va - vb).abs() < 1e-6);
+            }
+        }
+        let ga = (fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga = ga.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let gb = gb.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        for (ra, rb) in ga.iter().zip(&gb) {
+            for (va, vb) in ra.iter().zip(rb) {
+                assert!((va - vb).abs() < 1e-5, "{va} vs {vb}");
+            }
+        }
     }
 
     #[test]

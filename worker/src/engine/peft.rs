@@ -39,6 +39,13 @@ pub struct AdapterConfig {
     pub use_dora: bool,
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// Per-module ranks / alphas and layer subsets: PEFT features Tandem does not implement; must be empty.
+    #[serde(default, skip_serializing)]
+    pub rank_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing)]
+    pub alpha_pattern: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing)]
+    pub layers_to_transform: Option<serde_json::Value>,
 }
 
 fn bias_none() -> String {
@@ -104,6 +111,28 @@ impl AdapterConfig {
         if self.r == 0 {
             return bad("r", "0; accepted: at least 1".into());
         }
+        if self.rank_pattern.as_ref().is_some_and(|m| !m.is_empty()) {
+            return bad(
+                "rank_pattern",
+                "not empty; accepted: one rank for every module".into(),
+            );
+        }
+        if self.alpha_pattern.as_ref().is_some_and(|m| !m.is_empty()) {
+            return bad(
+                "alpha_pattern",
+                "not empty; accepted: one alpha for every module".into(),
+            );
+        }
+        if self
+            .layers_to_transform
+            .as_ref()
+            .is_some_and(|v| !v.is_null())
+        {
+            return bad(
+                "layers_to_transform",
+                "set; accepted: null (all layers)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -150,6 +179,9 @@ pub fn save(model: &dyn LanguageModel, config: &LoraConfig, dir: &Path) -> Resul
         use_rslora: false,
         use_dora: false,
         modules_to_save: None,
+        rank_pattern: None,
+        alpha_pattern: None,
+        layers_to_transform: None,
     };
     let json = serde_json::to_string_pretty(&adapter_config).expect("adapter config serialises");
     let cfg_path = dir.join(CONFIG_FILE);
