@@ -8,20 +8,20 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod cancel;
 mod client;
+mod data;
 mod export;
+mod manifest;
+mod plan;
 mod results;
 mod run;
+mod score;
 mod serve;
 mod status;
 mod submit;
 mod token;
+mod validate;
 mod watch;
 mod workers;
-mod data;
-mod manifest;
-mod plan;
-mod score;
-mod validate;
 
 /// Tandem: a distributed job orchestrator for two-stage LoRA/QLoRA fine-tuning experiments.
 #[derive(Debug, Parser)]
