@@ -1,8 +1,13 @@
 //! Training-curve SVG: well-formed XML, one panel per series, a mean +- std band for the stage with folds and a
-//! plain line for stage 1, the same bytes for the same points in any order.
+//! plain line for stage 1, the same bytes for the same points in any order; the PNG decodes (chunk CRCs, zlib)
+//! to the picture's size and shows the band's blended colour and the lines.
 
+use std::io::Read as _;
 use tandem_experiments::manifest::Stage;
-use tandem_experiments::report::{CurvePoint, Series, curves_svg, series_svg};
+
+use tandem_experiments::report::{
+    CurvePoint, Series, curves_png, curves_svg, series_png, series_svg,
+};
 
 /// A minimal XML check: every tag closes in order, attributes are quoted, text has no raw `<` or `&`.
 fn assert_well_formed(svg: &str) {
@@ -178,4 +183,72 @@ fn empty_series_and_non_finite_values_are_shown_not_hidden() {
     assert!(svg.contains("no data"));
     assert!(svg.contains("1 non-finite point(s) left out"));
     assert_well_formed(&curves_svg(&[]));
+}
+
+/// Decodes an 8-bit RGB PNG written with filter 0: checks the signature and every chunk's CRC, returns
+/// (width, height, pixels).
+fn decode_png(png: &[u8]) -> (usize, usize, Vec<u8>) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (mut at, mut width, mut height, mut idat) = (8, 0, 0, Vec::new());
+    let mut kinds = Vec::new();
+    while at < png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &png[at + 4..at + 8];
+        let data = &png[at + 8..at + 8 + len];
+        let crc = u32::from_be_bytes(png[at + 8 + len..at + 12 + len].try_into().unwrap());
+        let mut check = flate2::Crc::new();
+        check.update(&png[at + 4..at + 8 + len]);
+        assert_eq!(
+            check.sum(),
+            crc,
+            "CRC of {:?}",
+            String::from_utf8_lossy(kind)
+        );
+        match kind {
+            b"IHDR" => {
+                width = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+                height = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
+                assert_eq!(&data[8..], &[8, 2, 0, 0, 0]);
+            }
+            b"IDAT" => idat.extend_from_slice(data),
+            _ => {}
+        }
+        kinds.push(String::from_utf8_lossy(kind).into_owned());
+        at += 12 + len;
+    }
+    assert_eq!(kinds, ["IHDR", "IDAT", "IEND"]);
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .expect("zlib");
+    assert_eq!(raw.len(), (width * 3 + 1) * height);
+    let pixels = raw
+        .chunks_exact(width * 3 + 1)
+        .flat_map(|row| {
+            assert_eq!(row[0], 0, "filter type");
+            row[1..].to_vec()
+        })
+        .collect();
+    (width, height, pixels)
+}
+
+#[test]
+fn png_decodes_and_shows_band_and_lines() {
+    let p = points();
+    let png = curves_png(&p);
+    let (width, height, pixels) = decode_png(&png);
+    assert_eq!((width, height), (3 * 380, 280 + 34));
+    let count = |rgb: [u8; 3]| pixels.chunks_exact(3).filter(|px| *px == rgb).count();
+    // #d62728 at 20 % over white, the band; the two line colours, opaque.
+    let band = count([247, 212, 212]);
+    assert!(band > 1000, "band pixels: {band}");
+    assert!(count([0xd6, 0x27, 0x28]) > 500);
+    assert!(count([0x1f, 0x77, 0xb4]) > 500);
+    assert_eq!(png, curves_png(&p), "deterministic");
+    let mut reversed = p.clone();
+    reversed.reverse();
+    assert_eq!(png, curves_png(&reversed), "independent of input order");
+    let (w, h, _) = decode_png(&series_png(&p, Series::ValLoss));
+    assert_eq!((w, h), (380, 280 + 34));
+    decode_png(&curves_png(&[]));
 }

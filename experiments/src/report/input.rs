@@ -147,3 +147,66 @@ pub const COLUMNS: [Column; 10] = [
         key: "radgraph_partial",
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation() -> GenerationSpec {
+        GenerationSpec {
+            max_new_tokens: 128,
+            do_sample: true,
+            temperature: 0.6,
+            top_k: 50,
+            top_p: 0.9,
+            num_beams: 10,
+            length_penalty: 0.3,
+            repetition_penalty: 1.1,
+            early_stopping: false,
+            max_eval_rows: None,
+        }
+    }
+
+    #[test]
+    fn the_sweep_point_equal_to_the_configured_setting_is_configured() {
+        let g = generation();
+        assert!(EvalResult::is_configured(&g, None));
+        assert!(EvalResult::is_configured(
+            &g,
+            Some((SweepParameter::Temperature, 0.6))
+        ));
+        assert!(!EvalResult::is_configured(
+            &g,
+            Some((SweepParameter::Temperature, 0.1))
+        ));
+        assert!(EvalResult::is_configured(
+            &g,
+            Some((SweepParameter::TopK, 50.0))
+        ));
+        assert!(!EvalResult::is_configured(
+            &g,
+            Some((SweepParameter::NumBeams, 4.0))
+        ));
+    }
+
+    #[test]
+    fn series_names_round_trip() {
+        for s in Series::ALL {
+            assert_eq!(Series::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Series::parse("loss"), None);
+        let json = serde_json::to_string(&Series::ValPerplexity).expect("json");
+        assert_eq!(json, "\"val_perplexity\"");
+    }
+
+    #[test]
+    fn configured_defaults_to_true_in_json() {
+        let e: EvalResult = serde_json::from_str(
+            r#"{"family":"t5","model":"two-stage","task":"stage2","fold":2,"sweep":null,
+                "scores":{"bleu1":0.5,"radgraph_partial":null}}"#,
+        )
+        .expect("parse");
+        assert!(e.configured);
+        assert_eq!(e.scores["radgraph_partial"], None);
+    }
+}

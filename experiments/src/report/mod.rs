@@ -2,15 +2,17 @@
 //! (rows model x stage, columns B-1..B-4, R-1, R-2, R-L, M, BS, RG, x100, mean and sample std over folds,
 //! relative change against the base row), the sweep tables, and loss/perplexity plots as SVG. Pure functions over
 //! plain inputs; the CLI fetches [`EvalResult`]s and [`CurvePoint`]s and calls [`build_results`],
-//! [`render_markdown`] / [`render_csv`] / [`render_json`] and [`curves_svg`].
+//! [`render_markdown`] / [`render_csv`] / [`render_json`], and [`curves_svg`] / [`curves_png`].
 
 pub mod input;
 pub mod plot;
+pub mod png;
 pub mod render;
 pub mod table;
 
 pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series};
 pub use plot::{curves_svg, series_svg};
+pub use png::{curves_png, series_png};
 pub use render::{Format, render, render_csv, render_json, render_markdown};
 pub use table::{Cell, Results, ResultsTable, SweepRow, SweepTable, TableRow, build_results};
 

@@ -10,9 +10,9 @@ use super::input::{CurvePoint, Series};
 use super::table::mean_std;
 use crate::manifest::Stage;
 
-const PANEL_W: f64 = 380.0;
-const PANEL_H: f64 = 280.0;
-const LEGEND_H: f64 = 34.0;
+pub(crate) const PANEL_W: f64 = 380.0;
+pub(crate) const PANEL_H: f64 = 280.0;
+pub(crate) const LEGEND_H: f64 = 34.0;
 const MARGIN_L: f64 = 64.0;
 const MARGIN_R: f64 = 14.0;
 const MARGIN_T: f64 = 28.0;
@@ -109,13 +109,110 @@ fn esc(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Draws one panel with its top-left corner at (`x0`, `y0`).
-fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f64) {
+/// Where everything of one panel goes, in figure coordinates (SVG and PNG draw the same geometry).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PanelGeometry {
+    pub series: Series,
+    pub x0: f64,
+    pub y0: f64,
+    /// The plot area: x, y, width, height.
+    pub frame: (f64, f64, f64, f64),
+    /// Tick positions along the x axis with their labels.
+    pub x_ticks: Vec<(f64, String)>,
+    /// Tick positions along the y axis with their labels.
+    pub y_ticks: Vec<(f64, String)>,
+    /// Closed mean +- std outlines of the stages with folds.
+    pub bands: Vec<(Stage, Vec<(f64, f64)>)>,
+    /// Mean (or single) curves.
+    pub lines: Vec<(Stage, Vec<(f64, f64)>)>,
+    /// Non-finite points left out.
+    pub skipped: usize,
+}
+
+pub(crate) fn geometry(points: &[CurvePoint], series: Series, x0: f64, y0: f64) -> PanelGeometry {
     let (traces, skipped) = traces(points, series);
     let plot_x = x0 + MARGIN_L;
     let plot_y = y0 + MARGIN_T;
     let plot_w = PANEL_W - MARGIN_L - MARGIN_R;
     let plot_h = PANEL_H - MARGIN_T - MARGIN_B;
+    let mut geometry = PanelGeometry {
+        series,
+        x0,
+        y0,
+        frame: (plot_x, plot_y, plot_w, plot_h),
+        x_ticks: Vec::new(),
+        y_ticks: Vec::new(),
+        bands: Vec::new(),
+        lines: Vec::new(),
+        skipped,
+    };
+    let all = traces.iter().flat_map(|t| t.points.iter());
+    let (mut xmin, mut xmax, mut ymin, mut ymax) =
+        (u64::MAX, 0u64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(step, mean, std) in all {
+        xmin = xmin.min(step);
+        xmax = xmax.max(step);
+        let s = std.unwrap_or(0.0);
+        ymin = ymin.min(mean - s);
+        ymax = ymax.max(mean + s);
+    }
+    if xmin > xmax {
+        return geometry;
+    }
+    let (xlo, xhi) = if xmin == xmax {
+        (xmin as f64 - 0.5, xmax as f64 + 0.5)
+    } else {
+        (xmin as f64, xmax as f64)
+    };
+    let pad = if ymax > ymin {
+        (ymax - ymin) * 0.05
+    } else {
+        ymin.abs().max(1.0) * 0.05
+    };
+    let (ylo, yhi) = (ymin - pad, ymax + pad);
+    let sx = |x: f64| plot_x + (x - xlo) / (xhi - xlo) * plot_w;
+    let sy = |y: f64| plot_y + plot_h - (y - ylo) / (yhi - ylo) * plot_h;
+    let (xt, xd) = ticks(xlo, xhi);
+    geometry.x_ticks = xt
+        .into_iter()
+        .map(|t| (sx(t), format!("{t:.xd$}")))
+        .collect();
+    let (yt, yd) = ticks(ylo, yhi);
+    geometry.y_ticks = yt
+        .into_iter()
+        .map(|t| (sy(t), format!("{t:.yd$}")))
+        .collect();
+    for t in traces.iter().filter(|t| t.has_folds) {
+        let upper = t
+            .points
+            .iter()
+            .map(|&(s, m, d)| (sx(s as f64), sy(m + d.unwrap_or(0.0))));
+        let lower = t
+            .points
+            .iter()
+            .rev()
+            .map(|&(s, m, d)| (sx(s as f64), sy(m - d.unwrap_or(0.0))));
+        geometry.bands.push((t.stage, upper.chain(lower).collect()));
+    }
+    for t in &traces {
+        let line = t.points.iter().map(|&(s, m, _)| (sx(s as f64), sy(m)));
+        geometry.lines.push((t.stage, line.collect()));
+    }
+    geometry
+}
+
+fn coords(points: &[(f64, f64)]) -> String {
+    let all: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{x:.2},{y:.2}"))
+        .collect();
+    all.join(" ")
+}
+
+/// Draws one panel with its top-left corner at (`x0`, `y0`).
+fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f64) {
+    let g = geometry(points, series, x0, y0);
+    let (plot_x, plot_y, plot_w, plot_h) = g.frame;
     let _ = writeln!(
         out,
         r#"<g class="panel" data-series="{}">"#,
@@ -132,17 +229,7 @@ fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f
         out,
         r##"<rect x="{plot_x:.2}" y="{plot_y:.2}" width="{plot_w:.2}" height="{plot_h:.2}" fill="none" stroke="#444" stroke-width="1"/>"##
     );
-    let all = traces.iter().flat_map(|t| t.points.iter());
-    let (mut xmin, mut xmax, mut ymin, mut ymax) =
-        (u64::MAX, 0u64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(step, mean, std) in all {
-        xmin = xmin.min(step);
-        xmax = xmax.max(step);
-        let s = std.unwrap_or(0.0);
-        ymin = ymin.min(mean - s);
-        ymax = ymax.max(mean + s);
-    }
-    if xmin > xmax {
+    if g.lines.is_empty() {
         let _ = writeln!(
             out,
             r##"<text x="{:.2}" y="{:.2}" font-size="12" text-anchor="middle" fill="#666">no data</text>"##,
@@ -152,24 +239,7 @@ fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f
         out.push_str("</g>\n");
         return;
     }
-    let (xlo, xhi) = if xmin == xmax {
-        (xmin as f64 - 0.5, xmax as f64 + 0.5)
-    } else {
-        (xmin as f64, xmax as f64)
-    };
-    let pad = if ymax > ymin {
-        (ymax - ymin) * 0.05
-    } else {
-        ymin.abs().max(1.0) * 0.05
-    };
-    let (ylo, yhi) = (ymin - pad, ymax + pad);
-    let sx = |x: f64| plot_x + (x - xlo) / (xhi - xlo) * plot_w;
-    let sy = |y: f64| plot_y + plot_h - (y - ylo) / (yhi - ylo) * plot_h;
-
-    // Axes: ticks, grid lines and labels.
-    let (xt, xd) = ticks(xlo, xhi);
-    for t in xt {
-        let x = sx(t);
+    for (x, label) in &g.x_ticks {
         let _ = writeln!(
             out,
             r##"<line class="tick" x1="{x:.2}" y1="{:.2}" x2="{x:.2}" y2="{:.2}" stroke="#444" stroke-width="1"/>"##,
@@ -178,13 +248,11 @@ fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f
         );
         let _ = writeln!(
             out,
-            r#"<text x="{x:.2}" y="{:.2}" font-size="11" text-anchor="middle">{t:.xd$}</text>"#,
+            r#"<text x="{x:.2}" y="{:.2}" font-size="11" text-anchor="middle">{label}</text>"#,
             plot_y + plot_h + 17.0
         );
     }
-    let (yt, yd) = ticks(ylo, yhi);
-    for t in yt {
-        let y = sy(t);
+    for (y, label) in &g.y_ticks {
         let _ = writeln!(
             out,
             r##"<line class="grid" x1="{plot_x:.2}" y1="{y:.2}" x2="{:.2}" y2="{y:.2}" stroke="#ddd" stroke-width="1"/>"##,
@@ -197,7 +265,7 @@ fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f
         );
         let _ = writeln!(
             out,
-            r#"<text x="{:.2}" y="{:.2}" font-size="11" text-anchor="end">{t:.yd$}</text>"#,
+            r#"<text x="{:.2}" y="{:.2}" font-size="11" text-anchor="end">{label}</text>"#,
             plot_x - 8.0,
             y + 4.0
         );
@@ -214,53 +282,39 @@ fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f
         r#"<text x="{lx:.2}" y="{ly:.2}" font-size="12" text-anchor="middle" transform="rotate(-90 {lx:.2} {ly:.2})">{}</text>"#,
         esc(series.as_str())
     );
-
     // Bands first, lines on top.
-    for t in traces.iter().filter(|t| t.has_folds) {
-        let upper = t
-            .points
-            .iter()
-            .map(|&(s, m, d)| format!("{:.2},{:.2}", sx(s as f64), sy(m + d.unwrap_or(0.0))));
-        let lower = t
-            .points
-            .iter()
-            .rev()
-            .map(|&(s, m, d)| format!("{:.2},{:.2}", sx(s as f64), sy(m - d.unwrap_or(0.0))));
-        let all: Vec<String> = upper.chain(lower).collect();
+    for (stage, outline) in &g.bands {
         let _ = writeln!(
             out,
             r#"<polygon class="band" data-stage="{}" points="{}" fill="{}" fill-opacity="0.2" stroke="none"/>"#,
-            t.stage.as_str(),
-            all.join(" "),
-            colour(t.stage)
+            stage.as_str(),
+            coords(outline),
+            colour(*stage)
         );
     }
-    for t in &traces {
-        let line: Vec<String> = t
-            .points
-            .iter()
-            .map(|&(s, m, _)| format!("{:.2},{:.2}", sx(s as f64), sy(m)))
-            .collect();
+    for (stage, line) in &g.lines {
         let _ = writeln!(
             out,
             r#"<polyline class="line" data-stage="{}" points="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
-            t.stage.as_str(),
-            line.join(" "),
-            colour(t.stage)
+            stage.as_str(),
+            coords(line),
+            colour(*stage)
         );
     }
-    if skipped > 0 {
+    if g.skipped > 0 {
         let _ = writeln!(
             out,
-            r##"<text x="{:.2}" y="{:.2}" font-size="10" text-anchor="end" fill="#a00">{skipped} non-finite point(s) left out</text>"##,
+            r##"<text x="{:.2}" y="{:.2}" font-size="10" text-anchor="end" fill="#a00">{} non-finite point(s) left out</text>"##,
             plot_x + plot_w - 4.0,
-            plot_y + 12.0
+            plot_y + 12.0,
+            g.skipped
         );
     }
     out.push_str("</g>\n");
 }
 
-fn legend(out: &mut String, points: &[CurvePoint]) {
+/// The legend's entries: where each starts, its stage, whether it has folds (a band), and its label.
+fn legend_items(points: &[CurvePoint]) -> Vec<(f64, Stage, bool, String)> {
     let mut stages: BTreeMap<Stage, Vec<Option<usize>>> = BTreeMap::new();
     for p in points {
         let folds = stages.entry(p.stage).or_default();
@@ -268,19 +322,34 @@ fn legend(out: &mut String, points: &[CurvePoint]) {
             folds.push(p.fold);
         }
     }
-    out.push_str("<g class=\"legend\">\n");
     let mut x = MARGIN_L;
+    let mut out = Vec::new();
     for (stage, folds) in stages {
         let has_folds = folds.iter().any(Option::is_some);
-        let label = match (stage, has_folds) {
-            (Stage::Stage1, false) => "stage 1".to_owned(),
-            (s, true) => format!(
-                "{}: mean ± std over {} folds",
-                s.as_str().replace("stage", "stage "),
-                folds.len()
-            ),
-            (s, false) => s.as_str().replace("stage", "stage "),
+        let name = stage.as_str().replace("stage", "stage ");
+        let label = if has_folds {
+            format!("{name}: mean ± std over {} folds", folds.len())
+        } else {
+            name
         };
+        let width = 40.0 + 7.0 * label.chars().count() as f64;
+        out.push((x, stage, has_folds, label));
+        x += width;
+    }
+    out
+}
+
+/// The legend's swatches (x, stage, band) for the PNG.
+pub(crate) fn legend_entries(points: &[CurvePoint]) -> Vec<(f64, Stage, bool)> {
+    legend_items(points)
+        .into_iter()
+        .map(|(x, stage, band, _)| (x, stage, band))
+        .collect()
+}
+
+fn legend(out: &mut String, points: &[CurvePoint]) {
+    out.push_str("<g class=\"legend\">\n");
+    for (x, stage, has_folds, label) in legend_items(points) {
         let c = colour(stage);
         if has_folds {
             let _ = writeln!(
@@ -299,7 +368,6 @@ fn legend(out: &mut String, points: &[CurvePoint]) {
             x + 30.0,
             esc(&label)
         );
-        x += 40.0 + 7.0 * label.chars().count() as f64;
     }
     out.push_str("</g>\n");
 }
