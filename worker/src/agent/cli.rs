@@ -111,6 +111,7 @@ pub fn main() -> ExitCode {
         }
     };
     let mut registry = RunnerRegistry::new();
+    super::runners::register_all(&mut registry);
     if args.enable_test_kinds {
         registry.register(TEST_EMIT_KIND, Arc::new(TestEmitRunner));
     }

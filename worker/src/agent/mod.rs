@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod runner;
+pub mod runners;
 pub mod test_runner;
 pub mod transfer;
 
