@@ -1,0 +1,210 @@
+//! End-to-end: `tandem run` on a tiny two-stage manifest (the tiny LLaMA fixture, 20 IU X-ray reports for stage
+//! 1, 12 SYNTHETIC rows in 2 folds for stage 2) with two real local workers running the planner's job kinds:
+//! data preparation, training, evaluation and the report.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tandem_tests::bins;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn manifest(model: &Path, stage1: &Path, stage2: &Path) -> String {
+    format!(
+        r#"name = "runners-e2e"
+seed = 7
+sweeps = []
+
+[model]
+family = "llama"
+path = "{model}"
+quantization = "none"
+compute_dtype = "f32"
+
+[lora]
+r = 4
+alpha = 8.0
+dropout = 0.0
+target_modules = ["q_proj", "v_proj"]
+
+[stage1.dataset]
+path = "{stage1}"
+format = "csv"
+input_column = "findings"
+target_column = "impression"
+
+[stage1.split]
+kind = "holdout"
+train = 0.7
+val = 0.15
+test = 0.15
+
+[stage1.prompt]
+train = "Findings: {{input}}\nImpression:"
+inference = "Findings: {{input}}\nImpression:"
+
+[stage1.training]
+batch_size = 2
+grad_accum = 1
+lr = 1e-3
+warmup_steps = 0
+epochs = 1.0
+max_steps = 2
+eval_every = 1
+log_every = 1
+checkpoint_every = 1
+max_length = 256
+
+[stage1.generation]
+max_new_tokens = 4
+max_eval_rows = 3
+
+[stage2.dataset]
+path = "{stage2}"
+format = "csv"
+input_column = "impression"
+target_column = "summary"
+group_column = "patient_id"
+
+[stage2.split]
+kind = "kfold"
+folds = 2
+val_fraction = 0.25
+
+[stage2.prompt]
+train = "Impression: {{input}}\nSummary:"
+inference = "Impression: {{input}}\nSummary:"
+
+[stage2.training]
+batch_size = 2
+grad_accum = 1
+lr = 1e-3
+warmup_steps = 0
+epochs = 1.0
+max_steps = 2
+eval_every = 1
+log_every = 1
+checkpoint_every = 1
+max_length = 256
+
+[stage2.generation]
+max_new_tokens = 4
+num_beams = 1
+max_eval_rows = 3
+
+[evaluation]
+metrics = ["bleu", "rouge", "meteor"]
+cells = ["base:stage1", "stage1:stage1", "stage1:stage2", "two-stage:stage2"]
+
+[resources.train]
+gpus = 0
+cpu_threads = 1
+
+[resources.eval]
+gpus = 0
+cpu_threads = 1
+"#,
+        model = model.display(),
+        stage1 = stage1.display(),
+        stage2 = stage2.display(),
+    )
+}
+
+#[test]
+fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
+    let repo = repo();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &path,
+        manifest(
+            &repo.join("worker/tests/fixtures/tiny-llama"),
+            &repo.join("tests/fixtures/runners/iu-20.csv"),
+            &repo.join("tests/fixtures/runners/synthetic-12.csv"),
+        ),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    let output = Command::new(&bins().tandem)
+        .current_dir(tmp.path())
+        .arg("run")
+        .arg(&path)
+        .args(["--workers", "2", "--threads", "1"])
+        .arg("--store")
+        .arg(tmp.path().join(".tandem/store"))
+        .arg("--out")
+        .arg(&out_dir)
+        .env_remove("TANDEM_TOKEN")
+        .output()
+        .expect("running tandem run");
+    let worker_logs: String = (0..2)
+        .map(|i| {
+            std::fs::read_to_string(tmp.path().join(format!(".tandem/worker-{i}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        output.status.success(),
+        "tandem run failed:\n{}\n{}\nworkers:\n{worker_logs}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Every eval job streamed its corpus scores.
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("status.json")).unwrap()).unwrap();
+    let jobs = status["jobs"].as_array().expect("status.jobs");
+    let evals: Vec<(String, String)> = jobs
+        .iter()
+        .filter(|j| j["kind"] == "eval")
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_string(),
+                j["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // base:stage1, stage1:stage1, and per fold (2) stage1:stage2 and two-stage:stage2.
+    assert_eq!(evals.len(), 6, "eval jobs: {evals:?}");
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.csv")).unwrap();
+    for (id, name) in &evals {
+        for key in ["eval/bleu4", "eval/rougeL", "eval/meteor"] {
+            let value: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with(id.as_str()))
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f.len() >= 5 && f[f.len() - 3] == key).then(|| f[f.len() - 1].parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("{name}: no {key} in metrics.csv:\n{metrics}"));
+            assert!((0.0..=1.0).contains(&value), "{name}: {key} = {value}");
+        }
+    }
+    // Training curves were streamed for each of the 3 train jobs (stage 1, stage 2 x 2 folds).
+    let train_loss_lines = metrics
+        .lines()
+        .filter(|l| l.contains(",train_loss,"))
+        .count();
+    assert_eq!(train_loss_lines, 3 * 2, "train_loss points:\n{metrics}");
+    // The report tables and each eval's predictions were exported.
+    let artifacts = out_dir.join("artifacts");
+    let mut names = Vec::new();
+    for dir in std::fs::read_dir(&artifacts).unwrap().flatten() {
+        for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            names.push(file.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert_eq!(names.iter().filter(|n| *n == "predictions.csv").count(), 6);
+    assert!(names.iter().any(|n| n == "results.md"), "{names:?}");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| *n == "adapter_model.safetensors")
+            .count(),
+        3
+    );
+}
