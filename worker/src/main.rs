@@ -120,6 +120,7 @@ struct LogitsArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    engine::alloc::tune_for_tensors();
     // Agent mode: `tandem-worker --coordinator URL ...` serves a coordinator (see `tandem_worker::agent`).
     if tandem_worker::agent::cli::wants_agent_mode() {
         return tandem_worker::agent::cli::main();

@@ -117,6 +117,74 @@ fn run(
     (summary, events)
 }
 
+/// Trains with `should_stop` asked after every update; `hold` keeps the NF4 weights dequantised.
+fn run_until(
+    dir: &Path,
+    resume: bool,
+    hold: bool,
+    spec: TrainingSpec,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<train::TrainSummary, tandem_worker::engine::EngineError> {
+    let (mut model, tok) = load();
+    qlora::quantize_model(&mut model).unwrap();
+    if hold {
+        let bytes = qlora::hold_dequantized(&mut model).unwrap();
+        assert_eq!(bytes, qlora::dequantized_bytes(&mut model));
+        assert!(bytes > 0);
+    }
+    let data = examples(&tok, ROWS);
+    let (tr, val) = data.split_at(4);
+    let config = TrainConfig {
+        training: spec,
+        lora: lora(),
+        seed: 42,
+        resume,
+    };
+    train::train_until(&mut model, tr, val, &config, dir, &mut |_| {}, should_stop)
+}
+
+#[test]
+fn nf4_held_dequantized_trains_bit_for_bit_like_decoding_on_use() {
+    let mut s = spec();
+    s.grad_accum = 1;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let on_use = run_until(a.path(), false, false, s.clone(), &|| false).unwrap();
+    let held = run_until(b.path(), false, true, s, &|| false).unwrap();
+    assert_eq!(on_use.losses, held.losses);
+    assert_eq!(adapter_bytes(a.path()), adapter_bytes(b.path()));
+}
+
+#[test]
+fn a_stop_request_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one() {
+    let mut s = spec();
+    s.epochs = 5.0;
+    s.grad_accum = 1;
+    s.checkpoint_every = 4;
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = run_until(full_dir.path(), false, true, s.clone(), &|| false).unwrap();
+    assert!(full.steps >= 8, "{} steps", full.steps);
+
+    // Stop after the third update (not a checkpoint step): the loop writes checkpoint-3 on its way out.
+    let dir = tempfile::tempdir().unwrap();
+    let asked = std::cell::Cell::new(0);
+    let stop_after_3 = || {
+        asked.set(asked.get() + 1);
+        asked.get() >= 3
+    };
+    match run_until(dir.path(), false, true, s.clone(), &stop_after_3) {
+        Err(tandem_worker::engine::EngineError::Stopped { step, checkpoint }) => {
+            assert_eq!(step, 3);
+            let checkpoint = checkpoint.expect("a checkpoint is written on stop");
+            assert!(checkpoint.ends_with("checkpoint-3"), "{checkpoint:?}");
+            assert!(checkpoint.join("state.json").is_file());
+        }
+        other => panic!("expected a stop after step 3, got {other:?}"),
+    }
+    let resumed = run_until(dir.path(), true, true, s, &|| false).unwrap();
+    assert_eq!(resumed.losses, full.losses);
+    assert_eq!(adapter_bytes(dir.path()), adapter_bytes(full_dir.path()));
+}
+
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("adapter").join(peft::WEIGHTS_FILE)).unwrap()
 }

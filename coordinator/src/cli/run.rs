@@ -60,6 +60,36 @@ impl Drop for Workers {
     }
 }
 
+/// Refuses a plan with jobs no local worker can take (they would wait forever): more CPU threads than a worker
+/// gets, or GPUs (the local workers are started without any).
+fn check_fit(plan: &[u8], threads: u32, workers: usize) -> anyhow::Result<()> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let jobs: Vec<tandem_experiments::planner::JobSpec> =
+        serde_json::from_slice(plan).context("reading the planned job graph")?;
+    let mut unfit: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.resources.gpus > 0 || j.resources.cpu_threads > threads)
+        .map(|j| {
+            format!(
+                "{} ({} GPU(s), {} CPU thread(s))",
+                j.label, j.resources.gpus, j.resources.cpu_threads
+            )
+        })
+        .collect();
+    if unfit.is_empty() {
+        return Ok(());
+    }
+    let count = unfit.len();
+    unfit.truncate(3);
+    anyhow::bail!(
+        "{count} job(s) ask for more than a local worker offers ({workers} worker(s), {threads} CPU thread(s) \
+         and no GPU each), e.g. {}: lower [resources] in the manifest, or use --workers / --threads",
+        unfit.join(", ")
+    )
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let request = match super::submit::request(&args.manifest, None, &[], 0)? {
         Ok(request) => request,
@@ -79,6 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or((cores / args.workers.max(1) as u32).max(1));
+    check_fit(&request.plan, threads, args.workers)?;
     let root = args
         .store
         .parent()
@@ -126,6 +157,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     std::fs::File::create(&log)
                         .with_context(|| format!("creating {}", log.display()))?,
                 );
+            // The worker logs are files: keep job-level lines (no report text is logged at info level).
+            if std::env::var_os("RUST_LOG").is_none() {
+                command.env("RUST_LOG", "info");
+            }
             if args.enable_test_kinds {
                 command.arg("--enable-test-kinds");
             }

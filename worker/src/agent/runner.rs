@@ -225,6 +225,12 @@ impl JobContext {
         self.stop.get()
     }
 
+    /// A check for a stop request that outlives borrows of the context (for engine loops that take a callback).
+    pub fn stop_check(&self) -> impl Fn() -> bool + use<> {
+        let stop = self.stop.clone();
+        move || stop.get().is_some()
+    }
+
     /// Blocks until every metric batch emitted so far is durably acknowledged.
     pub fn flush_metrics(&self) -> Result<(), RunError> {
         let (tx, rx) = oneshot::channel();

@@ -28,6 +28,12 @@ pub enum EngineError {
     Input(String),
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    /// The caller asked the loop to stop; the state after `step` updates is in the checkpoint `checkpoint`.
+    #[error("training stopped on request after step {step}")]
+    Stopped {
+        step: usize,
+        checkpoint: Option<PathBuf>,
+    },
 }
 
 /// Result alias of the engine.

@@ -23,13 +23,15 @@ pub fn load_manifest(path: &Path) -> Result<Manifest> {
 
 /// Loads the manifest's base model (QLoRA-quantised when it says nf4).
 pub fn load_base(manifest: &Manifest) -> Result<LoadedModel> {
-    load_model(
+    let mut loaded = load_model(
         &manifest.model.path,
         ModelOptions {
             family: Some(manifest.model.family),
             quantization: manifest.model.quantization,
         },
-    )
+    )?;
+    super::qlora::hold_if_small(loaded.model.as_mut())?;
+    Ok(loaded)
 }
 
 /// The rows (input, target) of one stage's train, val and test parts (`fold` for k-fold stages).

@@ -138,6 +138,8 @@ pub struct LoraLinear {
     lora: Option<LoraWeights>,
     /// Keys this layer's dropout stream.
     layer_key: u64,
+    /// Whether a quantised base is also held dequantised (see [`LoraLinear::hold_dequantized`]).
+    held: bool,
 }
 
 impl LoraLinear {
@@ -155,6 +157,7 @@ impl LoraLinear {
             base: FrozenWeight::Dense(weight),
             lora: None,
             layer_key,
+            held: false,
         })
     }
 
@@ -172,6 +175,7 @@ impl LoraLinear {
             base: FrozenWeight::Quantized(weight),
             lora: None,
             layer_key,
+            held: false,
         }
     }
 
@@ -193,7 +197,21 @@ impl LoraLinear {
         }
         self.source = weight.clone();
         self.base = FrozenWeight::Quantized(weight);
+        self.held = false;
         Ok(())
+    }
+
+    /// Keeps the dequantised form of a quantised base weight for the layer's lifetime instead of dequantising
+    /// on every use: the same values (dequantisation is deterministic), more memory, no per-use decode cost.
+    /// Returns the bytes added (0 for a dense or already held weight).
+    pub fn hold_dequantized(&mut self) -> Result<usize> {
+        if !matches!(self.base, FrozenWeight::Quantized(_)) || self.held {
+            return Ok(0);
+        }
+        let dense = self.source.matrix()?;
+        self.source = Arc::new(DenseWeight(dense));
+        self.held = true;
+        Ok(self.in_features * self.out_features * 4)
     }
 
     /// The dense base weight `[out, in]` (dequantised if held quantised).
@@ -205,6 +223,9 @@ impl LoraLinear {
     pub fn base_bytes(&self) -> usize {
         match &self.base {
             FrozenWeight::Dense(t) => t.elem_count() * 4,
+            FrozenWeight::Quantized(q) if self.held => {
+                q.storage_bytes() + self.in_features * self.out_features * 4
+            }
             FrozenWeight::Quantized(q) => q.storage_bytes(),
         }
     }
@@ -281,8 +302,15 @@ impl LoraLinear {
         let dims = x_in.dims().to_vec();
         let rows = x_in.elem_count() / self.in_features;
         let flat = x_in.reshape((rows, self.in_features))?;
-        let down = flat.matmul(&lora.a.as_tensor().t()?)?;
-        let up = down.matmul(&lora.b.as_tensor().t()?)?;
+        // Outside training the update is a constant: detached, nothing downstream records autograd ops (and
+        // the frozen matmuls take their inference path).
+        let (a, b) = if ctx.training {
+            (lora.a.as_tensor().clone(), lora.b.as_tensor().clone())
+        } else {
+            (lora.a.as_detached_tensor(), lora.b.as_detached_tensor())
+        };
+        let down = flat.matmul(&a.t()?)?;
+        let up = down.matmul(&b.t()?)?;
         let mut out_dims = dims;
         *out_dims.last_mut().expect("rank >= 1") = self.out_features;
         let update = (up * lora.scale)?.reshape(out_dims)?;

@@ -1,11 +1,13 @@
 //! The engine that runs one job: models (LLaMA, T5) with LoRA/QLoRA adapters, the training loop, generation.
 
+pub mod alloc;
 pub mod error;
 pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod rng;
+pub mod rowdot;
 pub mod tensor_io;
 
 pub use error::{EngineError, Result};

@@ -94,8 +94,26 @@ pub fn frozen_matmul(x: &Tensor, weight: &Arc<dyn WeightSource>) -> Result<Tenso
         let (out_f, in_f) = w.dims2()?;
         let mut dims = x.dims().to_vec();
         let rows = x.elem_count() / in_f.max(1);
-        let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
         *dims.last_mut().expect("rank >= 1") = out_f;
+        if rows <= super::rowdot::MAX_ROWS && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            // Decoding: a few rows; dot products straight off the weight rows beat packing it for a GEMM.
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let w = w.contiguous()?;
+            let y = {
+                let (storage, layout) = w.storage_and_layout();
+                let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
+                    (&*storage, layout.contiguous_offsets())
+                else {
+                    return Err(candle_core::Error::Msg(
+                        "frozen-matmul: expected a contiguous f32 CPU weight".into(),
+                    )
+                    .into());
+                };
+                super::rowdot::matmul_wt(&xs, rows, &values[start..end], out_f)
+            };
+            return Ok(Tensor::from_vec(y, dims, &Device::Cpu)?);
+        }
+        let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
         return Ok(y.reshape(dims)?);
     }
     Ok(x.apply_op1(FrozenMatmul {

@@ -59,3 +59,43 @@ pub fn quantize_model(model: &mut dyn LanguageModel) -> Result<usize> {
     }
     Ok(count)
 }
+
+/// Bytes the quantised layers of `model` would take held dequantised (f32).
+pub fn dequantized_bytes(model: &mut dyn LanguageModel) -> usize {
+    model
+        .linears_mut()
+        .into_iter()
+        .filter(|l| matches!(l.base(), FrozenWeight::Quantized(_)))
+        .map(|l| l.in_features * l.out_features * 4)
+        .sum()
+}
+
+/// Holds every quantised layer of `model` dequantised ([`LoraLinear::hold_dequantized`]): outputs and gradients
+/// are bit for bit those of decoding on each use, at f32 memory cost, without the per-use decode. Returns the
+/// bytes added.
+///
+/// [`LoraLinear::hold_dequantized`]: super::lora::LoraLinear::hold_dequantized
+pub fn hold_dequantized(model: &mut dyn LanguageModel) -> Result<usize> {
+    let mut bytes = 0;
+    for layer in model.linears_mut() {
+        bytes += layer.hold_dequantized()?;
+    }
+    Ok(bytes)
+}
+
+/// Quantised models whose NF4 layers take at most this much as f32 are held dequantised by
+/// [`hold_if_small`]: on a CPU the per-use decode costs more than the matmul it feeds, and a small model's
+/// dense copy is cheap. Larger models decode on use, as QLoRA intends.
+pub const HOLD_DEQUANTIZED_MAX_BYTES: usize = 2 << 30;
+
+/// [`hold_dequantized`] when the dense copy takes at most [`HOLD_DEQUANTIZED_MAX_BYTES`]; returns the bytes
+/// held (0 when the model has no quantised layers or is too large).
+pub fn hold_if_small(model: &mut dyn LanguageModel) -> Result<usize> {
+    let dense = dequantized_bytes(model);
+    if dense == 0 || dense > HOLD_DEQUANTIZED_MAX_BYTES {
+        return Ok(0);
+    }
+    let held = hold_dequantized(model)?;
+    tracing::info!(mib = held >> 20, "NF4 layers held dequantised");
+    Ok(held)
+}

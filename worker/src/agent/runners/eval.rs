@@ -15,13 +15,12 @@ use tandem_experiments::report::EvalResult;
 use tandem_proto as pb;
 
 use super::{
-    EVAL_RESULT_ARTIFACT, engine_error, fetch_adapter, input_path, io_error, job_spec,
+    EVAL_RESULT_ARTIFACT, engine_error, fetch_adapter, io_error, job_spec, load_job_model,
     read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError};
 use crate::engine::generate::{self, GenerateConfig};
 use crate::engine::jobs::preprocess;
-use crate::engine::load::{ModelOptions, load_model};
 use crate::engine::peft;
 
 /// The BERTScore encoder used when the manifest names none (fetched by scripts/fetch-models.sh).
@@ -54,15 +53,7 @@ impl JobRunner for EvalRunner {
                 spec.id
             )));
         }
-        let model_path = input_path(&spec, "model")?;
-        let mut loaded = load_model(
-            &model_path,
-            ModelOptions {
-                family: Some(config.model.family),
-                quantization: config.model.quantization,
-            },
-        )
-        .map_err(engine_error)?;
+        let mut loaded = load_job_model(&spec, &config.model)?;
         if let Some(parent) = &config.adapter {
             let dir = ctx.work_dir().join("adapter");
             fetch_adapter(ctx, parent, &dir)?;

@@ -7,14 +7,18 @@ pub mod eval;
 pub mod report;
 pub mod train;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tandem_experiments::manifest::hash::digest_path;
 use tandem_experiments::planner::{JobSpec, PartIndices};
 
 use super::{JobContext, RunError, RunnerRegistry};
 use crate::engine::EngineError;
+use crate::engine::load::{LoadedModel, ModelOptions, load_model};
+use crate::engine::qlora;
 
 /// Artifact of a data-prep job: the split and the usable rows it names.
 pub const PREPARED_ARTIFACT: &str = "prepared.json";
@@ -85,6 +89,117 @@ impl PreparedArtifact {
             })
             .collect()
     }
+}
+
+/// Identifies a loaded base model: where it was read from, its digest, and how it was loaded.
+type ModelKey = (PathBuf, String, String);
+
+/// The base model the worker's last job used, kept (without adapters) for the next job that needs the same one:
+/// loading SmolLM2 (GGUF decode, NF4 quantisation) costs seconds, a stage-2 eval matrix runs dozens of jobs.
+static MODEL_CACHE: Mutex<Option<(ModelKey, LoadedModel)>> = Mutex::new(None);
+
+/// A job's base model; returned to the worker's cache, adapters removed, when the job drops it.
+pub struct JobModel {
+    key: ModelKey,
+    loaded: Option<LoadedModel>,
+}
+
+impl std::ops::Deref for JobModel {
+    type Target = LoadedModel;
+    fn deref(&self) -> &LoadedModel {
+        self.loaded.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for JobModel {
+    fn deref_mut(&mut self) -> &mut LoadedModel {
+        self.loaded.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for JobModel {
+    fn drop(&mut self) {
+        let Some(mut loaded) = self.loaded.take() else {
+            return;
+        };
+        for layer in loaded.model.linears_mut() {
+            layer.clear_lora();
+        }
+        if let Ok(mut cache) = MODEL_CACHE.lock() {
+            *cache = Some((self.key.clone(), loaded));
+        }
+    }
+}
+
+/// The job's base model from its planned local path (quantised as the manifest says), after checking that the
+/// worker's copy is the one the plan recorded; reused from the previous job when it loaded the same model.
+pub fn load_job_model(
+    spec: &JobSpec,
+    model: &tandem_experiments::planner::ModelRef,
+) -> Result<JobModel, RunError> {
+    let path = input_path(spec, "model")?;
+    check_model_digest(&spec.id, &path, &model.sha256)?;
+    let key = (
+        path.clone(),
+        model.sha256.clone(),
+        format!("{:?}/{:?}", model.family, model.quantization),
+    );
+    let cached = MODEL_CACHE.lock().ok().and_then(|mut cache| cache.take());
+    if let Some((cached_key, loaded)) = cached {
+        if cached_key == key {
+            tracing::debug!(job = %spec.id, "base model reused from the previous job");
+            return Ok(JobModel {
+                key,
+                loaded: Some(loaded),
+            });
+        }
+    }
+    let mut loaded = load_model(
+        &path,
+        ModelOptions {
+            family: Some(model.family),
+            quantization: model.quantization,
+        },
+    )
+    .map_err(engine_error)?;
+    qlora::hold_if_small(loaded.model.as_mut()).map_err(engine_error)?;
+    Ok(JobModel {
+        key,
+        loaded: Some(loaded),
+    })
+}
+
+/// Checks that the worker's copy of the model at `path` is the one the plan was made with (the digest the
+/// planner recorded). Digests are remembered per (path, size, modification time) for the worker's lifetime.
+fn check_model_digest(job: &str, path: &Path, expected: &str) -> Result<(), RunError> {
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static SEEN: Mutex<BTreeMap<Key, String>> = Mutex::new(BTreeMap::new());
+    let meta = std::fs::metadata(path).map_err(|e| {
+        RunError::retryable(format!(
+            "job {job}: the model is not on this worker at {}: {e}",
+            path.display()
+        ))
+    })?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok());
+    let known = SEEN.lock().ok().and_then(|seen| seen.get(&key).cloned());
+    let found = match known {
+        Some(digest) => digest,
+        None => {
+            let digest = digest_path(path, true).map_err(|e| io_error(path, e))?;
+            if let Ok(mut seen) = SEEN.lock() {
+                seen.insert(key, digest.clone());
+            }
+            digest
+        }
+    };
+    if found != expected {
+        return Err(RunError::retryable(format!(
+            "job {job}: the model at {} has digest {found}, the plan recorded {expected}: this worker's copy \
+             differs from the one the experiment was submitted with",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The planned job spec the coordinator passes as the job's config.

@@ -8,15 +8,14 @@ use tandem_experiments::planner::JobConfig;
 use tandem_proto as pb;
 
 use super::{
-    ADAPTER_FILES, bundle, engine_error, fetch_adapter, input_path, io_error, job_spec,
+    ADAPTER_FILES, bundle, engine_error, fetch_adapter, io_error, job_spec, load_job_model,
     read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError, StopReason};
-use crate::engine::load::{ModelOptions, load_model};
 use crate::engine::lora::LoraConfig;
 use crate::engine::train::examples::{Overlong, build_examples};
 use crate::engine::train::{self, TrainConfig, TrainEvent};
-use crate::engine::{model, peft};
+use crate::engine::{EngineError, model, peft};
 
 pub struct TrainRunner;
 
@@ -42,15 +41,7 @@ impl JobRunner for TrainRunner {
         let part = prepared.part(config.fold)?;
         let train_rows = prepared.pick(&part.train)?;
         let val_rows = prepared.pick(&part.val)?;
-        let model_path = input_path(&spec, "model")?;
-        let mut loaded = load_model(
-            &model_path,
-            ModelOptions {
-                family: Some(config.model.family),
-                quantization: config.model.quantization,
-            },
-        )
-        .map_err(engine_error)?;
+        let mut loaded = load_job_model(&spec, &config.model)?;
         let lora = LoraConfig::from(&config.lora);
         if let Some(parent) = &config.init_adapter {
             let dir = ctx.work_dir().join("init-adapter");
@@ -102,6 +93,7 @@ impl JobRunner for TrainRunner {
             resume,
         };
         let mut failure: Option<RunError> = None;
+        let should_stop = ctx.stop_check();
         let summary = {
             let ctx = &mut *ctx;
             let failure = &mut failure;
@@ -141,19 +133,29 @@ impl JobRunner for TrainRunner {
                     TrainEvent::EarlyStop { .. } | TrainEvent::Finished(_) => {}
                 }
             };
-            train::train(
+            train::train_until(
                 loaded.model.as_mut(),
                 &train_ex,
                 &val_ex,
                 &train_config,
                 &out_dir,
                 &mut on_event,
+                &should_stop,
             )
-            .map_err(engine_error)?
         };
         if let Some(e) = failure {
             return Err(e);
         }
+        let summary = match summary {
+            Ok(summary) => summary,
+            // The loop checkpointed on the way out (uploaded above when the worker is shutting down).
+            Err(EngineError::Stopped { step, .. }) => {
+                let reason = ctx.stop_requested().unwrap_or(StopReason::Cancelled);
+                tracing::info!(step, ?reason, "training stopped");
+                return Err(RunError::Stopped(reason));
+            }
+            Err(e) => return Err(engine_error(e)),
+        };
         if let Some(reason) = ctx.stop_requested() {
             return Err(RunError::Stopped(reason));
         }

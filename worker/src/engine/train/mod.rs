@@ -188,6 +188,26 @@ pub fn evaluate(
     Ok(sum / tokens as f64)
 }
 
+/// Writes `checkpoint-{step}` (adapter, optimizer, best parameters, loop state) and prunes old ones.
+fn write_checkpoint(
+    model: &dyn LanguageModel,
+    config: &TrainConfig,
+    root: &Path,
+    opt: &AdamW,
+    best: Option<&[Vec<f32>]>,
+    state: &LoopState,
+) -> Result<PathBuf> {
+    let dir = root.join(format!("checkpoint-{}", state.step));
+    peft::save(model, &config.lora, &dir.join("adapter"))?;
+    checkpoint::save_optimizer(opt, &dir.join("optimizer.safetensors"))?;
+    if let Some(b) = best {
+        save_params(b, &params_path(&dir))?;
+    }
+    checkpoint::save_state(state, &dir.join("state.json"))?;
+    checkpoint::prune(root, config.training.checkpoints_kept)?;
+    Ok(dir)
+}
+
 fn params_path(dir: &Path) -> PathBuf {
     dir.join("best.safetensors")
 }
@@ -233,6 +253,21 @@ pub fn train(
     config: &TrainConfig,
     out_dir: &Path,
     on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainSummary> {
+    train_until(model, train, val, config, out_dir, on_event, &|| false)
+}
+
+/// [`train`], asking `should_stop` after every optimizer update: when it says yes, the loop writes a checkpoint
+/// of the state so far (reported as [`TrainEvent::Checkpoint`] unless that step was just checkpointed) and
+/// returns [`EngineError::Stopped`]; a run resumed from that checkpoint continues bit for bit.
+pub fn train_until(
+    model: &mut dyn LanguageModel,
+    train: &[TrainExample],
+    val: &[TrainExample],
+    config: &TrainConfig,
+    out_dir: &Path,
+    on_event: &mut dyn FnMut(TrainEvent),
+    should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainSummary> {
     let spec = &config.training;
     validate(spec, train)?;
@@ -387,25 +422,38 @@ pub fn train(
                 });
             }
         }
+        let mut saved = None;
         if spec.checkpoint_every > 0
             && state.step.is_multiple_of(spec.checkpoint_every)
             && !stopped_early
         {
-            let dir = ckpt_root.join(format!("checkpoint-{}", state.step));
-            peft::save(model, &config.lora, &dir.join("adapter"))?;
-            checkpoint::save_optimizer(&opt, &dir.join("optimizer.safetensors"))?;
-            if let Some(b) = &best {
-                save_params(b, &params_path(&dir))?;
-            }
-            checkpoint::save_state(&state, &dir.join("state.json"))?;
-            checkpoint::prune(&ckpt_root, spec.checkpoints_kept)?;
+            let dir = write_checkpoint(model, config, &ckpt_root, &opt, best.as_deref(), &state)?;
             on_event(TrainEvent::Checkpoint {
                 step: state.step,
-                path: dir,
+                path: dir.clone(),
             });
+            saved = Some(dir);
         }
         if stopped_early {
             break;
+        }
+        if state.step < total && should_stop() {
+            let checkpoint = match saved {
+                Some(dir) => dir,
+                None => {
+                    let dir =
+                        write_checkpoint(model, config, &ckpt_root, &opt, best.as_deref(), &state)?;
+                    on_event(TrainEvent::Checkpoint {
+                        step: state.step,
+                        path: dir.clone(),
+                    });
+                    dir
+                }
+            };
+            return Err(EngineError::Stopped {
+                step: state.step,
+                checkpoint: Some(checkpoint),
+            });
         }
     }
     let _ = last;
