@@ -296,6 +296,15 @@ fn print_environment(label: &str, e: &pb::JobEnvironment) {
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
+        // The replay first, so the hash checks and the log that follow include it.
+        let mut replay = None;
+        if let Some(wanted) = &args.replay {
+            let timeout =
+                (args.replay_timeout > 0).then(|| Duration::from_secs(args.replay_timeout));
+            let status = run_replay(&mut client, &args.experiment, wanted, timeout).await?;
+            let comparison = compare_replay(&status);
+            replay = Some((status, comparison));
+        }
         let reply = client
             .audit(pb::AuditRequest {
                 experiment_id: args.experiment.clone(),
@@ -305,14 +314,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             .map_err(rpc)?
             .into_inner();
         let mut checks = reply.checks.clone();
-        let mut replay = None;
-        if let Some(wanted) = &args.replay {
-            let timeout =
-                (args.replay_timeout > 0).then(|| Duration::from_secs(args.replay_timeout));
-            let status = run_replay(&mut client, &args.experiment, wanted, timeout).await?;
-            let comparison = compare_replay(&status);
+        if let Some((_, comparison)) = &replay {
             checks.extend(comparison.checks.iter().cloned());
-            replay = Some((status, comparison));
         }
         println!(
             "{:<6} {:<60} {:<18} {:<18} detail",

@@ -1240,7 +1240,8 @@ impl Scheduler {
         Ok(requeued)
     }
 
-    /// Queues a replay of `job_id`, a succeeded job of `experiment_id`: a new job record (id `replay-N-<job>`)
+    /// Queues a replay of `job_id`, a succeeded job of `experiment_id`: a new job record (id
+    /// `replay-<n>-<first 16 hex digits of the job id>`)
     /// with the same kind, config, inputs and dependencies, which is never served from the cache, never resumed
     /// from a checkpoint and stores its outputs and metrics under its own id. Returns the replay's id.
     pub async fn replay(
@@ -1273,7 +1274,11 @@ impl Scheduler {
             let config = self.store.job_config(job_id)?.ok_or_else(|| {
                 SchedulerError::NotFound(format!("job {job_id} has no stored config"))
             })?;
-            replay_id = format!("replay-{:06}-{job_id}", self.store.next_id()?);
+            replay_id = format!(
+                "replay-{:06}-{}",
+                self.store.next_id()?,
+                &job_id[..job_id.len().min(16)]
+            );
             self.store.put_job_config(&replay_id, &config)?;
             let submit_seq = state.next_submit_seq;
             state.next_submit_seq += 1;
