@@ -126,7 +126,14 @@ pub async fn export(client: &mut Client, experiment: &str, out: &Path) -> anyhow
         artifacts: count,
         ..Exported::default()
     };
-    let (evals, missing) = fetch_evals(client, &reply).await?;
+    // The files above are exported even when an evaluation result cannot be read; the tables are not.
+    let (evals, missing) = match fetch_evals(client, &reply).await {
+        Ok(found) => found,
+        Err(err) => {
+            eprintln!("results tables not written: {err:#}");
+            (Vec::new(), Vec::new())
+        }
+    };
     if !evals.is_empty() {
         for (format, ext) in [
             (ResultsFormat::Md, "md"),

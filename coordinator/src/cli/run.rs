@@ -203,9 +203,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let state = super::watch::follow(&mut client, &experiment).await?;
         let results = fetch_results(&mut client, &experiment).await?;
         println!();
-        fetch_report(&mut client, &results, ResultsFormat::Md)
-            .await?
-            .print(ResultsFormat::Md);
+        // A broken result must not keep the run from exporting what there is.
+        match fetch_report(&mut client, &results, ResultsFormat::Md).await {
+            Ok(report) => report.print(ResultsFormat::Md),
+            Err(err) => eprintln!("results tables: {err:#}"),
+        }
         let out = args
             .out
             .clone()
