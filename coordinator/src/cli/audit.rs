@@ -1,12 +1,18 @@
-//! `tandem audit ID`: re-hash the manifest, every input and every stored artifact against what was recorded,
-//! show the code version and worker environment each job ran with; exit code 1 on any mismatch.
+//! `tandem audit ID [--replay JOB]`: re-hash the manifest, every input and every stored artifact against what
+//! was recorded, show the code version and worker environment each job ran with; with `--replay`, re-run one
+//! finished job on a worker and compare its outputs with the stored ones (every output artifact by SHA-256,
+//! every metric series value by value, bitwise; timing series skipped). Exit code 1 on any mismatch.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 
-use super::client::{ClientArgs, block_on, rpc, utc};
+use super::client::{Client, ClientArgs, block_on, rpc, utc};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -14,6 +20,13 @@ pub struct AuditArgs {
     /// Also print the experiment's audit log (every state change and who caused it).
     #[arg(long)]
     pub log: bool,
+    /// Re-run this finished job (its id, a unique id prefix, or its name) on a worker and compare its
+    /// outputs and metrics with the stored ones.
+    #[arg(long, value_name = "JOB")]
+    pub replay: Option<String>,
+    /// Give up waiting for the replay after this many seconds (0: wait until it ends).
+    #[arg(long, default_value_t = 0)]
+    pub replay_timeout: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -22,9 +35,276 @@ fn short(hash: &str) -> &str {
     &hash[..hash.len().min(16)]
 }
 
+/// Whether a series measures time (throughput, durations): it differs run to run by nature.
+pub fn is_timing_series(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base == "tokens_per_s" || base.ends_with("_per_s") || base.ends_with("_seconds")
+}
+
+/// SHA-256 over a series' (step, value bits) pairs: equal digests mean bitwise-equal series.
+fn series_digest(steps: &[u64], values: &[f64]) -> String {
+    let mut hasher = Sha256::new();
+    for (step, value) in steps.iter().zip(values) {
+        hasher.update(step.to_le_bytes());
+        hasher.update(value.to_bits().to_le_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The replay's checks against the original, and the series skipped as timings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayComparison {
+    pub checks: Vec<pb::AuditCheck>,
+    pub skipped: Vec<String>,
+}
+
+fn check(subject: String, expected: String, actual: String, detail: String) -> pb::AuditCheck {
+    pb::AuditCheck {
+        ok: expected == actual,
+        subject,
+        expected,
+        actual,
+        detail,
+    }
+}
+
+/// Compares a finished replay with its original: the run itself succeeded, every output artifact has the
+/// same SHA-256 (and none is missing or extra), every non-timing metric series has the same points bit for
+/// bit.
+pub fn compare_replay(status: &pb::ReplayStatus) -> ReplayComparison {
+    let mut out = ReplayComparison::default();
+    let replay = status.replay.clone().unwrap_or_default();
+    let succeeded = replay.state == pb::JobState::Succeeded as i32;
+    out.checks.push(pb::AuditCheck {
+        subject: format!("replay run {}", status.replay_id),
+        expected: "succeeded".into(),
+        actual: super::status::job_state(&replay).to_string(),
+        ok: succeeded,
+        detail: if succeeded {
+            format!("attempt {} on {}", replay.attempts, replay.worker)
+        } else {
+            replay.last_error.clone()
+        },
+    });
+    if !succeeded {
+        return out;
+    }
+    let outputs = |list: &[pb::ArtifactRef]| -> BTreeMap<String, String> {
+        list.iter()
+            .filter(|a| a.role == "output")
+            .map(|a| (a.name.clone(), a.sha256.clone()))
+            .collect()
+    };
+    let original = outputs(&status.original_artifacts);
+    let replayed = outputs(&status.replay_artifacts);
+    let mut names: Vec<&String> = original.keys().chain(replayed.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let expected = original.get(name).cloned().unwrap_or_default();
+        let actual = replayed.get(name).cloned().unwrap_or_default();
+        let detail = match (expected.is_empty(), actual.is_empty()) {
+            (false, true) => "the replay did not produce it".to_string(),
+            (true, false) => "the replay produced it, the original did not".to_string(),
+            _ if expected == actual => "same bytes".to_string(),
+            _ => "different bytes".to_string(),
+        };
+        out.checks.push(check(
+            format!("replay artifact {name}"),
+            expected,
+            actual,
+            detail,
+        ));
+    }
+    let series = |list: &[pb::MetricSeries]| -> BTreeMap<String, (Vec<u64>, Vec<f64>)> {
+        list.iter()
+            .map(|s| (s.name.clone(), (s.steps.clone(), s.values.clone())))
+            .collect()
+    };
+    let original = series(&status.original_series);
+    let replayed = series(&status.replay_series);
+    let mut names: Vec<&String> = original.keys().chain(replayed.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        if is_timing_series(name) {
+            out.skipped.push(name.clone());
+            continue;
+        }
+        let empty = (Vec::new(), Vec::new());
+        let (es, ev) = original.get(name).unwrap_or(&empty);
+        let (rs, rv) = replayed.get(name).unwrap_or(&empty);
+        let detail = series_difference(es, ev, rs, rv);
+        let digest = |present: bool, steps: &[u64], values: &[f64]| {
+            if present {
+                series_digest(steps, values)
+            } else {
+                String::new()
+            }
+        };
+        let mut c = check(
+            format!("replay series {name}"),
+            digest(original.contains_key(name), es, ev),
+            digest(replayed.contains_key(name), rs, rv),
+            String::new(),
+        );
+        c.ok = c.ok && detail.is_none();
+        c.detail = detail.unwrap_or_else(|| format!("{} points, bitwise equal", ev.len()));
+        out.checks.push(c);
+    }
+    out
+}
+
+/// Where two series first differ (`None`: bitwise equal).
+fn series_difference(es: &[u64], ev: &[f64], rs: &[u64], rv: &[f64]) -> Option<String> {
+    for (i, ((s1, v1), (s2, v2))) in es.iter().zip(ev).zip(rs.iter().zip(rv)).enumerate() {
+        if s1 != s2 {
+            return Some(format!("point {i}: step {s1} vs {s2}"));
+        }
+        if v1.to_bits() != v2.to_bits() {
+            return Some(format!("point {i} (step {s1}): {v1:e} vs {v2:e}"));
+        }
+    }
+    if ev.len() != rv.len() {
+        return Some(format!("{} points vs {}", ev.len(), rv.len()));
+    }
+    None
+}
+
+/// Resolves `wanted` (a job id, a unique id prefix, or a job name) among the experiment's jobs.
+pub fn resolve_job<'a>(
+    jobs: &'a [pb::JobStatus],
+    wanted: &str,
+) -> anyhow::Result<&'a pb::JobStatus> {
+    if let Some(job) = jobs.iter().find(|j| j.id == wanted || j.name == wanted) {
+        return Ok(job);
+    }
+    let matches: Vec<&pb::JobStatus> = jobs.iter().filter(|j| j.id.starts_with(wanted)).collect();
+    match matches.as_slice() {
+        [job] if !wanted.is_empty() => Ok(job),
+        [] | [_] => anyhow::bail!(
+            "--replay {wanted:?}: no job of this experiment has that id, id prefix or name; jobs: {}",
+            jobs.iter()
+                .map(|j| format!("{} ({})", j.name, short(&j.id)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        many => anyhow::bail!(
+            "--replay {wanted:?}: the prefix matches {} jobs ({}); give more of the id",
+            many.len(),
+            many.iter()
+                .map(|j| short(&j.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Queues the replay and waits for it, printing a progress line whenever it changes.
+async fn run_replay(
+    client: &mut Client,
+    experiment: &str,
+    wanted: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<pb::ReplayStatus> {
+    let status = client
+        .get_experiment(pb::GetExperimentRequest {
+            experiment_id: experiment.to_string(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let job = resolve_job(&status.jobs, wanted)?;
+    let replay_id = client
+        .replay_job(pb::ReplayJobRequest {
+            experiment_id: experiment.to_string(),
+            job_id: job.id.clone(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .replay_id;
+    eprintln!("replay {replay_id} of {} ({}) queued", job.name, job.kind);
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let reply = client
+            .get_replay(pb::GetReplayRequest {
+                replay_id: replay_id.clone(),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        let run = reply.replay.clone().unwrap_or_default();
+        let mut line = format!("replay: {}", super::status::job_state(&run));
+        if !run.worker.is_empty() {
+            line.push_str(&format!(" on {}", run.worker));
+        }
+        if run.progress_total > 0 {
+            line.push_str(&format!(
+                " step {}/{}",
+                run.progress_step, run.progress_total
+            ));
+        }
+        if run.attempts > 1 {
+            line.push_str(&format!(" (attempt {})", run.attempts));
+        }
+        if line != last {
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+            last = line;
+        }
+        if reply.done {
+            if tty {
+                eprintln!();
+            }
+            return Ok(reply);
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() > limit
+        {
+            anyhow::bail!(
+                "replay {replay_id} did not finish within {}s (it stays queued; no worker may run kind {})",
+                limit.as_secs(),
+                job.kind
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_environment(label: &str, e: &pb::JobEnvironment) {
+    println!(
+        "{:<18} {:<28} {:<10} {:<14} {:<18} {}",
+        label,
+        e.worker,
+        e.worker_version,
+        &e.git_commit[..e.git_commit.len().min(12)],
+        short(&e.cargo_lock_sha256),
+        e.host
+    );
+}
+
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
+        // The replay first, so the hash checks and the log that follow include it.
+        let mut replay = None;
+        if let Some(wanted) = &args.replay {
+            let timeout =
+                (args.replay_timeout > 0).then(|| Duration::from_secs(args.replay_timeout));
+            let status = run_replay(&mut client, &args.experiment, wanted, timeout).await?;
+            let comparison = compare_replay(&status);
+            replay = Some((status, comparison));
+        }
         let reply = client
             .audit(pb::AuditRequest {
                 experiment_id: args.experiment.clone(),
@@ -33,11 +313,15 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(rpc)?
             .into_inner();
+        let mut checks = reply.checks.clone();
+        if let Some((_, comparison)) = &replay {
+            checks.extend(comparison.checks.iter().cloned());
+        }
         println!(
             "{:<6} {:<60} {:<18} {:<18} detail",
             "result", "subject", "expected", "actual"
         );
-        for c in &reply.checks {
+        for c in &checks {
             println!(
                 "{:<6} {:<60} {:<18} {:<18} {}",
                 if c.ok { "PASS" } else { "FAIL" },
@@ -54,15 +338,28 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             "job", "worker", "version", "git commit", "Cargo.lock"
         );
         for e in &reply.environments {
+            print_environment(short(&e.job_id), e);
+        }
+        if let Some((status, comparison)) = &replay {
+            println!();
             println!(
-                "{:<18} {:<28} {:<10} {:<14} {:<18} {}",
-                short(&e.job_id),
-                e.worker,
-                e.worker_version,
-                &e.git_commit[..e.git_commit.len().min(12)],
-                short(&e.cargo_lock_sha256),
-                e.host
+                "replay {} of job {}:",
+                status.replay_id,
+                short(&status.job_id)
             );
+            if let Some(e) = &status.original_environment {
+                print_environment("original", e);
+            }
+            match &status.replay_environment {
+                Some(e) => print_environment("replay", e),
+                None => println!("{:<18} (no worker ran the replay)", "replay"),
+            }
+            if !comparison.skipped.is_empty() {
+                println!(
+                    "skipped timing series (differ run to run by nature): {}",
+                    comparison.skipped.join(", ")
+                );
+            }
         }
         if args.log {
             println!();
@@ -77,17 +374,195 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        let failed = reply.checks.iter().filter(|c| !c.ok).count();
+        let failed = checks.iter().filter(|c| !c.ok).count();
         println!();
         println!(
             "{}: {} checks, {failed} failed",
-            if reply.ok { "PASS" } else { "FAIL" },
-            reply.checks.len()
+            if failed == 0 { "PASS" } else { "FAIL" },
+            checks.len()
         );
-        anyhow::Ok(if reply.ok {
+        anyhow::Ok(if failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         })
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(name: &str, sha: &str, role: &str) -> pb::ArtifactRef {
+        pb::ArtifactRef {
+            job_id: "j".into(),
+            name: name.into(),
+            sha256: sha.into(),
+            size: 1,
+            role: role.into(),
+        }
+    }
+
+    fn series(name: &str, values: &[f64]) -> pb::MetricSeries {
+        pb::MetricSeries {
+            job_id: "j".into(),
+            name: name.into(),
+            steps: (0..values.len() as u64).collect(),
+            values: values.to_vec(),
+        }
+    }
+
+    fn status(
+        replay_artifacts: Vec<pb::ArtifactRef>,
+        replay_series: Vec<pb::MetricSeries>,
+    ) -> pb::ReplayStatus {
+        pb::ReplayStatus {
+            replay_id: "replay-000001-j".into(),
+            job_id: "j".into(),
+            done: true,
+            replay: Some(pb::JobStatus {
+                state: pb::JobState::Succeeded as i32,
+                attempts: 1,
+                worker: "w1".into(),
+                ..Default::default()
+            }),
+            original_artifacts: vec![
+                artifact("output.bin", "aa", "output"),
+                artifact("checkpoint.json", "cc", "checkpoint"),
+            ],
+            original_series: vec![
+                series("train_loss", &[2.0, 1.5]),
+                series("tokens_per_s", &[100.0]),
+                series("step_seconds", &[0.5]),
+            ],
+            replay_artifacts,
+            replay_series,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn identical_outputs_pass_and_timings_are_skipped() {
+        let s = status(
+            vec![
+                artifact("output.bin", "aa", "output"),
+                artifact("checkpoint.json", "dd", "checkpoint"),
+            ],
+            vec![
+                series("train_loss", &[2.0, 1.5]),
+                series("tokens_per_s", &[93.0]),
+            ],
+        );
+        let c = compare_replay(&s);
+        assert!(c.checks.iter().all(|c| c.ok), "{:#?}", c.checks);
+        let subjects: Vec<_> = c.checks.iter().map(|c| c.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "replay run replay-000001-j",
+                "replay artifact output.bin",
+                "replay series train_loss"
+            ]
+        );
+        assert_eq!(c.skipped, ["step_seconds", "tokens_per_s"]);
+        assert!(c.checks[2].detail.contains("2 points, bitwise equal"));
+    }
+
+    #[test]
+    fn any_difference_fails_and_says_where() {
+        let next_up = f64::from_bits(1.5f64.to_bits() + 1);
+        let s = status(
+            vec![
+                artifact("output.bin", "ab", "output"),
+                artifact("extra.txt", "ee", "output"),
+            ],
+            vec![series("train_loss", &[2.0, next_up])],
+        );
+        let c = compare_replay(&s);
+        let failed: BTreeMap<&str, &str> = c
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.subject.as_str(), c.detail.as_str()))
+            .collect();
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert_eq!(failed["replay artifact output.bin"], "different bytes");
+        assert_eq!(
+            failed["replay artifact extra.txt"],
+            "the replay produced it, the original did not"
+        );
+        assert!(
+            failed["replay series train_loss"].starts_with("point 1 (step 1)"),
+            "{failed:?}"
+        );
+        // A missing series and a shorter series fail too.
+        let c = compare_replay(&status(
+            vec![artifact("output.bin", "aa", "output")],
+            vec![series("train_loss", &[2.0])],
+        ));
+        let loss = c
+            .checks
+            .iter()
+            .find(|c| c.subject == "replay series train_loss")
+            .unwrap();
+        assert!(!loss.ok);
+        assert_eq!(loss.detail, "2 points vs 1");
+    }
+
+    #[test]
+    fn a_failed_replay_is_a_failed_check() {
+        let mut s = status(vec![], vec![]);
+        s.replay = Some(pb::JobStatus {
+            state: pb::JobState::Failed as i32,
+            last_error: "input corrupted".into(),
+            ..Default::default()
+        });
+        let c = compare_replay(&s);
+        assert_eq!(c.checks.len(), 1);
+        assert!(!c.checks[0].ok);
+        assert_eq!(c.checks[0].detail, "input corrupted");
+    }
+
+    #[test]
+    fn timing_series_are_recognised_by_name() {
+        for t in [
+            "tokens_per_s",
+            "train/tokens_per_s",
+            "samples_per_s",
+            "step_seconds",
+        ] {
+            assert!(is_timing_series(t), "{t}");
+        }
+        for v in ["train_loss", "val_perplexity", "eval/bleu4", "per_sample"] {
+            assert!(!is_timing_series(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn jobs_resolve_by_id_prefix_or_name() {
+        let jobs: Vec<pb::JobStatus> = [("abc123", "train"), ("abd456", "eval")]
+            .into_iter()
+            .map(|(id, name)| pb::JobStatus {
+                id: id.into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(resolve_job(&jobs, "abc123").unwrap().name, "train");
+        assert_eq!(resolve_job(&jobs, "eval").unwrap().id, "abd456");
+        assert_eq!(resolve_job(&jobs, "abc").unwrap().id, "abc123");
+        assert!(
+            resolve_job(&jobs, "ab")
+                .unwrap_err()
+                .to_string()
+                .contains("matches 2 jobs")
+        );
+        assert!(
+            resolve_job(&jobs, "zz")
+                .unwrap_err()
+                .to_string()
+                .contains("no job")
+        );
+        assert!(resolve_job(&jobs, "").is_err());
+    }
 }

@@ -1,12 +1,16 @@
 //! Shared client plumbing for the orchestrator commands: `--coordinator`/`--token`/`--ca-cert` flags, an
-//! authenticated gRPC client, a runtime to drive it, and file-name sanitising for exports.
+//! authenticated gRPC client, a runtime to drive it, verified artifact downloads, and file-name sanitising for
+//! exports.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sha2::{Digest, Sha256};
+use tandem_proto as pb;
 use tandem_proto::client_service_client::ClientServiceClient;
+use tokio_stream::StreamExt;
 use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -76,6 +80,49 @@ impl ClientArgs {
                 .max_encoding_message_size(256 << 20),
         )
     }
+}
+
+/// Downloads blob `sha256` and checks the bytes against it.
+pub async fn download(client: &mut Client, sha256: &str) -> anyhow::Result<Vec<u8>> {
+    let mut stream = client
+        .download_artifact(pb::DownloadArtifactRequest {
+            sha256: sha256.to_string(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk.map_err(rpc)?.data);
+    }
+    let actual = hex_sha256(&data);
+    anyhow::ensure!(
+        actual == sha256,
+        "artifact {sha256} arrived corrupted (got {actual})"
+    );
+    Ok(data)
+}
+
+/// Lower-case hex SHA-256 of `data`.
+pub fn hex_sha256(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The experiment's results (status, series, artifacts, manifest, training-job placements).
+pub async fn fetch_results(
+    client: &mut Client,
+    experiment: &str,
+) -> anyhow::Result<pb::ResultsReply> {
+    Ok(client
+        .results(pb::ResultsRequest {
+            experiment_id: experiment.to_string(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner())
 }
 
 /// Runs `future` on a fresh multi-threaded runtime.

@@ -12,6 +12,7 @@ mod data;
 mod export;
 mod manifest;
 mod plan;
+mod plot;
 mod results;
 mod run;
 mod score;
@@ -49,9 +50,12 @@ pub enum Command {
     Retry(cancel::ExperimentArgs),
     /// List registered workers.
     Workers(workers::WorkersArgs),
-    /// Show an experiment's results.
+    /// Show an experiment's results: the thesis tables (or, with --series, the metric-series summary).
     Results(results::ResultsArgs),
-    /// Check an experiment's manifest, inputs and artifacts against their recorded hashes.
+    /// Draw an experiment's training and validation curves (SVG and PNG).
+    Plot(plot::PlotArgs),
+    /// Check an experiment's manifest, inputs and artifacts against their recorded hashes (--replay JOB:
+    /// re-run a job and compare its outputs bitwise).
     Audit(audit::AuditArgs),
     /// Write an experiment's manifest, metrics and artifacts to a folder.
     Export(export::ExportArgs),
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry(args) => cancel::retry(args),
         Command::Workers(args) => workers::run(args),
         Command::Results(args) => results::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
         Command::Run(args) => run::run(args),

@@ -1,6 +1,7 @@
 //! `tandem run M`: one experiment end to end on this machine. Starts an embedded coordinator on a loopback
 //! port with its store under `.tandem/` (or `--store`), starts `--workers N` local `tandem-worker` processes,
-//! submits M, shows `watch`, then prints the results and where the exported files are.
+//! submits M, shows `watch`, then prints the thesis tables and where the exported tables, plots and adapters
+//! are.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -13,8 +14,8 @@ use tandem_coordinator::scheduler::SchedulerConfig;
 use tandem_coordinator::server::{ServeOptions, start};
 use tandem_proto as pb;
 
-use super::client::{ClientArgs, block_on, rpc};
-use super::results::{ResultsFormat, render};
+use super::client::{ClientArgs, block_on, fetch_results, rpc};
+use super::results::{ResultsFormat, fetch_report};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -235,30 +236,52 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let state = super::watch::follow(&mut client, &experiment).await?;
-        let results = client
-            .results(pb::ResultsRequest {
-                experiment_id: experiment.clone(),
-            })
-            .await
-            .map_err(rpc)?
-            .into_inner();
+        let results = fetch_results(&mut client, &experiment).await?;
         println!();
-        print!("{}", render(&results, ResultsFormat::Md)?);
+        // A broken result must not keep the run from exporting what there is.
+        match fetch_report(&mut client, &results, ResultsFormat::Md).await {
+            Ok(report) => report.print(ResultsFormat::Md),
+            Err(err) => eprintln!("results tables: {err:#}"),
+        }
         let out = args
             .out
             .clone()
             .unwrap_or_else(|| root.join("runs").join(&experiment));
-        drop(client);
-        let export = super::export::ExportArgs {
-            experiment: experiment.clone(),
-            out: out.clone(),
-            client: client_args,
-        };
-        tokio::task::spawn_blocking(move || super::export::run(export)).await??;
+        let exported = super::export::export(&mut client, &experiment, &out).await?;
+        println!();
         println!(
             "metrics, artifacts and the manifest are in {}",
             out.display()
         );
+        if !exported.tables.is_empty() {
+            println!(
+                "tables: {}",
+                exported
+                    .tables
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(first) = exported.plots.first() {
+            println!(
+                "plots ({} files): {}",
+                exported.plots.len(),
+                first.parent().unwrap_or(first).display()
+            );
+        }
+        let adapters: Vec<_> = std::fs::read_dir(out.join("artifacts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|d| d.path().join("adapter_model.safetensors").is_file())
+            .map(|d| d.path().display().to_string())
+            .collect();
+        if !adapters.is_empty() {
+            println!("adapters: {}", adapters.join(", "));
+        }
+        drop(client);
         coordinator.shutdown().await?;
         anyhow::Ok(if state == "succeeded" {
             ExitCode::SUCCESS

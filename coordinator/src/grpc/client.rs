@@ -16,7 +16,10 @@ use super::{CHUNK_BYTES, Shared, status_of, store_status};
 use crate::auth::{Principal, new_token, require_admin, require_client, validate_name};
 use crate::planning;
 use crate::scheduler::{Submission, TeamScope};
-use crate::store::{AuditEntry, TokenRole, now_ms, sha256_hex};
+use crate::store::{AuditEntry, JobRecord, TokenRole, WorkerRecord, now_ms, sha256_hex};
+
+/// The planner's training job kind, whose stage and fold the results carry for plots.
+const TRAIN_KIND: &str = "train";
 
 pub struct ClientApi {
     shared: Shared,
@@ -82,6 +85,74 @@ pub(super) fn stream_blob(shared: &Shared, sha256: &str) -> Result<ChunkStream, 
         }));
     }
     Ok(Box::pin(tokio_stream::iter(chunks)))
+}
+
+/// Every stored metric series of `job_id`, points in batch order.
+fn series_of(shared: &Shared, job_id: &str) -> Result<Vec<pb::MetricSeries>, Status> {
+    let mut by_name: BTreeMap<String, (Vec<u64>, Vec<f64>)> = BTreeMap::new();
+    for (_, encoded) in shared
+        .scheduler
+        .store()
+        .metric_batches(job_id)
+        .map_err(store_status)?
+    {
+        let batch = pb::MetricBatch::decode(encoded.as_slice()).map_err(|e| {
+            Status::data_loss(format!("stored metric batch of {job_id} undecodable: {e}"))
+        })?;
+        for point in batch.points {
+            let entry = by_name.entry(point.name).or_default();
+            entry.0.push(point.step);
+            entry.1.push(point.value);
+        }
+    }
+    Ok(by_name
+        .into_iter()
+        .map(|(name, (steps, values))| pb::MetricSeries {
+            job_id: job_id.to_string(),
+            name,
+            steps,
+            values,
+        })
+        .collect())
+}
+
+/// The worker (and its code version) that ran `job`'s last successful attempt (else its last attempt).
+fn environment(shared: &Shared, job: &JobRecord) -> Option<pb::JobEnvironment> {
+    let worker_id = job
+        .attempt_log
+        .iter()
+        .rev()
+        .find(|a| a.outcome == "succeeded")
+        .or(job.attempt_log.last())
+        .map(|a| a.worker.clone())?;
+    let worker = shared.scheduler.worker(&worker_id);
+    let field =
+        |f: fn(&WorkerRecord) -> &String| worker.as_ref().map(f).cloned().unwrap_or_default();
+    Some(pb::JobEnvironment {
+        job_id: job.id.clone(),
+        worker: worker_id.clone(),
+        worker_version: field(|w| &w.version),
+        git_commit: field(|w| &w.git_commit),
+        cargo_lock_sha256: field(|w| &w.cargo_lock_sha256),
+        host: field(|w| &w.host),
+    })
+}
+
+/// The top-level `stage` and `fold` of a job config (a planner JobSpec, or a job-graph config that has them).
+#[derive(serde::Deserialize)]
+struct StageFold {
+    stage: Option<String>,
+    fold: Option<u32>,
+}
+
+/// Where a training job sits (stage, fold), read from its stored config; `None` when the config names no stage.
+pub fn placement(job_id: &str, config: &[u8]) -> Option<pb::JobPlacement> {
+    let parsed: StageFold = serde_json::from_slice(config).ok()?;
+    Some(pb::JobPlacement {
+        job_id: job_id.to_string(),
+        stage: parsed.stage.filter(|s| !s.is_empty())?,
+        fold: parsed.fold,
+    })
 }
 
 #[tonic::async_trait]
@@ -325,29 +396,9 @@ impl ClientService for ClientApi {
         let store = scheduler.store();
         let mut series = Vec::new();
         let mut artifacts = Vec::new();
+        let mut placements = Vec::new();
         for job in &view.jobs {
-            let mut by_name: BTreeMap<String, (Vec<u64>, Vec<f64>)> = BTreeMap::new();
-            for (_, encoded) in store.metric_batches(&job.job.id).map_err(store_status)? {
-                let batch = pb::MetricBatch::decode(encoded.as_slice()).map_err(|e| {
-                    Status::data_loss(format!(
-                        "stored metric batch of {} undecodable: {e}",
-                        job.job.id
-                    ))
-                })?;
-                for point in batch.points {
-                    let entry = by_name.entry(point.name).or_default();
-                    entry.0.push(point.step);
-                    entry.1.push(point.value);
-                }
-            }
-            for (name, (steps, values)) in by_name {
-                series.push(pb::MetricSeries {
-                    job_id: job.job.id.clone(),
-                    name,
-                    steps,
-                    values,
-                });
-            }
+            series.extend(series_of(&self.shared, &job.job.id)?);
             artifacts.extend(
                 store
                     .artifacts(&job.job.id)
@@ -355,6 +406,11 @@ impl ClientService for ClientApi {
                     .iter()
                     .map(artifact_ref),
             );
+            if job.job.kind == TRAIN_KIND
+                && let Some(config) = store.job_config(&job.job.id).map_err(store_status)?
+            {
+                placements.extend(placement(&job.job.id, &config));
+            }
         }
         let manifest = store
             .manifest(&view.record.id)
@@ -366,6 +422,7 @@ impl ClientService for ClientApi {
             series,
             artifacts,
             manifest,
+            placements,
         }))
     }
 
@@ -420,34 +477,7 @@ impl ClientService for ClientApi {
                     &artifact.sha256,
                 );
             }
-            let ran_on = job
-                .job
-                .attempt_log
-                .iter()
-                .rev()
-                .find(|a| a.outcome == "succeeded")
-                .or(job.job.attempt_log.last())
-                .map(|a| a.worker.clone());
-            if let Some(worker_id) = ran_on {
-                let worker = scheduler.worker(&worker_id);
-                environments.push(pb::JobEnvironment {
-                    job_id: job.job.id.clone(),
-                    worker: worker_id,
-                    worker_version: worker
-                        .as_ref()
-                        .map(|w| w.version.clone())
-                        .unwrap_or_default(),
-                    git_commit: worker
-                        .as_ref()
-                        .map(|w| w.git_commit.clone())
-                        .unwrap_or_default(),
-                    cargo_lock_sha256: worker
-                        .as_ref()
-                        .map(|w| w.cargo_lock_sha256.clone())
-                        .unwrap_or_default(),
-                    host: worker.as_ref().map(|w| w.host.clone()).unwrap_or_default(),
-                });
-            }
+            environments.extend(environment(&self.shared, &job.job));
         }
         let log = if req.include_log {
             scheduler
@@ -473,6 +503,62 @@ impl ClientService for ClientApi {
             log,
             coordinator_version: env!("CARGO_PKG_VERSION").to_string(),
             ok,
+        }))
+    }
+
+    async fn replay_job(
+        &self,
+        request: Request<pb::ReplayJobRequest>,
+    ) -> Result<Response<pb::ReplayJobReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        let replay_id = self
+            .shared
+            .scheduler
+            .replay(
+                principal.team_scope(),
+                &principal.actor(),
+                &req.experiment_id,
+                &req.job_id,
+            )
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReplayJobReply { replay_id }))
+    }
+
+    async fn get_replay(
+        &self,
+        request: Request<pb::GetReplayRequest>,
+    ) -> Result<Response<pb::ReplayStatus>, Status> {
+        let principal = self.caller(&request)?;
+        let replay_id = request.into_inner().replay_id;
+        let (replay, original) = self
+            .shared
+            .scheduler
+            .replay_view(principal.team_scope(), &replay_id)
+            .map_err(status_of)?;
+        let store = self.shared.scheduler.store();
+        let artifacts = |job_id: &str| -> Result<Vec<pb::ArtifactRef>, Status> {
+            Ok(store
+                .artifacts(job_id)
+                .map_err(store_status)?
+                .iter()
+                .map(artifact_ref)
+                .collect())
+        };
+        let done = replay.job.state.is_terminal();
+        Ok(Response::new(pb::ReplayStatus {
+            replay_id: replay_id.clone(),
+            experiment_id: replay.job.experiments.first().cloned().unwrap_or_default(),
+            job_id: original.id.clone(),
+            done,
+            original_artifacts: artifacts(&original.id)?,
+            replay_artifacts: artifacts(&replay_id)?,
+            original_series: series_of(&self.shared, &original.id)?,
+            replay_series: series_of(&self.shared, &replay_id)?,
+            original_environment: environment(&self.shared, &original),
+            replay_environment: environment(&self.shared, &replay.job),
+            replay: Some(job_status(&replay)),
         }))
     }
 
@@ -611,5 +697,28 @@ impl ClientService for ClientApi {
         store.commit().await.map_err(Status::internal)?;
         self.shared.auth.upsert(record);
         Ok(Response::new(pb::RevokeTokenReply {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placement;
+
+    #[test]
+    fn placements_read_the_top_level_stage_and_fold() {
+        let p = placement(
+            "j",
+            br#"{"id":"j","stage":"stage2","fold":3,"config":{"type":"train"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.job_id.as_str(), p.stage.as_str(), p.fold),
+            ("j", "stage2", Some(3))
+        );
+        let p = placement("j", br#"{"stage":"stage1","fold":null}"#).unwrap();
+        assert_eq!((p.stage.as_str(), p.fold), ("stage1", None));
+        assert!(placement("j", br#"{"steps":3}"#).is_none());
+        assert!(placement("j", br#"{"stage":null}"#).is_none());
+        assert!(placement("j", b"not json").is_none());
     }
 }

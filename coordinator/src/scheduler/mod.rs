@@ -588,6 +588,7 @@ impl Scheduler {
                                 experiments: vec![experiment_id.clone()],
                                 created_ms: now,
                                 finished_ms: None,
+                                replay_of: None,
                             },
                         );
                         state.dirty_jobs.push(planned.id.clone());
@@ -790,7 +791,8 @@ impl Scheduler {
         Ok(Some(LeaseGrant {
             attempt: job.attempt_log.len() as u32,
             deadline_ms: job.lease_deadline_ms,
-            checkpoint: job.checkpoint.clone(),
+            // A replay always starts from scratch.
+            checkpoint: job.checkpoint.clone().filter(|_| job.replay_of.is_none()),
             config,
             parents,
             experiment_id,
@@ -935,7 +937,8 @@ impl Scheduler {
             let mut state = self.lock();
             state.check_lease(worker_id, &record.job_id, record.attempt)?;
             self.store.put_artifact(&record)?;
-            if record.role == "checkpoint" {
+            let is_replay = state.jobs[&record.job_id].replay_of.is_some();
+            if record.role == "checkpoint" && !is_replay {
                 let job = state.jobs.get_mut(&record.job_id).expect("checked");
                 job.checkpoint = Some(CheckpointRef {
                     sha256: record.sha256.clone(),
@@ -1237,6 +1240,118 @@ impl Scheduler {
         Ok(requeued)
     }
 
+    /// Queues a replay of `job_id`, a succeeded job of `experiment_id`: a new job record (id
+    /// `replay-<n>-<first 16 hex digits of the job id>`)
+    /// with the same kind, config, inputs and dependencies, which is never served from the cache, never resumed
+    /// from a checkpoint and stores its outputs and metrics under its own id. Returns the replay's id.
+    pub async fn replay(
+        &self,
+        scope: TeamScope<'_>,
+        actor: &str,
+        experiment_id: &str,
+        job_id: &str,
+    ) -> SchedulerResult<String> {
+        let replay_id;
+        {
+            let mut state = self.lock();
+            let experiment = Self::experiment_for(&state, scope, experiment_id)?;
+            if !experiment.job_ids.iter().any(|j| j == job_id) {
+                return Err(SchedulerError::NotFound(format!(
+                    "experiment {experiment_id} has no job {job_id}"
+                )));
+            }
+            let original =
+                state.jobs.get(job_id).cloned().ok_or_else(|| {
+                    SchedulerError::NotFound(format!("no job {job_id} in the store"))
+                })?;
+            if original.state != JobState::Succeeded {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "job {job_id} ({}) is {}: only a succeeded job can be replayed",
+                    original.name,
+                    original.state.label()
+                )));
+            }
+            let config = self.store.job_config(job_id)?.ok_or_else(|| {
+                SchedulerError::NotFound(format!("job {job_id} has no stored config"))
+            })?;
+            replay_id = format!(
+                "replay-{:06}-{}",
+                self.store.next_id()?,
+                &job_id[..job_id.len().min(16)]
+            );
+            self.store.put_job_config(&replay_id, &config)?;
+            let submit_seq = state.next_submit_seq;
+            state.next_submit_seq += 1;
+            for dep in &original.deps {
+                state
+                    .dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(replay_id.clone());
+            }
+            let record = JobRecord {
+                id: replay_id.clone(),
+                kind: original.kind.clone(),
+                name: format!("{} (replay)", original.name),
+                deps: original.deps.clone(),
+                resources: original.resources,
+                inputs: original.inputs.clone(),
+                team: original.team.clone(),
+                priority: original.priority,
+                submit_seq,
+                state: JobState::Blocked,
+                attempts: 0,
+                attempt_log: Vec::new(),
+                last_error: None,
+                worker: None,
+                lease_deadline_ms: 0,
+                not_before_ms: 0,
+                checkpoint: None,
+                experiments: vec![experiment_id.to_string()],
+                created_ms: now_ms(),
+                finished_ms: None,
+                replay_of: Some(job_id.to_string()),
+            };
+            state.jobs.insert(replay_id.clone(), record);
+            state.dirty_jobs.push(replay_id.clone());
+            state.refresh_readiness(&replay_id);
+            state.audit(
+                actor,
+                "replay",
+                Some(experiment_id),
+                Some(job_id),
+                format!("replay {replay_id} of {} queued", original.name),
+            );
+            self.persist(&mut state)?;
+        }
+        self.durable().await?;
+        tracing::info!(experiment = %experiment_id, job = %job_id, replay = %replay_id, "replay queued");
+        Ok(replay_id)
+    }
+
+    /// A replay run and the job it replays, if `scope` may see its experiment.
+    pub fn replay_view(
+        &self,
+        scope: TeamScope<'_>,
+        replay_id: &str,
+    ) -> SchedulerResult<(JobView, JobRecord)> {
+        let state = self.lock();
+        let not_found = || SchedulerError::NotFound(format!("no replay {replay_id}"));
+        let replay = state.jobs.get(replay_id).ok_or_else(not_found)?;
+        let original_id = replay.replay_of.as_ref().ok_or_else(not_found)?;
+        let experiment_id = replay.experiments.first().ok_or_else(not_found)?;
+        Self::experiment_for(&state, scope, experiment_id)?;
+        let original = state.jobs.get(original_id).ok_or_else(not_found)?.clone();
+        Ok((
+            JobView {
+                job: replay.clone(),
+                cached: false,
+                progress: state.progress.get(replay_id).cloned().unwrap_or_default(),
+            },
+            original,
+        ))
+    }
+
     pub fn experiment(
         &self,
         scope: TeamScope<'_>,
@@ -1331,9 +1446,19 @@ impl Scheduler {
         self.lock().workers.get(worker_id).map(|w| w.record.clone())
     }
 
-    /// Audit entries of one experiment (its own and those of its jobs).
+    /// Audit entries of one experiment (its own and those of its jobs and of their replays).
     pub fn audit_log(&self, experiment: &ExperimentRecord) -> SchedulerResult<Vec<AuditEntry>> {
-        let jobs: HashSet<&String> = experiment.job_ids.iter().collect();
+        let mut jobs: HashSet<String> = experiment.job_ids.iter().cloned().collect();
+        {
+            let state = self.lock();
+            jobs.extend(
+                state
+                    .jobs
+                    .values()
+                    .filter(|j| j.replay_of.is_some() && j.experiments.contains(&experiment.id))
+                    .map(|j| j.id.clone()),
+            );
+        }
         Ok(self
             .store
             .audit_entries()?

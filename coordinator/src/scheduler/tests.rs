@@ -435,3 +435,119 @@ fn graph_errors_name_the_job_and_field() {
         .to_string();
     assert!(err.contains("duplicate"), "{err}");
 }
+
+fn checkpoint(job_id: &str, attempt: u32) -> ArtifactRecord {
+    ArtifactRecord {
+        job_id: job_id.into(),
+        name: "checkpoint.json".into(),
+        sha256: sha256_hex(b"checkpoint"),
+        size: 10,
+        role: "checkpoint".into(),
+        attempt,
+        metric_seq: 3,
+        created_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_replay_reruns_a_succeeded_job_from_scratch_beside_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    let mut parent = job("p", &[]);
+    parent.config = b"{\"steps\":1}".to_vec();
+    let mut child = job("c", &["p"]);
+    child.config = b"{\"steps\":7}".to_vec();
+    let out = s
+        .submit(submission("a", vec![parent, child]))
+        .await
+        .unwrap();
+    let e = out.experiment_id.clone();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lp = s.lease(&w, WAIT).await.unwrap().unwrap();
+    s.complete(&w, "p", lp.attempt).await.unwrap();
+    // Only a succeeded job of the caller's experiment can be replayed.
+    assert!(matches!(
+        s.replay(Some("a"), "team:a", &e, "c").await,
+        Err(SchedulerError::InvalidArgument(_))
+    ));
+    let lc = s.lease(&w, WAIT).await.unwrap().unwrap();
+    s.record_artifact(&w, checkpoint("c", lc.attempt))
+        .await
+        .unwrap();
+    s.complete(&w, "c", lc.attempt).await.unwrap();
+    assert!(matches!(
+        s.replay(Some("b"), "team:b", &e, "c").await,
+        Err(SchedulerError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        s.replay(Some("a"), "team:a", &e, "nope").await,
+        Err(SchedulerError::NotFound(_))
+    ));
+
+    let r = s.replay(Some("a"), "team:a", &e, "c").await.unwrap();
+    assert!(r.starts_with("replay-") && r.ends_with("-c"), "{r}");
+    let lease = s
+        .lease(&w, WAIT)
+        .await
+        .unwrap()
+        .expect("the replay is ready");
+    assert_eq!(lease.job.id, r);
+    assert_eq!(lease.config, b"{\"steps\":7}", "same config");
+    assert_eq!(lease.job.deps, vec!["p".to_string()]);
+    assert_eq!(lease.experiment_id, e);
+    assert!(
+        lease.checkpoint.is_none(),
+        "a replay never resumes from the original's checkpoint"
+    );
+    // A checkpoint the replay uploads is not a resume point either.
+    s.record_artifact(&w, checkpoint(&r, lease.attempt))
+        .await
+        .unwrap();
+    s.fail(&w, &r, lease.attempt, "flaky", false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    s.tick().await.unwrap();
+    let again = s
+        .lease(&w, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .expect("requeued");
+    assert_eq!(again.job.id, r);
+    assert!(again.checkpoint.is_none());
+    s.complete(&w, &r, again.attempt).await.unwrap();
+
+    // The experiment is unchanged: same jobs, the original still succeeded once with its checkpoint.
+    let view = s.experiment(Some("a"), &e).unwrap();
+    assert_eq!(view.jobs.len(), 2);
+    assert_eq!(view.state, "succeeded");
+    let original = view.jobs.iter().find(|j| j.job.id == "c").unwrap();
+    assert_eq!(original.job.attempts, 1);
+    assert!(original.job.checkpoint.is_some());
+    let (replay, of) = s.replay_view(Some("a"), &r).unwrap();
+    assert_eq!(replay.job.state, JobState::Succeeded);
+    assert_eq!(replay.job.replay_of.as_deref(), Some("c"));
+    assert_eq!(of.id, "c");
+    assert!(matches!(
+        s.replay_view(Some("b"), &r),
+        Err(SchedulerError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        s.replay_view(Some("a"), "c"),
+        Err(SchedulerError::NotFound(_))
+    ));
+    // The request and the replay's own lease are in the experiment's audit log.
+    let log = s.audit_log(&view.record).unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e.action == "replay" && e.actor == "team:a")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.action == "complete" && e.job_id.as_deref() == Some(r.as_str()))
+    );
+    // A restart keeps the replay as its own record.
+    drop(s);
+    let s = open(dir.path(), config());
+    let (replay, _) = s.replay_view(None, &r).unwrap();
+    assert_eq!(replay.job.state, JobState::Succeeded);
+    assert_eq!(s.experiment(None, &e).unwrap().jobs.len(), 2);
+}

@@ -145,6 +145,10 @@ pub struct JobRecord {
     pub experiments: Vec<String>,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
+    /// For a replay run (`tandem audit --replay`): the id of the job it re-runs. A replay is never part of an
+    /// experiment's job list, never resumes from a checkpoint, and its outputs never replace the original's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -263,6 +263,7 @@ mod tests {
             experiments: vec!["e1".into()],
             created_ms: 1_700_000_000_000,
             finished_ms: None,
+            replay_of: None,
         }
     }
 
