@@ -46,6 +46,9 @@ pub fn bins() -> &'static Bins {
         let status = Command::new(cargo)
             .current_dir(&workspace)
             .env("CARGO_TARGET_DIR", &target)
+            // Set for the test process only; build scripts that watch it (ring, rustls) would otherwise re-run
+            // and rebuild their dependents on every test binary's build.
+            .env_remove("CARGO_MANIFEST_DIR")
             .args([
                 "build",
                 "-p",
