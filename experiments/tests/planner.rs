@@ -54,6 +54,12 @@ fn the_graph_has_every_cell_fold_and_sweep_point() {
             "forgetting check uses the fold's adapter"
         );
         assert_eq!(forgetting.task, Some(Stage::Stage1));
+        let JobConfig::Eval(config) = &forgetting.config else {
+            panic!("{} is not an eval", forgetting.label)
+        };
+        // The model is fold `fold`'s; the test rows are stage 1's one holdout part.
+        assert_eq!(config.fold, Some(fold));
+        assert_eq!(config.data.fold, None);
         let configured = find(
             &plan,
             &format!(

@@ -357,6 +357,35 @@ fn sampling_and_beam_sampling_are_seeded() {
 }
 
 #[test]
+fn min_new_tokens_suppresses_end_of_sequence_until_reached() {
+    let (model, tok) = load();
+    let prompt = tok
+        .encode("The lungs are clear.", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let free = generate::generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &GenerateConfig::greedy(6),
+    )
+    .unwrap();
+    let first = free[0][0];
+    // Make the greedy first token the end of sequence: without a minimum, nothing is generated.
+    let mut cfg = GenerateConfig::greedy(6);
+    cfg.eos_token_ids = Some(vec![first]);
+    let stopped = generate::generate(&model, std::slice::from_ref(&prompt), &cfg).unwrap();
+    assert!(stopped[0].is_empty(), "{stopped:?}");
+    for beams in [1, 3] {
+        cfg.num_beams = beams;
+        cfg.min_new_tokens = 3;
+        let out = generate::generate(&model, std::slice::from_ref(&prompt), &cfg).unwrap();
+        assert!(out[0].len() >= 3, "beams {beams}: {out:?}");
+        assert!(!out[0][..3].contains(&first), "beams {beams}: {out:?}");
+    }
+}
+
+#[test]
 fn peft_round_trip_gives_identical_logits() {
     let (mut model, _) = load();
     model::add_lora(&mut model, &lora(), 5).unwrap();

@@ -109,6 +109,7 @@ pub fn generation(stage: Stage) -> GenerationSpec {
     match stage {
         Stage::Stage1 => GenerationSpec {
             max_new_tokens: 128,
+            min_new_tokens: 0,
             do_sample: true,
             temperature: 0.7,
             top_k: 50,
@@ -121,6 +122,7 @@ pub fn generation(stage: Stage) -> GenerationSpec {
         },
         Stage::Stage2 => GenerationSpec {
             max_new_tokens: 128,
+            min_new_tokens: 0,
             do_sample: true,
             temperature: 0.6,
             top_k: 50,

@@ -121,6 +121,7 @@ pub(crate) struct RawTraining {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGeneration {
     pub max_new_tokens: S<usize>,
+    pub min_new_tokens: S<usize>,
     pub do_sample: S<bool>,
     pub temperature: S<f64>,
     pub top_k: S<usize>,

@@ -645,6 +645,21 @@ impl Resolver<'_> {
                 "a number > 0",
             );
         }
+        let min_new_tokens = value(&g.min_new_tokens, d.min_new_tokens);
+        if let Some(max) = g
+            .max_new_tokens
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .or(Some(d.max_new_tokens))
+            && min_new_tokens > max
+        {
+            self.error(
+                span(&g.min_new_tokens),
+                &p("min_new_tokens"),
+                &format!("{min_new_tokens} is more than max_new_tokens ({max})"),
+                "an integer <= max_new_tokens",
+            );
+        }
         let max_eval_rows = g.max_eval_rows.as_ref().map(|m| *m.get_ref());
         if max_eval_rows == Some(0) {
             self.error(
@@ -661,6 +676,7 @@ impl Resolver<'_> {
                 1,
                 &p("max_new_tokens"),
             ),
+            min_new_tokens,
             do_sample,
             temperature,
             top_k: value(&g.top_k, d.top_k),

@@ -156,6 +156,9 @@ pub struct TrainingSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationSpec {
     pub max_new_tokens: usize,
+    /// End-of-sequence is suppressed until this many new tokens exist (transformers' `min_new_tokens`).
+    #[serde(default)]
+    pub min_new_tokens: usize,
     pub do_sample: bool,
     pub temperature: f64,
     pub top_k: usize,

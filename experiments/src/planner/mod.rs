@@ -383,6 +383,10 @@ impl Builder<'_> {
             return;
         }
         let spec = self.manifest.stage(task);
+        let data_fold = match spec.split {
+            SplitSpec::Kfold { .. } => fold,
+            SplitSpec::Holdout { .. } => None,
+        };
         let mut settings = vec![(spec.generation.clone(), None)];
         let tuned = match task {
             Stage::Stage1 => ModelStage::Stage1,
@@ -416,7 +420,8 @@ impl Builder<'_> {
                 adapter: adapter.map(str::to_owned),
                 prompt: spec.prompt.inference.clone(),
                 generation,
-                data: self.slice(task, prep, fold, "test"),
+                // A two-stage model (trained on one stage-2 fold) evaluated on a holdout task reads its one part.
+                data: self.slice(task, prep, data_fold, "test"),
                 metrics: self.manifest.evaluation.metrics.clone(),
                 preprocess: self.manifest.evaluation.preprocess,
                 bertscore_model: self

@@ -155,6 +155,7 @@ mod tests {
     fn generation() -> GenerationSpec {
         GenerationSpec {
             max_new_tokens: 128,
+            min_new_tokens: 0,
             do_sample: true,
             temperature: 0.6,
             top_k: 50,

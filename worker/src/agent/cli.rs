@@ -90,9 +90,14 @@ fn code_version() -> (String, String) {
     (commit, lock)
 }
 
+/// How long a shutting-down worker waits for its checkpoint upload and lease hand-back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Parses the agent flags from the process arguments and runs the agent until SIGTERM / Ctrl-C.
 pub fn main() -> ExitCode {
     let args = AgentArgs::parse();
+    // The threads the worker advertises are the threads its jobs' tensor work uses.
+    crate::engine::threads::configure(args.threads.map(|n| n as usize));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -166,6 +171,16 @@ pub fn main() -> ExitCode {
             }
             tracing::info!("shutting down: checkpointing and handing back the lease");
             let _ = tx.send(true);
+            // A coordinator that is gone cannot take the lease back: after the grace period the worker exits
+            // anyway (the lease expires there and the job is requeued). A second signal exits at once.
+            tokio::select! {
+                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                    tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "coordinator did not take the lease back in time; exiting");
+                }
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            std::process::exit(1);
         });
         match super::run(config, registry, rx).await {
             Ok(()) => ExitCode::SUCCESS,

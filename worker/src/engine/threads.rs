@@ -8,6 +8,13 @@
 /// 2 threads), so unless `CANDLE_NUM_THREADS` is set, element-wise work stays on the calling thread.
 /// Both are environment variables: call this once, early, before other threads run.
 pub fn run_with_threads<T>(threads: Option<usize>, f: impl FnOnce() -> T) -> T {
+    configure(threads);
+    f()
+}
+
+/// Sets the thread counts as [`run_with_threads`] describes, for a process whose work runs later (the agent).
+/// Call once, at start-up, before any other thread exists.
+pub fn configure(threads: Option<usize>) {
     // SAFETY: called at start-up from the main thread, before the engine spawns any thread that reads the
     // environment.
     unsafe {
@@ -18,5 +25,4 @@ pub fn run_with_threads<T>(threads: Option<usize>, f: impl FnOnce() -> T) -> T {
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
     }
-    f()
 }

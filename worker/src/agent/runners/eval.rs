@@ -27,7 +27,7 @@ use crate::engine::peft;
 pub const DEFAULT_BERTSCORE_MODEL: &str = ".cache/models/all-MiniLM-L6-v2";
 
 /// Prompts generated per batch (padding is masked, so results do not depend on it).
-const GENERATE_BATCH: usize = 4;
+const GENERATE_BATCH: usize = 8;
 
 pub struct EvalRunner;
 
@@ -42,7 +42,7 @@ impl JobRunner for EvalRunner {
             )));
         };
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
-        let part = prepared.part(config.fold)?;
+        let part = prepared.part(config.data.fold)?;
         let mut rows = prepared.pick(&part.test)?;
         if let Some(max) = config.generation.max_eval_rows {
             rows.truncate(max);

@@ -38,7 +38,7 @@ impl JobRunner for TrainRunner {
             )));
         };
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
-        let part = prepared.part(config.fold)?;
+        let part = prepared.part(config.data.fold)?;
         let train_rows = prepared.pick(&part.train)?;
         let val_rows = prepared.pick(&part.val)?;
         let mut loaded = load_job_model(&spec, &config.model)?;

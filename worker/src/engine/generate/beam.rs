@@ -73,7 +73,7 @@ pub fn beam_search(
                 let row = &table[b * n + i][..vocab];
                 let mut scores = processors::log_softmax(row);
                 let seen: Vec<u32> = context[b].iter().chain(&running[b][i]).copied().collect();
-                process_row(&mut scores, &seen, cfg, min_keep);
+                process_row(&mut scores, &seen, cfg, min_keep, generated, &eos);
                 let base = running_scores[b][i];
                 acc.extend(scores.iter().map(|s| s + base));
             }

@@ -17,6 +17,8 @@ use super::train::examples::fill_template;
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateConfig {
     pub max_new_tokens: usize,
+    /// End-of-sequence ids are suppressed until this many new tokens exist.
+    pub min_new_tokens: usize,
     pub do_sample: bool,
     pub temperature: f64,
     pub top_k: usize,
@@ -36,6 +38,7 @@ impl GenerateConfig {
     pub fn from_spec(spec: &GenerationSpec, seed: u64) -> Self {
         Self {
             max_new_tokens: spec.max_new_tokens,
+            min_new_tokens: spec.min_new_tokens,
             do_sample: spec.do_sample,
             temperature: spec.temperature,
             top_k: spec.top_k,
@@ -53,6 +56,7 @@ impl GenerateConfig {
     pub fn greedy(max_new_tokens: usize) -> Self {
         Self {
             max_new_tokens,
+            min_new_tokens: 0,
             do_sample: false,
             temperature: 1.0,
             top_k: 0,
@@ -100,8 +104,19 @@ impl GenerateConfig {
     }
 }
 
-/// Applies the processors transformers uses for this configuration to one row of scores.
-pub(crate) fn process_row(scores: &mut [f32], seen: &[u32], cfg: &GenerateConfig, min_keep: usize) {
+/// Applies the processors transformers uses for this configuration to one row of scores, in its order
+/// (minimum length first); `generated` new tokens exist so far.
+pub(crate) fn process_row(
+    scores: &mut [f32],
+    seen: &[u32],
+    cfg: &GenerateConfig,
+    min_keep: usize,
+    generated: usize,
+    eos: &[u32],
+) {
+    if generated < cfg.min_new_tokens {
+        processors::suppress(scores, eos);
+    }
     processors::repetition_penalty(scores, seen, cfg.repetition_penalty as f32);
     if cfg.do_sample {
         processors::temperature(scores, cfg.temperature as f32);
@@ -173,7 +188,7 @@ pub fn generate(
                 continue;
             }
             let mut scores = table[r].clone();
-            process_row(&mut scores, &seen[r], cfg, 1);
+            process_row(&mut scores, &seen[r], cfg, 1, step, &eos);
             let token = if cfg.do_sample {
                 let probs = processors::softmax(&scores);
                 let mut stream = Stream::new(cfg.seed, Purpose::Sampling, &[r as u64, step as u64]);

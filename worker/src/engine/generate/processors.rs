@@ -1,6 +1,15 @@
 //! Logit processors with transformers' semantics: repetition penalty, temperature, top-k, top-p, and the
 //! softmax/log-softmax helpers the decoders use.
 
+/// Sets the scores of `tokens` to minus infinity (transformers' minimum-length processors).
+pub fn suppress(scores: &mut [f32], tokens: &[u32]) {
+    for &t in tokens {
+        if let Some(s) = scores.get_mut(t as usize) {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// Divides positive and multiplies negative scores of every token already in `seen` by `penalty`.
 pub fn repetition_penalty(scores: &mut [f32], seen: &[u32], penalty: f32) {
     if penalty == 1.0 {
