@@ -395,6 +395,7 @@ mod tests {
             model_stage: None,
             task: None,
             sweep: None,
+            configured: true,
             inputs: Default::default(),
             config,
         }

@@ -60,6 +60,7 @@ fn the_graph_has_every_cell_fold_and_sweep_point() {
         // The model is fold `fold`'s; the test rows are stage 1's one holdout part.
         assert_eq!(config.fold, Some(fold));
         assert_eq!(config.data.fold, None);
+        assert!(forgetting.configured);
         let configured = find(
             &plan,
             &format!(
@@ -70,6 +71,11 @@ fn the_graph_has_every_cell_fold_and_sweep_point() {
             &plan,
             &format!("eval(two-stage fold {fold}, stage2 fold {fold} test, temperature=0.4)"),
         );
+        assert!(
+            configured.configured,
+            "the sweep point equal to the settings is a table cell"
+        );
+        assert!(!swept.configured);
         for (job, temperature) in [(configured, 0.6), (swept, 0.4)] {
             let JobConfig::Eval(eval) = &job.config else {
                 panic!("eval config")

@@ -736,3 +736,132 @@ fn tandem_run_drives_an_experiment_with_local_workers_and_refuses_unknown_kinds(
         "{stderr}"
     );
 }
+
+/// A one-model manifest over the tiny LLaMA fixture whose stage-1 training runs long enough to be killed.
+fn long_training_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let text = format!(
+        r#"name = "crash-real"
+seed = 5
+sweeps = []
+
+[model]
+family = "llama"
+path = "{model}"
+quantization = "nf4"
+
+[lora]
+r = 4
+alpha = 8.0
+dropout = 0.1
+target_modules = ["q_proj", "v_proj"]
+
+[stage1.dataset]
+path = "{stage1}"
+format = "csv"
+input_column = "findings"
+target_column = "impression"
+
+[stage1.split]
+kind = "holdout"
+train = 0.7
+val = 0.15
+test = 0.15
+
+[stage1.training]
+batch_size = 2
+grad_accum = 1
+lr = 1e-3
+warmup_steps = 0
+epochs = 100.0
+max_steps = 400
+eval_every = 100
+log_every = 1
+checkpoint_every = 10
+max_length = 256
+
+[stage2.dataset]
+path = "{stage2}"
+format = "csv"
+input_column = "impression"
+target_column = "summary"
+group_column = "patient_id"
+
+[stage2.split]
+kind = "kfold"
+folds = 2
+val_fraction = 0.25
+
+[evaluation]
+metrics = ["bleu"]
+cells = ["base:stage1"]
+
+[resources.train]
+gpus = 0
+cpu_threads = 1
+"#,
+        model = repo.join("worker/tests/fixtures/tiny-llama").display(),
+        stage1 = repo.join("tests/fixtures/runners/iu-20.csv").display(),
+        stage2 = repo
+            .join("tests/fixtures/runners/synthetic-12.csv")
+            .display(),
+    );
+    let path = dir.join("crash-real.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_worker_killed_mid_real_training_resumes_on_the_other_worker_bit_for_bit() {
+    let lab = Lab::start();
+    let mut first = lab.worker("first");
+    let manifest = long_training_manifest(lab.dir.path());
+    let experiment = tandem_ok(
+        &lab.coordinator.url,
+        Some(&lab.team),
+        &["submit", manifest.to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    // The training job (QLoRA on the tiny LLaMA) uploads a checkpoint every 10 steps: kill the worker once one
+    // is stored, without warning.
+    wait_for("a training checkpoint", LONG, || {
+        artifacts(&lab.coordinator.url, &lab.team, &experiment)
+            .iter()
+            .any(|a| a.role == "checkpoint")
+            .then_some(())
+    });
+    first.kill();
+    let second = lab.worker("second");
+    let status = lab.wait_state(&experiment, "succeeded");
+    let train = job(&status, "train(stage1)");
+    assert_eq!(train["attempts"], 2, "{train}");
+    assert!(
+        second.log().contains("resuming from checkpoint"),
+        "second worker did not resume: {}",
+        second.log()
+    );
+    // Every step's loss exactly once (steps 1..=400), none lost and none duplicated by the resume.
+    let metrics = series(&lab.coordinator.url, &lab.team, &experiment);
+    let losses = &metrics[&("train(stage1)".into(), "train_loss".into())];
+    let mut steps: Vec<u64> = losses.iter().map(|p| p.0).collect();
+    steps.sort();
+    assert_eq!(steps, (1..=400).collect::<Vec<_>>());
+
+    // The resumed run's adapter is the one an uninterrupted run makes: replay the job on the second worker.
+    let audit = tandem(
+        &lab.coordinator.url,
+        Some(&lab.team),
+        &["audit", &experiment, "--replay", "train(stage1)"],
+    );
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success(),
+        "replay differs: {text}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    assert!(text.contains("adapter_model.safetensors"), "{text}");
+}

@@ -78,9 +78,17 @@ pub struct JobSpec {
     pub model_stage: Option<ModelStage>,
     pub task: Option<Stage>,
     pub sweep: Option<SweepPoint>,
+    /// Whether an evaluation ran the manifest's configured generation settings (no sweep point, or the sweep
+    /// point equal to them): a cell of the main tables.
+    #[serde(default = "configured_default")]
+    pub configured: bool,
     /// Where the referenced files are (role -> path and digest): `model`, `dataset`, `bertscore_model`.
     pub inputs: BTreeMap<String, InputRef>,
     pub config: JobConfig,
+}
+
+fn configured_default() -> bool {
+    true
 }
 
 /// Everything a worker needs to run the job.

@@ -244,6 +244,7 @@ impl Builder<'_> {
             model_stage: labels.model_stage,
             task: labels.task,
             sweep: labels.sweep,
+            configured: labels.sweep.is_none(),
             inputs,
             config,
         });

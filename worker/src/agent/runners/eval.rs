@@ -129,9 +129,9 @@ impl JobRunner for EvalRunner {
             task: config.task,
             fold: config.fold,
             sweep: spec.sweep.map(|s| (s.parameter, s.value)),
-            // The planner runs a sweep value equal to the configured one as the main evaluation, so only
-            // evaluations without a sweep point are cells of the main tables.
-            configured: spec.sweep.is_none(),
+            // The planner marks the evaluation of the configured settings (a sweep point equal to them
+            // included): the cells of the main tables.
+            configured: spec.configured,
             scores,
         };
         let result_path = out.join(EVAL_RESULT_ARTIFACT);
