@@ -656,7 +656,7 @@ impl Resolver<'_> {
             self.error(
                 span(&g.min_new_tokens),
                 &p("min_new_tokens"),
-                &format!("{min_new_tokens} is more than max_new_tokens ({max})"),
+                format!("{min_new_tokens} is more than max_new_tokens ({max})"),
                 "an integer <= max_new_tokens",
             );
         }

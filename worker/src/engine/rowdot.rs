@@ -16,7 +16,7 @@ const FEATURES_PER_TASK: usize = 256;
 /// `y[r][o] = sum_k x[r][k] * w[o][k]` for `x` `[rows, k]` and `w` `[out, k]`, both row-major; `y` is
 /// `[rows, out]`.
 pub fn matmul_wt(x: &[f32], rows: usize, w: &[f32], out: usize) -> Vec<f32> {
-    let k = if rows == 0 { 0 } else { x.len() / rows };
+    let k = x.len().checked_div(rows).unwrap_or(0);
     debug_assert_eq!(x.len(), rows * k);
     debug_assert_eq!(w.len(), out * k);
     // Computed transposed ([out, rows]: each task owns a contiguous block), then laid out as [rows, out].

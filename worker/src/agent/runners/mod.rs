@@ -145,14 +145,14 @@ pub fn load_job_model(
         format!("{:?}/{:?}", model.family, model.quantization),
     );
     let cached = MODEL_CACHE.lock().ok().and_then(|mut cache| cache.take());
-    if let Some((cached_key, loaded)) = cached {
-        if cached_key == key {
-            tracing::debug!(job = %spec.id, "base model reused from the previous job");
-            return Ok(JobModel {
-                key,
-                loaded: Some(loaded),
-            });
-        }
+    if let Some((cached_key, loaded)) = cached
+        && cached_key == key
+    {
+        tracing::debug!(job = %spec.id, "base model reused from the previous job");
+        return Ok(JobModel {
+            key,
+            loaded: Some(loaded),
+        });
     }
     let mut loaded = load_model(
         &path,
