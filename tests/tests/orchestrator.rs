@@ -783,6 +783,10 @@ log_every = 1
 checkpoint_every = 10
 max_length = 256
 
+[stage1.generation]
+max_new_tokens = 4
+max_eval_rows = 3
+
 [stage2.dataset]
 path = "{stage2}"
 format = "csv"
@@ -800,6 +804,10 @@ metrics = ["bleu"]
 cells = ["base:stage1"]
 
 [resources.train]
+gpus = 0
+cpu_threads = 1
+
+[resources.eval]
 gpus = 0
 cpu_threads = 1
 "#,
@@ -836,7 +844,19 @@ fn a_worker_killed_mid_real_training_resumes_on_the_other_worker_bit_for_bit() {
     });
     first.kill();
     let second = lab.worker("second");
-    let status = lab.wait_state(&experiment, "succeeded");
+    let started = std::time::Instant::now();
+    let status = loop {
+        let status = lab.status(&experiment);
+        if status["state"] == "succeeded" {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300) && status["state"] != "failed",
+            "experiment not done: {status:#}\nsecond worker:\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let train = job(&status, "train(stage1)");
     assert_eq!(train["attempts"], 2, "{train}");
     assert!(
