@@ -349,3 +349,116 @@ pub fn write_manifest(dir: &Path, file: &str, graph: &serde_json::Value) -> Path
         .expect("writing manifest");
     path
 }
+
+/// The stage-1 training table of [`tiny_manifest`] for a quick run: two updates, validated and checkpointed
+/// after each.
+pub const TINY_STAGE1_TRAINING: &str = "batch_size = 2
+grad_accum = 1
+lr = 1e-3
+warmup_steps = 0
+epochs = 1.0
+max_steps = 2
+eval_every = 1
+log_every = 1
+checkpoint_every = 1
+max_length = 256";
+
+/// A two-stage manifest over the committed fixtures (the tiny LLaMA, 20 IU X-ray reports for stage 1, 12
+/// SYNTHETIC rows in 2 folds for stage 2), everything on one CPU thread per job. `quantization` is `none` or
+/// `nf4`, `stage1_training` the body of `[stage1.training]`, `cells` the quoted evaluation cells.
+pub fn tiny_manifest(name: &str, quantization: &str, stage1_training: &str, cells: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    format!(
+        r#"name = "{name}"
+seed = 7
+sweeps = []
+
+[model]
+family = "llama"
+path = "{model}"
+quantization = "{quantization}"
+compute_dtype = "f32"
+
+[lora]
+r = 4
+alpha = 8.0
+dropout = 0.0
+target_modules = ["q_proj", "v_proj"]
+
+[stage1.dataset]
+path = "{stage1}"
+format = "csv"
+input_column = "findings"
+target_column = "impression"
+
+[stage1.split]
+kind = "holdout"
+train = 0.7
+val = 0.15
+test = 0.15
+
+[stage1.prompt]
+train = "Findings: {{input}}\nImpression:"
+inference = "Findings: {{input}}\nImpression:"
+
+[stage1.training]
+{stage1_training}
+
+[stage1.generation]
+max_new_tokens = 4
+max_eval_rows = 3
+
+[stage2.dataset]
+path = "{stage2}"
+format = "csv"
+input_column = "impression"
+target_column = "summary"
+group_column = "patient_id"
+
+[stage2.split]
+kind = "kfold"
+folds = 2
+val_fraction = 0.25
+
+[stage2.prompt]
+train = "Impression: {{input}}\nSummary:"
+inference = "Impression: {{input}}\nSummary:"
+
+[stage2.training]
+batch_size = 2
+grad_accum = 1
+lr = 1e-3
+warmup_steps = 0
+epochs = 1.0
+max_steps = 2
+eval_every = 1
+log_every = 1
+checkpoint_every = 1
+max_length = 256
+
+[stage2.generation]
+max_new_tokens = 4
+num_beams = 1
+max_eval_rows = 3
+
+[evaluation]
+metrics = ["bleu", "rouge", "meteor"]
+cells = [{cells}]
+
+[resources.train]
+gpus = 0
+cpu_threads = 1
+
+[resources.eval]
+gpus = 0
+cpu_threads = 1
+"#,
+        model = repo.join("worker/tests/fixtures/tiny-llama").display(),
+        stage1 = repo.join("tests/fixtures/runners/iu-20.csv").display(),
+        stage2 = repo
+            .join("tests/fixtures/runners/synthetic-12.csv")
+            .display(),
+    )
+}

@@ -11,8 +11,8 @@ use tandem_proto as pb;
 use tandem_proto::client_service_client::ClientServiceClient;
 use tandem_proto::worker_service_client::WorkerServiceClient;
 use tandem_tests::{
-    Coordinator, FAST, Worker, create_token, status_json, tandem, tandem_ok, wait_for,
-    write_manifest,
+    Coordinator, FAST, TINY_STAGE1_TRAINING, Worker, create_token, status_json, tandem, tandem_ok,
+    tiny_manifest, wait_for, write_manifest,
 };
 use tonic::Request;
 
@@ -737,88 +737,20 @@ fn tandem_run_drives_an_experiment_with_local_workers_and_refuses_unknown_kinds(
     );
 }
 
-/// A one-model manifest over the tiny LLaMA fixture whose stage-1 training runs long enough to be killed.
+/// The tiny two-stage manifest with QLoRA and a stage-1 training long enough to be killed (400 updates,
+/// a checkpoint every 10).
 fn long_training_manifest(dir: &std::path::Path) -> std::path::PathBuf {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let text = format!(
-        r#"name = "crash-real"
-seed = 5
-sweeps = []
-
-[model]
-family = "llama"
-path = "{model}"
-quantization = "nf4"
-
-[lora]
-r = 4
-alpha = 8.0
-dropout = 0.1
-target_modules = ["q_proj", "v_proj"]
-
-[stage1.dataset]
-path = "{stage1}"
-format = "csv"
-input_column = "findings"
-target_column = "impression"
-
-[stage1.split]
-kind = "holdout"
-train = 0.7
-val = 0.15
-test = 0.15
-
-[stage1.training]
-batch_size = 2
-grad_accum = 1
-lr = 1e-3
-warmup_steps = 0
-epochs = 100.0
-max_steps = 400
-eval_every = 100
-log_every = 1
-checkpoint_every = 10
-max_length = 256
-
-[stage1.generation]
-max_new_tokens = 4
-max_eval_rows = 3
-
-[stage2.dataset]
-path = "{stage2}"
-format = "csv"
-input_column = "impression"
-target_column = "summary"
-group_column = "patient_id"
-
-[stage2.split]
-kind = "kfold"
-folds = 2
-val_fraction = 0.25
-
-[evaluation]
-metrics = ["bleu"]
-cells = ["base:stage1"]
-
-[resources.train]
-gpus = 0
-cpu_threads = 1
-
-[resources.eval]
-gpus = 0
-cpu_threads = 1
-"#,
-        model = repo.join("worker/tests/fixtures/tiny-llama").display(),
-        stage1 = repo.join("tests/fixtures/runners/iu-20.csv").display(),
-        stage2 = repo
-            .join("tests/fixtures/runners/synthetic-12.csv")
-            .display(),
-    );
+    let training = TINY_STAGE1_TRAINING
+        .replace("epochs = 1.0", "epochs = 100.0")
+        .replace("max_steps = 2", "max_steps = 400")
+        .replace("eval_every = 1", "eval_every = 100")
+        .replace("checkpoint_every = 1", "checkpoint_every = 10");
     let path = dir.join("crash-real.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(
+        &path,
+        tiny_manifest("crash-real", "nf4", &training, r#""base:stage1""#),
+    )
+    .unwrap();
     path
 }
 

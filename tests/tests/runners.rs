@@ -2,130 +2,21 @@
 //! 1, 12 SYNTHETIC rows in 2 folds for stage 2) with two real local workers running the planner's job kinds:
 //! data preparation, training, evaluation and the report.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tandem_tests::bins;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn manifest(model: &Path, stage1: &Path, stage2: &Path) -> String {
-    format!(
-        r#"name = "runners-e2e"
-seed = 7
-sweeps = []
-
-[model]
-family = "llama"
-path = "{model}"
-quantization = "none"
-compute_dtype = "f32"
-
-[lora]
-r = 4
-alpha = 8.0
-dropout = 0.0
-target_modules = ["q_proj", "v_proj"]
-
-[stage1.dataset]
-path = "{stage1}"
-format = "csv"
-input_column = "findings"
-target_column = "impression"
-
-[stage1.split]
-kind = "holdout"
-train = 0.7
-val = 0.15
-test = 0.15
-
-[stage1.prompt]
-train = "Findings: {{input}}\nImpression:"
-inference = "Findings: {{input}}\nImpression:"
-
-[stage1.training]
-batch_size = 2
-grad_accum = 1
-lr = 1e-3
-warmup_steps = 0
-epochs = 1.0
-max_steps = 2
-eval_every = 1
-log_every = 1
-checkpoint_every = 1
-max_length = 256
-
-[stage1.generation]
-max_new_tokens = 4
-max_eval_rows = 3
-
-[stage2.dataset]
-path = "{stage2}"
-format = "csv"
-input_column = "impression"
-target_column = "summary"
-group_column = "patient_id"
-
-[stage2.split]
-kind = "kfold"
-folds = 2
-val_fraction = 0.25
-
-[stage2.prompt]
-train = "Impression: {{input}}\nSummary:"
-inference = "Impression: {{input}}\nSummary:"
-
-[stage2.training]
-batch_size = 2
-grad_accum = 1
-lr = 1e-3
-warmup_steps = 0
-epochs = 1.0
-max_steps = 2
-eval_every = 1
-log_every = 1
-checkpoint_every = 1
-max_length = 256
-
-[stage2.generation]
-max_new_tokens = 4
-num_beams = 1
-max_eval_rows = 3
-
-[evaluation]
-metrics = ["bleu", "rouge", "meteor"]
-cells = ["base:stage1", "stage1:stage1", "stage1:stage2", "two-stage:stage2"]
-
-[resources.train]
-gpus = 0
-cpu_threads = 1
-
-[resources.eval]
-gpus = 0
-cpu_threads = 1
-"#,
-        model = model.display(),
-        stage1 = stage1.display(),
-        stage2 = stage2.display(),
-    )
-}
+use tandem_tests::{TINY_STAGE1_TRAINING, bins, tiny_manifest};
 
 #[test]
 fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
-    let repo = repo();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("tiny.toml");
     std::fs::write(
         &path,
-        manifest(
-            &repo.join("worker/tests/fixtures/tiny-llama"),
-            &repo.join("tests/fixtures/runners/iu-20.csv"),
-            &repo.join("tests/fixtures/runners/synthetic-12.csv"),
+        tiny_manifest(
+            "runners-e2e",
+            "none",
+            TINY_STAGE1_TRAINING,
+            r#""base:stage1", "stage1:stage1", "stage1:stage2", "two-stage:stage2""#,
         ),
     )
     .unwrap();

@@ -94,42 +94,33 @@ fn lora() -> LoraConfig {
     }
 }
 
-fn run(
-    dir: &Path,
-    resume: bool,
-    quantize: bool,
-    spec: TrainingSpec,
-) -> (train::TrainSummary, Vec<TrainEvent>) {
-    let (mut model, tok) = load();
-    if quantize {
-        assert_eq!(qlora::quantize_model(&mut model).unwrap(), 14);
-    }
-    let data = examples(&tok, ROWS);
-    let (tr, val) = data.split_at(4);
-    let config = TrainConfig {
-        training: spec,
-        lora: lora(),
-        seed: 42,
-        resume,
-    };
-    let mut events = Vec::new();
-    let summary = train::train(&mut model, tr, val, &config, dir, &mut |e| events.push(e)).unwrap();
-    (summary, events)
+/// How the base weights are held in a run: dense, NF4 decoded on use, or NF4 held dequantised.
+#[derive(Clone, Copy, PartialEq)]
+enum Weights {
+    Dense,
+    Nf4,
+    Nf4Held,
 }
 
-/// Trains with `should_stop` asked after every update; `hold` keeps the NF4 weights dequantised.
-fn run_until(
+/// Trains the tiny LLaMA on `ROWS` (4 train, the rest validation), asking `should_stop` after every update;
+/// returns the loop's result and every event it reported.
+fn train_tiny(
     dir: &Path,
     resume: bool,
-    hold: bool,
+    weights: Weights,
     spec: TrainingSpec,
     should_stop: &dyn Fn() -> bool,
-) -> Result<train::TrainSummary, tandem_worker::engine::EngineError> {
+) -> (
+    Result<train::TrainSummary, tandem_worker::engine::EngineError>,
+    Vec<TrainEvent>,
+) {
     let (mut model, tok) = load();
-    qlora::quantize_model(&mut model).unwrap();
-    if hold {
+    if weights != Weights::Dense {
+        assert_eq!(qlora::quantize_model(&mut model).unwrap(), 14);
+    }
+    if weights == Weights::Nf4Held {
         let bytes = qlora::hold_dequantized(&mut model).unwrap();
-        assert_eq!(bytes, qlora::dequantized_bytes(&mut model));
+        assert_eq!(bytes, qlora::dequantized_bytes(&model));
         assert!(bytes > 0);
     }
     let data = examples(&tok, ROWS);
@@ -140,7 +131,44 @@ fn run_until(
         seed: 42,
         resume,
     };
-    train::train_until(&mut model, tr, val, &config, dir, &mut |_| {}, should_stop)
+    let mut events = Vec::new();
+    let result = train::train_until(
+        &mut model,
+        tr,
+        val,
+        &config,
+        dir,
+        &mut |e| events.push(e),
+        should_stop,
+    );
+    (result, events)
+}
+
+fn run(
+    dir: &Path,
+    resume: bool,
+    quantize: bool,
+    spec: TrainingSpec,
+) -> (train::TrainSummary, Vec<TrainEvent>) {
+    let weights = if quantize {
+        Weights::Nf4
+    } else {
+        Weights::Dense
+    };
+    let (result, events) = train_tiny(dir, resume, weights, spec, &|| false);
+    (result.unwrap(), events)
+}
+
+/// Trains QLoRA with `should_stop` asked after every update; `hold` keeps the NF4 weights dequantised.
+fn run_until(
+    dir: &Path,
+    resume: bool,
+    hold: bool,
+    spec: TrainingSpec,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<train::TrainSummary, tandem_worker::engine::EngineError> {
+    let weights = if hold { Weights::Nf4Held } else { Weights::Nf4 };
+    train_tiny(dir, resume, weights, spec, should_stop).0
 }
 
 #[test]

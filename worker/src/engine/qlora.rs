@@ -61,9 +61,9 @@ pub fn quantize_model(model: &mut dyn LanguageModel) -> Result<usize> {
 }
 
 /// Bytes the quantised layers of `model` would take held dequantised (f32).
-pub fn dequantized_bytes(model: &mut dyn LanguageModel) -> usize {
+pub fn dequantized_bytes(model: &dyn LanguageModel) -> usize {
     model
-        .linears_mut()
+        .linears()
         .into_iter()
         .filter(|l| matches!(l.base(), FrozenWeight::Quantized(_)))
         .map(|l| l.in_features * l.out_features * 4)
@@ -91,7 +91,7 @@ pub const HOLD_DEQUANTIZED_MAX_BYTES: usize = 2 << 30;
 /// [`hold_dequantized`] when the dense copy takes at most [`HOLD_DEQUANTIZED_MAX_BYTES`]; returns the bytes
 /// held (0 when the model has no quantised layers or is too large).
 pub fn hold_if_small(model: &mut dyn LanguageModel) -> Result<usize> {
-    let dense = dequantized_bytes(model);
+    let dense = dequantized_bytes(&*model);
     if dense == 0 || dense > HOLD_DEQUANTIZED_MAX_BYTES {
         return Ok(0);
     }

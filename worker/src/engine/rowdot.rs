@@ -42,6 +42,10 @@ pub fn matmul_wt(x: &[f32], rows: usize, w: &[f32], out: usize) -> Vec<f32> {
             .enumerate()
             .for_each(fill);
     }
+    if rows == 1 {
+        // [out, 1] and [1, out] are the same layout.
+        return yt;
+    }
     let mut y = vec![0f32; rows * out];
     for (o, cell) in yt.chunks_exact(rows).enumerate() {
         for (r, v) in cell.iter().enumerate() {
