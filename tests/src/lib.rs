@@ -350,8 +350,8 @@ pub fn write_manifest(dir: &Path, file: &str, graph: &serde_json::Value) -> Path
     path
 }
 
-/// The stage-1 training table of [`tiny_manifest`] for a quick run: two updates, validated and checkpointed
-/// after each.
+/// A quick training table for [`tiny_manifest`] (stage 2 always uses it): two updates, validated and
+/// checkpointed after each.
 pub const TINY_STAGE1_TRAINING: &str = "batch_size = 2
 grad_accum = 1
 lr = 1e-3
@@ -427,16 +427,7 @@ train = "Impression: {{input}}\nSummary:"
 inference = "Impression: {{input}}\nSummary:"
 
 [stage2.training]
-batch_size = 2
-grad_accum = 1
-lr = 1e-3
-warmup_steps = 0
-epochs = 1.0
-max_steps = 2
-eval_every = 1
-log_every = 1
-checkpoint_every = 1
-max_length = 256
+{stage2_training}
 
 [stage2.generation]
 max_new_tokens = 4
@@ -460,5 +451,6 @@ cpu_threads = 1
         stage2 = repo
             .join("tests/fixtures/runners/synthetic-12.csv")
             .display(),
+        stage2_training = TINY_STAGE1_TRAINING,
     )
 }
