@@ -170,7 +170,10 @@ impl Coordinator {
                 )
             })
             .to_string();
-        let addr = url.trim_start_matches("http://").to_string();
+        let addr = url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
         Coordinator {
             child: Some(child),
             addr,
@@ -234,6 +237,17 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(url: &str, token: Option<&str>, name: &str, dir: &Path) -> Worker {
+        Self::start_with(url, token, name, dir, &[])
+    }
+
+    /// [`Worker::start`] with `extra` arguments (e.g. `--ca-cert PEM`).
+    pub fn start_with(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Worker {
         let log = dir.join(format!("{name}.log"));
         let stderr = File::create(&log).expect("worker log");
         let mut command = Command::new(&bins().worker);
@@ -249,8 +263,10 @@ impl Worker {
             ])
             .arg("--work-dir")
             .arg(dir.join(name))
+            .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("TANDEM_TOKEN")
+            .env_remove("TANDEM_CA_CERT")
             .stdout(Stdio::null())
             .stderr(stderr);
         if let Some(token) = token {
@@ -297,7 +313,8 @@ pub fn tandem(url: &str, token: Option<&str>, args: &[&str]) -> Output {
     command
         .args(args)
         .env("TANDEM_COORDINATOR", url)
-        .env_remove("TANDEM_TOKEN");
+        .env_remove("TANDEM_TOKEN")
+        .env_remove("TANDEM_CA_CERT");
     if let Some(token) = token {
         command.env("TANDEM_TOKEN", token);
     }

@@ -31,7 +31,7 @@ pub struct ClientArgs {
     #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA certificate to trust for an https coordinator.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 }
 

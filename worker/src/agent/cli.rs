@@ -28,7 +28,7 @@ pub struct AgentArgs {
     #[arg(long, env = "TANDEM_TOKEN")]
     pub token: Option<String>,
     /// PEM CA certificate to trust for an https coordinator.
-    #[arg(long)]
+    #[arg(long, env = "TANDEM_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Worker name (default: host name and process id).
     #[arg(long)]
