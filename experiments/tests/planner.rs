@@ -271,6 +271,56 @@ fn only_the_listed_cells_are_evaluated() {
 }
 
 #[test]
+fn work_no_cell_needs_is_not_planned() {
+    let project = Project::new();
+    let cells = |list: &str| {
+        let text = format!("{}\n[evaluation]\ncells = [{list}]\n", Project::base_text());
+        plan_of(&project, &text)
+    };
+    // Stage-1 cells only: no stage-2 data, no folds trained.
+    let plan = cells("\"base:stage1\", \"stage1:stage1\"");
+    assert_eq!(plan.count(JobKind::DataPrep), 1);
+    assert_eq!(plan.count(JobKind::Train), 1);
+    assert_eq!(plan.count(JobKind::Eval), 2);
+    assert!(plan.jobs.iter().all(|j| j.stage != Some(Stage::Stage2)));
+    // The base model on the stage-2 task: no training at all, no stage-1 data.
+    let plan = cells("\"base:stage2\"");
+    assert_eq!(plan.count(JobKind::DataPrep), 1);
+    assert_eq!(plan.count(JobKind::Train), 0);
+    assert_eq!(plan.count(JobKind::Eval), 5);
+    assert!(plan.jobs.iter().all(|j| j.stage != Some(Stage::Stage1)));
+    // The forgetting check alone still needs the whole chain.
+    let plan = cells("\"two-stage:stage1\"");
+    assert_eq!(plan.count(JobKind::DataPrep), 2);
+    assert_eq!(plan.count(JobKind::Train), 6);
+    assert_eq!(plan.count(JobKind::Eval), 5);
+    let plan = cells("\"stage1:stage2\"");
+    assert_eq!(plan.count(JobKind::Train), 1);
+    assert_eq!(plan.count(JobKind::Eval), 5);
+    // In every plan, each job is the report or one of its ancestors.
+    for list in [
+        "\"base:stage1\"",
+        "\"stage1:stage2\"",
+        "\"two-stage:stage1\"",
+    ] {
+        let plan = cells(list);
+        let report = plan
+            .jobs
+            .iter()
+            .find(|j| j.kind == JobKind::Report)
+            .unwrap();
+        let mut reached = BTreeSet::from([report.id.clone()]);
+        let mut todo = report.deps.clone();
+        while let Some(id) = todo.pop() {
+            if reached.insert(id.clone()) {
+                todo.extend(plan.job(&id).unwrap().deps.iter().cloned());
+            }
+        }
+        assert_eq!(reached.len(), plan.jobs.len(), "{list}");
+    }
+}
+
+#[test]
 fn the_plan_serialises_with_ids_kinds_deps_and_config_hashes() {
     let project = Project::new();
     let plan = plan_of(&project, &Project::base_text());

@@ -748,7 +748,8 @@ fn long_training_manifest(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("crash-real.toml");
     std::fs::write(
         &path,
-        tiny_manifest("crash-real", "nf4", &training, r#""base:stage1""#),
+        // One cell that needs the stage-1 adapter: the planner plans only what a cell needs.
+        tiny_manifest("crash-real", "nf4", &training, r#""stage1:stage1""#),
     )
     .unwrap();
     path

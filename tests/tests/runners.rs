@@ -16,7 +16,7 @@ fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
             "runners-e2e",
             "none",
             TINY_STAGE1_TRAINING,
-            r#""base:stage1", "stage1:stage1", "stage1:stage2", "two-stage:stage2""#,
+            r#""base:stage1", "stage1:stage1", "two-stage:stage1", "stage1:stage2", "two-stage:stage2""#,
         ),
     )
     .unwrap();
@@ -59,8 +59,9 @@ fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
             )
         })
         .collect();
-    // base:stage1, stage1:stage1, and per fold (2) stage1:stage2 and two-stage:stage2.
-    assert_eq!(evals.len(), 6, "eval jobs: {evals:?}");
+    // base:stage1, stage1:stage1, and per fold (2) two-stage:stage1 (the holdout test set), stage1:stage2 and
+    // two-stage:stage2.
+    assert_eq!(evals.len(), 8, "eval jobs: {evals:?}");
     let metrics = std::fs::read_to_string(out_dir.join("metrics.csv")).unwrap();
     for (id, name) in &evals {
         for key in ["eval/bleu4", "eval/rougeL", "eval/meteor"] {
@@ -89,8 +90,19 @@ fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
             names.push(file.file_name().to_string_lossy().into_owned());
         }
     }
-    assert_eq!(names.iter().filter(|n| *n == "predictions.csv").count(), 6);
+    assert_eq!(names.iter().filter(|n| *n == "predictions.csv").count(), 8);
     assert!(names.iter().any(|n| n == "results.md"), "{names:?}");
+    // Table 4.1 has the two-stage row (the forgetting check), averaged over both folds.
+    let tables = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    let table_41 = tables
+        .split("## ")
+        .find(|s| s.starts_with("Table 4.1: stage-1 task"))
+        .unwrap_or_else(|| panic!("no Table 4.1 in:\n{tables}"));
+    let row = table_41
+        .lines()
+        .find(|l| l.starts_with("| two-stage"))
+        .unwrap_or_else(|| panic!("no two-stage row in:\n{table_41}"));
+    assert_eq!(row.split('|').nth(2).map(str::trim), Some("2"), "{row}");
     assert_eq!(
         names
             .iter()

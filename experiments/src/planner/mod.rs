@@ -483,66 +483,90 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         jobs: Vec::new(),
     };
     let mut evals = Vec::new();
-    let prep1 = b.data_prep(Stage::Stage1);
-    b.evals(
-        ModelStage::Base,
-        Stage::Stage1,
-        None,
-        &prep1,
-        None,
-        &mut evals,
-    );
-    let train1 = b.train(Stage::Stage1, None, &prep1, None);
-    b.evals(
-        ModelStage::Stage1,
-        Stage::Stage1,
-        None,
-        &prep1,
-        Some(&train1),
-        &mut evals,
-    );
-    let prep2 = b.data_prep(Stage::Stage2);
-    let folds: Vec<Option<usize>> = match manifest.stage2.split {
-        SplitSpec::Kfold { folds, .. } => (0..folds).map(Some).collect(),
-        SplitSpec::Holdout { .. } => vec![None],
-    };
-    for &fold in &folds {
+    // Only the work some table cell needs is planned: a manifest without two-stage cells trains no folds.
+    let cells = &manifest.evaluation.cells;
+    let wants = |f: &dyn Fn(&EvalCell) -> bool| cells.iter().any(f);
+    let two_stage = wants(&|c| c.model == ModelStage::TwoStage);
+    let stage1_model = two_stage || wants(&|c| c.model == ModelStage::Stage1);
+    let stage1_data = stage1_model || wants(&|c| c.task == Stage::Stage1);
+    let stage2_data = two_stage || wants(&|c| c.task == Stage::Stage2);
+
+    let prep1 = stage1_data.then(|| b.data_prep(Stage::Stage1));
+    if let Some(prep1) = &prep1 {
         b.evals(
             ModelStage::Base,
-            Stage::Stage2,
-            fold,
-            &prep2,
+            Stage::Stage1,
+            None,
+            prep1,
             None,
             &mut evals,
         );
-        b.evals(
-            ModelStage::Stage1,
-            Stage::Stage2,
-            fold,
-            &prep2,
-            Some(&train1),
-            &mut evals,
-        );
     }
-    for &fold in &folds {
-        let train2 = b.train(Stage::Stage2, fold, &prep2, Some(&train1));
-        b.evals(
-            ModelStage::TwoStage,
-            Stage::Stage2,
-            fold,
-            &prep2,
-            Some(&train2),
-            &mut evals,
-        );
-        // The forgetting check: the two-stage model of this fold on the stage-1 test set.
-        b.evals(
-            ModelStage::TwoStage,
-            Stage::Stage1,
-            fold,
-            &prep1,
-            Some(&train2),
-            &mut evals,
-        );
+    let train1 = match &prep1 {
+        Some(prep1) if stage1_model => {
+            let train1 = b.train(Stage::Stage1, None, prep1, None);
+            b.evals(
+                ModelStage::Stage1,
+                Stage::Stage1,
+                None,
+                prep1,
+                Some(&train1),
+                &mut evals,
+            );
+            Some(train1)
+        }
+        _ => None,
+    };
+    if stage2_data {
+        let prep2 = b.data_prep(Stage::Stage2);
+        let folds: Vec<Option<usize>> = match manifest.stage2.split {
+            SplitSpec::Kfold { folds, .. } => (0..folds).map(Some).collect(),
+            SplitSpec::Holdout { .. } => vec![None],
+        };
+        for &fold in &folds {
+            b.evals(
+                ModelStage::Base,
+                Stage::Stage2,
+                fold,
+                &prep2,
+                None,
+                &mut evals,
+            );
+            if let Some(train1) = &train1 {
+                b.evals(
+                    ModelStage::Stage1,
+                    Stage::Stage2,
+                    fold,
+                    &prep2,
+                    Some(train1),
+                    &mut evals,
+                );
+            }
+        }
+        if let (true, Some(train1)) = (two_stage, &train1) {
+            for &fold in &folds {
+                let train2 = b.train(Stage::Stage2, fold, &prep2, Some(train1));
+                b.evals(
+                    ModelStage::TwoStage,
+                    Stage::Stage2,
+                    fold,
+                    &prep2,
+                    Some(&train2),
+                    &mut evals,
+                );
+                // The forgetting check: the two-stage model of this fold on the stage-1 test set.
+                if let Some(prep1) = &prep1 {
+                    b.evals(
+                        ModelStage::TwoStage,
+                        Stage::Stage1,
+                        fold,
+                        prep1,
+                        Some(&train2),
+                        &mut evals,
+                    );
+                }
+            }
+        }
     }
     let report = JobConfig::Report(ReportConfig {
         experiment: manifest.name.clone(),
