@@ -6,6 +6,7 @@
 //! whatever it acknowledged survives `kill -9`. `Scheduler::open` on an existing store resumes every experiment.
 
 mod error;
+pub mod order;
 pub mod placement;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -530,8 +531,12 @@ impl Scheduler {
         let actor = format!("team:{}/{}", submission.team, submission.submitter);
         let now = now_ms();
         let mut cached = Vec::new();
+        let ranks = order::critical_path_ranks(&submission.jobs);
         {
             let mut state = self.lock();
+            // This submission's new jobs take seqs after every earlier one, in critical-path order.
+            let seq_base = state.next_submit_seq;
+            state.next_submit_seq += submission.jobs.len() as u64;
             for planned in &submission.jobs {
                 match state.jobs.get(&planned.id).map(|j| j.state) {
                     Some(JobState::Succeeded) => {
@@ -556,8 +561,7 @@ impl Scheduler {
                     }
                     None => {
                         self.store.put_job_config(&planned.id, &planned.config)?;
-                        let submit_seq = state.next_submit_seq;
-                        state.next_submit_seq += 1;
+                        let submit_seq = seq_base + ranks[&planned.id];
                         for dep in &planned.deps {
                             state
                                 .dependents
