@@ -301,10 +301,10 @@ fn causal_gqa_attention_forward_and_backward() {
             g.upload(&dout).unwrap(),
         );
         let (mut out, mut lse) = (nan(&g, nq), nan(&g, d.batch * d.tokens * d.q_heads));
-        gpu_ops::attention_forward(&g, d, &gq, &gk, &gv, &mut out, &mut lse).unwrap();
+        gpu_ops::attention_forward_naive(&g, d, &gq, &gk, &gv, &mut out, &mut lse).unwrap();
         assert_close("attention out", &get(&g, &out, nq), &want, 1e-5);
         let (mut dq, mut dk, mut dv) = (nan(&g, nq), nan(&g, nk), nan(&g, nk));
-        gpu_ops::attention_backward(
+        gpu_ops::attention_backward_naive(
             &g, d, &gq, &gk, &gv, &out, &lse, &gdo, &mut dq, &mut dk, &mut dv,
         )
         .unwrap();

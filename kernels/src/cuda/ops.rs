@@ -35,7 +35,11 @@ fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
-fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), KernelError> {
+pub(super) fn need<T>(
+    what: &'static str,
+    buf: &CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
     if buf.len() >= len {
         Ok(())
     } else {
@@ -46,7 +50,7 @@ fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), Ker
     }
 }
 
-fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
+pub(super) fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
 }
 
@@ -410,8 +414,9 @@ fn attention_cfg(d: &AttentionDims) -> Result<LaunchConfig, KernelError> {
     })
 }
 
-/// Causal GQA attention forward (naive); writes `out` (shaped like q) and one log-sum-exp per query.
-pub fn attention_forward(
+/// Causal GQA attention forward, the naive kernel (one block per query; any head size up to 1024; the tiled
+/// kernel is [`super::attention::forward`]); writes `out` (shaped like q) and one log-sum-exp per query.
+pub fn attention_forward_naive(
     gpu: &Gpu,
     d: AttentionDims,
     q: &CudaSlice<f32>,
@@ -450,9 +455,10 @@ pub fn attention_forward(
     Ok(())
 }
 
-/// Causal GQA attention backward (naive); `dk` and `dv` are zeroed here first.
+/// Causal GQA attention backward, the naive kernel; `dk` and `dv` are zeroed here first and summed with fp32
+/// atomics, so the last bits can differ from run to run (the deterministic one is [`super::attention::backward`]).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward_naive(
     gpu: &Gpu,
     d: AttentionDims,
     q: &CudaSlice<f32>,
