@@ -1,0 +1,95 @@
+// A tiny CPU emulator for Tandem's CUDA C kernels, for checking them on machines without a GPU: every thread of a
+// block is a std::thread, __syncthreads is a block-wide std::barrier, warp shuffles go through a per-warp buffer
+// with a warp-wide barrier, blocks run one after another (so `static` locals stand in for __shared__ arrays), and
+// dynamic shared memory is filled with NaN before each block so reading it before writing shows up.
+// It checks indexing, masking, synchronisation order and arithmetic, not speed, and not the GPU's memory model.
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 gridDim, blockDim;
+inline float* emu_dynamic_smem = nullptr;
+inline std::barrier<>* emu_block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
+inline std::vector<double> emu_warp_slots;  // 32 per warp
+inline std::mutex emu_atomic_mutex;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define asm(...)
+
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int offset) {
+    unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    double* slots = &emu_warp_slots[warp * 32];
+    slots[lane] = (double)v;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    T r = (T)slots[lane ^ (unsigned)offset];
+    emu_warp_barriers[warp]->arrive_and_wait();
+    return r;
+}
+inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline int __float_as_int(float v) { int i; std::memcpy(&i, &v, 4); return i; }
+inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_mutex); float o = *p; *p = o + v; return o; }
+inline double atomicAdd(double* p, double v) { std::lock_guard<std::mutex> g(emu_atomic_mutex); double o = *p; *p = o + v; return o; }
+using std::max;
+using std::min;
+
+// Runs `kernel` (a callable taking no arguments that calls the kernel) over the grid, block after block.
+template <class F>
+void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, F kernel) {
+    gridDim = grid;
+    blockDim = block;
+    unsigned n = block.x * block.y * block.z;
+    // Dynamic shared memory plus a guard zone after it: both start as NaN; a write into the guard zone aborts.
+    const size_t guard = 4096;
+    std::vector<float> dynamic(shared_bytes / 4 + guard);
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                std::fill(dynamic.begin(), dynamic.end(), std::numeric_limits<float>::quiet_NaN());
+                emu_dynamic_smem = dynamic.data();
+                std::barrier<> block_barrier((std::ptrdiff_t)n);
+                emu_block_barrier = &block_barrier;
+                emu_warp_barriers.clear();
+                for (unsigned w = 0; w < (n + 31) / 32; ++w)
+                    emu_warp_barriers.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, n - 32 * w)));
+                emu_warp_slots.assign(32 * ((n + 31) / 32), 0.0);
+                std::vector<std::thread> threads;
+                threads.reserve(n);
+                for (unsigned t = 0; t < n; ++t)
+                    threads.emplace_back([=] {
+                        threadIdx = dim3{t, 0, 0};
+                        blockIdx = dim3{x, y, z};
+                        kernel();
+                    });
+                for (auto& th : threads) th.join();
+                for (size_t i = shared_bytes / 4; i < dynamic.size(); ++i)
+                    if (!std::isnan(dynamic[i])) {
+                        std::fprintf(stderr, "emu: block (%u,%u,%u) wrote dynamic shared memory float %zu, past the %zu bytes launched\n", x, y, z, i, shared_bytes);
+                        std::abort();
+                    }
+            }
+}
