@@ -11,6 +11,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use tandem_kernels::cuda::Gpu;
 use tandem_kernels::cuda::gemm::Blas;
+use tandem_kernels::cuda::gemm_choice::{GemmShape, Nf4Gemm, Nf4GemmChooser, Nf4GemmPath};
 use tandem_kernels::cuda::lora::GpuLora;
 use tandem_kernels::cuda::nf4::{GemvVariant, GpuNf4};
 use tandem_kernels::lora::{self, LoraDims, LoraParams};
@@ -355,4 +356,93 @@ fn nf4_gemm_cublas_and_tensor_core_match_float64_in_bf16() {
             );
         }
     }
+}
+
+/// The per-shape NF4 GEMM chooser on a real GPU: times both paths (one where K is not a multiple of 64), keeps
+/// the faster, writes the JSON file, reads it back in a new chooser, and the product through the chosen path
+/// matches float64 within the bf16 tolerance.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn nf4_gemm_chooser_picks_a_path_per_shape_and_caches_it() {
+    let Some(gpu) = gpu() else { return };
+    let s = seed();
+    let dir = std::env::temp_dir().join(format!("tandem-nf4-choice-{s}"));
+    let file = dir.join("nf4-gemm-choices.json");
+    let gemm = Nf4Gemm::new(&gpu, Nf4GemmChooser::with_file(&file).unwrap()).unwrap();
+    for (i, &(m, n, k)) in [(256usize, 512usize, 1024usize), (33, 70, 100)]
+        .iter()
+        .enumerate()
+    {
+        let w = Nf4Tensor::quantize(&normal_f32(s + 700 + i as u64, n * k), n, k, true).unwrap();
+        let wd: Vec<f64> = w
+            .dequantize_bf16()
+            .iter()
+            .map(|v| f64::from(v.to_f32()))
+            .collect();
+        let x: Vec<half::bf16> = normal_f32(s + 800 + i as u64, m * k)
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let mut want = vec![0.0f64; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                want[r * n + c] = (0..k)
+                    .map(|q| f64::from(x[r * k + q].to_f32()) * wd[c * k + q])
+                    .sum();
+            }
+        }
+        let gw = GpuNf4::upload(&gpu, &w).unwrap();
+        let gx = gpu
+            .upload(&x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
+            .unwrap();
+        let mut scratch = gpu.upload(&vec![0x7fc0u16; n * k]).unwrap();
+        let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+        let path = gemm.xwt(&gpu, m, &gx, &gw, &mut scratch, &mut y).unwrap();
+        let choice = gemm
+            .choice(&gpu, m, &gx, &gw, &mut scratch, &mut y)
+            .unwrap();
+        println!(
+            "M={m} N={n} K={k}: {} ({:?})",
+            path.label(),
+            choice.timings_ms
+        );
+        assert_eq!(choice.path, path);
+        assert!(
+            choice
+                .ms(Nf4GemmPath::DequantCublas)
+                .is_some_and(|t| t > 0.0)
+        );
+        assert_eq!(choice.ms(Nf4GemmPath::MmaTiles).is_some(), k % 64 == 0);
+        // Run once more through the remembered choice, on a poisoned output.
+        let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+        assert_eq!(
+            gemm.xwt(&gpu, m, &gx, &gw, &mut scratch, &mut y).unwrap(),
+            path
+        );
+        let got: Vec<f32> = gpu
+            .download(&y)
+            .unwrap()
+            .into_iter()
+            .map(|b| half::bf16::from_bits(b).to_f32())
+            .collect();
+        let err = rel_err(&got, &want);
+        assert!(
+            err < 1e-2,
+            "M={m} N={n} K={k} via {}: bf16 relative error {err}",
+            path.label()
+        );
+        let reread = Nf4GemmChooser::with_file(&file).unwrap();
+        let shape = GemmShape {
+            device: gpu.name().to_string(),
+            m,
+            n,
+            k,
+        };
+        assert_eq!(
+            reread.get(&shape),
+            Some(&choice),
+            "the JSON file holds the choice"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@ use cudarc::driver::{CudaSlice, sys};
 use super::attention as flash;
 use super::device::{Gpu, cuda_err};
 use super::gemm::Blas;
+use super::gemm_choice::{Nf4Gemm, Nf4GemmChooser};
 use super::lora::{Operand, gemm_f32};
 use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
@@ -191,6 +192,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
     ));
     drop((src, dst));
     let blas = Blas::new(gpu)?;
+    let nf4_gemm = Nf4Gemm::new(gpu, Nf4GemmChooser::in_memory())?;
 
     for (si, &(n_out, k_in)) in o.shapes.iter().enumerate() {
         let shape = format!("{n_out}x{k_in}");
@@ -297,6 +299,17 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
                 ("cuBLAS bf16", dense_tf),
             ));
         }
+        // The per-shape chooser (in memory here, so the figures are fresh): which path it keeps.
+        let choice = nf4_gemm.choice(gpu, m, &x, &ws[0], &mut scratch, &mut c)?;
+        let chosen_ms = choice.ms(choice.path).unwrap_or(f64::NAN);
+        rows.push(row(
+            &format!("nf4_gemm chosen: {}", choice.path.label()),
+            gshape.clone(),
+            chosen_ms,
+            None,
+            Some(flops),
+            ("cuBLAS bf16", dense_tf),
+        ));
         drop((x, w_dense, c, scratch));
 
         // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod compile;
 pub mod device;
 pub mod gemm;
+pub mod gemm_choice;
 pub mod lora;
 pub mod nf4;
 pub mod ops;
