@@ -96,6 +96,10 @@ fn prepare(
     }
     let name = kernel.name(dmax);
     let f = gpu.function(&ATTENTION, &name)?;
+    // cuFuncSetAttribute wants the context current on this thread (the module may have been loaded on another).
+    gpu.context()
+        .bind_to_thread()
+        .map_err(cuda_err("bind the CUDA context"))?;
     f.set_attribute(
         CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         bytes as i32,
