@@ -12,8 +12,10 @@ use super::device::{Gpu, cuda_err};
 use super::gemm::Blas;
 use super::gemm_choice::{Nf4Gemm, Nf4GemmChooser};
 use super::lora::{Operand, gemm_f32};
+use super::lora_bf16::{AdapterBuffers, GpuLoraBf16};
 use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
+use crate::lora::LoraDims;
 use crate::nf4::Nf4Tensor;
 use crate::ops::attention::AttentionDims;
 use crate::testdata::normal_f32;
@@ -310,6 +312,52 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
             Some(flops),
             ("cuBLAS bf16", dense_tf),
         ));
+        // LoRA r with bf16 activations on the tensor cores: the adapter's two products on top of the base output,
+        // against the base product's time (cuBLAS bf16 at the same shape); `of_ceiling` is adapter / base.
+        let r_ = o.rank;
+        if k_in.is_multiple_of(8) && r_.is_multiple_of(8) {
+            let a16 = bf16_random(gpu, 23, r_ * k_in)?;
+            let b16 = bf16_random(gpu, 24, n_out * r_)?;
+            let layer = GpuLoraBf16 {
+                dims: LoraDims {
+                    tokens: m,
+                    in_features: k_in,
+                    out_features: n_out,
+                    rank: r_,
+                },
+                a: &a16,
+                b: &b16,
+                scale: 1.0,
+                dropout: None,
+            };
+            let mut h = gpu.zeros::<f32>(m * r_)?;
+            let mut h16 = gpu.zeros::<u16>(m * r_)?;
+            let mut partial = gpu.zeros::<f32>(layer.partial_len())?;
+            let ms = time_median(gpu, o, |_| {
+                layer.adapter_forward(
+                    gpu,
+                    &x,
+                    AdapterBuffers {
+                        h: &mut h,
+                        h_bf16: &mut h16,
+                        partial: &mut partial,
+                    },
+                    &mut c,
+                )
+            })?;
+            let lflops = 2.0 * (m * r_ * (k_in + n_out)) as f64;
+            let mut lr = row(
+                &format!("lora_adapter_fwd_r{r_} (bf16 mma)"),
+                gshape.clone(),
+                ms,
+                None,
+                Some(lflops),
+                ("base GEMM time", 1.0),
+            );
+            lr.of_ceiling = Some(ms / dense_ms);
+            lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
+            rows.push(lr);
+        }
         drop((x, w_dense, c, scratch));
 
         // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against

@@ -187,27 +187,31 @@ mod tests {
         }
     }
 
-    /// ptxas's report for the attention kernels: printed, and no kernel may spill registers to local memory.
+    /// ptxas's report for the attention and LoRA kernels: printed, and no kernel may spill registers to local
+    /// memory.
     #[test]
-    fn flash_attention_kernels_do_not_spill() {
+    fn attention_and_lora_kernels_do_not_spill() {
         if nvrtc_version().is_err() {
             assert!(!nvrtc_required(), "NVRTC is required here");
             println!("skipped: NVRTC not found");
             return;
         }
-        for arch in [80, 90] {
-            let (_, log) = compile_with_log(&ATTENTION, arch, &["--ptxas-options=-v"])
-                .unwrap_or_else(|e| panic!("{e}"));
-            println!("sm_{arch}:\n{log}");
-            assert!(
-                log.contains("Used"),
-                "ptxas reported no register counts:\n{log}"
-            );
-            for line in log.lines().filter(|l| l.contains("spill")) {
+        for source in [&ATTENTION, &LORA] {
+            for arch in [80, 90] {
+                let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                println!("{} sm_{arch}:\n{log}", source.name);
                 assert!(
-                    line.contains("0 bytes spill stores, 0 bytes spill loads"),
-                    "sm_{arch} spills: {line}"
+                    log.contains("Used"),
+                    "ptxas reported no register counts:\n{log}"
                 );
+                for line in log.lines().filter(|l| l.contains("spill")) {
+                    assert!(
+                        line.contains("0 bytes spill stores, 0 bytes spill loads"),
+                        "{} sm_{arch} spills: {line}",
+                        source.name
+                    );
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod device;
 pub mod gemm;
 pub mod gemm_choice;
 pub mod lora;
+pub mod lora_bf16;
 pub mod nf4;
 pub mod ops;
 

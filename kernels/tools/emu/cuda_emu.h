@@ -29,7 +29,9 @@ inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 inline std::vector<double> emu_warp_slots;  // 32 per warp
 inline std::mutex emu_atomic_mutex;
 
+#define TANDEM_CUDA_EMU 1
 #define __global__
+#define __align__(n) __attribute__((aligned(n)))
 #define __device__
 #define __forceinline__ inline
 #define __restrict__
@@ -57,6 +59,67 @@ inline double atomicAdd(double* p, double v) { std::lock_guard<std::mutex> g(emu
 using std::max;
 using std::min;
 
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+// The PTX helpers of common.cuh (left out there under TANDEM_CUDA_EMU).
+inline unsigned short f32_to_bf16(float x) {  // round to nearest even; NaN stays NaN
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+inline unsigned short f32_to_f16(float x) {
+    _Float16 h = (_Float16)x;
+    unsigned short r;
+    std::memcpy(&r, &h, 2);
+    return r;
+}
+inline float emu_bf16(unsigned bits) {
+    unsigned u = bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// mma.sync m16n8k16 bf16 for one warp: every lane posts its fragments, then each computes its four outputs from
+// the whole A (16 x 16) and B (16 x 8), laid out as the PTX ISA's fragment tables say (see common.cuh).
+inline std::vector<unsigned> emu_mma_slots;  // 6 u32 per lane
+inline void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+    unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned* mine = &emu_mma_slots[(warp * 32 + lane) * 6];
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    emu_warp_barriers[warp]->arrive_and_wait();
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const unsigned* f = &emu_mma_slots[(warp * 32 + l) * 6];
+        unsigned g = l >> 2, t = l & 3;
+        for (unsigned h = 0; h < 2; ++h) {
+            A[g][2 * t + h] = emu_bf16((f[0] >> (16 * h)) & 0xffffu);
+            A[g + 8][2 * t + h] = emu_bf16((f[1] >> (16 * h)) & 0xffffu);
+            A[g][2 * t + 8 + h] = emu_bf16((f[2] >> (16 * h)) & 0xffffu);
+            A[g + 8][2 * t + 8 + h] = emu_bf16((f[3] >> (16 * h)) & 0xffffu);
+            B[2 * t + h][g] = emu_bf16((f[4] >> (16 * h)) & 0xffffu);
+            B[2 * t + 8 + h][g] = emu_bf16((f[5] >> (16 * h)) & 0xffffu);
+        }
+    }
+    emu_warp_barriers[warp]->arrive_and_wait();
+    unsigned g = lane >> 2, t = lane & 3;
+    for (int c = 0; c < 4; ++c) {
+        unsigned row = g + (c >= 2 ? 8 : 0), col = 2 * t + (c & 1);
+        float s = d[c];
+        for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+        d[c] = s;
+    }
+}
+
 // Runs `kernel` (a callable taking no arguments that calls the kernel) over the grid, block after block.
 template <class F>
 void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, F kernel) {
@@ -77,6 +140,7 @@ void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, F kernel) {
                 for (unsigned w = 0; w < (n + 31) / 32; ++w)
                     emu_warp_barriers.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, n - 32 * w)));
                 emu_warp_slots.assign(32 * ((n + 31) / 32), 0.0);
+                emu_mma_slots.assign(6 * 32 * ((n + 31) / 32), 0u);
                 std::vector<std::thread> threads;
                 threads.reserve(n);
                 for (unsigned t = 0; t < n; ++t)
