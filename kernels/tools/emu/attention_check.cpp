@@ -136,7 +136,9 @@ static bool close(const char* what, const std::vector<float>& got, const std::ve
 
 int main() {
     bool ok = true;
-    const Dims cases[] = {{1, 1, 4, 2, 64}, {2, 37, 4, 4, 80}, {1, 130, 4, 2, 128}, {1, 70, 2, 1, 1}, {2, 65, 6, 3, 40}};
+    std::vector<Dims> cases = {{1, 1, 4, 2, 64}, {2, 37, 4, 4, 80}, {1, 130, 4, 2, 128}, {1, 70, 2, 1, 1}, {2, 65, 6, 3, 40}};
+    // TANDEM_EMU_BIG=1 adds the GPU test's LLaMA-like shape (a few minutes on 2 cores).
+    if (const char* big = std::getenv("TANDEM_EMU_BIG"); big && std::string(big) == "1") cases.push_back({1, 256, 32, 8, 128});
     uint64_t seed = 1;
     for (Dims d : cases) {
         std::printf("B=%d T=%d Hq=%d Hkv=%d D=%d\n", d.B, d.T, d.Hq, d.Hkv, d.D);
