@@ -30,6 +30,8 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, const u32* a, const u32
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// Alignment assertion: nothing on the GPU; the emulator aborts on a misaligned vector access.
+#define TANDEM_CHECK_ALIGNED(p, n)
 #endif
 
 __device__ __forceinline__ float bf16_to_f32(u16 x) { return __uint_as_float(((u32)x) << 16); }

@@ -38,11 +38,11 @@ impl Kernel {
 
     /// Dynamic shared memory in bytes; the same formulas as the header comment of attention.cu.
     fn shared_bytes(self, dmax: usize) -> usize {
-        let row = dmax + 1;
+        let row = dmax + 4;
         let floats = match self {
-            Kernel::Forward => (64 + 64) * row + 64 * 65,
-            Kernel::BackwardDkDv => (64 + 64 + 32 + 32) * row + 64 * 33 + 2 * 32,
-            Kernel::BackwardDq => (64 + 64 + 32 + 32) * row + 64 * 33,
+            Kernel::Forward => (64 + 64) * row + 64 * 68,
+            Kernel::BackwardDkDv => (64 + 64 + 32 + 32) * row + 64 * 36 + 2 * 32,
+            Kernel::BackwardDq => (64 + 64 + 32 + 32) * row + 64 * 36,
         };
         floats * 4
     }
@@ -272,7 +272,7 @@ mod tests {
         }
         // Two blocks of the D = 128 kernels fit one H100 SM (228 KiB, 1 KiB reserved per block).
         assert!(2 * (Kernel::BackwardDkDv.shared_bytes(128) + 1024) <= 233_472);
-        assert_eq!(Kernel::Forward.shared_bytes(128), (128 * 129 + 64 * 65) * 4);
+        assert_eq!(Kernel::Forward.shared_bytes(128), (128 * 132 + 64 * 68) * 4);
     }
 
     #[test]

@@ -75,8 +75,8 @@ static Grads reference(Dims d, const std::vector<float>& q, const std::vector<fl
 }
 
 static size_t shared_bytes(int kind, int dmax) {  // 0 forward, 1 dkdv, 2 dq: the formulas of attention.cu
-    size_t row = dmax + 1;
-    size_t floats = kind == 0 ? 128 * row + 64 * 65 : kind == 1 ? 192 * row + 64 * 33 + 64 : 192 * row + 64 * 33;
+    size_t row = dmax + 4;
+    size_t floats = kind == 0 ? 128 * row + 64 * 68 : kind == 1 ? 192 * row + 64 * 36 + 64 : 192 * row + 64 * 36;
     return floats * 4;
 }
 

@@ -59,6 +59,17 @@ inline double atomicAdd(double* p, double v) { std::lock_guard<std::mutex> g(emu
 using std::max;
 using std::min;
 
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+#define TANDEM_CHECK_ALIGNED(p, n)                                                                  \
+    do {                                                                                            \
+        if ((reinterpret_cast<std::uintptr_t>(p) % (n)) != 0) {                                     \
+            std::fprintf(stderr, "emu: misaligned %d-byte access at %p (%s:%d)\n", (int)(n), (const void*)(p), \
+                         __FILE__, __LINE__);                                                       \
+            std::abort();                                                                           \
+        }                                                                                           \
+    } while (0)
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
 };
