@@ -272,7 +272,17 @@ mod tests {
         }
         // Two blocks of the D = 128 kernels fit one H100 SM (228 KiB, 1 KiB reserved per block).
         assert!(2 * (Kernel::BackwardDkDv.shared_bytes(128) + 1024) <= 233_472);
-        assert_eq!(Kernel::Forward.shared_bytes(128), (128 * 132 + 64 * 68) * 4);
+        // The formulas of attention.cu's header comment, as the CPU emulator's checker launches them.
+        for (k, dmax, bytes) in [
+            (Kernel::Forward, 128, 84_992),
+            (Kernel::Forward, 64, 52_224),
+            (Kernel::BackwardDkDv, 128, 110_848),
+            (Kernel::BackwardDkDv, 64, 61_696),
+            (Kernel::BackwardDq, 128, 110_592),
+            (Kernel::BackwardDq, 64, 61_440),
+        ] {
+            assert_eq!(k.shared_bytes(dmax), bytes, "{}", k.name(dmax));
+        }
     }
 
     #[test]
