@@ -1,6 +1,7 @@
-// Fused LoRA building block: one fp32 tiled matrix product with the LoRA epilogues folded in, from which
+// Fused LoRA building blocks. First, one fp32 tiled matrix product with the LoRA epilogues folded in, from which
 // kernels/src/cuda/lora.rs composes the forward (y = x W^T + s (dropout(x) A^T) B^T) and the backward (dA, dB, dx
-// through the frozen, dequantised W). fp32 throughout; the reference is kernels/src/lora.rs.
+// through the frozen, dequantised W), fp32 throughout. Second (below), the bf16 adapter forward on the tensor cores.
+// The reference is kernels/src/lora.rs.
 //
 // C[i][j] = alpha * (sum_k opA[i][k] * opB[k][j]) * cf(i, j) + beta * C[i][j]
 //   opA[i][k] = (transA ? A[k * lda + i] : A[i * lda + k]) * (a_mask ? a_mask[same index] * a_factor : 1)
@@ -50,5 +51,114 @@ extern "C" __global__ void lora_gemm_f32(int M, int N, int K,
         float v = alpha * acc;
         if (has_c_mask) v = v * ((float)c_mask[o] * c_factor);
         C[o] = beta == 0.0f ? v : fmaf(beta, C[o], v);
+    }
+}
+
+// ---- bf16 LoRA adapter on the tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulation) -------------------------
+// C = alpha * opA B^T. opA (M x K) is bf16, row-major with leading dimension lda, optionally masked by a 0/1 byte mask
+// of the same layout (dropout; the 1 / (1 - p) goes into alpha). B (N x K) is bf16, row-major, leading dimension ldb.
+// K, lda and ldb are multiples of 8 (16-byte loads). Each 128-thread block computes a 64 x 32 tile of C; warp w owns
+// rows 16 w .. 16 w + 15 (four 16 x 8 mma tiles). Grid: (ceil(N / 32), ceil(M / 64), splits); split z covers
+// k in [z * kchunk, min(K, (z + 1) * kchunk)), kchunk a multiple of 32.
+//   mode 0: partial[(z * M + row) * N + col] = the split's sum (alpha not applied; lora_splitk_reduce applies it);
+//   mode 1: Y[row * ldc + col] = bf16(float(Y[row * ldc + col]) + alpha * sum) (one split).
+// The forward composes: h = dropout(x) A^T (mode 0 + reduce: h in fp32 for the backward and in bf16), then
+// y += s h B^T (mode 1) on top of the base product y = x W^T. Launchers: kernels/src/cuda/lora_bf16.rs.
+#define LBM 64
+#define LBN 32
+#define LBK 32
+#define LPAD 40
+
+// Keeps the two bf16 values of v whose mask bytes (the low two bytes of m) are non-zero, zeroes the others.
+__device__ __forceinline__ u32 keep_pair(u32 v, u32 m) {
+    return v & (((m & 0xffu) ? 0x0000ffffu : 0u) | ((m & 0xff00u) ? 0xffff0000u : 0u));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    lora_bf16_mma(int M, int N, int K, const u16* __restrict__ A, int lda, const u8* __restrict__ mask, int has_mask,
+                  const u16* __restrict__ B, int ldb, int kchunk, int mode, float alpha, float* __restrict__ partial,
+                  u16* __restrict__ Y, int ldc) {
+    __shared__ __align__(16) u16 As[LBM][LPAD];
+    __shared__ __align__(16) u16 Bs[LBN][LPAD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * LBM, n0 = blockIdx.x * LBN;
+    const int kbeg = blockIdx.z * kchunk, kend = min(K, kbeg + kchunk);
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[j][c] = 0.0f;
+    for (int k0 = kbeg; k0 < kend; k0 += LBK) {
+        __syncthreads();  // nobody reads the previous tiles any more
+        // A tile: 64 rows x 32 values = 256 pieces of 8 values, two per thread.
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int idx = tid + 128 * i, row = idx >> 2, piece = idx & 3, k = k0 + piece * 8;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (m0 + row < M && k < kend) {
+                const i64 o = (i64)(m0 + row) * lda + k;
+                v = *(const uint4*)(A + o);
+                if (has_mask) {
+                    const uint2 mk = *(const uint2*)(mask + o);
+                    v.x = keep_pair(v.x, mk.x);
+                    v.y = keep_pair(v.y, mk.x >> 16);
+                    v.z = keep_pair(v.z, mk.y);
+                    v.w = keep_pair(v.w, mk.y >> 16);
+                }
+            }
+            *(uint4*)&As[row][piece * 8] = v;
+        }
+        // B tile: 32 rows x 32 values = 128 pieces, one per thread.
+        {
+            const int row = tid >> 2, piece = tid & 3, k = k0 + piece * 8;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (n0 + row < N && k < kend) v = *(const uint4*)(B + (i64)(n0 + row) * ldb + k);
+            *(uint4*)&Bs[row][piece * 8] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < LBK; kk += 16) {
+            const int r = warp * 16 + g;
+            u32 a[4];
+            a[0] = *(const u32*)&As[r][kk + 2 * t];
+            a[1] = *(const u32*)&As[r + 8][kk + 2 * t];
+            a[2] = *(const u32*)&As[r][kk + 8 + 2 * t];
+            a[3] = *(const u32*)&As[r + 8][kk + 8 + 2 * t];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int c = j * 8 + g;
+                u32 b[2];
+                b[0] = *(const u32*)&Bs[c][kk + 2 * t];
+                b[1] = *(const u32*)&Bs[c][kk + 8 + 2 * t];
+                mma_bf16_16816(acc[j], a, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int row = m0 + warp * 16 + g + (c >= 2 ? 8 : 0);
+            const int col = n0 + j * 8 + 2 * t + (c & 1);
+            if (row < M && col < N) {
+                if (mode == 0) {
+                    partial[((i64)blockIdx.z * M + row) * N + col] = acc[j][c];
+                } else {
+                    const i64 o = (i64)row * ldc + col;
+                    Y[o] = f32_to_bf16(bf16_to_f32(Y[o]) + alpha * acc[j][c]);
+                }
+            }
+        }
+}
+
+// out32[i] = alpha * (sum over splits z, in order, of partial[z * n + i]); out16[i] = the same in bf16.
+extern "C" __global__ void lora_splitk_reduce(const float* __restrict__ partial, int splits, i64 n, float alpha,
+                                              float* __restrict__ out32, u16* __restrict__ out16) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += partial[(i64)z * n + i];
+        const float v = alpha * s;
+        out32[i] = v;
+        out16[i] = f32_to_bf16(v);
     }
 }

@@ -1,7 +1,9 @@
-// The LLaMA training op set, forward and backward, fp32: embedding gather/scatter-add, RMSNorm, RoPE (angles in
-// fp64, inverse frequencies from the host, Llama-3.1 scaling included), SwiGLU, cross-entropy with an ignore
-// index, AdamW, global-norm clipping, and causal GQA attention (naive: one block per query). References:
-// kernels/src/ops/*.rs.
+// The LLaMA training op set, forward and backward, fp32: embedding gather/scatter-add (the default backward is
+// deterministic: token positions grouped by id on the host; the atomic one is kept), RMSNorm (its weight gradient
+// deterministic: per-chunk partial sums, then a fixed-order second pass), RoPE (angles in fp64, inverse
+// frequencies from the host, Llama-3.1 scaling included), SwiGLU, cross-entropy with an ignore index, AdamW,
+// global-norm clipping (a deterministic two-pass fp64 sum of squares), and causal GQA attention (naive: one block
+// per query, atomics in the backward; the tiled deterministic one is attention.cu). References: kernels/src/ops/*.rs.
 
 // ---- embedding -------------------------------------------------------------------------------------------
 extern "C" __global__ void embedding_forward(const float* __restrict__ table, const u32* __restrict__ ids,
@@ -12,9 +14,25 @@ extern "C" __global__ void embedding_forward(const float* __restrict__ table, co
     }
 }
 
-// dtable must be zeroed first; rows shared by several tokens are summed with atomics.
-extern "C" __global__ void embedding_backward(const float* __restrict__ dy, const u32* __restrict__ ids,
-                                              i64 tokens, int dim, float* __restrict__ dtable) {
+// Deterministic scatter-add: block (g, c) sums dimensions c * blockDim.x + threadIdx.x of the dy rows of group g
+// in the order the host listed them. `order` holds token positions grouped by id (ascending inside a group),
+// group g is order[starts[g] .. starts[g + 1]] and has the id uniq[g]. Rows of ids that occur in no group are not
+// written (the host zeroes dtable first).
+extern "C" __global__ void embedding_backward_grouped(const float* __restrict__ dy, const u32* __restrict__ uniq,
+                                                      const u32* __restrict__ starts, const u32* __restrict__ order,
+                                                      int dim, float* __restrict__ dtable) {
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    const u32 g = blockIdx.x, end = starts[g + 1];
+    float acc = 0.0f;
+    for (u32 p = starts[g]; p < end; ++p) acc += dy[(i64)order[p] * dim + j];
+    dtable[(i64)uniq[g] * dim + j] = acc;
+}
+
+// dtable must be zeroed first; rows shared by several tokens are summed with atomics (the order, and so the last
+// bits, can change from run to run: embedding_backward_grouped is the deterministic one).
+extern "C" __global__ void embedding_backward_atomic(const float* __restrict__ dy, const u32* __restrict__ ids,
+                                                     i64 tokens, int dim, float* __restrict__ dtable) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < tokens * dim; i += (i64)gridDim.x * blockDim.x) {
         i64 t = i / dim;
         atomicAdd(&dtable[(i64)ids[t] * dim + (i - t * dim)], dy[i]);
@@ -34,10 +52,10 @@ extern "C" __global__ void rmsnorm_forward(const float* __restrict__ x, const fl
     if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
 }
 
-// dweight must be zeroed first (summed over rows with atomics).
-extern "C" __global__ void rmsnorm_backward(const float* __restrict__ x, const float* __restrict__ w,
-                                            const float* __restrict__ rstd, const float* __restrict__ dy, int dim,
-                                            float* __restrict__ dx, float* __restrict__ dw) {
+// dx of one row per block; the weight gradient is left to rmsnorm_dw_partial + rmsnorm_dw_reduce.
+extern "C" __global__ void rmsnorm_backward_dx(const float* __restrict__ x, const float* __restrict__ w,
+                                               const float* __restrict__ rstd, const float* __restrict__ dy, int dim,
+                                               float* __restrict__ dx) {
     __shared__ float scratch[32];
     i64 base = (i64)blockIdx.x * dim;
     float rs = rstd[blockIdx.x];
@@ -48,8 +66,31 @@ extern "C" __global__ void rmsnorm_backward(const float* __restrict__ x, const f
     for (int j = threadIdx.x; j < dim; j += blockDim.x) {
         float g = dy[base + j] * w[j];
         dx[base + j] = rs * g - c * x[base + j];
-        atomicAdd(&dw[j], dy[base + j] * x[base + j] * rs);
     }
+}
+
+// Weight gradient, pass 1: partial[c * dim + j] = sum over rows r of chunk c (rows c * rows_per_chunk .. , in
+// order) of dy[r][j] * x[r][j] * rstd[r]. Grid: (ceil(dim / blockDim.x), chunks).
+extern "C" __global__ void rmsnorm_dw_partial(const float* __restrict__ x, const float* __restrict__ rstd,
+                                              const float* __restrict__ dy, i64 rows, int dim, i64 rows_per_chunk,
+                                              float* __restrict__ partial) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    const i64 r0 = (i64)blockIdx.y * rows_per_chunk;
+    const i64 r1 = min(rows, r0 + rows_per_chunk);
+    float acc = 0.0f;
+    for (i64 r = r0; r < r1; ++r) acc += dy[r * dim + j] * x[r * dim + j] * rstd[r];
+    partial[(i64)blockIdx.y * dim + j] = acc;
+}
+
+// Weight gradient, pass 2: dw[j] = sum over chunks c, in order, of partial[c * dim + j].
+extern "C" __global__ void rmsnorm_dw_reduce(const float* __restrict__ partial, int chunks, int dim,
+                                             float* __restrict__ dw) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    float acc = 0.0f;
+    for (int c = 0; c < chunks; ++c) acc += partial[(i64)c * dim + j];
+    dw[j] = acc;
 }
 
 // ---- RoPE (rotate-half pairs i, i + d/2), sign +1 forward, -1 backward ----------------------------------------
@@ -141,21 +182,37 @@ extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __rest
     }
 }
 
-// Adds the sum of squares of x into *acc (fp64; zero it first). Called once per gradient tensor.
-extern "C" __global__ void sum_squares(const float* __restrict__ x, i64 n, double* __restrict__ acc) {
+// Sum of squares in fp64, deterministic in two passes. Pass 1: block b of a grid of G blocks (G fixed by n alone)
+// sums x[i]^2 over i = b * blockDim.x + threadIdx.x + k * G * blockDim.x, reduces the block in a fixed tree and
+// writes partial[offset + b]. blockDim.x = 256.
+__device__ __forceinline__ double block_sum_f64(double s, double* part /* 32 doubles */) {
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    double t = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
+    return t;  // valid in thread 0
+}
+
+extern "C" __global__ void sum_squares_partial(const float* __restrict__ x, i64 n, double* __restrict__ partial,
+                                               i64 offset) {
     __shared__ double part[32];
     double s = 0.0;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         s += (double)x[i] * (double)x[i];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) part[warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
-        atomicAdd(acc, t);
-    }
+    const double t = block_sum_f64(s, part);
+    if (threadIdx.x == 0) partial[offset + blockIdx.x] = t;
+}
+
+// Pass 2, one block of 256: out[0] = the sum of partial[0 .. count), thread k taking k, k + 256, ... in order.
+extern "C" __global__ void sum_f64(const double* __restrict__ partial, i64 count, double* __restrict__ out) {
+    __shared__ double part[32];
+    double s = 0.0;
+    for (i64 i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    const double t = block_sum_f64(s, part);
+    if (threadIdx.x == 0) out[0] = t;
 }
 
 extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float factor) {

@@ -1,5 +1,5 @@
-//! The kernel benchmark behind `tandem-worker bench kernels`: NF4 dequantise, GEMV and GEMM, and the LoRA
-//! adapter's extra cost, at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
+//! The kernel benchmark behind `tandem-worker bench kernels`: NF4 dequantise, GEMV and GEMM, the LoRA
+//! adapter's extra cost, and causal GQA attention (flash and naive, forward and backward), at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
 //! copy bandwidth, cuBLAS bf16 GEMM). Timing: CUDA events around each launch, warm-up first, the median of the
 //! repeats, inputs rotated over enough copies to overflow the L2 cache.
 
@@ -7,12 +7,17 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, sys};
 
+use super::attention as flash;
 use super::device::{Gpu, cuda_err};
 use super::gemm::Blas;
+use super::gemm_choice::{Nf4Gemm, Nf4GemmChooser};
 use super::lora::{Operand, gemm_f32};
+use super::lora_bf16::{AdapterBuffers, GpuLoraBf16};
 use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
+use crate::lora::LoraDims;
 use crate::nf4::Nf4Tensor;
+use crate::ops::attention::AttentionDims;
 use crate::testdata::normal_f32;
 
 /// What to run.
@@ -28,10 +33,13 @@ pub struct BenchOptions {
     pub rank: usize,
     /// Weight shapes `(out_features, in_features)`.
     pub shapes: Vec<(usize, usize)>,
+    /// Causal GQA attention shape for the flash and naive attention rows (`None`: skip them).
+    pub attention: Option<AttentionDims>,
 }
 
 impl Default for BenchOptions {
-    /// LLaMA-3.1-8B: q/o projections 4096x4096, gate/up 14336x4096, down 4096x14336; 2048 tokens; r = 32.
+    /// LLaMA-3.1-8B: q/o projections 4096x4096, gate/up 14336x4096, down 4096x14336; 2048 tokens; r = 32;
+    /// attention over 2048 tokens, 32 q heads, 8 kv heads, head size 128, batch 1.
     fn default() -> Self {
         Self {
             repeats: 20,
@@ -39,6 +47,13 @@ impl Default for BenchOptions {
             tokens: 2048,
             rank: 32,
             shapes: vec![(4096, 4096), (14336, 4096), (4096, 14336)],
+            attention: Some(AttentionDims {
+                batch: 1,
+                tokens: 2048,
+                q_heads: 32,
+                kv_heads: 8,
+                head_dim: 128,
+            }),
         }
     }
 }
@@ -179,6 +194,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
     ));
     drop((src, dst));
     let blas = Blas::new(gpu)?;
+    let nf4_gemm = Nf4Gemm::new(gpu, Nf4GemmChooser::in_memory())?;
 
     for (si, &(n_out, k_in)) in o.shapes.iter().enumerate() {
         let shape = format!("{n_out}x{k_in}");
@@ -285,6 +301,63 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
                 ("cuBLAS bf16", dense_tf),
             ));
         }
+        // The per-shape chooser (in memory here, so the figures are fresh): which path it keeps.
+        let choice = nf4_gemm.choice(gpu, m, &x, &ws[0], &mut scratch, &mut c)?;
+        let chosen_ms = choice.ms(choice.path).unwrap_or(f64::NAN);
+        rows.push(row(
+            &format!("nf4_gemm chosen: {}", choice.path.label()),
+            gshape.clone(),
+            chosen_ms,
+            None,
+            Some(flops),
+            ("cuBLAS bf16", dense_tf),
+        ));
+        // LoRA r with bf16 activations on the tensor cores: the adapter's two products on top of the base output,
+        // against the base product's time (cuBLAS bf16 at the same shape); `of_ceiling` is adapter / base.
+        let r_ = o.rank;
+        if k_in.is_multiple_of(8) && r_.is_multiple_of(8) {
+            let a16 = bf16_random(gpu, 23, r_ * k_in)?;
+            let b16 = bf16_random(gpu, 24, n_out * r_)?;
+            let layer = GpuLoraBf16 {
+                dims: LoraDims {
+                    tokens: m,
+                    in_features: k_in,
+                    out_features: n_out,
+                    rank: r_,
+                },
+                a: &a16,
+                b: &b16,
+                scale: 1.0,
+                dropout: None,
+            };
+            let mut h = gpu.zeros::<f32>(m * r_)?;
+            let mut h16 = gpu.zeros::<u16>(m * r_)?;
+            let mut partial = gpu.zeros::<f32>(layer.partial_len())?;
+            let ms = time_median(gpu, o, |_| {
+                layer.adapter_forward(
+                    gpu,
+                    &x,
+                    AdapterBuffers {
+                        h: &mut h,
+                        h_bf16: &mut h16,
+                        partial: &mut partial,
+                    },
+                    &mut c,
+                )
+            })?;
+            let lflops = 2.0 * (m * r_ * (k_in + n_out)) as f64;
+            let mut lr = row(
+                &format!("lora_adapter_fwd_r{r_} (bf16 mma)"),
+                gshape.clone(),
+                ms,
+                None,
+                Some(lflops),
+                ("base GEMM time", 1.0),
+            );
+            lr.of_ceiling = Some(ms / dense_ms);
+            lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
+            rows.push(lr);
+        }
         drop((x, w_dense, c, scratch));
 
         // LoRA r: the adapter's two extra products (h = x A^T, y += s h B^T) with the fp32 tiled kernel, against
@@ -334,12 +407,88 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
         rows.push(lr);
     }
+    if let Some(d) = o.attention {
+        attention_rows(gpu, o, d, &mut rows)?;
+    }
     Ok(BenchReport {
         device: gpu.name().to_string(),
         arch: gpu.arch(),
         copy_gb_per_s: copy_gbs,
         rows,
     })
+}
+
+/// Causal GQA attention at `d`, fp32: the flash kernels and the naive ones (fewer repeats: they are slow). FLOPs:
+/// [`flash::forward_flops`] forward, 2.5 times that backward. `of_ceiling` of a flash row is its speed-up over
+/// the naive kernel.
+fn attention_rows(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    d: AttentionDims,
+    rows: &mut Vec<BenchRow>,
+) -> Result<(), KernelError> {
+    let shape = format!(
+        "B={} T={} Hq={} Hkv={} D={}",
+        d.batch, d.tokens, d.q_heads, d.kv_heads, d.head_dim
+    );
+    let nq = d.batch * d.tokens * d.q_heads * d.head_dim;
+    let nk = d.batch * d.tokens * d.kv_heads * d.head_dim;
+    let q = gpu.upload(&normal_f32(30, nq))?;
+    let k = gpu.upload(&normal_f32(31, nk))?;
+    let v = gpu.upload(&normal_f32(32, nk))?;
+    let dout = gpu.upload(&normal_f32(33, nq))?;
+    let mut out = gpu.zeros::<f32>(nq)?;
+    let mut lse = gpu.zeros::<f32>(d.batch * d.tokens * d.q_heads)?;
+    let mut delta = gpu.zeros::<f32>(d.batch * d.tokens * d.q_heads)?;
+    let (mut dq, mut dk, mut dv) = (gpu.zeros(nq)?, gpu.zeros(nk)?, gpu.zeros(nk)?);
+    let fwd_flops = flash::forward_flops(&d);
+    let bwd_flops = 2.5 * fwd_flops;
+    let flash_fwd = time_median(gpu, o, |_| {
+        flash::forward(gpu, d, &q, &k, &v, &mut out, &mut lse)
+    })?;
+    let flash_bwd = time_median(gpu, o, |_| {
+        flash::backward_with_scratch(
+            gpu, d, &q, &k, &v, &out, &lse, &dout, &mut delta, &mut dq, &mut dk, &mut dv,
+        )
+    })?;
+    let slow = BenchOptions {
+        repeats: 3,
+        warmup: 1,
+        ..o.clone()
+    };
+    let naive_fwd = time_median(gpu, &slow, |_| {
+        super::ops::attention_forward_naive(gpu, d, &q, &k, &v, &mut out, &mut lse)
+    })?;
+    let naive_bwd = time_median(gpu, &slow, |_| {
+        super::ops::attention_backward_naive(
+            gpu, d, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv,
+        )
+    })?;
+    for (label, ms, flops, naive_ms) in [
+        (
+            "attention_fwd (flash, fp32)",
+            flash_fwd,
+            fwd_flops,
+            Some(naive_fwd),
+        ),
+        (
+            "attention_bwd (flash, fp32)",
+            flash_bwd,
+            bwd_flops,
+            Some(naive_bwd),
+        ),
+        ("attention_fwd (naive, fp32)", naive_fwd, fwd_flops, None),
+        ("attention_bwd (naive, fp32)", naive_bwd, bwd_flops, None),
+    ] {
+        let mut r = row(label, shape.clone(), ms, None, Some(flops), ("-", 1.0));
+        r.of_ceiling = naive_ms.map(|n| n / ms);
+        r.ceiling = match naive_ms {
+            Some(_) => "speed-up over the naive kernel".into(),
+            None => "-".into(),
+        };
+        rows.push(r);
+    }
+    Ok(())
 }
 
 impl BenchReport {

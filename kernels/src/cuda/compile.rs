@@ -40,8 +40,14 @@ pub const OPS: KernelSource = KernelSource {
     code: include_str!("../../cuda/ops.cu"),
 };
 
+/// Flash-style tiled causal GQA attention, forward and backward (deterministic: no atomics).
+pub const ATTENTION: KernelSource = KernelSource {
+    name: "attention.cu",
+    code: include_str!("../../cuda/attention.cu"),
+};
+
 /// Every source file, for the compile-everything check.
-pub const ALL: [&KernelSource; 3] = [&NF4, &LORA, &OPS];
+pub const ALL: [&KernelSource; 4] = [&NF4, &LORA, &OPS, &ATTENTION];
 
 /// Whether the NVRTC library can be loaded, with its version; `Err` says why not.
 pub fn nvrtc_version() -> Result<(i32, i32), String> {
@@ -70,6 +76,16 @@ pub fn options(arch: u32) -> Vec<String> {
 
 /// Compiles one source for `sm_{arch}` and returns the CUBIN; a compile error carries NVRTC's log.
 pub fn compile_cubin(source: &KernelSource, arch: u32) -> Result<Vec<u8>, KernelError> {
+    compile_with_log(source, arch, &[]).map(|(cubin, _)| cubin)
+}
+
+/// Compiles one source for `sm_{arch}` with extra NVRTC options (e.g. `--ptxas-options=-v`); returns the CUBIN
+/// and NVRTC's log (where ptxas reports registers, shared memory and spills).
+pub fn compile_with_log(
+    source: &KernelSource,
+    arch: u32,
+    extra: &[&str],
+) -> Result<(Vec<u8>, String), KernelError> {
     nvrtc_version().map_err(KernelError::CudaUnavailable)?;
     let text = format!("{COMMON}\n#line 1 \"{}\"\n{}", source.name, source.code);
     let err = |op: &str, detail: String| KernelError::Cuda {
@@ -80,8 +96,10 @@ pub fn compile_cubin(source: &KernelSource, arch: u32) -> Result<Vec<u8>, Kernel
     let name = CString::new(source.name).map_err(|e| err("read", e.to_string()))?;
     let program = result::create_program(&code, Some(&name))
         .map_err(|e| err("nvrtc create", format!("{e:?}")))?;
+    let mut opts = options(arch);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     // SAFETY: `program` was just created and is destroyed exactly once below; `code` and `name` outlive it.
-    let outcome = unsafe { compile_and_fetch(program, &options(arch)) };
+    let outcome = unsafe { compile_and_fetch(program, &opts) };
     // SAFETY: as above.
     let _ = unsafe { result::destroy_program(program) };
     outcome.map_err(|detail| err("compile", detail))
@@ -92,7 +110,7 @@ pub fn compile_cubin(source: &KernelSource, arch: u32) -> Result<Vec<u8>, Kernel
 unsafe fn compile_and_fetch(
     program: sys::nvrtcProgram,
     options: &[String],
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, String), String> {
     // SAFETY: the caller guarantees `program` is live.
     if let Err(e) = unsafe { result::compile_program(program, options) } {
         // SAFETY: as above.
@@ -113,7 +131,11 @@ unsafe fn compile_and_fetch(
     if status != sys::nvrtcResult::NVRTC_SUCCESS {
         return Err(format!("nvrtcGetCUBIN failed: {status:?}"));
     }
-    Ok(cubin)
+    // SAFETY: as above.
+    let log = unsafe { result::get_program_log(program) }
+        .map(c_chars_to_string)
+        .unwrap_or_default();
+    Ok((cubin, log))
 }
 
 fn c_chars_to_string(chars: Vec<c_char>) -> String {
@@ -161,6 +183,35 @@ mod tests {
                     "{} for sm_{arch} is a CUBIN (ELF)",
                     source.name
                 );
+            }
+        }
+    }
+
+    /// ptxas's report for the attention and LoRA kernels: printed, and no kernel may spill registers to local
+    /// memory.
+    #[test]
+    fn attention_and_lora_kernels_do_not_spill() {
+        if nvrtc_version().is_err() {
+            assert!(!nvrtc_required(), "NVRTC is required here");
+            println!("skipped: NVRTC not found");
+            return;
+        }
+        for source in [&ATTENTION, &LORA] {
+            for arch in [80, 90] {
+                let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                println!("{} sm_{arch}:\n{log}", source.name);
+                assert!(
+                    log.contains("Used"),
+                    "ptxas reported no register counts:\n{log}"
+                );
+                for line in log.lines().filter(|l| l.contains("spill")) {
+                    assert!(
+                        line.contains("0 bytes spill stores, 0 bytes spill loads"),
+                        "{} sm_{arch} spills: {line}",
+                        source.name
+                    );
+                }
             }
         }
     }

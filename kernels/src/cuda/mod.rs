@@ -1,11 +1,14 @@
 //! CUDA versions of the kernels: sources compiled at run time by NVRTC for the device's own architecture,
 //! libraries (driver, NVRTC, cuBLAS) opened with dlopen, so this builds and its CPU tests run without CUDA.
 
+pub mod attention;
 pub mod bench;
 pub mod compile;
 pub mod device;
 pub mod gemm;
+pub mod gemm_choice;
 pub mod lora;
+pub mod lora_bf16;
 pub mod nf4;
 pub mod ops;
 

@@ -1,5 +1,7 @@
 //! The LLaMA op set on the GPU (`kernels/cuda/ops.cu`): thin launchers over device buffers, each checked against
-//! `crate::ops` by the GPU parity tests. Buffers are row-major fp32 unless noted; sizes are checked here.
+//! `crate::ops` by the GPU parity tests. Buffers are row-major fp32 unless noted; sizes are checked here. The
+//! default launchers are deterministic (same inputs, same bits); `embedding_backward_atomic` and the naive
+//! attention backward are not.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -27,6 +29,15 @@ fn grid(items: usize) -> LaunchConfig {
     }
 }
 
+/// One thread per item, in blocks of 256 (for kernels without a grid-stride loop).
+fn grid_1d(items: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks_for(items, 256), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
@@ -35,7 +46,11 @@ fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     }
 }
 
-fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), KernelError> {
+pub(super) fn need<T>(
+    what: &'static str,
+    buf: &CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
     if buf.len() >= len {
         Ok(())
     } else {
@@ -46,7 +61,7 @@ fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), Ker
     }
 }
 
-fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
+pub(super) fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
 }
 
@@ -75,8 +90,100 @@ pub fn embedding_forward(
     Ok(())
 }
 
-/// `dtable = scatter-add of dy by ids` (`dtable` is zeroed here first).
+/// Token positions grouped by id, for the deterministic embedding backward: group `g` is the id `uniq[g]` and the
+/// positions `order[starts[g]..starts[g + 1]]`, ascending. Groups are in ascending id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddingGroups {
+    /// The distinct ids, ascending.
+    pub uniq: Vec<u32>,
+    /// `uniq.len() + 1` offsets into `order`.
+    pub starts: Vec<u32>,
+    /// Every token position, grouped by id, ascending inside each group.
+    pub order: Vec<u32>,
+}
+
+impl EmbeddingGroups {
+    /// Groups `ids` (every one must be below `vocab`; at most `u32::MAX` tokens).
+    pub fn new(ids: &[u32], vocab: usize) -> Result<Self, KernelError> {
+        if let Some(i) = ids.iter().position(|&t| t as usize >= vocab) {
+            return Err(KernelError::invalid(
+                "ids",
+                format!("ids[{i}] = {} is outside the vocabulary 0..{vocab}", ids[i]),
+            ));
+        }
+        if u32::try_from(ids.len()).is_err() {
+            return Err(KernelError::invalid(
+                "ids",
+                format!("{} tokens, at most {}", ids.len(), u32::MAX),
+            ));
+        }
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        // Stable: positions stay ascending inside each id.
+        order.sort_by_key(|&p| ids[p as usize]);
+        let (mut uniq, mut starts) = (Vec::new(), Vec::new());
+        for (k, &p) in order.iter().enumerate() {
+            let id = ids[p as usize];
+            if uniq.last() != Some(&id) {
+                uniq.push(id);
+                starts.push(k as u32);
+            }
+        }
+        starts.push(order.len() as u32);
+        Ok(Self {
+            uniq,
+            starts,
+            order,
+        })
+    }
+}
+
+/// `dtable (vocab x dim) = scatter-add of dy by ids`, deterministic: the host groups the token positions by id
+/// ([`EmbeddingGroups`]) and one thread per (id, dimension) sums that id's rows in ascending position order.
+/// `dtable` is zeroed here first.
+#[allow(clippy::too_many_arguments)]
 pub fn embedding_backward(
+    gpu: &Gpu,
+    dy: &CudaSlice<f32>,
+    ids: &[u32],
+    vocab: usize,
+    dim: usize,
+    dtable: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("dy", dy, ids.len() * dim)?;
+    need("dtable", dtable, vocab * dim)?;
+    let groups = EmbeddingGroups::new(ids, vocab)?;
+    let d = i32_of(dim, "dim")?;
+    gpu.stream()
+        .memset_zeros(dtable)
+        .map_err(cuda_err("zero dtable"))?;
+    if groups.uniq.is_empty() || dim == 0 {
+        return Ok(());
+    }
+    let uniq = gpu.upload(&groups.uniq)?;
+    let starts = gpu.upload(&groups.starts)?;
+    let order = gpu.upload(&groups.order)?;
+    let cfg = LaunchConfig {
+        grid_dim: (groups.uniq.len() as u32, blocks_for(dim, 256), 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        gpu,
+        "embedding_backward_grouped",
+        cfg,
+        dy,
+        &uniq,
+        &starts,
+        &order,
+        &d,
+        dtable
+    );
+    Ok(())
+}
+
+/// The atomic embedding backward, for ids that are only on the device: fp32 atomics, so rows shared by several
+/// tokens can differ in the last bits from run to run. `dtable` is zeroed here first.
+pub fn embedding_backward_atomic(
     gpu: &Gpu,
     dy: &CudaSlice<f32>,
     ids: &CudaSlice<u32>,
@@ -92,7 +199,7 @@ pub fn embedding_backward(
     let (t, d) = (tokens as i64, i32_of(dim, "dim")?);
     launch!(
         gpu,
-        "embedding_backward",
+        "embedding_backward_atomic",
         grid(tokens * dim),
         dy,
         ids,
@@ -133,7 +240,15 @@ pub fn rmsnorm_forward(
     Ok(())
 }
 
-/// RMSNorm backward; `dw` is zeroed here first.
+/// Rows per chunk of the RMSNorm weight-gradient first pass (`chunks = ceil(rows / rows_per_chunk)`): fixed by
+/// `rows` alone, so the summation order, and the result, is the same on every run.
+pub fn rmsnorm_dw_chunking(rows: usize) -> (usize, usize) {
+    let rows_per_chunk = rows.div_ceil(128).max(1);
+    (rows_per_chunk, rows.div_ceil(rows_per_chunk).max(1))
+}
+
+/// RMSNorm backward: `dx` (one block per row) and `dw`, deterministic (per-chunk partial sums over rows in order,
+/// then a fixed-order sum of the chunks; see [`rmsnorm_dw_chunking`]).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     gpu: &Gpu,
@@ -150,18 +265,49 @@ pub fn rmsnorm_backward(
     need("dy", dy, rows * dim)?;
     need("dx", dx, rows * dim)?;
     need("dw", dw, dim)?;
-    gpu.stream().memset_zeros(dw).map_err(cuda_err("zero dw"))?;
+    need("rstd", rstd, rows)?;
+    if rows == 0 || dim == 0 {
+        return gpu.stream().memset_zeros(dw).map_err(cuda_err("zero dw"));
+    }
     let d = i32_of(dim, "dim")?;
     launch!(
         gpu,
-        "rmsnorm_backward",
+        "rmsnorm_backward_dx",
         per_row(rows, 256),
         x,
         w,
         rstd,
         dy,
         &d,
-        dx,
+        dx
+    );
+    let (per_chunk, chunks) = rmsnorm_dw_chunking(rows);
+    let mut partial = gpu.zeros::<f32>(chunks * dim)?;
+    let (rows64, per64, chunks32) = (rows as i64, per_chunk as i64, i32_of(chunks, "chunks")?);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks_for(dim, 256), chunks as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        gpu,
+        "rmsnorm_dw_partial",
+        cfg,
+        x,
+        rstd,
+        dy,
+        &rows64,
+        &d,
+        &per64,
+        &mut partial
+    );
+    launch!(
+        gpu,
+        "rmsnorm_dw_reduce",
+        grid_1d(dim),
+        &partial,
+        &chunks32,
+        &d,
         dw
     );
     Ok(())
@@ -363,14 +509,32 @@ pub fn adamw_step(
     Ok(())
 }
 
-/// The global L2 norm of several gradient buffers (fp64 accumulation on the device).
+/// Blocks of the first sum-of-squares pass over `n` values (fixed by `n` alone, so the order is too).
+pub fn sum_squares_blocks(n: usize) -> usize {
+    n.div_ceil(256).clamp(1, 1024)
+}
+
+/// The global L2 norm of several gradient buffers, deterministic: per tensor a fixed grid of blocks writes fp64
+/// partial sums of squares (fixed-order tree inside each block), then one block sums every partial in order.
 pub fn global_norm(gpu: &Gpu, grads: &[&CudaSlice<f32>]) -> Result<f64, KernelError> {
-    let mut acc = gpu.zeros::<f64>(1)?;
+    let total: usize = grads.iter().map(|g| sum_squares_blocks(g.len())).sum();
+    let mut partial = gpu.zeros::<f64>(total)?;
+    let mut offset = 0usize;
     for g in grads {
-        let n = g.len() as i64;
-        launch!(gpu, "sum_squares", grid(g.len()), *g, &n, &mut acc);
+        let blocks = sum_squares_blocks(g.len());
+        let (n, off) = (g.len() as i64, offset as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(gpu, "sum_squares_partial", cfg, *g, &n, &mut partial, &off);
+        offset += blocks;
     }
-    Ok(gpu.download(&acc)?[0].sqrt())
+    let mut out = gpu.zeros::<f64>(1)?;
+    let count = total as i64;
+    launch!(gpu, "sum_f64", per_row(1, 256), &partial, &count, &mut out);
+    Ok(gpu.download(&out)?[0].sqrt())
 }
 
 /// Scales the gradients by `min(1, max_norm / (norm + 1e-6))` when over the limit; returns the norm before.
@@ -410,8 +574,9 @@ fn attention_cfg(d: &AttentionDims) -> Result<LaunchConfig, KernelError> {
     })
 }
 
-/// Causal GQA attention forward (naive); writes `out` (shaped like q) and one log-sum-exp per query.
-pub fn attention_forward(
+/// Causal GQA attention forward, the naive kernel (one block per query; any head size up to 1024; the tiled
+/// kernel is [`super::attention::forward`]); writes `out` (shaped like q) and one log-sum-exp per query.
+pub fn attention_forward_naive(
     gpu: &Gpu,
     d: AttentionDims,
     q: &CudaSlice<f32>,
@@ -450,9 +615,10 @@ pub fn attention_forward(
     Ok(())
 }
 
-/// Causal GQA attention backward (naive); `dk` and `dv` are zeroed here first.
+/// Causal GQA attention backward, the naive kernel; `dk` and `dv` are zeroed here first and summed with fp32
+/// atomics, so the last bits can differ from run to run (the deterministic one is [`super::attention::backward`]).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward_naive(
     gpu: &Gpu,
     d: AttentionDims,
     q: &CudaSlice<f32>,
@@ -498,4 +664,37 @@ pub fn attention_backward(
         dv
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_groups_list_positions_by_id_in_order() {
+        let g = EmbeddingGroups::new(&[5, 2, 5, 0, 2, 5], 6).unwrap();
+        assert_eq!(g.uniq, vec![0, 2, 5]);
+        assert_eq!(g.starts, vec![0, 1, 3, 6]);
+        assert_eq!(g.order, vec![3, 1, 4, 0, 2, 5]);
+        let empty = EmbeddingGroups::new(&[], 3).unwrap();
+        assert!(empty.uniq.is_empty() && empty.order.is_empty());
+        assert_eq!(empty.starts, vec![0]);
+        let err = EmbeddingGroups::new(&[1, 7], 4).unwrap_err().to_string();
+        assert!(err.contains("ids[1] = 7") && err.contains("0..4"), "{err}");
+    }
+
+    #[test]
+    fn reduction_layouts_depend_on_the_size_alone() {
+        assert_eq!(rmsnorm_dw_chunking(1), (1, 1));
+        assert_eq!(rmsnorm_dw_chunking(128), (1, 128));
+        assert_eq!(rmsnorm_dw_chunking(129), (2, 65));
+        assert_eq!(rmsnorm_dw_chunking(4096), (32, 128));
+        for rows in [1usize, 7, 128, 1000, 4097] {
+            let (per, chunks) = rmsnorm_dw_chunking(rows);
+            assert!(per * chunks >= rows && per * (chunks - 1) < rows, "{rows}");
+        }
+        assert_eq!(sum_squares_blocks(0), 1);
+        assert_eq!(sum_squares_blocks(257), 2);
+        assert_eq!(sum_squares_blocks(1 << 30), 1024);
+    }
 }

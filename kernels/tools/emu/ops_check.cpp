@@ -1,0 +1,115 @@
+// Runs the deterministic reductions of kernels/cuda/ops.cu on the CPU emulator (cuda_emu.h) and compares them with
+// float64 references (the math of kernels/src/ops/{embedding,rmsnorm,optim}.rs): the grouped embedding backward,
+// the RMSNorm backward (dx, and dw in two passes) and the two-pass fp64 sum of squares. The host-side grouping and
+// chunking mirror kernels/src/cuda/ops.rs (EmbeddingGroups, rmsnorm_dw_chunking, sum_squares_blocks).
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+static std::vector<float> normal(uint64_t seed, size_t n) {
+    std::mt19937_64 g(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
+
+static bool close(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!std::isfinite(got[i])) {
+            std::printf("  %s: element %zu is %f\n", what, i, got[i]);
+            return false;
+        }
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    double err = den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+    std::printf("  %s: relative error %.3e\n", what, err);
+    return err < tol;
+}
+
+int main() {
+    bool ok = true;
+    float nan = std::numeric_limits<float>::quiet_NaN();
+    // Embedding backward, grouped by id.
+    for (auto [tokens, dim, vocab] : {std::array<int, 3>{1, 1, 3}, {300, 37, 7}, {64, 300, 50}}) {
+        std::printf("embedding tokens=%d dim=%d vocab=%d\n", tokens, dim, vocab);
+        std::mt19937_64 g(tokens);
+        std::vector<uint32_t> ids(tokens);
+        for (auto& t : ids) t = (uint32_t)(g() % vocab);
+        auto dy = normal(2, (size_t)tokens * dim);
+        std::vector<double> want((size_t)vocab * dim, 0.0);
+        for (int t = 0; t < tokens; ++t)
+            for (int j = 0; j < dim; ++j) want[(size_t)ids[t] * dim + j] += dy[(size_t)t * dim + j];
+        std::vector<uint32_t> order(tokens), uniq, starts;
+        std::iota(order.begin(), order.end(), 0u);
+        std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return ids[a] < ids[b]; });
+        for (int k = 0; k < tokens; ++k)
+            if (uniq.empty() || uniq.back() != ids[order[k]]) {
+                uniq.push_back(ids[order[k]]);
+                starts.push_back(k);
+            }
+        starts.push_back(tokens);
+        std::vector<float> dtable((size_t)vocab * dim, 0.0f);  // the launcher zeroes it
+        emu_launch({(unsigned)uniq.size(), (unsigned)((dim + 255) / 256)}, {256}, 0, [&] {
+            embedding_backward_grouped(dy.data(), uniq.data(), starts.data(), order.data(), dim, dtable.data());
+        });
+        ok &= close("dtable", dtable, want, 1e-6);
+    }
+    // RMSNorm backward.
+    for (auto [rows, dim] : {std::array<int, 2>{1, 5}, {7, 33}, {300, 70}}) {
+        std::printf("rmsnorm rows=%d dim=%d\n", rows, dim);
+        auto x = normal(3, (size_t)rows * dim), w = normal(4, dim), dy = normal(5, (size_t)rows * dim);
+        std::vector<float> rstd(rows);
+        std::vector<double> wdx, wdw(dim, 0.0);
+        for (int r = 0; r < rows; ++r) {
+            double ss = 0;
+            for (int j = 0; j < dim; ++j) ss += (double)x[r * dim + j] * x[r * dim + j];
+            double rs = 1.0 / std::sqrt(ss / dim + 1e-5);
+            rstd[r] = (float)rs;
+            double dot = 0;
+            for (int j = 0; j < dim; ++j) dot += (double)dy[r * dim + j] * w[j] * x[r * dim + j];
+            for (int j = 0; j < dim; ++j) {
+                wdx.push_back(rs * dy[r * dim + j] * w[j] - rs * rs * rs / dim * x[r * dim + j] * dot);
+                wdw[j] += (double)dy[r * dim + j] * x[r * dim + j] * rs;
+            }
+        }
+        std::vector<float> dx((size_t)rows * dim, nan), dw(dim, nan);
+        emu_launch({(unsigned)rows}, {256}, 0,
+                   [&] { rmsnorm_backward_dx(x.data(), w.data(), rstd.data(), dy.data(), dim, dx.data()); });
+        int per = std::max(1, (rows + 127) / 128), chunks = std::max(1, (rows + per - 1) / per);
+        std::vector<float> partial((size_t)chunks * dim, nan);
+        emu_launch({(unsigned)((dim + 255) / 256), (unsigned)chunks}, {256}, 0, [&] {
+            rmsnorm_dw_partial(x.data(), rstd.data(), dy.data(), rows, dim, per, partial.data());
+        });
+        emu_launch({(unsigned)((dim + 255) / 256)}, {256}, 0,
+                   [&] { rmsnorm_dw_reduce(partial.data(), chunks, dim, dw.data()); });
+        ok &= close("dx", dx, wdx, 1e-5);
+        ok &= close("dw", dw, wdw, 1e-5);
+    }
+    // Sum of squares over two tensors, two passes.
+    {
+        std::vector<std::vector<float>> ts = {normal(6, 12345), normal(7, 77), normal(8, 300000)};
+        double want = 0;
+        size_t total = 0;
+        for (auto& t : ts) {
+            for (float v : t) want += (double)v * v;
+            total += std::min<size_t>(1024, std::max<size_t>(1, (t.size() + 255) / 256));
+        }
+        std::vector<double> partial(total, std::nan("")), out(1, std::nan(""));
+        size_t off = 0;
+        for (auto& t : ts) {
+            size_t blocks = std::min<size_t>(1024, std::max<size_t>(1, (t.size() + 255) / 256));
+            emu_launch({(unsigned)blocks}, {256}, 0,
+                       [&] { sum_squares_partial(t.data(), (i64)t.size(), partial.data(), (i64)off); });
+            off += blocks;
+        }
+        emu_launch({1}, {256}, 0, [&] { sum_f64(partial.data(), (i64)total, out.data()); });
+        double err = std::fabs(out[0] - want) / want;
+        std::printf("sum of squares: %.12g vs %.12g, relative error %.3e\n", out[0], want, err);
+        ok &= err < 1e-12;
+    }
+    std::printf(ok ? "ops: all checks passed\n" : "ops: FAILED\n");
+    return ok ? 0 : 1;
+}
