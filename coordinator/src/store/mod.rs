@@ -41,6 +41,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("durable commit failed: {0}")]
     Commit(String),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

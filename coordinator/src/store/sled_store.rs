@@ -41,6 +41,9 @@ fn decode_all<T: DeserializeOwned>(tree: &'static str, t: &sled::Tree) -> StoreR
     Ok(out)
 }
 
+/// Key of the id counter in sled's default tree.
+const NEXT_ID_KEY: &[u8] = b"next_id";
+
 fn metric_key(job_id: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(job_id.len() + 9);
     key.extend_from_slice(job_id.as_bytes());
@@ -218,8 +221,31 @@ impl Store for SledStore {
         decode_all("tokens", &self.tokens)
     }
 
+    /// Dense ids from a counter in the store (sled's own `generate_id` jumps by a million after every
+    /// reopen, which would make experiment e000004 followed by e1000005). A store made before the counter
+    /// existed starts it at sled's next id, which is above every id sled handed out.
     fn next_id(&self) -> StoreResult<u64> {
-        Ok(self.db.generate_id()?)
+        loop {
+            let current = self.db.get(NEXT_ID_KEY)?;
+            let next = match &current {
+                Some(bytes) => {
+                    let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                        StoreError::Corrupt(format!(
+                            "the id counter holds {} bytes (expected 8)",
+                            bytes.len()
+                        ))
+                    })?;
+                    u64::from_be_bytes(bytes) + 1
+                }
+                None => self.db.generate_id()?,
+            };
+            let swapped =
+                self.db
+                    .compare_and_swap(NEXT_ID_KEY, current, Some(&next.to_be_bytes()[..]))?;
+            if swapped.is_ok() {
+                return Ok(next);
+            }
+        }
     }
 
     fn commit(&self) -> CommitWait {
@@ -311,5 +337,19 @@ mod tests {
         assert_eq!(store.tokens().unwrap().len(), 1);
         assert_eq!(store.audit_entries().unwrap().len(), 1);
         assert_ne!(store.next_id().unwrap(), store.next_id().unwrap());
+    }
+
+    #[test]
+    fn ids_stay_dense_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<u64> = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let ids = (0..3).map(|_| store.next_id().unwrap()).collect();
+            store.flush_now().unwrap();
+            ids
+        };
+        assert_eq!(first, [0, 1, 2]);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.next_id().unwrap(), 3);
     }
 }

@@ -546,15 +546,9 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         if let (true, Some(train1)) = (two_stage, &train1) {
             for &fold in &folds {
                 let train2 = b.train(Stage::Stage2, fold, &prep2, Some(train1));
-                b.evals(
-                    ModelStage::TwoStage,
-                    Stage::Stage2,
-                    fold,
-                    &prep2,
-                    Some(&train2),
-                    &mut evals,
-                );
-                // The forgetting check: the two-stage model of this fold on the stage-1 test set.
+                // The forgetting check (the two-stage model of this fold on the stage-1 test set) first: it
+                // decodes the longer stage-1 outputs, and the scheduler breaks ties in plan order, so the
+                // longest evaluation of a fold starts first and the last worker is not left with it alone.
                 if let Some(prep1) = &prep1 {
                     b.evals(
                         ModelStage::TwoStage,
@@ -565,6 +559,14 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
                         &mut evals,
                     );
                 }
+                b.evals(
+                    ModelStage::TwoStage,
+                    Stage::Stage2,
+                    fold,
+                    &prep2,
+                    Some(&train2),
+                    &mut evals,
+                );
             }
         }
     }

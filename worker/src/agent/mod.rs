@@ -184,6 +184,8 @@ async fn run_job(
     let Some(job) = lease.job.clone() else { return };
     let worker_id = registered.worker_id.clone();
     let attempt = lease.attempt;
+    // The peak reported when the job finishes is the process's since this lease.
+    crate::engine::alloc::reset_peak_resident();
     tracing::info!(job = %job.id, kind = %job.kind, name = %job.name, attempt, "job leased");
     let stop = Arc::new(StopFlag::default());
     let progress = Arc::new(Mutex::new((0u64, 0u64)));
@@ -309,7 +311,15 @@ async fn run_job(
     };
     heartbeat.abort();
     match result {
-        Ok(what) => tracing::info!(job = %job.id, attempt, outcome = what, "job finished"),
+        Ok(what) => {
+            // A long-lived worker gives the finished job's freed buffers back before the next job.
+            use crate::engine::alloc;
+            let peak_rss_mib = alloc::peak_resident_mib();
+            alloc::release_free_memory();
+            let rss_after_mib = alloc::resident_mib();
+            alloc::reset_peak_resident();
+            tracing::info!(job = %job.id, attempt, outcome = what, peak_rss_mib, rss_after_mib, "job finished")
+        }
         Err(status) => {
             tracing::warn!(job = %job.id, code = ?status.code(), message = status.message(), "could not report the job's outcome")
         }

@@ -19,3 +19,60 @@ pub fn tune_for_tensors() {
         }
     }
 }
+
+/// Gives freed heap memory back to the kernel (glibc's `malloc_trim`); call between jobs, when a long-lived
+/// worker holds no tensors of the job it finished. A no-op where the C library is not glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// This process's resident set size in MiB (`/proc/self/statm`), or `None` where it cannot be read.
+pub fn resident_mib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page)
+        .ok()
+        .map(|page| pages * page / (1 << 20))
+}
+
+/// The highest resident set size since start-up or the last [`reset_peak_resident`], in MiB (`VmHWM` in
+/// `/proc/self/status`), or `None` where it cannot be read.
+pub fn peak_resident_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Starts a new peak for [`peak_resident_mib`] (Linux: writing 5 to `/proc/self/clear_refs`); returns
+/// whether the kernel accepted it.
+pub fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_size_is_read_and_trimming_is_harmless() {
+        let before = resident_mib().expect("/proc/self/statm");
+        assert!(before > 0);
+        let block = vec![1u8; 64 << 20];
+        let during = resident_mib().unwrap();
+        assert!(
+            during >= before + 32,
+            "{before} -> {during} MiB with 64 MiB touched"
+        );
+        drop(block);
+        release_free_memory();
+        assert!(resident_mib().is_some());
+        assert!(peak_resident_mib().unwrap() >= during);
+    }
+}
