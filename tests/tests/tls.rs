@@ -81,7 +81,11 @@ fn an_experiment_runs_over_tls_and_untrusted_or_plaintext_clients_are_refused() 
         Some(&ca),
         &["submit", manifest.to_str().unwrap()],
     );
-    assert!(submitted.status.success(), "submit over TLS: {}", text(&submitted));
+    assert!(
+        submitted.status.success(),
+        "submit over TLS: {}",
+        text(&submitted)
+    );
     let experiment = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
     wait_for("the experiment over TLS", Duration::from_secs(60), || {
         let out = tandem_tls(
