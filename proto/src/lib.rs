@@ -30,3 +30,64 @@ impl v1::JobState {
         }
     }
 }
+
+/// The CUDA devices a worker reported, for people: "2x NVIDIA H100 80GB HBM3 (81559 MiB, sm_90)", identical
+/// devices counted together in the order first seen; "none" for none.
+pub fn devices_summary(devices: &[v1::Device]) -> String {
+    let mut groups: Vec<(usize, &v1::Device)> = Vec::new();
+    for d in devices {
+        match groups.iter_mut().find(|(_, g)| {
+            g.name == d.name
+                && g.memory_mib == d.memory_mib
+                && g.compute_capability == d.compute_capability
+        }) {
+            Some((count, _)) => *count += 1,
+            None => groups.push((1, d)),
+        }
+    }
+    if groups.is_empty() {
+        return "none".into();
+    }
+    groups
+        .iter()
+        .map(|(n, d)| {
+            format!(
+                "{n}x {} ({} MiB, sm_{})",
+                d.name, d.memory_mib, d.compute_capability
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(ordinal: u32, name: &str, memory_mib: u64, cc: u32) -> Device {
+        Device {
+            ordinal,
+            name: name.into(),
+            memory_mib,
+            compute_capability: cc,
+        }
+    }
+
+    #[test]
+    fn devices_are_summarised_by_kind_or_none() {
+        assert_eq!(devices_summary(&[]), "none");
+        let h100 = "NVIDIA H100 80GB HBM3";
+        assert_eq!(
+            devices_summary(&[device(0, h100, 81559, 90)]),
+            "1x NVIDIA H100 80GB HBM3 (81559 MiB, sm_90)"
+        );
+        assert_eq!(
+            devices_summary(&[
+                device(0, h100, 81559, 90),
+                device(1, "NVIDIA L4", 22491, 89),
+                device(2, h100, 81559, 90)
+            ]),
+            "2x NVIDIA H100 80GB HBM3 (81559 MiB, sm_90), 1x NVIDIA L4 (22491 MiB, sm_89)"
+        );
+    }
+}

@@ -158,6 +158,27 @@ impl Lab {
     }
 }
 
+/// How `tandem workers` should summarise a real worker's devices on this machine: "none" without CUDA.
+fn expected_devices() -> String {
+    let devices: Vec<pb::Device> = tandem_kernels::cuda::list_devices()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| pb::Device {
+            ordinal: d.ordinal,
+            name: d.name,
+            memory_mib: d.memory_mib,
+            compute_capability: d.compute_capability,
+        })
+        .collect();
+    pb::devices_summary(&devices)
+}
+
+fn expected_device_count() -> usize {
+    tandem_kernels::cuda::list_devices()
+        .map(|d| d.len())
+        .unwrap_or(0)
+}
+
 #[test]
 fn two_workers_run_an_experiment_with_folds_to_the_end() {
     let lab = Lab::start();
@@ -221,6 +242,35 @@ fn two_workers_run_an_experiment_with_folds_to_the_end() {
         audit.contains("PASS: ") && !audit.contains("FAIL"),
         "{audit}"
     );
+    // Each worker reported the CUDA devices it found (none on a machine without the driver), as facts: it
+    // offers no GPU unless --gpus says so.
+    let expected = expected_devices();
+    let environments: Vec<&str> = audit
+        .lines()
+        .skip_while(|l| !l.ends_with("devices found"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(environments.len(), 4, "one line per job: {audit}");
+    assert!(
+        environments.iter().all(|l| l.ends_with(&expected)),
+        "{audit}"
+    );
+    let workers = tandem_ok(&lab.coordinator.url, Some(&lab.team), &["workers"]);
+    let rows: Vec<&str> = workers.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{workers}");
+    assert!(rows.iter().all(|r| r.ends_with(&expected)), "{workers}");
+    let listed: serde_json::Value = serde_json::from_str(&tandem_ok(
+        &lab.coordinator.url,
+        Some(&lab.team),
+        &["workers", "--format", "json"],
+    ))
+    .unwrap();
+    for w in listed.as_array().unwrap() {
+        assert_eq!(w["gpus"], 0, "{w}");
+        let devices = w["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), expected_device_count(), "{w}");
+    }
     let out = lab.dir.path().join("export");
     tandem_ok(
         &lab.coordinator.url,

@@ -283,13 +283,14 @@ async fn run_replay(
 
 fn print_environment(label: &str, e: &pb::JobEnvironment) {
     println!(
-        "{:<18} {:<28} {:<10} {:<14} {:<18} {}",
+        "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} {}",
         label,
         e.worker,
         e.worker_version,
         &e.git_commit[..e.git_commit.len().min(12)],
         short(&e.cargo_lock_sha256),
-        e.host
+        e.host,
+        pb::devices_summary(&e.devices)
     );
 }
 
@@ -334,8 +335,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         println!();
         println!("coordinator version {}", reply.coordinator_version);
         println!(
-            "{:<18} {:<28} {:<10} {:<14} {:<18} host",
-            "job", "worker", "version", "git commit", "Cargo.lock"
+            "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} devices found",
+            "job", "worker", "version", "git commit", "Cargo.lock", "host"
         );
         for e in &reply.environments {
             print_environment(short(&e.job_id), e);

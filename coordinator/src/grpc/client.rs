@@ -135,6 +135,10 @@ fn environment(shared: &Shared, job: &JobRecord) -> Option<pb::JobEnvironment> {
         git_commit: field(|w| &w.git_commit),
         cargo_lock_sha256: field(|w| &w.cargo_lock_sha256),
         host: field(|w| &w.host),
+        devices: worker
+            .as_ref()
+            .map(|w| super::convert::devices_to_pb(&w.devices))
+            .unwrap_or_default(),
     })
 }
 
@@ -582,6 +586,7 @@ impl ClientService for ClientApi {
                 jobs: w.jobs,
                 version: w.record.version,
                 host: w.record.host,
+                devices: super::convert::devices_to_pb(&w.record.devices),
             })
             .collect();
         Ok(Response::new(pb::ListWorkersReply { workers }))

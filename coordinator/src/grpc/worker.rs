@@ -11,7 +11,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::client::stream_blob;
-use super::convert::{artifact_ref, input_ref, resources_from_pb, resources_to_pb};
+use super::convert::{
+    artifact_ref, devices_from_pb, input_ref, resources_from_pb, resources_to_pb,
+};
 use super::{Shared, status_of, store_status};
 use crate::auth::{Principal, require_worker};
 use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
@@ -112,6 +114,7 @@ impl WorkerService for WorkerApi {
         {
             self.check_worker(&principal, id)?;
         }
+        let devices = devices_from_pb(&req.devices).map_err(Status::invalid_argument)?;
         let record = WorkerRecord {
             id: String::new(),
             name,
@@ -123,6 +126,7 @@ impl WorkerService for WorkerApi {
             host: req.host,
             registered_ms: 0,
             last_seen_ms: 0,
+            devices,
         };
         let worker_id = self
             .shared

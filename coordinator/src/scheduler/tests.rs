@@ -69,6 +69,7 @@ fn worker(name: &str, threads: u32) -> WorkerRecord {
         host: "localhost".into(),
         registered_ms: 0,
         last_seen_ms: 0,
+        devices: Vec::new(),
     }
 }
 

@@ -163,6 +163,20 @@ pub struct WorkerRecord {
     pub host: String,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// CUDA devices the worker found on its machine (reported facts; what it offers is `resources`). Absent
+    /// in records stored before devices were reported.
+    #[serde(default)]
+    pub devices: Vec<DeviceRecord>,
+}
+
+/// One CUDA device a worker reported at registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub ordinal: u32,
+    pub name: String,
+    pub memory_mib: u64,
+    /// Compute capability as major * 10 + minor (90 for sm_90).
+    pub compute_capability: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,4 +238,44 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_record_stored_before_devices_were_reported_still_loads() {
+        let old = r#"{"id":"w3-gpu1","name":"gpu1","resources":{"gpus":1,"gpu_memory_mib":81559,"cpu_threads":16},
+            "kinds":["train.stage1"],"version":"0.1.0","git_commit":"abc","cargo_lock_sha256":"",
+            "host":"node7","registered_ms":5,"last_seen_ms":9}"#;
+        let record: WorkerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.name, "gpu1");
+        assert_eq!(record.resources.gpus, 1);
+        assert!(record.devices.is_empty());
+    }
+
+    #[test]
+    fn worker_devices_round_trip() {
+        let record = WorkerRecord {
+            id: "w1-a".into(),
+            name: "a".into(),
+            resources: Resources::default(),
+            kinds: vec![],
+            version: "0.1.0".into(),
+            git_commit: "unknown".into(),
+            cargo_lock_sha256: String::new(),
+            host: "h".into(),
+            registered_ms: 1,
+            last_seen_ms: 2,
+            devices: vec![DeviceRecord {
+                ordinal: 0,
+                name: "NVIDIA H100 80GB HBM3".into(),
+                memory_mib: 81559,
+                compute_capability: 90,
+            }],
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<WorkerRecord>(&json).unwrap(), record);
+    }
 }

@@ -7,9 +7,11 @@ pub mod compile;
 pub mod device;
 pub mod gemm;
 pub mod gemm_choice;
+pub mod inventory;
 pub mod lora;
 pub mod lora_bf16;
 pub mod nf4;
 pub mod ops;
 
 pub use device::Gpu;
+pub use inventory::{CudaDevice, list_devices};

@@ -36,12 +36,12 @@ pub struct AgentArgs {
     /// CPU threads offered (default: all).
     #[arg(long)]
     pub threads: Option<u32>,
-    /// GPUs offered.
+    /// GPUs offered (at most the CUDA devices found; the engine computes on the CPU, so the default is 0).
     #[arg(long, default_value_t = 0)]
     pub gpus: u32,
-    /// Memory per GPU, MiB.
-    #[arg(long, default_value_t = 0)]
-    pub gpu_memory_mib: u64,
+    /// Memory per GPU, MiB (default with --gpus: the smallest CUDA device found, else 0).
+    #[arg(long)]
+    pub gpu_memory_mib: Option<u64>,
     /// Folder for downloads and scratch files.
     #[arg(long, default_value = ".tandem/worker")]
     pub work_dir: PathBuf,
@@ -130,6 +130,30 @@ pub fn main() -> ExitCode {
         },
         None => None,
     };
+    // Devices are found once, reported as facts, and bound what --gpus may offer.
+    let detected = super::devices::detect();
+    match &detected {
+        Ok(devices) if !devices.is_empty() => tracing::info!(
+            count = devices.len(),
+            devices = %pb::devices_summary(devices),
+            "cuda devices found"
+        ),
+        Ok(_) => tracing::info!(
+            reason = "the CUDA driver reports no device",
+            "no CUDA device"
+        ),
+        Err(reason) => tracing::info!(reason = %reason, "no CUDA device"),
+    }
+    let offer = match super::devices::gpu_offer(args.gpus, args.gpu_memory_mib, &detected) {
+        Ok(offer) => offer,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(warning) = &offer.warning {
+        tracing::warn!("{warning}");
+    }
     let host = host_name();
     let (git_commit, cargo_lock_sha256) = code_version();
     let threads = args.threads.unwrap_or_else(|| {
@@ -146,8 +170,8 @@ pub fn main() -> ExitCode {
             .clone()
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         resources: pb::Resources {
-            gpus: args.gpus,
-            gpu_memory_mib: args.gpu_memory_mib,
+            gpus: offer.gpus,
+            gpu_memory_mib: offer.gpu_memory_mib,
             cpu_threads: threads,
         },
         work_dir: args.work_dir.clone(),
@@ -156,6 +180,7 @@ pub fn main() -> ExitCode {
         git_commit,
         cargo_lock_sha256,
         host,
+        devices: detected.unwrap_or_default(),
     };
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);

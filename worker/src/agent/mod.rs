@@ -4,6 +4,7 @@
 //! back-off when the coordinator goes away, and on shutdown (SIGTERM) checkpoints and hands its lease back.
 
 pub mod cli;
+pub mod devices;
 mod runner;
 pub mod runners;
 pub mod test_runner;
@@ -36,6 +37,8 @@ pub struct AgentConfig {
     pub git_commit: String,
     pub cargo_lock_sha256: String,
     pub host: String,
+    /// CUDA devices found on this machine (reported facts, not what `resources` offers).
+    pub devices: Vec<pb::Device>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +142,7 @@ impl Registration {
             cargo_lock_sha256: config.cargo_lock_sha256.clone(),
             host: config.host.clone(),
             worker_id: String::new(),
+            devices: config.devices.clone(),
         };
         Registration {
             request,
