@@ -4,76 +4,15 @@
 //! same bits when run twice. `#[ignore]`: needs an NVIDIA GPU
 //! (`cargo test -p tandem-kernels -- --include-ignored`, or `kernels/gpu-check.sh`).
 
-use std::sync::Arc;
-
-use cudarc::driver::CudaSlice;
-use tandem_kernels::cuda::{Gpu, ops as gpu_ops};
+use tandem_kernels::cuda::ops as gpu_ops;
 use tandem_kernels::ops::attention::{self, AttentionDims};
 use tandem_kernels::ops::optim::{self, AdamW};
 use tandem_kernels::ops::rope::{self, Llama3Scaling};
 use tandem_kernels::ops::{cross_entropy, embedding, rmsnorm, swiglu};
 use tandem_kernels::testdata::{indices, normal_f32};
 
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::get() {
-        Some(g) => Some(g),
-        None => {
-            let why = Gpu::absence_reason().unwrap_or_default();
-            assert!(
-                std::env::var("TANDEM_REQUIRE_GPU").map_or(true, |v| v != "1"),
-                "no GPU: {why}"
-            );
-            println!("skipped: no GPU ({why})");
-            None
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("TANDEM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed = {s}");
-    s
-}
-
-fn nan(gpu: &Gpu, n: usize) -> CudaSlice<f32> {
-    gpu.upload(&vec![f32::NAN; n.max(1)]).unwrap()
-}
-
-fn get(gpu: &Gpu, s: &CudaSlice<f32>, n: usize) -> Vec<f32> {
-    gpu.download(s).unwrap()[..n].to_vec()
-}
-
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    assert!(
-        got.iter().all(|v| v.is_finite()),
-        "{what}: NaN or infinity in the GPU output"
-    );
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (f64::from(g) - f64::from(w)).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|&w| f64::from(w).powi(2)).sum();
-    if den == 0.0 {
-        // An exactly zero reference (e.g. dq and dk of attention over one token): the GPU's rounding noise
-        // must stay below 1e-5 in absolute value.
-        let worst = got.iter().fold(0.0f64, |m, &g| m.max(f64::from(g).abs()));
-        assert!(worst < 1e-5, "{what}: reference is zero, GPU has {worst}");
-        return;
-    }
-    let err = (num / den).sqrt();
-    assert!(err < tol, "{what}: relative error {err}");
-}
+mod common;
+use common::{assert_close, get, gpu, nan, seed};
 
 #[test]
 #[ignore = "needs an NVIDIA GPU"]

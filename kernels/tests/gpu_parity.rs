@@ -6,8 +6,6 @@
 //! Tolerances: relative error (||got - ref|| / ||ref||) below 1e-5 for fp32 paths, 1e-2 for bf16; NaN never
 //! passes. NF4 quantisation and dequantisation are bit-exact.
 
-use std::sync::Arc;
-
 use cudarc::driver::CudaSlice;
 use tandem_kernels::cuda::Gpu;
 use tandem_kernels::cuda::gemm::Blas;
@@ -19,32 +17,8 @@ use tandem_kernels::lora::{self, LoraDims, LoraParams};
 use tandem_kernels::nf4::{Nf4Absmax, Nf4Tensor};
 use tandem_kernels::testdata::{keep_mask, normal_f32};
 
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::get() {
-        Some(g) => Some(g),
-        None => {
-            let why = Gpu::absence_reason().unwrap_or_default();
-            let required = std::env::var("TANDEM_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "TANDEM_REQUIRE_GPU=1 but no GPU: {why}");
-            println!("skipped: no GPU ({why})");
-            None
-        }
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("TANDEM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed = {s} (TANDEM_SEED={s} replays it)");
-    s
-}
+mod common;
+use common::{gpu, seed};
 
 /// ||got - want|| / ||want||, infinite when anything is NaN or infinite.
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -81,6 +55,41 @@ const NF4_SHAPES: [(usize, usize); 6] = [
     (300, 257),
     (1024, 4096),
 ];
+
+/// An NF4 weight (`n x k`) and bf16 activations (`m x k`) from two seeds, on the GPU, with the float64 product
+/// of the activations and the bf16-dequantised weight as the reference.
+fn bf16_gemm_case(
+    gpu: &Gpu,
+    w_seed: u64,
+    x_seed: u64,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> (GpuNf4, CudaSlice<u16>, Vec<f64>) {
+    let w = Nf4Tensor::quantize(&normal_f32(w_seed, n * k), n, k, true).unwrap();
+    let wd: Vec<f64> = w
+        .dequantize_bf16()
+        .iter()
+        .map(|v| f64::from(v.to_f32()))
+        .collect();
+    let x: Vec<half::bf16> = normal_f32(x_seed, m * k)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
+    let mut want = vec![0.0f64; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            want[r * n + c] = (0..k)
+                .map(|q| f64::from(x[r * k + q].to_f32()) * wd[c * k + q])
+                .sum();
+        }
+    }
+    let gw = GpuNf4::upload(gpu, &w).unwrap();
+    let gx = gpu
+        .upload(&x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
+        .unwrap();
+    (gw, gx, want)
+}
 
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
@@ -307,28 +316,7 @@ fn nf4_gemm_cublas_and_tensor_core_match_float64_in_bf16() {
     .iter()
     .enumerate()
     {
-        let w = Nf4Tensor::quantize(&normal_f32(s + 500 + i as u64, n * k), n, k, true).unwrap();
-        let wd: Vec<f64> = w
-            .dequantize_bf16()
-            .iter()
-            .map(|v| f64::from(v.to_f32()))
-            .collect();
-        let x: Vec<half::bf16> = normal_f32(s + 600 + i as u64, m * k)
-            .into_iter()
-            .map(half::bf16::from_f32)
-            .collect();
-        let mut want = vec![0.0f64; m * n];
-        for r in 0..m {
-            for c in 0..n {
-                want[r * n + c] = (0..k)
-                    .map(|q| f64::from(x[r * k + q].to_f32()) * wd[c * k + q])
-                    .sum();
-            }
-        }
-        let gw = GpuNf4::upload(&gpu, &w).unwrap();
-        let gx = gpu
-            .upload(&x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
-            .unwrap();
+        let (gw, gx, want) = bf16_gemm_case(&gpu, s + 500 + i as u64, s + 600 + i as u64, m, n, k);
         let mut scratch = gpu.upload(&vec![0x7fc0u16; n * k]).unwrap();
         let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
         blas.nf4_xwt(&gpu, m, &gx, &gw, &mut scratch, &mut y)
@@ -374,28 +362,7 @@ fn nf4_gemm_chooser_picks_a_path_per_shape_and_caches_it() {
         .iter()
         .enumerate()
     {
-        let w = Nf4Tensor::quantize(&normal_f32(s + 700 + i as u64, n * k), n, k, true).unwrap();
-        let wd: Vec<f64> = w
-            .dequantize_bf16()
-            .iter()
-            .map(|v| f64::from(v.to_f32()))
-            .collect();
-        let x: Vec<half::bf16> = normal_f32(s + 800 + i as u64, m * k)
-            .into_iter()
-            .map(half::bf16::from_f32)
-            .collect();
-        let mut want = vec![0.0f64; m * n];
-        for r in 0..m {
-            for c in 0..n {
-                want[r * n + c] = (0..k)
-                    .map(|q| f64::from(x[r * k + q].to_f32()) * wd[c * k + q])
-                    .sum();
-            }
-        }
-        let gw = GpuNf4::upload(&gpu, &w).unwrap();
-        let gx = gpu
-            .upload(&x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
-            .unwrap();
+        let (gw, gx, want) = bf16_gemm_case(&gpu, s + 700 + i as u64, s + 800 + i as u64, m, n, k);
         let mut scratch = gpu.upload(&vec![0x7fc0u16; n * k]).unwrap();
         let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
         let path = gemm.xwt(&gpu, m, &gx, &gw, &mut scratch, &mut y).unwrap();
