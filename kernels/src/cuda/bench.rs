@@ -418,9 +418,9 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
     })
 }
 
-/// Causal GQA attention at `d`, fp32: the flash kernels and the naive ones (fewer repeats: they are slow). FLOPs:
-/// [`flash::forward_flops`] forward, 2.5 times that backward. `of_ceiling` of a flash row is its speed-up over
-/// the naive kernel.
+/// Causal GQA attention at `d`: the fp32 flash kernels, the naive ones (fewer repeats: they are slow) and the bf16
+/// tensor-core forward. FLOPs: [`flash::forward_flops`] forward, 2.5 times that backward. `of_ceiling` of an fp32
+/// flash row is its speed-up over the naive kernel, of the tensor-core row its speed-up over the fp32 flash one.
 fn attention_rows(
     gpu: &Gpu,
     o: &BenchOptions,
@@ -451,6 +451,22 @@ fn attention_rows(
             gpu, d, &q, &k, &v, &out, &lse, &dout, &mut delta, &mut dq, &mut dk, &mut dv,
         )
     })?;
+    // The bf16 tensor-core forward on the same values rounded to bf16.
+    let to_bf16 = |seed: u64, n: usize| -> Vec<u16> {
+        normal_f32(seed, n)
+            .into_iter()
+            .map(|x| half::bf16::from_f32(x).to_bits())
+            .collect()
+    };
+    let (q16, k16, v16) = (
+        gpu.upload(&to_bf16(30, nq))?,
+        gpu.upload(&to_bf16(31, nk))?,
+        gpu.upload(&to_bf16(32, nk))?,
+    );
+    let mut out16 = gpu.zeros::<u16>(nq)?;
+    let tc_fwd = time_median(gpu, o, |_| {
+        super::attention_tc::forward(gpu, d, &q16, &k16, &v16, &mut out16, &mut lse)
+    })?;
     let slow = BenchOptions {
         repeats: 3,
         warmup: 1,
@@ -464,28 +480,32 @@ fn attention_rows(
             gpu, d, &q, &k, &v, &out, &lse, &dout, &mut dq, &mut dk, &mut dv,
         )
     })?;
-    for (label, ms, flops, naive_ms) in [
+    let over_naive = "speed-up over the naive kernel";
+    for (label, ms, flops, baseline) in [
         (
             "attention_fwd (flash, fp32)",
             flash_fwd,
             fwd_flops,
-            Some(naive_fwd),
+            Some((naive_fwd, over_naive)),
+        ),
+        (
+            "attention_fwd (flash, bf16 tensor cores)",
+            tc_fwd,
+            fwd_flops,
+            Some((flash_fwd, "speed-up over the fp32 flash kernel")),
         ),
         (
             "attention_bwd (flash, fp32)",
             flash_bwd,
             bwd_flops,
-            Some(naive_bwd),
+            Some((naive_bwd, over_naive)),
         ),
         ("attention_fwd (naive, fp32)", naive_fwd, fwd_flops, None),
         ("attention_bwd (naive, fp32)", naive_bwd, bwd_flops, None),
     ] {
         let mut r = row(label, shape.clone(), ms, None, Some(flops), ("-", 1.0));
-        r.of_ceiling = naive_ms.map(|n| n / ms);
-        r.ceiling = match naive_ms {
-            Some(_) => "speed-up over the naive kernel".into(),
-            None => "-".into(),
-        };
+        r.of_ceiling = baseline.map(|(base, _)| base / ms);
+        r.ceiling = baseline.map_or("-", |(_, what)| what).into();
         rows.push(r);
     }
     Ok(())

@@ -46,8 +46,14 @@ pub const ATTENTION: KernelSource = KernelSource {
     code: include_str!("../../cuda/attention.cu"),
 };
 
+/// Tensor-core (mma.sync bf16) flash attention: causal GQA, bf16 q/k/v/out, fp32 lse (deterministic).
+pub const ATTENTION_TC: KernelSource = KernelSource {
+    name: "attention_tc.cu",
+    code: include_str!("../../cuda/attention_tc.cu"),
+};
+
 /// Every source file, for the compile-everything check.
-pub const ALL: [&KernelSource; 4] = [&NF4, &LORA, &OPS, &ATTENTION];
+pub const ALL: [&KernelSource; 5] = [&NF4, &LORA, &OPS, &ATTENTION, &ATTENTION_TC];
 
 /// Whether the NVRTC library can be loaded, with its version; `Err` says why not.
 pub fn nvrtc_version() -> Result<(i32, i32), String> {
@@ -196,7 +202,7 @@ mod tests {
             println!("skipped: NVRTC not found");
             return;
         }
-        for source in [&ATTENTION, &LORA] {
+        for source in [&ATTENTION, &ATTENTION_TC, &LORA] {
             for arch in [80, 90] {
                 let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
                     .unwrap_or_else(|e| panic!("{e}"));

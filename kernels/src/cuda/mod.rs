@@ -2,6 +2,7 @@
 //! libraries (driver, NVRTC, cuBLAS) opened with dlopen, so this builds and its CPU tests run without CUDA.
 
 pub mod attention;
+pub mod attention_tc;
 pub mod bench;
 pub mod compile;
 pub mod device;

@@ -131,6 +131,49 @@ inline void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
     }
 }
 
+// Two fp32 -> one register of two bf16 (round to nearest even), lo in the low half (PTX cvt.rn.bf16x2.f32).
+inline unsigned pack_bf16x2(float lo, float hi) { return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16); }
+// cp.async of 16 bytes: done at once (a copy that completes early is one the GPU may also produce), zero-filled
+// when !valid; commit and wait are then no-ops.
+inline void cp_async16(void* dst, const void* src, bool valid) {
+    TANDEM_CHECK_ALIGNED(dst, 16);
+    if (valid) {
+        TANDEM_CHECK_ALIGNED(src, 16);
+        std::memcpy(dst, src, 16);
+    } else {
+        std::memset(dst, 0, 16);
+    }
+}
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+// ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 for one warp: lanes 8 i .. 8 i + 7 post the addresses of the 8
+// rows (16 bytes each) of matrix i; lane l then gets in r[i] the elements (l / 4, 2 (l % 4) + 0/1) of matrix i, or
+// with trans the elements (2 (l % 4) + 0/1, l / 4), the lower index in the low half (PTX ISA, ldmatrix).
+inline std::vector<const unsigned short*> emu_ldmatrix_slots;  // 32 per warp
+inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* p, bool trans) {
+    TANDEM_CHECK_ALIGNED(p, 16);
+    unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned short** slots = &emu_ldmatrix_slots[warp * 32];
+    slots[lane] = p;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned short* const* rows = &slots[8 * i];
+        unsigned lo, hi;
+        if (trans) {
+            lo = rows[2 * (lane & 3)][lane >> 2];
+            hi = rows[2 * (lane & 3) + 1][lane >> 2];
+        } else {
+            lo = rows[lane >> 2][2 * (lane & 3)];
+            hi = rows[lane >> 2][2 * (lane & 3) + 1];
+        }
+        r[i] = lo | (hi << 16);
+    }
+    emu_warp_barriers[warp]->arrive_and_wait();
+}
+inline void ldmatrix_x4(unsigned* r, const unsigned short* p) { emu_ldmatrix_x4(r, p, false); }
+inline void ldmatrix_x4_trans(unsigned* r, const unsigned short* p) { emu_ldmatrix_x4(r, p, true); }
+
 // Runs `kernel` (a callable taking no arguments that calls the kernel) over the grid, block after block.
 template <class F>
 void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, F kernel) {
@@ -152,6 +195,7 @@ void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, F kernel) {
                     emu_warp_barriers.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, n - 32 * w)));
                 emu_warp_slots.assign(32 * ((n + 31) / 32), 0.0);
                 emu_mma_slots.assign(6 * 32 * ((n + 31) / 32), 0u);
+                emu_ldmatrix_slots.assign(32 * ((n + 31) / 32), nullptr);
                 std::vector<std::thread> threads;
                 threads.reserve(n);
                 for (unsigned t = 0; t < n; ++t)

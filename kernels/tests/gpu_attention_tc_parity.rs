@@ -1,0 +1,181 @@
+//! GPU parity of the bf16 tensor-core flash attention forward (`kernels/cuda/attention_tc.cu`) against the CPU
+//! reference `tandem_kernels::ops::attention` (f64 math) on the same bf16-rounded inputs: fresh random inputs (seed
+//! printed; `TANDEM_SEED` replays), odd and even sizes, outputs poisoned with NaN first, NaN never passes. out is
+//! bf16 (relative error below 1e-2: the bf16 rounding of P and of out gives about 2e-3 on the CPU emulator); lse is
+//! fp32 computed from fp32 probabilities (below 1e-3; the emulator gives about 5e-8). Two runs must give the same
+//! bits. `#[ignore]`: needs an NVIDIA GPU of sm_80 or newer (`kernels/gpu-check.sh`).
+
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use tandem_kernels::cuda::{Gpu, attention_tc};
+use tandem_kernels::ops::attention::{self, AttentionDims};
+use tandem_kernels::testdata::normal_f32;
+
+mod common;
+use common::{assert_close, get, gpu, nan, seed};
+
+/// The log-sum-exp of each query's scaled scores, in f64 (row `(b * T + t) * Hq + h`).
+fn reference_lse(d: AttentionDims, q: &[f32], k: &[f32]) -> Vec<f32> {
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let group = d.q_heads / d.kv_heads;
+    let mut out = Vec::with_capacity(d.batch * d.tokens * d.q_heads);
+    for b in 0..d.batch {
+        for t in 0..d.tokens {
+            for h in 0..d.q_heads {
+                let qo = ((b * d.tokens + t) * d.q_heads + h) * d.head_dim;
+                let s: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let ko = ((b * d.tokens + j) * d.kv_heads + h / group) * d.head_dim;
+                        (0..d.head_dim)
+                            .map(|e| f64::from(q[qo + e]) * f64::from(k[ko + e]))
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                out.push((m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln()) as f32);
+            }
+        }
+    }
+    out
+}
+
+fn dims(
+    batch: usize,
+    tokens: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> AttentionDims {
+    AttentionDims {
+        batch,
+        tokens,
+        q_heads,
+        kv_heads,
+        head_dim,
+    }
+}
+
+/// bf16 inputs: the bits for the GPU and the same values in f32 for the reference.
+struct Bf16Input {
+    bits: Vec<u16>,
+    values: Vec<f32>,
+}
+
+fn bf16_normal(seed: u64, n: usize) -> Bf16Input {
+    let rounded: Vec<bf16> = normal_f32(seed, n)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    Bf16Input {
+        bits: rounded.iter().map(|x| x.to_bits()).collect(),
+        values: rounded.iter().map(|x| x.to_f32()).collect(),
+    }
+}
+
+struct Inputs {
+    q: Bf16Input,
+    k: Bf16Input,
+    v: Bf16Input,
+}
+
+fn inputs(d: AttentionDims, s: u64) -> Inputs {
+    let nq = d.batch * d.tokens * d.q_heads * d.head_dim;
+    let nk = d.batch * d.tokens * d.kv_heads * d.head_dim;
+    Inputs {
+        q: bf16_normal(s, nq),
+        k: bf16_normal(s + 1, nk),
+        v: bf16_normal(s + 2, nk),
+    }
+}
+
+/// A device buffer of `n` bf16 NaNs (bits 0x7fc0).
+fn nan_bf16(g: &Gpu, n: usize) -> CudaSlice<u16> {
+    g.upload(&vec![0x7fc0u16; n.max(1)]).unwrap()
+}
+
+/// One forward on the GPU: out as bf16 bits and lse.
+fn run_gpu(g: &Gpu, d: AttentionDims, x: &Inputs) -> (Vec<u16>, Vec<f32>) {
+    let (nq, rows) = (x.q.bits.len(), d.batch * d.tokens * d.q_heads);
+    let (gq, gk, gv) = (
+        g.upload(&x.q.bits).unwrap(),
+        g.upload(&x.k.bits).unwrap(),
+        g.upload(&x.v.bits).unwrap(),
+    );
+    let (mut out, mut lse) = (nan_bf16(g, nq), nan(g, rows));
+    attention_tc::forward(g, d, &gq, &gk, &gv, &mut out, &mut lse).unwrap();
+    (g.download(&out).unwrap()[..nq].to_vec(), get(g, &lse, rows))
+}
+
+fn to_f32(bits: &[u16]) -> Vec<f32> {
+    bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn tensor_core_attention_matches_the_reference() {
+    let Some(g) = gpu() else { return };
+    let s = seed();
+    for (i, d) in [
+        dims(1, 1, 32, 8, 64),
+        dims(2, 37, 4, 4, 128),
+        dims(1, 65, 6, 2, 64),
+        dims(1, 130, 32, 8, 128),
+        dims(1, 256, 32, 8, 128),
+        dims(2, 256, 4, 4, 64),
+        dims(1, 129, 8, 2, 96),
+        dims(3, 65, 6, 2, 16),
+        dims(1, 130, 4, 4, 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!("{d:?}");
+        let x = inputs(d, s + 10 * i as u64);
+        let want = attention::forward(d, &x.q.values, &x.k.values, &x.v.values).unwrap();
+        let wlse = reference_lse(d, &x.q.values, &x.k.values);
+        let (out, lse) = run_gpu(&g, d, &x);
+        assert_close("out", &to_f32(&out), &want, 1e-2);
+        assert_close("lse", &lse, &wlse, 1e-3);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn tensor_core_attention_gives_the_same_bits_twice() {
+    let Some(g) = gpu() else { return };
+    let s = seed();
+    for d in [dims(1, 256, 32, 8, 128), dims(2, 130, 4, 2, 80)] {
+        let x = inputs(d, s);
+        let (out1, lse1) = run_gpu(&g, d, &x);
+        let (out2, lse2) = run_gpu(&g, d, &x);
+        assert!(
+            to_f32(&out1).iter().all(|v| v.is_finite()) && lse1.iter().all(|v| v.is_finite()),
+            "{d:?}: not finite"
+        );
+        assert!(out1 == out2, "{d:?} out: differs between two runs");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&lse1) == bits(&lse2),
+            "{d:?} lse: differs between two runs"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn tensor_core_attention_refuses_head_sizes_it_cannot_take() {
+    let Some(g) = gpu() else { return };
+    for hd in [72, 144] {
+        let d = dims(1, 4, 2, 1, hd);
+        let (q, k) = (
+            g.upload(&vec![0u16; 4 * 2 * hd]).unwrap(),
+            g.upload(&vec![0u16; 4 * hd]).unwrap(),
+        );
+        let (mut out, mut lse) = (nan_bf16(&g, 4 * 2 * hd), nan(&g, 8));
+        let err = attention_tc::forward(&g, d, &q, &k, &k, &mut out, &mut lse)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("head_dim"), "{err}");
+    }
+}

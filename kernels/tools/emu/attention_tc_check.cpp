@@ -1,0 +1,124 @@
+// Runs the bf16 tensor-core flash attention forward of kernels/cuda/attention_tc.cu on the CPU emulator (cuda_emu.h:
+// mma.sync, ldmatrix and cp.async follow the PTX ISA) and compares it with float64 math on the same bf16-rounded
+// inputs (the math of kernels/src/ops/attention.rs): relative error of out (bf16) below 5e-3 (the bf16 rounding of P
+// and of out gives about 2e-3; the GPU test allows 1e-2), of lse (fp32) below 1e-4; outputs poisoned with NaN first
+// (dynamic shared memory starts as NaN too), and two runs bit-identical. Built and run by tools/emu/check.sh.
+#include <cstdio>
+#include <random>
+#include <string>
+
+struct Case {
+    int B, T, Hq, Hkv, D;
+    float q_scale;  // > 1 makes the softmax peaky (large score spreads, big online-softmax corrections)
+};
+
+static std::vector<unsigned short> bf16_normal(uint64_t seed, size_t n, float scale) {
+    std::mt19937_64 g(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<unsigned short> v(n);
+    for (auto& x : v) x = f32_to_bf16(d(g) * scale);
+    return v;
+}
+
+struct Result {
+    std::vector<double> out, lse;
+};
+
+// float64 causal GQA attention on the bf16 values.
+static Result reference(Case d, const std::vector<unsigned short>& q, const std::vector<unsigned short>& k,
+                        const std::vector<unsigned short>& v) {
+    Result r;
+    r.out.assign(q.size(), 0.0);
+    double scale = 1.0 / std::sqrt((double)d.D);
+    int G = d.Hq / d.Hkv;
+    for (int b = 0; b < d.B; ++b)
+        for (int t = 0; t < d.T; ++t)
+            for (int h = 0; h < d.Hq; ++h) {
+                size_t qo = ((size_t)(b * d.T + t) * d.Hq + h) * d.D;
+                auto ko = [&](int j) { return ((size_t)(b * d.T + j) * d.Hkv + h / G) * d.D; };
+                std::vector<double> s(t + 1);
+                double m = -INFINITY;
+                for (int j = 0; j <= t; ++j) {
+                    double acc = 0;
+                    for (int e = 0; e < d.D; ++e) acc += (double)emu_bf16(q[qo + e]) * emu_bf16(k[ko(j) + e]);
+                    s[j] = acc * scale;
+                    m = std::max(m, s[j]);
+                }
+                double z = 0;
+                for (int j = 0; j <= t; ++j) z += std::exp(s[j] - m);
+                r.lse.push_back(m + std::log(z));
+                for (int e = 0; e < d.D; ++e) {
+                    double o = 0;
+                    for (int j = 0; j <= t; ++j) o += std::exp(s[j] - m) / z * emu_bf16(v[ko(j) + e]);
+                    r.out[qo + e] = o;
+                }
+            }
+    return r;
+}
+
+static size_t shared_bytes(int dmax) { return 4 * 64 * (size_t)(dmax + 8) * 2; }  // attention_tc.cu's formula
+
+struct Raw {
+    std::vector<unsigned short> out;
+    std::vector<float> lse;
+};
+
+static Raw run_tc(Case d, const std::vector<unsigned short>& q, const std::vector<unsigned short>& k,
+                  const std::vector<unsigned short>& v) {
+    Raw r;
+    r.out.assign(q.size(), 0x7fc0);  // bf16 NaN
+    r.lse.assign((size_t)d.B * d.T * d.Hq, std::numeric_limits<float>::quiet_NaN());
+    int dmax = d.D <= 64 ? 64 : 128;
+    unsigned tiles = (d.T + 63) / 64;
+    emu_launch({tiles, (unsigned)d.Hq, (unsigned)d.B}, {128}, shared_bytes(dmax), [&] {
+        auto f = dmax == 64 ? flash_attention_tc_forward_d64 : flash_attention_tc_forward_d128;
+        f(q.data(), k.data(), v.data(), d.T, d.Hq, d.Hkv, d.D, r.out.data(), r.lse.data());
+    });
+    return r;
+}
+
+static bool close(const char* what, const std::vector<double>& got, const std::vector<double>& want, double tol) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!std::isfinite(got[i])) {
+            std::printf("  %s: element %zu is %f\n", what, i, got[i]);
+            return false;
+        }
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    double err = std::sqrt(num / std::max(den, 1e-300));
+    std::printf("  %s: relative error %.3e (limit %.0e)\n", what, err, tol);
+    return err < tol;
+}
+
+int main() {
+    bool ok = true;
+    std::vector<Case> cases = {
+        {1, 1, 4, 4, 64, 1.0f},   {2, 37, 4, 4, 128, 1.0f}, {1, 65, 6, 2, 64, 1.0f},  {1, 130, 6, 2, 128, 1.0f},
+        {1, 33, 32, 8, 64, 1.0f}, {1, 70, 2, 1, 80, 1.0f},  {1, 20, 2, 2, 16, 1.0f},  {1, 130, 2, 1, 64, 4.0f},
+        {1, 129, 4, 2, 96, 1.0f},
+    };
+    // TANDEM_EMU_BIG=1 adds the LLaMA-like shape at T = 256 (a few minutes on 2 cores).
+    if (const char* big = std::getenv("TANDEM_EMU_BIG"); big && std::string(big) == "1")
+        cases.push_back({1, 256, 32, 8, 128, 1.0f});
+    uint64_t seed = 101;
+    for (Case d : cases) {
+        std::printf("B=%d T=%d Hq=%d Hkv=%d D=%d q_scale=%g\n", d.B, d.T, d.Hq, d.Hkv, d.D, d.q_scale);
+        size_t nq = (size_t)d.B * d.T * d.Hq * d.D, nk = (size_t)d.B * d.T * d.Hkv * d.D;
+        auto q = bf16_normal(seed++, nq, d.q_scale), k = bf16_normal(seed++, nk, 1.0f),
+             v = bf16_normal(seed++, nk, 1.0f);
+        Result want = reference(d, q, k, v);
+        Raw got = run_tc(d, q, k, v);
+        std::vector<double> out, lse(got.lse.begin(), got.lse.end());
+        for (auto x : got.out) out.push_back(emu_bf16(x));
+        ok &= close("out", out, want.out, 5e-3);
+        ok &= close("lse", lse, want.lse, 1e-4);
+        Raw again = run_tc(d, q, k, v);
+        bool same = again.out == got.out && std::memcmp(again.lse.data(), got.lse.data(), got.lse.size() * 4) == 0;
+        std::printf("  second run bit-identical: %s\n", same ? "yes" : "NO");
+        ok &= same;
+    }
+    std::printf(ok ? "attention_tc: all checks passed\n" : "attention_tc: FAILED\n");
+    return ok ? 0 : 1;
+}
