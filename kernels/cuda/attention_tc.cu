@@ -67,14 +67,15 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
 }
 #endif
 
-// Rows t0 .. t0 + 63 of head `head` (of `heads`) of sequence b into a 64 x (DMAX + 8) shared tile, 16 bytes per
-// cp.async. Rows past T are zero-filled; columns past D are not written (and never read).
-template <int DMAX>
+// Rows t0 .. t0 + ROWS - 1 of head `head` (of `heads`) of sequence b into a ROWS x (DMAX + 8) shared tile, 16 bytes
+// per cp.async. Rows past T are zero-filled; columns past D are not written (and never read).
+template <int ROWS, int DMAX>
 __device__ __forceinline__ void tc_load_tile(u16* dst, const u16* __restrict__ src, int b, int t0, int T, int heads,
                                              int head, int D) {
     constexpr int CH = DMAX / 8, SD = DMAX + TC_PAD;
+    static_assert(ROWS * CH % TC_THREADS == 0, "whole rounds of 16-byte copies");
 #pragma unroll
-    for (int it = 0; it < TC_TILE * CH / TC_THREADS; ++it) {
+    for (int it = 0; it < ROWS * CH / TC_THREADS; ++it) {
         const int i = threadIdx.x + it * TC_THREADS;
         const int r = i / CH, c = i - r * CH, t = t0 + r;
         if (c * 8 < D) {
@@ -103,9 +104,9 @@ __device__ __forceinline__ void flash_tc_forward(const u16* __restrict__ q, cons
     const float neg_inf = __int_as_float(0xff800000);
 
     // Q (through stage 1's K buffer) and the first K/V tile.
-    tc_load_tile<DMAX>(sbuf + 2 * TILE, q, b, q0, T, Hq, h, D);
-    tc_load_tile<DMAX>(sbuf, k, b, 0, T, Hkv, kh, D);
-    tc_load_tile<DMAX>(sbuf + TILE, v, b, 0, T, Hkv, kh, D);
+    tc_load_tile<TC_TILE, DMAX>(sbuf + 2 * TILE, q, b, q0, T, Hq, h, D);
+    tc_load_tile<TC_TILE, DMAX>(sbuf, k, b, 0, T, Hkv, kh, D);
+    tc_load_tile<TC_TILE, DMAX>(sbuf + TILE, v, b, 0, T, Hkv, kh, D);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -135,8 +136,8 @@ __device__ __forceinline__ void flash_tc_forward(const u16* __restrict__ q, cons
         const int k0 = it * TC_TILE;
         if (it + 1 < ntiles) {  // prefetch the next tile into the other stage (freed by the barrier below)
             u16* st = sbuf + 2 * ((it + 1) & 1) * TILE;
-            tc_load_tile<DMAX>(st, k, b, k0 + TC_TILE, T, Hkv, kh, D);
-            tc_load_tile<DMAX>(st + TILE, v, b, k0 + TC_TILE, T, Hkv, kh, D);
+            tc_load_tile<TC_TILE, DMAX>(st, k, b, k0 + TC_TILE, T, Hkv, kh, D);
+            tc_load_tile<TC_TILE, DMAX>(st + TILE, v, b, k0 + TC_TILE, T, Hkv, kh, D);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -266,12 +267,327 @@ __device__ __forceinline__ void flash_tc_forward(const u16* __restrict__ q, cons
     }
 }
 
+// ---- backward, step 1: delta[row] = dout[row] . out[row] in fp32 from the bf16 values (= sum_j P_j dP_j), one
+// warp per row, in a fixed order. Grid: ceil(rows / 8) blocks of 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    flash_attention_tc_delta(const u16* __restrict__ out, const u16* __restrict__ dout, i64 rows, int D,
+                             float* __restrict__ delta) {
+    const i64 row = (i64)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;  // the whole warp leaves together
+    float s = 0.0f;
+    for (int e = 2 * lane; e < D; e += 64) {  // D is even: pairs of bf16
+        const u32 o = *(const u32*)(out + row * D + e), g = *(const u32*)(dout + row * D + e);
+        s = fmaf(bf16_to_f32((u16)(g & 0xffffu)), bf16_to_f32((u16)(o & 0xffffu)), s);
+        s = fmaf(bf16_to_f32((u16)(g >> 16)), bf16_to_f32((u16)(o >> 16)), s);
+    }
+    s = warp_sum(s);
+    if (lane == 0) delta[row] = s;
+}
+
+// ---- backward, step 2: dK and dV (fp32) of one key tile of 64 (one kv head, one sequence); warp w owns keys
+// 16 w .. 16 w + 15 of it. The block loops, in a fixed order, over the q heads of the kv head's group and, for each,
+// over the query tiles of 32 at or after the key tile; Q, dO, lse and delta of the next query tile are in flight
+// (cp.async, two stages) while the current one is used. Per query tile, on the tensor cores (all 16 x 8 tiles):
+//   S^T = K Q^T and dP^T = V dO^T (A fragments of K and V by ldmatrix, B of Q and dO by ldmatrix),
+//   P^T = exp(S^T scale - lse) (0 where query < key or query >= T), dS^T = P^T (dP^T - delta) scale,
+//   dV += P^T dO and dK += dS^T Q (P^T and dS^T as bf16 A fragments from the accumulators, dO and Q by
+//   ldmatrix.trans). Each block owns its dK/dV rows: no atomics. Grid: (ceil(T / 64), Hkv, B), 128 threads.
+// Dynamic shared memory (bytes): (2 * 64 + 2 * 2 * 32) * (DMAX + 8) * 2 + 2 * 64 * 4.
+template <int DMAX>
+__device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q, const u16* __restrict__ k,
+                                                       const u16* __restrict__ v, const u16* __restrict__ dout,
+                                                       const float* __restrict__ lse, const float* __restrict__ delta,
+                                                       int T, int Hq, int Hkv, int D, float* __restrict__ dk,
+                                                       float* __restrict__ dv) {
+    constexpr int SD = DMAX + TC_PAD, KT = TC_TILE * SD, QT = 32 * SD, KS = DMAX / 16, NT = DMAX / 8;
+    extern __shared__ float smem[];
+    u16* sK = (u16*)smem;                // 64 x SD
+    u16* sV = sK + KT;                   // 64 x SD
+    u16* sQ = sV + KT;                   // stage s: Q tile at sQ + 2 s QT, dO tile right after it (32 x SD each)
+    float* sLD = (float*)(sQ + 4 * QT);  // stage s: 32 lse (times log2 e), then 32 delta, at sLD + 64 s
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    const int k0 = blockIdx.x * TC_TILE;
+    const int nq = (T - k0 + 31) / 32;  // query tiles of 32 from k0: queries before k0 see none of these keys
+    const int iters = group * nq;
+    const float scale = 1.0f / sqrtf((float)D);
+    const float log2e = 1.4426950408889634f, sl2 = scale * log2e;
+
+    // Query tile `it` (head kh * group + it / nq, first query k0 + 32 (it % nq)) into stage st.
+    auto load_queries = [&](int it, int st) {
+        const int hh = it / nq, q0 = k0 + 32 * (it - hh * nq), h = kh * group + hh;
+        tc_load_tile<32, DMAX>(sQ + 2 * st * QT, q, b, q0, T, Hq, h, D);
+        tc_load_tile<32, DMAX>(sQ + (2 * st + 1) * QT, dout, b, q0, T, Hq, h, D);
+        if (threadIdx.x < 64) {
+            const int i = threadIdx.x & 31, t = q0 + i;
+            const i64 row = ((i64)b * T + t) * Hq + h;
+            sLD[64 * st + threadIdx.x] = t >= T ? 0.0f : threadIdx.x < 32 ? lse[row] * log2e : delta[row];
+        }
+    };
+    tc_load_tile<TC_TILE, DMAX>(sK, k, b, k0, T, Hkv, kh, D);
+    tc_load_tile<TC_TILE, DMAX>(sV, v, b, k0, T, Hkv, kh, D);
+    load_queries(0, 0);
+    cp_async_commit();
+
+    float dK[NT][4], dV[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) dK[n][c] = dV[n][c] = 0.0f;
+    const int key0 = k0 + 16 * w + g, key1 = key0 + 8;
+    // ldmatrix row addresses: A fragments (16 rows: + 8 (i & 1), columns + 8 (i >> 1)); B fragments of two 8-row
+    // tiles (rows + 8 (i >> 1), columns + 8 (i & 1)); ldmatrix.trans B fragments (rows + 8 (i & 1), columns
+    // + 8 (i >> 1)).
+    const int a_off = (16 * w + (lane & 7) + 8 * ((lane >> 3) & 1)) * SD + 8 * (lane >> 4);
+    const int b_off = ((lane & 7) + 8 * (lane >> 4)) * SD + 8 * ((lane >> 3) & 1);
+    const int bt_off = ((lane & 7) + 8 * ((lane >> 3) & 1)) * SD + 8 * (lane >> 4);
+
+    for (int it = 0; it < iters; ++it) {
+        const int hh = it / nq, q0 = k0 + 32 * (it - hh * nq);
+        if (it + 1 < iters) {  // prefetch the next query tile into the other stage (freed by the barrier below)
+            load_queries(it + 1, (it + 1) & 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this query tile (and on the first pass K and V) has landed for every thread
+        const u16* cQ = sQ + 2 * (it & 1) * QT;
+        const u16* cO = cQ + QT;
+        const float* cL = sLD + 64 * (it & 1);
+        const float* cDl = cL + 32;
+
+        // S^T = K Q^T and dP^T = V dO^T: the warp's 16 keys x 32 queries, 4 tiles of 16 x 8 each.
+        float s[4][4], dp[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            if (16 * kk < D) {
+                u32 ak[4], av[4];
+                ldmatrix_x4(ak, sK + a_off + 16 * kk);
+                ldmatrix_x4(av, sV + a_off + 16 * kk);
+#pragma unroll
+                for (int jp = 0; jp < 2; ++jp) {
+                    u32 bq[4], bo[4];
+                    ldmatrix_x4(bq, cQ + b_off + 16 * jp * SD + 16 * kk);
+                    ldmatrix_x4(bo, cO + b_off + 16 * jp * SD + 16 * kk);
+                    mma_bf16_16816(s[2 * jp], ak, bq);
+                    mma_bf16_16816(s[2 * jp + 1], ak, bq + 2);
+                    mma_bf16_16816(dp[2 * jp], av, bo);
+                    mma_bf16_16816(dp[2 * jp + 1], av, bo + 2);
+                }
+            }
+        }
+        // P^T and dS^T, as bf16 A fragments over the 32 queries (pf[kq], df[kq]: queries 16 kq .. 16 kq + 15).
+        const bool edge = q0 < k0 + TC_TILE || q0 + 32 > T;  // the diagonal tiles, and the one reaching past T
+        u32 pf[2][4], df[2][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int qi = 8 * j + 2 * t4 + (c & 1), key = c < 2 ? key0 : key1;
+                float p = exp2f(fmaf(s[j][c], sl2, -cL[qi]));
+                if (edge && (q0 + qi < key || q0 + qi >= T)) p = 0.0f;
+                dp[j][c] = p * (dp[j][c] - cDl[qi]) * scale;
+                s[j][c] = p;
+            }
+            pf[j >> 1][2 * (j & 1)] = pack_bf16x2(s[j][0], s[j][1]);
+            pf[j >> 1][2 * (j & 1) + 1] = pack_bf16x2(s[j][2], s[j][3]);
+            df[j >> 1][2 * (j & 1)] = pack_bf16x2(dp[j][0], dp[j][1]);
+            df[j >> 1][2 * (j & 1) + 1] = pack_bf16x2(dp[j][2], dp[j][3]);
+        }
+        // dV += P^T dO, dK += dS^T Q (k = the 32 queries, in two steps of 16).
+#pragma unroll
+        for (int kq = 0; kq < 2; ++kq) {
+#pragma unroll
+            for (int dpi = 0; dpi < NT / 2; ++dpi) {
+                if (16 * dpi < D) {
+                    u32 bo[4], bq[4];
+                    ldmatrix_x4_trans(bo, cO + bt_off + 16 * kq * SD + 16 * dpi);
+                    ldmatrix_x4_trans(bq, cQ + bt_off + 16 * kq * SD + 16 * dpi);
+                    mma_bf16_16816(dV[2 * dpi], pf[kq], bo);
+                    mma_bf16_16816(dV[2 * dpi + 1], pf[kq], bo + 2);
+                    mma_bf16_16816(dK[2 * dpi], df[kq], bq);
+                    mma_bf16_16816(dK[2 * dpi + 1], df[kq], bq + 2);
+                }
+            }
+        }
+        __syncthreads();  // everyone is done with this stage before the next prefetch overwrites it
+    }
+    if (key0 < T) {
+        const i64 o = (((i64)b * T + key0) * Hkv + kh) * D + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+            if (8 * n < D) {
+                *(float2*)(dk + o + 8 * n) = make_float2(dK[n][0], dK[n][1]);
+                *(float2*)(dv + o + 8 * n) = make_float2(dV[n][0], dV[n][1]);
+            }
+    }
+    if (key1 < T) {
+        const i64 o = (((i64)b * T + key1) * Hkv + kh) * D + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+            if (8 * n < D) {
+                *(float2*)(dk + o + 8 * n) = make_float2(dK[n][2], dK[n][3]);
+                *(float2*)(dv + o + 8 * n) = make_float2(dV[n][2], dV[n][3]);
+            }
+    }
+}
+
+// ---- backward, step 3: dQ (fp32) of one query tile of 64 (one q head, one sequence); warp w owns rows
+// 16 w .. 16 w + 15 and keeps their Q and dO fragments in registers. Loops over the key tiles of 32 up to the
+// diagonal, K and V double-buffered with cp.async: S = Q K^T, dP = dO V^T (K and V by ldmatrix), P and dS as in
+// step 2, dQ += dS K (dS as bf16 A fragments, K by ldmatrix.trans). Grid: (ceil(T / 64), Hq, B), 128 threads.
+// Dynamic shared memory (bytes): 2 * 64 * (DMAX + 8) * 2 (two stages of a K and a V tile of 32 rows; Q and dO
+// are staged through the same space before the loop).
+template <int DMAX>
+__device__ __forceinline__ void flash_tc_backward_dq(const u16* __restrict__ q, const u16* __restrict__ k,
+                                                     const u16* __restrict__ v, const u16* __restrict__ dout,
+                                                     const float* __restrict__ lse, const float* __restrict__ delta,
+                                                     int T, int Hq, int Hkv, int D, float* __restrict__ dq) {
+    constexpr int SD = DMAX + TC_PAD, KT = 32 * SD, KS = DMAX / 16, NT = DMAX / 8;
+    extern __shared__ float smem[];
+    u16* sbuf = (u16*)smem;  // stage s: K tile at sbuf + 2 s KT, V tile right after it (32 x SD each)
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+    const int h = blockIdx.y, b = blockIdx.z, kh = h / (Hq / Hkv);
+    const int q0 = qt * TC_TILE;
+    const int nk = (min(q0 + TC_TILE, T) + 31) / 32;  // key tiles of 32 up to the last valid query
+    const float scale = 1.0f / sqrtf((float)D);
+    const float log2e = 1.4426950408889634f, sl2 = scale * log2e;
+    const int a_off = (16 * w + (lane & 7) + 8 * ((lane >> 3) & 1)) * SD + 8 * (lane >> 4);
+    const int b_off = ((lane & 7) + 8 * (lane >> 4)) * SD + 8 * ((lane >> 3) & 1);
+    const int bt_off = ((lane & 7) + 8 * ((lane >> 3) & 1)) * SD + 8 * (lane >> 4);
+
+    // Q and dO (64 x SD each: the whole buffer) into registers first.
+    tc_load_tile<TC_TILE, DMAX>(sbuf, q, b, q0, T, Hq, h, D);
+    tc_load_tile<TC_TILE, DMAX>(sbuf + 2 * KT, dout, b, q0, T, Hq, h, D);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[KS][4], of[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        if (16 * kk < D) {
+            ldmatrix_x4(qf[kk], sbuf + a_off + 16 * kk);
+            ldmatrix_x4(of[kk], sbuf + 2 * KT + a_off + 16 * kk);
+        } else {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) qf[kk][c] = of[kk][c] = 0u;
+        }
+    }
+    __syncthreads();  // every warp has its fragments: the buffer may be overwritten
+    const int row0 = q0 + 16 * w + g, row1 = row0 + 8;
+    const i64 r0 = ((i64)b * T + row0) * Hq + h, r1 = ((i64)b * T + row1) * Hq + h;
+    const float L0 = row0 < T ? lse[r0] * log2e : 0.0f, L1 = row1 < T ? lse[r1] * log2e : 0.0f;
+    const float D0 = row0 < T ? delta[r0] : 0.0f, D1 = row1 < T ? delta[r1] : 0.0f;
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    tc_load_tile<32, DMAX>(sbuf, k, b, 0, T, Hkv, kh, D);
+    tc_load_tile<32, DMAX>(sbuf + KT, v, b, 0, T, Hkv, kh, D);
+    cp_async_commit();
+    for (int it = 0; it < nk; ++it) {
+        const int k0 = 32 * it;
+        if (it + 1 < nk) {  // prefetch the next key tile into the other stage (freed by the barrier below)
+            u16* st = sbuf + 2 * ((it + 1) & 1) * KT;
+            tc_load_tile<32, DMAX>(st, k, b, k0 + 32, T, Hkv, kh, D);
+            tc_load_tile<32, DMAX>(st + KT, v, b, k0 + 32, T, Hkv, kh, D);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const u16* sK = sbuf + 2 * (it & 1) * KT;
+        const u16* sV = sK + KT;
+        // S = Q K^T and dP = dO V^T: the warp's 16 rows x 32 keys, 4 tiles of 16 x 8.
+        float s[4][4], dp[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) s[j][c] = dp[j][c] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            if (16 * kk < D) {
+#pragma unroll
+                for (int jp = 0; jp < 2; ++jp) {
+                    u32 bk[4], bv[4];
+                    ldmatrix_x4(bk, sK + b_off + 16 * jp * SD + 16 * kk);
+                    ldmatrix_x4(bv, sV + b_off + 16 * jp * SD + 16 * kk);
+                    mma_bf16_16816(s[2 * jp], qf[kk], bk);
+                    mma_bf16_16816(s[2 * jp + 1], qf[kk], bk + 2);
+                    mma_bf16_16816(dp[2 * jp], of[kk], bv);
+                    mma_bf16_16816(dp[2 * jp + 1], of[kk], bv + 2);
+                }
+            }
+        }
+        const bool edge = k0 + 32 > q0;  // the diagonal tiles (the only ones that can reach past T)
+        u32 df[2][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int key = k0 + 8 * j + 2 * t4 + (c & 1), row = c < 2 ? row0 : row1;
+                float p = exp2f(fmaf(s[j][c], sl2, -(c < 2 ? L0 : L1)));
+                if (edge && (key > row || key >= T)) p = 0.0f;
+                dp[j][c] = p * (dp[j][c] - (c < 2 ? D0 : D1)) * scale;
+            }
+            df[j >> 1][2 * (j & 1)] = pack_bf16x2(dp[j][0], dp[j][1]);
+            df[j >> 1][2 * (j & 1) + 1] = pack_bf16x2(dp[j][2], dp[j][3]);
+        }
+        // dQ += dS K (k = the 32 keys, in two steps of 16).
+#pragma unroll
+        for (int kq = 0; kq < 2; ++kq) {
+#pragma unroll
+            for (int dpi = 0; dpi < NT / 2; ++dpi) {
+                if (16 * dpi < D) {
+                    u32 bk[4];
+                    ldmatrix_x4_trans(bk, sK + bt_off + 16 * kq * SD + 16 * dpi);
+                    mma_bf16_16816(acc[2 * dpi], df[kq], bk);
+                    mma_bf16_16816(acc[2 * dpi + 1], df[kq], bk + 2);
+                }
+            }
+        }
+        __syncthreads();  // everyone is done with this stage before the next prefetch overwrites it
+    }
+    if (row0 < T) {
+        float* o = dq + r0 * D + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+            if (8 * n < D) *(float2*)(o + 8 * n) = make_float2(acc[n][0], acc[n][1]);
+    }
+    if (row1 < T) {
+        float* o = dq + r1 * D + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+            if (8 * n < D) *(float2*)(o + 8 * n) = make_float2(acc[n][2], acc[n][3]);
+    }
+}
+
 // ---- entry points, one per head-size bound (D <= 64, D <= 128) -------------------------------------------------
 #define FLASH_TC_ENTRY_POINTS(DMAX)                                                                               \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_forward_d##DMAX(                   \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_forward_d##DMAX(                \
         const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v, int T, int Hq, int Hkv,  \
         int D, u16* __restrict__ out, float* __restrict__ lse) {                                                  \
         flash_tc_forward<DMAX>(q, k, v, T, Hq, Hkv, D, out, lse);                                                 \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_backward_dkdv_d##DMAX(          \
+        const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
+        const u16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta, int T,      \
+        int Hq, int Hkv, int D, float* __restrict__ dk, float* __restrict__ dv) {                                 \
+        flash_tc_backward_dkdv<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, dk, dv);                           \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_backward_dq_d##DMAX(            \
+        const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
+        const u16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta, int T,      \
+        int Hq, int Hkv, int D, float* __restrict__ dq) {                                                         \
+        flash_tc_backward_dq<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, dq);                                 \
     }
 
 FLASH_TC_ENTRY_POINTS(64)

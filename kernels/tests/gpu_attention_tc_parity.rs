@@ -1,9 +1,10 @@
-//! GPU parity of the bf16 tensor-core flash attention forward (`kernels/cuda/attention_tc.cu`) against the CPU
-//! reference `tandem_kernels::ops::attention` (f64 math) on the same bf16-rounded inputs: fresh random inputs (seed
-//! printed; `TANDEM_SEED` replays), odd and even sizes, outputs poisoned with NaN first, NaN never passes. out is
-//! bf16 (relative error below 1e-2: the bf16 rounding of P and of out gives about 2e-3 on the CPU emulator); lse is
-//! fp32 computed from fp32 probabilities (below 1e-3; the emulator gives about 5e-8). Two runs must give the same
-//! bits. `#[ignore]`: needs an NVIDIA GPU of sm_80 or newer (`kernels/gpu-check.sh`).
+//! GPU parity of the bf16 tensor-core flash attention (`kernels/cuda/attention_tc.cu`), forward and backward,
+//! against the CPU reference `tandem_kernels::ops::attention` (f64 math) on the same bf16-rounded inputs: fresh
+//! random inputs (seed printed; `TANDEM_SEED` replays), odd and even sizes, outputs poisoned with NaN first, NaN
+//! never passes. out (bf16) and the fp32 dq, dk, dv within relative error 1e-2 (the bf16 rounding of P, dS and out
+//! gives 1.5e-3 to 3.5e-3 on the CPU emulator); lse (fp32, from fp32 probabilities) within 1e-3 (the emulator gives
+//! about 5e-8). Two runs must give the same bits. `#[ignore]`: needs an NVIDIA GPU of sm_80 or newer
+//! (`kernels/gpu-check.sh`).
 
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -77,6 +78,7 @@ struct Inputs {
     q: Bf16Input,
     k: Bf16Input,
     v: Bf16Input,
+    dout: Bf16Input,
 }
 
 fn inputs(d: AttentionDims, s: u64) -> Inputs {
@@ -86,6 +88,7 @@ fn inputs(d: AttentionDims, s: u64) -> Inputs {
         q: bf16_normal(s, nq),
         k: bf16_normal(s + 1, nk),
         v: bf16_normal(s + 2, nk),
+        dout: bf16_normal(s + 3, nq),
     }
 }
 
@@ -94,17 +97,41 @@ fn nan_bf16(g: &Gpu, n: usize) -> CudaSlice<u16> {
     g.upload(&vec![0x7fc0u16; n.max(1)]).unwrap()
 }
 
-/// One forward on the GPU: out as bf16 bits and lse.
-fn run_gpu(g: &Gpu, d: AttentionDims, x: &Inputs) -> (Vec<u16>, Vec<f32>) {
-    let (nq, rows) = (x.q.bits.len(), d.batch * d.tokens * d.q_heads);
-    let (gq, gk, gv) = (
+/// Device results of one forward + backward: out (bf16 bits), lse, dq, dk, dv.
+struct Results {
+    out: Vec<u16>,
+    lse: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+fn run_gpu(g: &Gpu, d: AttentionDims, x: &Inputs) -> Results {
+    let (nq, nk, rows) = (
+        x.q.bits.len(),
+        x.k.bits.len(),
+        d.batch * d.tokens * d.q_heads,
+    );
+    let (gq, gk, gv, gdo) = (
         g.upload(&x.q.bits).unwrap(),
         g.upload(&x.k.bits).unwrap(),
         g.upload(&x.v.bits).unwrap(),
+        g.upload(&x.dout.bits).unwrap(),
     );
     let (mut out, mut lse) = (nan_bf16(g, nq), nan(g, rows));
     attention_tc::forward(g, d, &gq, &gk, &gv, &mut out, &mut lse).unwrap();
-    (g.download(&out).unwrap()[..nq].to_vec(), get(g, &lse, rows))
+    let (mut dq, mut dk, mut dv) = (nan(g, nq), nan(g, nk), nan(g, nk));
+    attention_tc::backward(
+        g, d, &gq, &gk, &gv, &out, &lse, &gdo, &mut dq, &mut dk, &mut dv,
+    )
+    .unwrap();
+    Results {
+        out: g.download(&out).unwrap()[..nq].to_vec(),
+        lse: get(g, &lse, rows),
+        dq: get(g, &dq, nq),
+        dk: get(g, &dk, nk),
+        dv: get(g, &dv, nk),
+    }
 }
 
 fn to_f32(bits: &[u16]) -> Vec<f32> {
@@ -134,9 +161,14 @@ fn tensor_core_attention_matches_the_reference() {
         let x = inputs(d, s + 10 * i as u64);
         let want = attention::forward(d, &x.q.values, &x.k.values, &x.v.values).unwrap();
         let wlse = reference_lse(d, &x.q.values, &x.k.values);
-        let (out, lse) = run_gpu(&g, d, &x);
-        assert_close("out", &to_f32(&out), &want, 1e-2);
-        assert_close("lse", &lse, &wlse, 1e-3);
+        let (wdq, wdk, wdv) =
+            attention::backward(d, &x.q.values, &x.k.values, &x.v.values, &x.dout.values).unwrap();
+        let r = run_gpu(&g, d, &x);
+        assert_close("out", &to_f32(&r.out), &want, 1e-2);
+        assert_close("lse", &r.lse, &wlse, 1e-3);
+        assert_close("dq", &r.dq, &wdq, 1e-2);
+        assert_close("dk", &r.dk, &wdk, 1e-2);
+        assert_close("dv", &r.dv, &wdv, 1e-2);
     }
 }
 
@@ -147,18 +179,26 @@ fn tensor_core_attention_gives_the_same_bits_twice() {
     let s = seed();
     for d in [dims(1, 256, 32, 8, 128), dims(2, 130, 4, 2, 80)] {
         let x = inputs(d, s);
-        let (out1, lse1) = run_gpu(&g, d, &x);
-        let (out2, lse2) = run_gpu(&g, d, &x);
+        let first = run_gpu(&g, d, &x);
+        let second = run_gpu(&g, d, &x);
         assert!(
-            to_f32(&out1).iter().all(|v| v.is_finite()) && lse1.iter().all(|v| v.is_finite()),
-            "{d:?}: not finite"
+            to_f32(&first.out).iter().all(|v| v.is_finite()),
+            "{d:?} out: not finite"
         );
-        assert!(out1 == out2, "{d:?} out: differs between two runs");
+        assert!(
+            first.out == second.out,
+            "{d:?} out: differs between two runs"
+        );
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(
-            bits(&lse1) == bits(&lse2),
-            "{d:?} lse: differs between two runs"
-        );
+        for (what, a, b) in [
+            ("lse", &first.lse, &second.lse),
+            ("dq", &first.dq, &second.dq),
+            ("dk", &first.dk, &second.dk),
+            ("dv", &first.dv, &second.dv),
+        ] {
+            assert!(a.iter().all(|v| v.is_finite()), "{d:?} {what}: not finite");
+            assert!(bits(a) == bits(b), "{d:?} {what}: differs between two runs");
+        }
     }
 }
 

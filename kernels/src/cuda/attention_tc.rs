@@ -1,7 +1,9 @@
-//! Tensor-core flash attention on the GPU (`kernels/cuda/attention_tc.cu`): causal GQA forward with bf16 q, k, v
-//! and out (raw `u16` bits), an fp32 log-sum-exp per query row, fp32 accumulation, both products on mma.sync
-//! m16n8k16. Head sizes: multiples of 16 up to 128. Same layout as the fp32 kernels of [`super::attention`];
-//! checked against `crate::ops::attention` by the GPU parity test `tests/gpu_attention_tc_parity.rs`.
+//! Tensor-core flash attention on the GPU (`kernels/cuda/attention_tc.cu`): causal GQA with bf16 q, k, v, out and
+//! dout (raw `u16` bits), an fp32 log-sum-exp per query row, fp32 accumulation, every product on mma.sync
+//! m16n8k16. The forward writes bf16 out; the deterministic backward (no atomics: delta = dout . out, then dK/dV
+//! per key tile, then dQ per query tile) writes fp32 dq, dk, dv. Head sizes: multiples of 16 up to 128. Same
+//! layout as the fp32 kernels of [`super::attention`]; checked against `crate::ops::attention` by the GPU parity
+//! test `tests/gpu_attention_tc_parity.rs`.
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -26,15 +28,50 @@ fn dmax_for(head_dim: usize) -> usize {
     if head_dim <= 64 { 64 } else { 128 }
 }
 
-/// The forward kernel's name for head sizes up to `dmax`.
-fn forward_name(dmax: usize) -> String {
-    format!("flash_attention_tc_forward_d{dmax}")
+/// The three tiled kernels (the delta kernel uses no dynamic shared memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Forward,
+    BackwardDkDv,
+    BackwardDq,
 }
 
-/// Dynamic shared memory of the forward in bytes: two stages of a K and a V tile, each `64 x (dmax + 8)` bf16
-/// (the formula of attention_tc.cu's header comment).
+impl Kernel {
+    /// The compiled variant for head sizes up to `dmax` (64 or 128).
+    fn name(self, dmax: usize) -> String {
+        let stem = match self {
+            Kernel::Forward => "flash_attention_tc_forward",
+            Kernel::BackwardDkDv => "flash_attention_tc_backward_dkdv",
+            Kernel::BackwardDq => "flash_attention_tc_backward_dq",
+        };
+        format!("{stem}_d{dmax}")
+    }
+
+    /// Dynamic shared memory in bytes; the formulas of attention_tc.cu (shared rows of `dmax + 8` bf16).
+    fn shared_bytes(self, dmax: usize) -> usize {
+        let row = (dmax + PAD) * 2;
+        match self {
+            // Two stages of a K and a V tile of 64 rows.
+            Kernel::Forward => 2 * 2 * TILE * row,
+            // K and V of 64 rows, two stages of a Q and a dO tile of 32 rows, two stages of 32 lse + 32 delta.
+            Kernel::BackwardDkDv => (2 * TILE + 2 * 2 * 32) * row + 2 * 64 * 4,
+            // Two stages of a K and a V tile of 32 rows.
+            Kernel::BackwardDq => 2 * 2 * 32 * row,
+        }
+    }
+
+    /// Blocks along the grid's y axis: q heads, except for dK/dV (one block per kv head).
+    fn heads(self, d: &AttentionDims) -> usize {
+        match self {
+            Kernel::BackwardDkDv => d.kv_heads,
+            Kernel::Forward | Kernel::BackwardDq => d.q_heads,
+        }
+    }
+}
+
+/// Dynamic shared memory of the forward in bytes for `head_dim`.
 pub fn forward_shared_bytes(head_dim: usize) -> usize {
-    2 * 2 * TILE * (dmax_for(head_dim) + PAD) * 2
+    Kernel::Forward.shared_bytes(dmax_for(head_dim))
 }
 
 /// Checks the sizes the kernels accept; the error names the field and what is accepted.
@@ -74,6 +111,66 @@ pub fn check_dims(d: &AttentionDims) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Loads `kernel` for `d` with its dynamic shared memory allowed, and its launch configuration.
+fn prepare(
+    gpu: &Gpu,
+    kernel: Kernel,
+    d: &AttentionDims,
+) -> Result<(cudarc::driver::CudaFunction, LaunchConfig), KernelError> {
+    let dmax = dmax_for(d.head_dim);
+    let name = kernel.name(dmax);
+    if gpu.arch() < 80 {
+        return Err(KernelError::CudaUnavailable(format!(
+            "{name} needs sm_80 or newer (bf16 mma.sync, ldmatrix, cp.async); {} is sm_{}",
+            gpu.name(),
+            gpu.arch()
+        )));
+    }
+    let bytes = kernel.shared_bytes(dmax);
+    let limit = gpu
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(cuda_err("query shared memory per block"))?;
+    if bytes > limit.max(0) as usize {
+        return Err(KernelError::CudaUnavailable(format!(
+            "{name} needs {bytes} bytes of shared memory per block; {} allows {limit}",
+            gpu.name()
+        )));
+    }
+    let f = gpu.function(&ATTENTION_TC, &name)?;
+    // cuFuncSetAttribute wants the context current on this thread (the module may have been loaded on another).
+    gpu.context()
+        .bind_to_thread()
+        .map_err(cuda_err("bind the CUDA context"))?;
+    f.set_attribute(
+        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(cuda_err(format!(
+        "allow {bytes} bytes of shared memory for {name}"
+    )))?;
+    let cfg = LaunchConfig {
+        grid_dim: (
+            d.tokens.div_ceil(TILE) as u32,
+            kernel.heads(d) as u32,
+            d.batch as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: bytes as u32,
+    };
+    Ok((f, cfg))
+}
+
+/// The scalar arguments every tiled kernel takes: T, Hq, Hkv, D.
+fn scalars(d: &AttentionDims) -> Result<[i32; 4], KernelError> {
+    Ok([
+        i32_of(d.tokens, "tokens")?,
+        i32_of(d.q_heads, "q_heads")?,
+        i32_of(d.kv_heads, "kv_heads")?,
+        i32_of(d.head_dim, "head_dim")?,
+    ])
+}
+
 /// Causal GQA attention forward in bf16: `q` is `batch x tokens x q_heads x head_dim`, `k` and `v` are
 /// `batch x tokens x kv_heads x head_dim` (bf16 bits); writes `out` (bf16, shaped like q) and one fp32
 /// log-sum-exp of the scaled scores per query row (`(b * tokens + t) * q_heads + h`). Deterministic.
@@ -94,57 +191,101 @@ pub fn forward(
     need("v", v, kv)?;
     need("out", out, rows * d.head_dim)?;
     need("lse", lse, rows)?;
-    let t = i32_of(d.tokens, "tokens")?;
-    let hq = i32_of(d.q_heads, "q_heads")?;
-    let hkv = i32_of(d.kv_heads, "kv_heads")?;
-    let hd = i32_of(d.head_dim, "head_dim")?;
+    let [t, hq, hkv, hd] = scalars(&d)?;
 
-    let name = forward_name(dmax_for(d.head_dim));
-    let bytes = forward_shared_bytes(d.head_dim);
-    let limit = gpu
-        .context()
-        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-        .map_err(cuda_err("query shared memory per block"))?;
-    if bytes > limit.max(0) as usize {
-        return Err(KernelError::CudaUnavailable(format!(
-            "{name} needs {bytes} bytes of shared memory per block; {} allows {limit}",
-            gpu.name()
-        )));
-    }
-    if gpu.arch() < 80 {
-        return Err(KernelError::CudaUnavailable(format!(
-            "{name} needs sm_80 or newer (bf16 mma.sync, cp.async); {} is sm_{}",
-            gpu.name(),
-            gpu.arch()
-        )));
-    }
-    let f = gpu.function(&ATTENTION_TC, &name)?;
-    // cuFuncSetAttribute wants the context current on this thread (the module may have been loaded on another).
-    gpu.context()
-        .bind_to_thread()
-        .map_err(cuda_err("bind the CUDA context"))?;
-    f.set_attribute(
-        CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes as i32,
-    )
-    .map_err(cuda_err(format!(
-        "allow {bytes} bytes of shared memory for {name}"
-    )))?;
-    let cfg = LaunchConfig {
-        grid_dim: (
-            d.tokens.div_ceil(TILE) as u32,
-            d.q_heads as u32,
-            d.batch as u32,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: bytes as u32,
-    };
+    let (f, cfg) = prepare(gpu, Kernel::Forward, &d)?;
     let mut b = gpu.stream().launch_builder(&f);
     b.arg(q).arg(k).arg(v).arg(&t).arg(&hq).arg(&hkv).arg(&hd);
     b.arg(out).arg(lse);
     // SAFETY: the arguments match flash_attention_tc_forward_d* in attention_tc.cu, the buffer sizes were checked
     // above and the dynamic shared memory is the kernel's own formula.
     unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_attention_tc_forward"))?;
+    Ok(())
+}
+
+/// Causal GQA attention backward from bf16 q, k, v, the forward's bf16 `out` and fp32 `lse`, and the bf16 output
+/// gradient `dout`: writes fp32 `dq` (shaped like q), `dk` and `dv` (shaped like k). Deterministic (no atomics;
+/// every sum in a fixed order). Allocates one float per query row as scratch; use [`backward_with_scratch`] to
+/// reuse a buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    gpu: &Gpu,
+    d: AttentionDims,
+    q: &CudaSlice<u16>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    out: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    dout: &CudaSlice<u16>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    check_dims(&d)?;
+    let mut delta = gpu.zeros::<f32>(d.batch * d.tokens * d.q_heads)?;
+    backward_with_scratch(gpu, d, q, k, v, out, lse, dout, &mut delta, dq, dk, dv)
+}
+
+/// [`backward`] with a caller-owned scratch `delta` of at least `batch * tokens * q_heads` floats.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_scratch(
+    gpu: &Gpu,
+    d: AttentionDims,
+    q: &CudaSlice<u16>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    out: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    dout: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    check_dims(&d)?;
+    let rows = d.batch * d.tokens * d.q_heads;
+    let kv = d.batch * d.tokens * d.kv_heads * d.head_dim;
+    need("q", q, rows * d.head_dim)?;
+    need("k", k, kv)?;
+    need("v", v, kv)?;
+    need("out", out, rows * d.head_dim)?;
+    need("lse", lse, rows)?;
+    need("dout", dout, rows * d.head_dim)?;
+    need("delta", delta, rows)?;
+    need("dq", dq, rows * d.head_dim)?;
+    need("dk", dk, kv)?;
+    need("dv", dv, kv)?;
+    let [t, hq, hkv, hd] = scalars(&d)?;
+    // Both tiled kernels are checked (architecture, shared memory) before anything is launched.
+    let (f_dkdv, cfg_dkdv) = prepare(gpu, Kernel::BackwardDkDv, &d)?;
+    let (f_dq, cfg_dq) = prepare(gpu, Kernel::BackwardDq, &d)?;
+
+    // 1. delta = dout . out, one warp per row (8 rows per block of 256 threads).
+    let rows64 = rows as i64;
+    let f = gpu.function(&ATTENTION_TC, "flash_attention_tc_delta")?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = gpu.stream().launch_builder(&f);
+    b.arg(out).arg(dout).arg(&rows64).arg(&hd).arg(&mut *delta);
+    // SAFETY: the arguments match flash_attention_tc_delta; out, dout and delta were checked above.
+    unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_attention_tc_delta"))?;
+
+    // 2. dK, dV per key tile.
+    let mut b = gpu.stream().launch_builder(&f_dkdv);
+    b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&*delta);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&hd).arg(dk).arg(dv);
+    // SAFETY: the arguments match flash_attention_tc_backward_dkdv_d*; sizes checked above.
+    unsafe { b.launch(cfg_dkdv) }.map_err(cuda_err("launch flash_attention_tc_backward_dkdv"))?;
+
+    // 3. dQ per query tile.
+    let mut b = gpu.stream().launch_builder(&f_dq);
+    b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&*delta);
+    b.arg(&t).arg(&hq).arg(&hkv).arg(&hd).arg(dq);
+    // SAFETY: the arguments match flash_attention_tc_backward_dq_d*; sizes checked above.
+    unsafe { b.launch(cfg_dq) }.map_err(cuda_err("launch flash_attention_tc_backward_dq"))?;
     Ok(())
 }
 
@@ -164,15 +305,22 @@ mod tests {
 
     #[test]
     fn shared_memory_is_the_kernels_formula_and_fits_a100_and_h100() {
-        // 2 stages x (K + V) x 64 rows x (DMAX + 8) bf16, as attention_tc.cu and the emulator checker compute it.
-        assert_eq!(forward_shared_bytes(128), 69_632);
-        assert_eq!(forward_shared_bytes(64), 36_864);
+        // The formulas of attention_tc.cu, as the emulator checker (tools/emu/attention_tc_check.cpp) launches them.
+        for (k, dmax, bytes) in [
+            (Kernel::Forward, 128, 69_632),
+            (Kernel::Forward, 64, 36_864),
+            (Kernel::BackwardDkDv, 128, 70_144),
+            (Kernel::BackwardDkDv, 64, 37_376),
+            (Kernel::BackwardDq, 128, 34_816),
+            (Kernel::BackwardDq, 64, 18_432),
+        ] {
+            assert_eq!(k.shared_bytes(dmax), bytes, "{}", k.name(dmax));
+            // Two blocks fit an A100 SM (164 KiB, 1 KiB reserved per block), three an H100 SM (228 KiB).
+            assert!(2 * (bytes + 1024) <= 167_936, "{}", k.name(dmax));
+            assert!(3 * (bytes + 1024) <= 233_472, "{}", k.name(dmax));
+        }
         assert_eq!(forward_shared_bytes(16), 36_864);
         assert_eq!(forward_shared_bytes(80), 69_632);
-        // sm_80 allows 163 KiB per block with opt-in: two blocks of the D = 128 kernel fit an A100 SM (164 KiB,
-        // 1 KiB reserved per block), three an H100 SM (228 KiB).
-        assert!(2 * (forward_shared_bytes(128) + 1024) <= 167_936);
-        assert!(3 * (forward_shared_bytes(128) + 1024) <= 233_472);
     }
 
     #[test]
@@ -181,7 +329,14 @@ mod tests {
             assert_eq!(dmax_for(hd), dmax, "head_dim {hd}");
             assert!(check_dims(&dims(37, 4, 2, hd)).is_ok(), "head_dim {hd}");
         }
-        assert_eq!(forward_name(64), "flash_attention_tc_forward_d64");
+        assert_eq!(Kernel::Forward.name(64), "flash_attention_tc_forward_d64");
+        assert_eq!(
+            Kernel::BackwardDkDv.name(128),
+            "flash_attention_tc_backward_dkdv_d128"
+        );
+        let d = dims(37, 8, 2, 64);
+        assert_eq!(Kernel::BackwardDkDv.heads(&d), 2);
+        assert_eq!(Kernel::BackwardDq.heads(&d), 8);
     }
 
     #[test]

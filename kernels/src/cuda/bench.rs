@@ -419,8 +419,9 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
 }
 
 /// Causal GQA attention at `d`: the fp32 flash kernels, the naive ones (fewer repeats: they are slow) and the bf16
-/// tensor-core forward. FLOPs: [`flash::forward_flops`] forward, 2.5 times that backward. `of_ceiling` of an fp32
-/// flash row is its speed-up over the naive kernel, of the tensor-core row its speed-up over the fp32 flash one.
+/// tensor-core forward and backward. FLOPs: [`flash::forward_flops`] forward, 2.5 times that backward.
+/// `of_ceiling` of an fp32 flash row is its speed-up over the naive kernel, of a tensor-core row its speed-up over
+/// the fp32 flash kernel in the same direction.
 fn attention_rows(
     gpu: &Gpu,
     o: &BenchOptions,
@@ -463,9 +464,15 @@ fn attention_rows(
         gpu.upload(&to_bf16(31, nk))?,
         gpu.upload(&to_bf16(32, nk))?,
     );
+    let dout16 = gpu.upload(&to_bf16(33, nq))?;
     let mut out16 = gpu.zeros::<u16>(nq)?;
     let tc_fwd = time_median(gpu, o, |_| {
         super::attention_tc::forward(gpu, d, &q16, &k16, &v16, &mut out16, &mut lse)
+    })?;
+    let tc_bwd = time_median(gpu, o, |_| {
+        super::attention_tc::backward_with_scratch(
+            gpu, d, &q16, &k16, &v16, &out16, &lse, &dout16, &mut delta, &mut dq, &mut dk, &mut dv,
+        )
     })?;
     let slow = BenchOptions {
         repeats: 3,
@@ -499,6 +506,12 @@ fn attention_rows(
             flash_bwd,
             bwd_flops,
             Some((naive_bwd, over_naive)),
+        ),
+        (
+            "attention_bwd (flash, bf16 tensor cores)",
+            tc_bwd,
+            bwd_flops,
+            Some((flash_bwd, "speed-up over the fp32 flash kernel")),
         ),
         ("attention_fwd (naive, fp32)", naive_fwd, fwd_flops, None),
         ("attention_bwd (naive, fp32)", naive_bwd, bwd_flops, None),

@@ -21,14 +21,17 @@ static std::vector<unsigned short> bf16_normal(uint64_t seed, size_t n, float sc
 }
 
 struct Result {
-    std::vector<double> out, lse;
+    std::vector<double> out, lse, dq, dk, dv;
 };
 
 // float64 causal GQA attention on the bf16 values.
 static Result reference(Case d, const std::vector<unsigned short>& q, const std::vector<unsigned short>& k,
-                        const std::vector<unsigned short>& v) {
+                        const std::vector<unsigned short>& v, const std::vector<unsigned short>& dout) {
     Result r;
     r.out.assign(q.size(), 0.0);
+    r.dq.assign(q.size(), 0.0);
+    r.dk.assign(k.size(), 0.0);
+    r.dv.assign(v.size(), 0.0);
     double scale = 1.0 / std::sqrt((double)d.D);
     int G = d.Hq / d.Hkv;
     for (int b = 0; b < d.B; ++b)
@@ -47,38 +50,76 @@ static Result reference(Case d, const std::vector<unsigned short>& q, const std:
                 double z = 0;
                 for (int j = 0; j <= t; ++j) z += std::exp(s[j] - m);
                 r.lse.push_back(m + std::log(z));
+                std::vector<double> p(t + 1), dp(t + 1);
+                for (int j = 0; j <= t; ++j) p[j] = std::exp(s[j] - m) / z;
                 for (int e = 0; e < d.D; ++e) {
                     double o = 0;
-                    for (int j = 0; j <= t; ++j) o += std::exp(s[j] - m) / z * emu_bf16(v[ko(j) + e]);
+                    for (int j = 0; j <= t; ++j) o += p[j] * emu_bf16(v[ko(j) + e]);
                     r.out[qo + e] = o;
+                }
+                double dot = 0;
+                for (int j = 0; j <= t; ++j) {
+                    double a = 0;
+                    for (int e = 0; e < d.D; ++e) a += (double)emu_bf16(dout[qo + e]) * emu_bf16(v[ko(j) + e]);
+                    dp[j] = a;
+                    dot += p[j] * a;
+                }
+                for (int j = 0; j <= t; ++j) {
+                    double ds = p[j] * (dp[j] - dot) * scale;
+                    for (int e = 0; e < d.D; ++e) {
+                        r.dq[qo + e] += ds * emu_bf16(k[ko(j) + e]);
+                        r.dk[ko(j) + e] += ds * emu_bf16(q[qo + e]);
+                        r.dv[ko(j) + e] += p[j] * emu_bf16(dout[qo + e]);
+                    }
                 }
             }
     return r;
 }
 
-static size_t shared_bytes(int dmax) { return 4 * 64 * (size_t)(dmax + 8) * 2; }  // attention_tc.cu's formula
+// The dynamic shared memory formulas of attention_tc.cu (bytes).
+static size_t fwd_bytes(int dmax) { return 4 * 64 * (size_t)(dmax + 8) * 2; }
+static size_t dkdv_bytes(int dmax) { return (2 * 64 + 4 * 32) * (size_t)(dmax + 8) * 2 + 2 * 64 * 4; }
+static size_t dq_bytes(int dmax) { return 2 * 64 * (size_t)(dmax + 8) * 2; }
 
 struct Raw {
     std::vector<unsigned short> out;
-    std::vector<float> lse;
+    std::vector<float> lse, dq, dk, dv;
 };
 
+// Forward, then the backward from the forward's own bf16 out and lse (delta, dK/dV, dQ), every output NaN first.
 static Raw run_tc(Case d, const std::vector<unsigned short>& q, const std::vector<unsigned short>& k,
-                  const std::vector<unsigned short>& v) {
+                  const std::vector<unsigned short>& v, const std::vector<unsigned short>& dout) {
+    float nan = std::numeric_limits<float>::quiet_NaN();
+    size_t rows = (size_t)d.B * d.T * d.Hq;
     Raw r;
     r.out.assign(q.size(), 0x7fc0);  // bf16 NaN
-    r.lse.assign((size_t)d.B * d.T * d.Hq, std::numeric_limits<float>::quiet_NaN());
+    r.lse.assign(rows, nan);
+    r.dq.assign(q.size(), nan);
+    r.dk.assign(k.size(), nan);
+    r.dv.assign(v.size(), nan);
+    std::vector<float> delta(rows, nan);
     int dmax = d.D <= 64 ? 64 : 128;
     unsigned tiles = (d.T + 63) / 64;
-    emu_launch({tiles, (unsigned)d.Hq, (unsigned)d.B}, {128}, shared_bytes(dmax), [&] {
+    emu_launch({tiles, (unsigned)d.Hq, (unsigned)d.B}, {128}, fwd_bytes(dmax), [&] {
         auto f = dmax == 64 ? flash_attention_tc_forward_d64 : flash_attention_tc_forward_d128;
         f(q.data(), k.data(), v.data(), d.T, d.Hq, d.Hkv, d.D, r.out.data(), r.lse.data());
+    });
+    emu_launch({(unsigned)((rows + 7) / 8)}, {256}, 0,
+               [&] { flash_attention_tc_delta(r.out.data(), dout.data(), (i64)rows, d.D, delta.data()); });
+    emu_launch({tiles, (unsigned)d.Hkv, (unsigned)d.B}, {128}, dkdv_bytes(dmax), [&] {
+        auto f = dmax == 64 ? flash_attention_tc_backward_dkdv_d64 : flash_attention_tc_backward_dkdv_d128;
+        f(q.data(), k.data(), v.data(), dout.data(), r.lse.data(), delta.data(), d.T, d.Hq, d.Hkv, d.D, r.dk.data(),
+          r.dv.data());
+    });
+    emu_launch({tiles, (unsigned)d.Hq, (unsigned)d.B}, {128}, dq_bytes(dmax), [&] {
+        auto f = dmax == 64 ? flash_attention_tc_backward_dq_d64 : flash_attention_tc_backward_dq_d128;
+        f(q.data(), k.data(), v.data(), dout.data(), r.lse.data(), delta.data(), d.T, d.Hq, d.Hkv, d.D, r.dq.data());
     });
     return r;
 }
 
 static bool close(const char* what, const std::vector<double>& got, const std::vector<double>& want, double tol) {
-    double num = 0, den = 0;
+    double num = 0, den = 0, worst = 0;
     for (size_t i = 0; i < got.size(); ++i) {
         if (!std::isfinite(got[i])) {
             std::printf("  %s: element %zu is %f\n", what, i, got[i]);
@@ -86,11 +127,18 @@ static bool close(const char* what, const std::vector<double>& got, const std::v
         }
         num += (got[i] - want[i]) * (got[i] - want[i]);
         den += want[i] * want[i];
+        worst = std::max(worst, std::fabs(got[i]));
     }
-    double err = std::sqrt(num / std::max(den, 1e-300));
+    if (den == 0) {  // an exactly zero reference (dq, dk at T = 1): rounding noise below 1e-5 passes
+        std::printf("  %s: reference is zero, largest |value| %.3e\n", what, worst);
+        return worst < 1e-5;
+    }
+    double err = std::sqrt(num / den);
     std::printf("  %s: relative error %.3e (limit %.0e)\n", what, err, tol);
     return err < tol;
 }
+
+static std::vector<double> widen(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
 
 int main() {
     bool ok = true;
@@ -107,15 +155,22 @@ int main() {
         std::printf("B=%d T=%d Hq=%d Hkv=%d D=%d q_scale=%g\n", d.B, d.T, d.Hq, d.Hkv, d.D, d.q_scale);
         size_t nq = (size_t)d.B * d.T * d.Hq * d.D, nk = (size_t)d.B * d.T * d.Hkv * d.D;
         auto q = bf16_normal(seed++, nq, d.q_scale), k = bf16_normal(seed++, nk, 1.0f),
-             v = bf16_normal(seed++, nk, 1.0f);
-        Result want = reference(d, q, k, v);
-        Raw got = run_tc(d, q, k, v);
-        std::vector<double> out, lse(got.lse.begin(), got.lse.end());
+             v = bf16_normal(seed++, nk, 1.0f), dout = bf16_normal(seed++, nq, 1.0f);
+        Result want = reference(d, q, k, v, dout);
+        Raw got = run_tc(d, q, k, v, dout);
+        std::vector<double> out;
         for (auto x : got.out) out.push_back(emu_bf16(x));
         ok &= close("out", out, want.out, 5e-3);
-        ok &= close("lse", lse, want.lse, 1e-4);
-        Raw again = run_tc(d, q, k, v);
-        bool same = again.out == got.out && std::memcmp(again.lse.data(), got.lse.data(), got.lse.size() * 4) == 0;
+        ok &= close("lse", widen(got.lse), want.lse, 1e-4);
+        ok &= close("dq", widen(got.dq), want.dq, 1e-2);
+        ok &= close("dk", widen(got.dk), want.dk, 1e-2);
+        ok &= close("dv", widen(got.dv), want.dv, 1e-2);
+        Raw again = run_tc(d, q, k, v, dout);
+        auto same_bits = [](const std::vector<float>& a, const std::vector<float>& b) {
+            return std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+        };
+        bool same = again.out == got.out && same_bits(again.lse, got.lse) && same_bits(again.dq, got.dq) &&
+                    same_bits(again.dk, got.dk) && same_bits(again.dv, got.dv);
         std::printf("  second run bit-identical: %s\n", same ? "yes" : "NO");
         ok &= same;
     }
