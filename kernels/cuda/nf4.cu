@@ -87,10 +87,13 @@ __device__ __forceinline__ void store(void* out, i64 i, float v) {
 }
 
 // Each thread expands 16 code bytes (32 elements, all in one 64-block) with one 16-byte load and 16-byte stores;
-// the last, partial chunk goes element by element.
-template <int OUT>
+// the last, partial chunk goes element by element. With STRIDED, the weight is seen as rows of `cols` elements
+// and element e lands at (e / cols) * ld + e % cols, so it can fill the left columns of a wider matrix (the
+// K-extended LoRA layout); `cols` must then be a multiple of 32 (a chunk never crosses a row) and `ld` of 8.
+template <int OUT, bool STRIDED>
 __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Absmax am, i64 n,
-                                                const float* __restrict__ levels, void* __restrict__ out) {
+                                                const float* __restrict__ levels, void* __restrict__ out,
+                                                i64 cols, i64 ld) {
     __shared__ float lv[16];
     if (threadIdx.x < 16) lv[threadIdx.x] = levels[threadIdx.x];
     __syncthreads();
@@ -112,11 +115,11 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
                 }
             }
             if (OUT == 0) {
-                float4* o = (float4*)((float*)out + e0);
+                float4* o = (float4*)((float*)out + (STRIDED ? (e0 / cols) * ld + e0 % cols : e0));
 #pragma unroll
                 for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
             } else {
-                uint4* o = (uint4*)((u16*)out + e0);
+                uint4* o = (uint4*)((u16*)out + (STRIDED ? (e0 / cols) * ld + e0 % cols : e0));
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
                     u32 p[4];
@@ -134,7 +137,7 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
             for (i64 e = e0; e < n; ++e) {
                 u32 byte = codes[e >> 1];
                 u32 code = (e & 1) ? (byte & 15u) : (byte >> 4);
-                store<OUT>(out, e, __fmul_rn(lv[code], a));
+                store<OUT>(out, STRIDED ? (e / cols) * ld + e % cols : e, __fmul_rn(lv[code], a));
             }
         }
     }
@@ -146,11 +149,21 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
                                     const float* __restrict__ map, float offset, int dq, i64 n,                \
                                     const float* __restrict__ levels, void* __restrict__ out) {                 \
         Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
-        dequantize_impl<OUT>(codes, am, n, levels, out);                                                        \
+        dequantize_impl<OUT, false>(codes, am, n, levels, out, n, n);                                           \
     }
 NF4_DEQUANT(nf4_dequantize_f32, 0)
 NF4_DEQUANT(nf4_dequantize_bf16, 1)
 NF4_DEQUANT(nf4_dequantize_f16, 2)
+
+// The bf16 dequantisation into the left `cols` columns of a matrix whose rows are `ld` elements apart.
+extern "C" __global__ void nf4_dequantize_bf16_ld(const u8* __restrict__ codes, const float* __restrict__ absmax,
+                                                  const u8* __restrict__ qcodes, const float* __restrict__ scales,
+                                                  const float* __restrict__ map, float offset, int dq, i64 n,
+                                                  const float* __restrict__ levels, void* __restrict__ out, i64 cols,
+                                                  i64 ld) {
+    Absmax am = {absmax, qcodes, scales, map, offset, dq};
+    dequantize_impl<1, true>(codes, am, n, levels, out, cols, ld);
+}
 
 // y[b][row] = sum_k W[row][k] * x[b][k] for b < B, W an N x K NF4 matrix (K a multiple of 32), x fp32 B x K.
 // One warp per row; each lane takes 16 code bytes (32 weights, one absmax) per step, so a warp reads 512

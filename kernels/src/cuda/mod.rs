@@ -10,6 +10,7 @@ pub mod gemm_choice;
 pub mod inventory;
 pub mod lora;
 pub mod lora_bf16;
+pub mod lora_fused;
 pub mod nf4;
 pub mod ops;
 

@@ -250,6 +250,47 @@ impl GpuNf4 {
                 format!("{} elements, needs {n}", out.len()),
             ));
         }
+        self.launch_dequantize(gpu, kernel, out, None)
+    }
+
+    /// Dequantises into bf16 rows `ld` elements apart: row `i` of the weight fills `out[i * ld .. i * ld + cols]`
+    /// and the other columns are left as they are (the K-extended LoRA layout keeps B there). Needs `cols` a
+    /// multiple of 32 and `ld` a multiple of 8, at least `cols`.
+    pub fn dequantize_bf16_rows(
+        &self,
+        gpu: &Gpu,
+        out: &mut CudaSlice<u16>,
+        ld: usize,
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = (self.rows, self.cols);
+        if !cols.is_multiple_of(32) || !ld.is_multiple_of(8) || ld < cols {
+            return Err(KernelError::invalid(
+                "ld",
+                format!(
+                    "{ld} for {rows}x{cols}: strided dequantisation needs cols a multiple of 32 and ld a \
+                     multiple of 8, at least cols"
+                ),
+            ));
+        }
+        let need = (rows - 1) * ld + cols;
+        if out.len() < need {
+            return Err(KernelError::invalid(
+                "out",
+                format!("{} elements, rows {ld} apart need {need}", out.len()),
+            ));
+        }
+        self.launch_dequantize(gpu, "nf4_dequantize_bf16_ld", out, Some(ld))
+    }
+
+    /// Launches one of the dequantise kernels; `ld` selects the strided one (sizes checked by the caller).
+    fn launch_dequantize<T>(
+        &self,
+        gpu: &Gpu,
+        kernel: &str,
+        out: &mut CudaSlice<T>,
+        ld: Option<usize>,
+    ) -> Result<(), KernelError> {
+        let n = self.len();
         let f = gpu.function(&NF4, kernel)?;
         let a = self.absmax_args();
         let n_arg = n as i64;
@@ -267,7 +308,12 @@ impl GpuNf4 {
             .arg(&a.offset)
             .arg(&a.dq);
         b.arg(&n_arg).arg(&self.levels).arg(out);
-        // SAFETY: matches the NF4_DEQUANT signature; `out` holds at least n elements of the kernel's type.
+        let (cols, ld_arg) = (self.cols as i64, ld.unwrap_or(0) as i64);
+        if ld.is_some() {
+            b.arg(&cols).arg(&ld_arg);
+        }
+        // SAFETY: matches the NF4_DEQUANT signature (plus cols and ld for nf4_dequantize_bf16_ld); `out` holds
+        // the n elements, or the rows ld apart, that the kernel writes (checked by the callers).
         unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch {kernel}")))?;
         Ok(())
     }
