@@ -9,10 +9,11 @@ use cudarc::driver::{CudaSlice, sys};
 
 use super::attention as flash;
 use super::device::{Gpu, cuda_err};
-use super::gemm::Blas;
+use super::gemm::{Blas, RowGemm};
 use super::gemm_choice::{Nf4Gemm, Nf4GemmChooser};
 use super::lora::{Operand, gemm_f32};
 use super::lora_bf16::{AdapterBuffers, GpuLoraBf16};
+use super::lora_fused::{ExtForwardBuffers, ExtGrads};
 use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
 use crate::lora::LoraDims;
@@ -357,6 +358,16 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
             lr.of_ceiling = Some(ms / dense_ms);
             lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
             rows.push(lr);
+            k_extended_rows(
+                gpu,
+                o,
+                &blas,
+                &layer,
+                &ws[0],
+                (dense_ms, copy_gbs),
+                &gshape,
+                &mut rows,
+            )?;
         }
         drop((x, w_dense, c, scratch));
 
@@ -416,6 +427,123 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         copy_gb_per_s: copy_gbs,
         rows,
     })
+}
+
+/// The K-extended bf16 LoRA layer (`super::lora_fused`) at `layer`'s shape, no dropout: preparing `W_ext`
+/// (strided dequantise + copy of B; GB/s against the copy ceiling), the forward (down-projection + one GEMM with
+/// K + r) against the dense base GEMM (`of_ceiling` = what the adapter adds, as a fraction of the base), and the
+/// backward (dx and g in one GEMM, then dx's adapter part, dA and dB) against the base layer's own backward
+/// product `dx = dy W` on cuBLAS.
+#[allow(clippy::too_many_arguments)]
+fn k_extended_rows(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    blas: &Blas,
+    layer: &GpuLoraBf16<'_>,
+    w: &GpuNf4,
+    (dense_ms, copy_gbs): (f64, f64),
+    gshape: &str,
+    rows: &mut Vec<BenchRow>,
+) -> Result<(), KernelError> {
+    let LoraDims {
+        tokens: m,
+        in_features: k,
+        out_features: n,
+        rank: r,
+    } = layer.dims;
+    if !k.is_multiple_of(32) {
+        return Ok(());
+    }
+    let kx = layer.ext_ld();
+    let mut w_ext = gpu.zeros::<u16>(n * kx)?;
+    let prep_ms = time_median(gpu, o, |_| layer.prepare_ext_weight(gpu, w, &mut w_ext))?;
+    rows.push(row(
+        &format!("lora_k_extended prepare W_ext r{r}"),
+        format!("{n}x{k} + {n}x{r}"),
+        prep_ms,
+        Some((w.bytes() + 2 * n * k + 4 * n * r) as f64),
+        None,
+        ("copy", copy_gbs),
+    ));
+    let mut x_ext = bf16_random(gpu, 31, m * kx)?;
+    let mut y = gpu.zeros::<u16>(m * n)?;
+    let mut h = gpu.zeros::<f32>(m * r)?;
+    let mut partial = gpu.zeros::<f32>(layer.partial_len())?;
+    let fwd_ms = time_median(gpu, o, |_| {
+        layer.forward_ext(
+            gpu,
+            blas,
+            &mut x_ext,
+            &w_ext,
+            ExtForwardBuffers {
+                h: &mut h,
+                partial: &mut partial,
+            },
+            &mut y,
+        )
+    })?;
+    let base_flops = 2.0 * (m * n * k) as f64;
+    let mut fr = row(
+        &format!("lora_k_extended_fwd_r{r} (base + adapter)"),
+        gshape.to_string(),
+        fwd_ms,
+        None,
+        Some(base_flops + 2.0 * (m * r * (k + n)) as f64),
+        ("base GEMM time", 1.0),
+    );
+    fr.of_ceiling = Some(fwd_ms / dense_ms - 1.0);
+    fr.ceiling = "added to the cuBLAS bf16 base GEMM time".into();
+    rows.push(fr);
+
+    // The base layer's own backward product, dx = dy W (m x k, inner n), dense on cuBLAS.
+    let dy = bf16_random(gpu, 32, m * n)?;
+    let w_dense = bf16_random(gpu, 33, n * k)?;
+    let mut dx = gpu.zeros::<u16>(m * k)?;
+    let dx_gemm = RowGemm {
+        m,
+        n: k,
+        k: n,
+        a_t: false,
+        lda: n,
+        b_t: false,
+        ldb: k,
+        ldc: k,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let base_bwd_ms = time_median(gpu, o, |_| blas.gemm(gpu, &dx_gemm, &dy, &w_dense, &mut dx))?;
+    drop((dx, w_dense));
+    let mut dx_ext = gpu.zeros::<u16>(m * kx)?;
+    let mut da = gpu.zeros::<f32>(r * k)?;
+    let mut db = gpu.zeros::<f32>(n * r)?;
+    let bwd_ms = time_median(gpu, o, |_| {
+        layer.backward_ext(
+            gpu,
+            blas,
+            &x_ext,
+            &w_ext,
+            &dy,
+            &mut dx_ext,
+            ExtGrads {
+                da: &mut da,
+                db: &mut db,
+                accumulate: false,
+            },
+            None,
+        )
+    })?;
+    let mut br = row(
+        &format!("lora_k_extended_bwd_r{r} (dx, dA, dB)"),
+        gshape.to_string(),
+        bwd_ms,
+        None,
+        Some(base_flops + 2.0 * (m * r * (n + 2 * k) + m * n * r) as f64),
+        ("base dx GEMM time", 1.0),
+    );
+    br.of_ceiling = Some(bwd_ms / base_bwd_ms - 1.0);
+    br.ceiling = "added to the cuBLAS bf16 dx = dy W time".into();
+    rows.push(br);
+    Ok(())
 }
 
 /// Causal GQA attention at `d`, fp32: the flash kernels and the naive ones (fewer repeats: they are slow). FLOPs:

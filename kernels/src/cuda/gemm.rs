@@ -76,8 +76,16 @@ impl RowGemm {
 
     /// Stored (rows, columns) of `A`, `B` and C.
     fn stored(&self) -> [(usize, usize); 3] {
-        let a = if self.a_t { (self.k, self.m) } else { (self.m, self.k) };
-        let b = if self.b_t { (self.n, self.k) } else { (self.k, self.n) };
+        let a = if self.a_t {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let b = if self.b_t {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
         [a, b, (self.m, self.n)]
     }
 
@@ -104,7 +112,9 @@ impl RowGemm {
             if ld < cols {
                 return Err(KernelError::invalid(
                     "gemm",
-                    format!("{name} {ld} is shorter than a stored row ({cols} elements) in {self:?}"),
+                    format!(
+                        "{name} {ld} is shorter than a stored row ({cols} elements) in {self:?}"
+                    ),
                 ));
             }
         }
@@ -311,8 +321,16 @@ mod tests {
             for j in 0..g.n {
                 let mut s = 0.0;
                 for l in 0..g.k {
-                    let av = if g.a_t { a[l * g.lda + i] } else { a[i * g.lda + l] };
-                    let bv = if g.b_t { b[j * g.ldb + l] } else { b[l * g.ldb + j] };
+                    let av = if g.a_t {
+                        a[l * g.lda + i]
+                    } else {
+                        a[i * g.lda + l]
+                    };
+                    let bv = if g.b_t {
+                        b[j * g.ldb + l]
+                    } else {
+                        b[l * g.ldb + j]
+                    };
                     s += av * bv;
                 }
                 let o = i * g.ldc + j;
@@ -334,7 +352,8 @@ mod tests {
         let mut case = 0u64;
         for a_t in [false, true] {
             for b_t in [false, true] {
-                for (m, n, k, pad) in [(3usize, 5usize, 4usize, 0usize), (7, 2, 9, 3), (1, 6, 1, 2)] {
+                for (m, n, k, pad) in [(3usize, 5usize, 4usize, 0usize), (7, 2, 9, 3), (1, 6, 1, 2)]
+                {
                     case += 1;
                     let (ar, ac) = if a_t { (k, m) } else { (m, k) };
                     let (br, bc) = if b_t { (n, k) } else { (k, n) };
@@ -353,10 +372,21 @@ mod tests {
                     g.check().unwrap();
                     let [la, lb, lc] = g.lens();
                     assert_eq!((la, lb), ((ar - 1) * g.lda + ac, (br - 1) * g.ldb + bc));
-                    let (a, b, c0) = (values(case, la), values(case + 100, lb), values(case + 200, lc));
+                    let (a, b, c0) = (
+                        values(case, la),
+                        values(case + 100, lb),
+                        values(case + 200, lc),
+                    );
                     let want = row_major(&g, &a, &b, &c0);
                     let mut got = c0.clone();
-                    column_major_reference(&g.column_major(), 1.5, &b, &a, f64::from(g.beta), &mut got);
+                    column_major_reference(
+                        &g.column_major(),
+                        1.5,
+                        &b,
+                        &a,
+                        f64::from(g.beta),
+                        &mut got,
+                    );
                     for (o, (x, y)) in got.iter().zip(&want).enumerate() {
                         assert!((x - y).abs() < 1e-12, "{g:?}: element {o}: {x} vs {y}");
                     }

@@ -55,7 +55,11 @@ pub struct AdapterBuffers<'a> {
     pub partial: &'a mut CudaSlice<f32>,
 }
 
-pub(crate) fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), KernelError> {
+pub(crate) fn need<T>(
+    what: &'static str,
+    buf: &CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
     if buf.len() >= len {
         Ok(())
     } else {
@@ -276,11 +280,7 @@ impl GpuLoraBf16<'_> {
         };
         let mut l = gpu.stream().launch_builder(&reduce);
         l.arg(partial).arg(&splits_i).arg(&count).arg(&factor);
-        l.arg(&mut *h)
-            .arg(h16)
-            .arg(&ri)
-            .arg(&ld16_i)
-            .arg(&scale16);
+        l.arg(&mut *h).arg(h16).arg(&ri).arg(&ld16_i).arg(&scale16);
         // SAFETY: matches lora_splitk_reduce; partial holds splits * m * r floats, h m * r, h16 m rows of r
         // values ld16 apart (checked above).
         unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_splitk_reduce"))?;

@@ -244,7 +244,12 @@ impl GpuLoraBf16<'_> {
         self.dims.in_features + self.dims.rank
     }
 
-    fn check_ext(&self, what: &'static str, buf_len: usize, rows: usize) -> Result<(), KernelError> {
+    fn check_ext(
+        &self,
+        what: &'static str,
+        buf_len: usize,
+        rows: usize,
+    ) -> Result<(), KernelError> {
         let need = rows * self.ext_ld();
         if buf_len < need {
             return Err(KernelError::invalid(
@@ -302,7 +307,12 @@ impl GpuLoraBf16<'_> {
         );
         let mut dst = w_ext.slice_mut(k..);
         let mut l = gpu.stream().launch_builder(&f);
-        l.arg(self.b).arg(&ri).arg(&ni).arg(&ri).arg(&mut dst).arg(&ldd);
+        l.arg(self.b)
+            .arg(&ri)
+            .arg(&ni)
+            .arg(&ri)
+            .arg(&mut dst)
+            .arg(&ldd);
         // SAFETY: matches lora_copy_rows_u16; B is n x r dense, dst holds n rows of r values ldd apart (checked).
         unsafe { l.launch(elementwise(n * r)) }.map_err(cuda_err("launch lora_copy_rows_u16"))?;
         Ok(())
@@ -452,7 +462,6 @@ impl GpuLoraBf16<'_> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,7 +549,9 @@ mod tests {
                 }
                 for q in 0..r {
                     let h: f64 = (0..k)
-                        .map(|j| keep(i * k + j) * f64::from(x[i * k + j]) * f64::from(a[q * k + j]))
+                        .map(|j| {
+                            keep(i * k + j) * f64::from(x[i * k + j]) * f64::from(a[q * k + j])
+                        })
                         .sum();
                     x_ext[i * kx + k + q] = f64::from(s) * f * h;
                 }
@@ -564,7 +575,10 @@ mod tests {
             exec(&plan.dx, &dyw, &w_ext, &mut dx_ext);
             // Gradient buffers: poisoned when overwritten, holding earlier sums when accumulating.
             let (da0, db0) = if accumulate {
-                (wide(&normal_f32(seed + 6, r * k)), wide(&normal_f32(seed + 7, n * r)))
+                (
+                    wide(&normal_f32(seed + 6, r * k)),
+                    wide(&normal_f32(seed + 7, n * r)),
+                )
             } else {
                 (vec![f64::NAN; r * k], vec![f64::NAN; n * r])
             };
@@ -573,8 +587,7 @@ mod tests {
             let a_w = wide(&a);
             if p > 0.0 {
                 // lora_mask_rows_bf16, the products into t, then lora_masked_add_bf16 (alpha 1).
-                let x_masked: Vec<f64> =
-                    (0..m * k).map(|i| keep(i) * f64::from(x[i])).collect();
+                let x_masked: Vec<f64> = (0..m * k).map(|i| keep(i) * f64::from(x[i])).collect();
                 let mut t = vec![f64::NAN; m * k];
                 exec(&plan.dx_adapter, &dx_ext, &a_w, &mut t);
                 exec(&plan.da, &dx_ext, &x_masked, &mut da);
@@ -620,7 +633,11 @@ mod tests {
         for (what, prod, [a_len, b_len, c_len]) in [
             ("forward", p.forward, [2048 * kx, 4096 * kx, 2048 * 4096]),
             ("dx", p.dx, [2048 * 4096, 4096 * kx, 2048 * kx]),
-            ("dx adapter", p.dx_adapter, [2048 * kx, 64 * 14336, 2048 * 14336]),
+            (
+                "dx adapter",
+                p.dx_adapter,
+                [2048 * kx, 64 * 14336, 2048 * 14336],
+            ),
             ("dB", p.db, [2048 * 4096, 2048 * kx, 4096 * 64]),
             ("dA", p.da, [2048 * kx, 2048 * 14336, 64 * 14336]),
         ] {
@@ -630,6 +647,9 @@ mod tests {
             assert!(prod.b_offset + lb <= b_len, "{what}: B");
             assert!(prod.c_offset + lc <= c_len, "{what}: C");
         }
-        assert_eq!(p.forward.gemm.k, kx, "the adapter rides in the base GEMM's K");
+        assert_eq!(
+            p.forward.gemm.k, kx,
+            "the adapter rides in the base GEMM's K"
+        );
     }
 }

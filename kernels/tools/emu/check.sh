@@ -10,7 +10,7 @@ cuda="$here/../../cuda"
 build="${TMPDIR:-/tmp}/tandem-cuda-emu"
 mkdir -p "$build"
 status=0
-for name in "${@:-attention ops lora}"; do
+for name in "${@:-attention ops lora nf4}"; do
   for n in $name; do
     src="$build/$n.cpp"
     {
