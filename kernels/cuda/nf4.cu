@@ -321,6 +321,9 @@ NF4_GEMV4(8)
 // exactly as nf4_dequantize_bf16 does, in shared memory (rows padded to 40 values: conflict-free fragment loads);
 // each of the 8 warps owns a 64 x 32 sub-tile (4 x 4 mma tiles). A first, unpipelined version (no cp.async,
 // no ldmatrix): kept beside dequantise + cuBLAS so the benchmark can say which is faster per shape.
+// K-extended (R > 0, the LoRA layer of kernels/src/cuda/lora_fused.rs): X's rows are ldx = K + R values apart and
+// hold [x | s h]; the K steps past K read Bx (N x R bf16, dense) instead of the NF4 weight, so
+// Y = x W^T + s h B^T in one pass. R = 0 and ldx = K is the plain product. R is a multiple of 8.
 #define GBM 128
 #define GBN 128
 #define GBK 32
@@ -329,7 +332,8 @@ NF4_GEMV4(8)
 extern "C" __global__ void __launch_bounds__(256) nf4_gemm_mma_bf16(
     const u16* __restrict__ X, const u8* __restrict__ codes, const float* __restrict__ absmax,
     const u8* __restrict__ qcodes, const float* __restrict__ scales, const float* __restrict__ map, float offset,
-    int dq, const float* __restrict__ levels, u16* __restrict__ Y, int M, int N, int K) {
+    int dq, const float* __restrict__ levels, u16* __restrict__ Y, int M, int N, int K, int ldx,
+    const u16* __restrict__ Bx, int R) {
     __shared__ __align__(16) u16 As[GBM][GPAD];
     __shared__ __align__(16) u16 Bs[GBN][GPAD];
     __shared__ float lv[16];
@@ -347,18 +351,29 @@ extern "C" __global__ void __launch_bounds__(256) nf4_gemm_mma_bf16(
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += GBK) {
+    for (int k0 = 0; k0 < K + R; k0 += GBK) {
         __syncthreads();
-        // X tile: 128 rows x 32 values = 512 16-byte pieces, two per thread.
+        // X tile: 128 rows x 32 values = 512 16-byte pieces, two per thread (zeros past K + R).
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             int idx = tid + 256 * i, row = idx >> 2, piece = idx & 3;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (m0 + row < M) v = *(const uint4*)(X + (i64)(m0 + row) * K + k0 + piece * 8);
+            if (m0 + row < M && k0 + piece * 8 < K + R)
+                v = *(const uint4*)(X + (i64)(m0 + row) * ldx + k0 + piece * 8);
             *(uint4*)&As[row][piece * 8] = v;
         }
-        // W tile: 128 rows x 32 values; thread = (row, half): 8 code bytes -> 16 bf16 values.
-        {
+        if (k0 >= K) {
+            // The adapter's steps: B's tile, 128 rows x 32 values, from bf16 (zeros past R).
+            int row = tid >> 1, half = tid & 1;
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                int kk = k0 - K + half * 16 + p * 8;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (n0 + row < N && kk < R) v = *(const uint4*)(Bx + (i64)(n0 + row) * R + kk);
+                *(uint4*)&Bs[row][half * 16 + p * 8] = v;
+            }
+        } else {
+            // W tile: 128 rows x 32 values; thread = (row, half): 8 code bytes -> 16 bf16 values.
             int row = tid >> 1, half = tid & 1;
             u32 out[8];
             if (n0 + row < N) {

@@ -617,6 +617,30 @@ fn lora_k_extended_forward_and_backward_match_the_fp32_reference() {
         }
         let ey = rel_err(&from_bits(&gpu.download(&y).unwrap()), &widen(&want.y));
         let eh = rel_err(&gpu.download(&h).unwrap(), &widen(&want.h));
+        // The same forward through the mma.sync tile kernel (no W_ext), where `in` allows it.
+        let ey_tiles = if k.is_multiple_of(64) {
+            let mut x_tiles = gpu.upload(&x_host).unwrap();
+            let mut y_tiles = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+            let mut h_tiles = poisoned_f32(&gpu, m * r);
+            layer
+                .forward_ext_tiles(
+                    &gpu,
+                    &mut x_tiles,
+                    &gw,
+                    ExtForwardBuffers {
+                        h: &mut h_tiles,
+                        partial: &mut partial,
+                    },
+                    &mut y_tiles,
+                )
+                .unwrap();
+            rel_err(
+                &from_bits(&gpu.download(&y_tiles).unwrap()),
+                &widen(&want.y),
+            )
+        } else {
+            0.0
+        };
 
         let gdy = gpu.upload(&to_bits(&dy)).unwrap();
         let mut dx_ext = gpu.upload(&vec![0x7fc0u16; m * kx]).unwrap();
@@ -663,11 +687,15 @@ fn lora_k_extended_forward_and_backward_match_the_fp32_reference() {
         let eda = rel_err(&minus(gpu.download(&da).unwrap(), &da0), &widen(&grads.da));
         let edb = rel_err(&minus(gpu.download(&db).unwrap(), &db0), &widen(&grads.db));
         println!(
-            "m={m} k={k} n={n} r={r} p={p} accumulate={accumulate}: y {ey:.3e}, h {eh:.3e}, dx {edx:.3e}, \
-             dA {eda:.3e}, dB {edb:.3e}"
+            "m={m} k={k} n={n} r={r} p={p} accumulate={accumulate}: y {ey:.3e} (tiles {ey_tiles:.3e}), \
+             h {eh:.3e}, dx {edx:.3e}, dA {eda:.3e}, dB {edb:.3e}"
         );
         let case = format!("m={m} k={k} n={n} r={r} p={p}");
         assert!(ey < 1e-2, "{case}: y relative error {ey}");
+        assert!(
+            ey_tiles < 1e-2,
+            "{case}: y (tile kernel) relative error {ey_tiles}"
+        );
         assert!(eh < 1e-4, "{case}: h relative error {eh}");
         assert!(edx < 1e-2, "{case}: dx relative error {edx}");
         assert!(eda < 1e-2, "{case}: dA relative error {eda}");

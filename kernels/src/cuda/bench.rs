@@ -499,6 +499,32 @@ fn k_extended_rows(
     fr.of_ceiling = Some(fwd_ms / dense_ms - 1.0);
     fr.ceiling = "added to the cuBLAS bf16 base GEMM time".into();
     rows.push(fr);
+    if k.is_multiple_of(64) {
+        // The same through the mma.sync tile kernel: NF4 read directly, no W_ext.
+        let tiles_ms = time_median(gpu, o, |i| {
+            layer.forward_ext_tiles(
+                gpu,
+                &mut x_exts[i % copies],
+                w,
+                ExtForwardBuffers {
+                    h: &mut h,
+                    partial: &mut partial,
+                },
+                &mut y,
+            )
+        })?;
+        let mut tr = row(
+            &format!("lora_k_extended_fwd_r{r} (NF4 mma.sync tiles)"),
+            gshape.to_string(),
+            tiles_ms,
+            None,
+            Some(base_flops + 2.0 * (m * r * (k + n)) as f64),
+            ("base GEMM time", 1.0),
+        );
+        tr.of_ceiling = Some(tiles_ms / dense_ms - 1.0);
+        tr.ceiling = "added to the cuBLAS bf16 base GEMM time".into();
+        rows.push(tr);
+    }
 
     // The base layer's own backward product, dx = dy W (m x k, inner n), dense on cuBLAS.
     let dy = bf16_random(gpu, 32, m * n)?;

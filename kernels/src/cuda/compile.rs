@@ -187,7 +187,7 @@ mod tests {
         }
     }
 
-    /// ptxas's report for the attention and LoRA kernels: printed, and no kernel may spill registers to local
+    /// ptxas's report for the attention, LoRA and NF4 kernels: printed, and no kernel may spill registers to local
     /// memory.
     #[test]
     fn attention_and_lora_kernels_do_not_spill() {
@@ -196,7 +196,7 @@ mod tests {
             println!("skipped: NVRTC not found");
             return;
         }
-        for source in [&ATTENTION, &LORA] {
+        for source in [&ATTENTION, &LORA, &NF4] {
             for arch in [80, 90] {
                 let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
                     .unwrap_or_else(|e| panic!("{e}"));

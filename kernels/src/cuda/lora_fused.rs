@@ -347,6 +347,39 @@ impl GpuLoraBf16<'_> {
         unsafe { run_product::<u16>(blas, "forward", &p.forward, a, b, c) }
     }
 
+    /// The same forward with the base and adapter products in the mma.sync tile kernel
+    /// (`GpuNf4::matmul_bf16_mma_ext`): the NF4 weight is dequantised tile by tile in shared memory, so no
+    /// `W_ext` is needed; `in` must be a multiple of 64.
+    pub fn forward_ext_tiles(
+        &self,
+        gpu: &Gpu,
+        x_ext: &mut CudaSlice<u16>,
+        w: &GpuNf4,
+        bufs: ExtForwardBuffers<'_>,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
+        self.check()?;
+        let d = self.dims;
+        if (w.rows(), w.cols()) != (d.out_features, d.in_features) {
+            return Err(KernelError::invalid(
+                "w",
+                format!(
+                    "NF4 weight is {}x{}, expected {}x{}",
+                    w.rows(),
+                    w.cols(),
+                    d.out_features,
+                    d.in_features
+                ),
+            ));
+        }
+        self.check_ext("x_ext", x_ext.len(), d.tokens)?;
+        let ld = self.ext_ld();
+        self.down_partial(gpu, x_ext, ld, bufs.partial)?;
+        let mut tail = x_ext.slice_mut(d.in_features..);
+        self.down_reduce(gpu, bufs.partial, bufs.h, &mut tail, ld, self.scale)?;
+        w.matmul_bf16_mma_ext(gpu, d.tokens, x_ext, self.b, d.rank, y)
+    }
+
     /// The backward on the K-extended layout, from `dy` (`tokens x out` bf16): `dx_ext` gets dx in its left
     /// `in` columns (the right r hold g = dy B afterwards), `grads` get dA and dB. `x_ext` is what
     /// [`GpuLoraBf16::forward_ext`] left (x and s h); with dropout, `scratch` is required.

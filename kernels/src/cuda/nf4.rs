@@ -421,6 +421,44 @@ impl GpuNf4 {
         x: &CudaSlice<u16>,
         y: &mut CudaSlice<u16>,
     ) -> Result<(), KernelError> {
+        let none: CudaSlice<u16> = gpu.zeros(8)?;
+        self.launch_mma(gpu, m, x, self.cols, (&none, 0), y)
+    }
+
+    /// The K-extended product of the LoRA layer in one pass: `Y (m x rows) = x_ext [W | B]^T` where `x_ext`'s
+    /// rows are `cols + r` values apart (`[x | s h]`) and `b` is the adapter's B (`rows x r` bf16, dense), so
+    /// `Y = x W^T + s h B^T` without materialising the dequantised weight. `r` must be a multiple of 8.
+    pub fn matmul_bf16_mma_ext(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x_ext: &CudaSlice<u16>,
+        b: &CudaSlice<u16>,
+        r: usize,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
+        if r == 0 || !r.is_multiple_of(8) || b.len() < self.rows * r {
+            return Err(KernelError::invalid(
+                "b",
+                format!(
+                    "rank {r} with {} values: needs a multiple of 8 and {} x {r} values",
+                    b.len(),
+                    self.rows
+                ),
+            ));
+        }
+        self.launch_mma(gpu, m, x_ext, self.cols + r, (b, r), y)
+    }
+
+    fn launch_mma(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x: &CudaSlice<u16>,
+        ldx: usize,
+        (bx, r): (&CudaSlice<u16>, usize),
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
         if m == 0 || !self.cols.is_multiple_of(64) {
             return Err(KernelError::invalid(
                 "shape",
@@ -430,21 +468,26 @@ impl GpuNf4 {
                 ),
             ));
         }
-        if x.len() < m * self.cols || y.len() < m * self.rows {
+        if x.len() < (m - 1) * ldx + self.cols + r || y.len() < m * self.rows {
             return Err(KernelError::invalid(
                 "x/y",
-                format!("buffers too small for {m} x {}", self.cols),
+                format!(
+                    "buffers too small for {m} rows of {} values {ldx} apart",
+                    self.cols + r
+                ),
             ));
         }
         let dims = (
             i32::try_from(m),
             i32::try_from(self.rows),
             i32::try_from(self.cols),
+            i32::try_from(ldx),
+            i32::try_from(r),
         );
-        let (Ok(mi), Ok(ni), Ok(ki)) = dims else {
+        let (Ok(mi), Ok(ni), Ok(ki), Ok(ldxi), Ok(ri)) = dims else {
             return Err(KernelError::invalid(
                 "shape",
-                "m, rows and cols must fit in i32",
+                "m, rows, cols and the row stride must fit in i32",
             ));
         };
         let f = gpu.function(&NF4, "nf4_gemm_mma_bf16")?;
@@ -464,7 +507,9 @@ impl GpuNf4 {
             .arg(&a.offset)
             .arg(&a.dq);
         b.arg(&self.levels).arg(y).arg(&mi).arg(&ni).arg(&ki);
-        // SAFETY: matches nf4_gemm_mma_bf16's signature; x and y were checked to hold m*cols and m*rows values.
+        b.arg(&ldxi).arg(bx).arg(&ri);
+        // SAFETY: matches nf4_gemm_mma_bf16's signature; x holds m rows of cols + r values ldx apart, y m*rows
+        // values, bx rows*r values (or r = 0 and it is not read).
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch nf4_gemm_mma_bf16"))?;
         Ok(())
     }

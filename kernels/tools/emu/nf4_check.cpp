@@ -56,20 +56,23 @@ int main() {
         ok &= bad_flat == 0 && bad_wide == 0;
     }
     // The tensor-core tile GEMM (nf4_gemm_mma_bf16): Y = X W^T with W dequantised to bf16 tile by tile, against
-    // float64 over the same bf16 values; partial tiles in M and N, double-quantised absmax.
-    {
-        const int M = 70, N = 136, K = 128;
+    // float64 over the same bf16 values; partial tiles in M and N, double-quantised absmax. Then its K-extended
+    // form: X rows K + R apart hold [x | s h] and the last R steps read B, so Y = x W^T + s h B^T (R = 16: a
+    // partial 32-wide step).
+    for (int R : {0, 16, 32}) {
+        const int M = 70, N = 136, K = 128, ldx = K + R;
         const i64 wn = (i64)N * K, wb = (wn + 63) / 64;
         std::vector<u8> wcodes(wn / 2), wq(wb);
         for (auto& c : wcodes) c = (u8)(g() & 0xff);
         for (auto& q : wq) q = (u8)(g() & 0xff);
         std::vector<float> wscales((wb + 255) / 256, 0.03f);
         std::normal_distribution<float> nd(0.0f, 1.0f);
-        std::vector<unsigned short> X((size_t)M * K), Y((size_t)M * N, 0x7fc0);
+        std::vector<unsigned short> X((size_t)M * ldx), Bx((size_t)N * std::max(R, 1)), Y((size_t)M * N, 0x7fc0);
         for (auto& v : X) v = f32_to_bf16(nd(g));
+        for (auto& v : Bx) v = f32_to_bf16(0.1f * nd(g));
         emu_launch({(unsigned)((N + 127) / 128), (unsigned)((M + 127) / 128), 1}, {256}, 0, [&] {
             nf4_gemm_mma_bf16(X.data(), wcodes.data(), plain.data(), wq.data(), wscales.data(), map.data(), offset, 1,
-                              levels, Y.data(), M, N, K);
+                              levels, Y.data(), M, N, K, ldx, Bx.data(), R);
         });
         double num = 0, den = 0;
         bool finite = true;
@@ -80,15 +83,17 @@ int main() {
                     const i64 e = (i64)j * K + q;
                     const unsigned byte = wcodes[e >> 1], code = (e & 1) ? (byte & 15u) : (byte >> 4);
                     const float a = (map[wq[e >> 6]] * wscales[e >> 14]) + offset;
-                    acc += (double)emu_bf16(X[(size_t)i * K + q]) * emu_bf16(f32_to_bf16(levels[code] * a));
+                    acc += (double)emu_bf16(X[(size_t)i * ldx + q]) * emu_bf16(f32_to_bf16(levels[code] * a));
                 }
+                for (int q = 0; q < R; ++q)
+                    acc += (double)emu_bf16(X[(size_t)i * ldx + K + q]) * emu_bf16(Bx[(size_t)j * R + q]);
                 const double got = emu_bf16(Y[(size_t)i * N + j]);
                 finite &= std::isfinite(got);
                 num += (got - acc) * (got - acc);
                 den += acc * acc;
             }
         const double err = finite ? std::sqrt(num / den) : INFINITY;
-        std::printf("nf4_gemm_mma_bf16 M=%d N=%d K=%d: relative error %.3e (bf16 output)\n", M, N, K, err);
+        std::printf("nf4_gemm_mma_bf16 M=%d N=%d K=%d R=%d: relative error %.3e (bf16 output)\n", M, N, K, R, err);
         ok &= err < 1e-2;
     }
     std::printf(ok ? "nf4: all checks passed\n" : "nf4: FAILED\n");
