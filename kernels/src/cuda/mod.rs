@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod bench;
 pub mod compile;
+pub mod cubin_cache;
 pub mod device;
 pub mod gemm;
 pub mod gemm_choice;
