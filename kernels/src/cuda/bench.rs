@@ -194,6 +194,21 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ("copy", copy_gbs),
     ));
     drop((src, dst));
+    // Dropout keep masks for a 2048 x 4096 activation: bytes written against the copy ceiling.
+    let mask_n = o.tokens * 4096;
+    let mut mask = gpu.zeros::<u8>(mask_n)?;
+    let mask_ms = time_median(gpu, o, |i| {
+        super::ops::dropout_keep_mask(gpu, 1, i as u64, 0.1, mask_n, &mut mask)
+    })?;
+    rows.push(row(
+        "dropout_keep_mask",
+        format!("{} x 4096", o.tokens),
+        mask_ms,
+        Some(mask_n as f64),
+        None,
+        ("copy", copy_gbs),
+    ));
+    drop(mask);
     let blas = Blas::new(gpu)?;
     let nf4_gemm = Nf4Gemm::new(gpu, Nf4GemmChooser::in_memory())?;
 
