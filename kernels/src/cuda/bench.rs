@@ -1,5 +1,5 @@
 //! The kernel benchmark behind `tandem-worker bench kernels`: NF4 dequantise, GEMV and GEMM, the LoRA
-//! adapter's extra cost, and causal GQA attention (flash and naive, forward and backward), at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
+//! adapter's extra cost, the op set (`super::bench_ops`), and causal GQA attention (flash and naive, forward and backward), at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
 //! copy bandwidth, cuBLAS bf16 GEMM). Timing: CUDA events around each launch, warm-up first, the median of the
 //! repeats, inputs rotated over enough copies to overflow the L2 cache.
 
@@ -36,6 +36,9 @@ pub struct BenchOptions {
     pub shapes: Vec<(usize, usize)>,
     /// Causal GQA attention shape for the flash and naive attention rows (`None`: skip them).
     pub attention: Option<AttentionDims>,
+    /// The op-set rows (embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, AdamW, global norm) at LLaMA-3.1-8B
+    /// sizes (`super::bench_ops`).
+    pub op_set: bool,
 }
 
 impl Default for BenchOptions {
@@ -55,6 +58,7 @@ impl Default for BenchOptions {
                 kv_heads: 8,
                 head_dim: 128,
             }),
+            op_set: true,
         }
     }
 }
@@ -96,7 +100,7 @@ pub struct BenchReport {
 }
 
 /// Times `f` with CUDA events: `warmup` untimed calls, then the median of `repeats` timed ones (ms).
-fn time_median(
+pub(super) fn time_median(
     gpu: &Gpu,
     o: &BenchOptions,
     mut f: impl FnMut(usize) -> Result<(), KernelError>,
@@ -126,7 +130,7 @@ fn time_median(
 }
 
 /// Enough copies of an input of `bytes` bytes that rotating through them overflows the L2 cache (>= 2).
-fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
+pub(super) fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
     let l2 = gpu
         .context()
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
@@ -135,7 +139,7 @@ fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
     (4 * l2).div_ceil(bytes.max(1)).clamp(2, 16)
 }
 
-fn row(
+pub(super) fn row(
     kernel: &str,
     shape: String,
     ms: f64,
@@ -145,6 +149,8 @@ fn row(
 ) -> BenchRow {
     let gb = bytes.map(|b| b / (ms * 1e-3) / 1e9);
     let tf = flops.map(|f| f / (ms * 1e-3) / 1e12);
+    // Each row as it is measured, so a run cut short still leaves its figures in the log.
+    tracing::info!(kernel, shape = %shape, median_ms = ms, gb_per_s = ?gb, tflop_per_s = ?tf, "bench row");
     let of = gb.or(tf).map(|v| v / ceiling.1);
     BenchRow {
         kernel: kernel.into(),
@@ -432,6 +438,9 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         lr.of_ceiling = Some(lora_ms / dense_ms);
         lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
         rows.push(lr);
+    }
+    if o.op_set {
+        super::bench_ops::op_rows(gpu, o, copy_gbs, &mut rows)?;
     }
     if let Some(d) = o.attention {
         attention_rows(gpu, o, d, &mut rows)?;

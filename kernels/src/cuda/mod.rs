@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod bench;
+mod bench_ops;
 pub mod compile;
 pub mod cubin_cache;
 pub mod device;
