@@ -56,14 +56,15 @@ extern "C" __global__ void lora_gemm_f32(int M, int N, int K,
 
 // ---- bf16 LoRA adapter on the tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulation) -------------------------
 // C = alpha * opA B^T. opA (M x K) is bf16, row-major with leading dimension lda, optionally masked by a 0/1 byte mask
-// of the same layout (dropout; the 1 / (1 - p) goes into alpha). B (N x K) is bf16, row-major, leading dimension ldb.
-// K, lda and ldb are multiples of 8 (16-byte loads). Each 128-thread block computes a 64 x 32 tile of C; warp w owns
+// (M x K, leading dimension ldm; dropout, the 1 / (1 - p) goes into alpha). B (N x K) is bf16, row-major, leading
+// dimension ldb. K, lda, ldm and ldb are multiples of 8 (16-byte loads). Each 128-thread block computes a 64 x 32 tile of C; warp w owns
 // rows 16 w .. 16 w + 15 (four 16 x 8 mma tiles). Grid: (ceil(N / 32), ceil(M / 64), splits); split z covers
 // k in [z * kchunk, min(K, (z + 1) * kchunk)), kchunk a multiple of 32.
 //   mode 0: partial[(z * M + row) * N + col] = the split's sum (alpha not applied; lora_splitk_reduce applies it);
 //   mode 1: Y[row * ldc + col] = bf16(float(Y[row * ldc + col]) + alpha * sum) (one split).
 // The forward composes: h = dropout(x) A^T (mode 0 + reduce: h in fp32 for the backward and in bf16), then
-// y += s h B^T (mode 1) on top of the base product y = x W^T. Launchers: kernels/src/cuda/lora_bf16.rs.
+// y += s h B^T (mode 1) on top of the base product y = x W^T. Launchers: kernels/src/cuda/lora_bf16.rs. The
+// K-extended layer (kernels/src/cuda/lora_fused.rs) uses mode 0 alone and folds the up-projection into the base GEMM.
 #define LBM 64
 #define LBN 32
 #define LBK 32
@@ -75,8 +76,8 @@ __device__ __forceinline__ u32 keep_pair(u32 v, u32 m) {
 }
 
 extern "C" __global__ void __launch_bounds__(128)
-    lora_bf16_mma(int M, int N, int K, const u16* __restrict__ A, int lda, const u8* __restrict__ mask, int has_mask,
-                  const u16* __restrict__ B, int ldb, int kchunk, int mode, float alpha, float* __restrict__ partial,
+    lora_bf16_mma(int M, int N, int K, const u16* __restrict__ A, int lda, const u8* __restrict__ mask, int ldm,
+                  int has_mask, const u16* __restrict__ B, int ldb, int kchunk, int mode, float alpha, float* __restrict__ partial,
                   u16* __restrict__ Y, int ldc) {
     __shared__ __align__(16) u16 As[LBM][LPAD];
     __shared__ __align__(16) u16 Bs[LBN][LPAD];
@@ -96,10 +97,9 @@ extern "C" __global__ void __launch_bounds__(128)
             const int idx = tid + 128 * i, row = idx >> 2, piece = idx & 3, k = k0 + piece * 8;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (m0 + row < M && k < kend) {
-                const i64 o = (i64)(m0 + row) * lda + k;
-                v = *(const uint4*)(A + o);
+                v = *(const uint4*)(A + (i64)(m0 + row) * lda + k);
                 if (has_mask) {
-                    const uint2 mk = *(const uint2*)(mask + o);
+                    const uint2 mk = *(const uint2*)(mask + (i64)(m0 + row) * ldm + k);
                     v.x = keep_pair(v.x, mk.x);
                     v.y = keep_pair(v.y, mk.x >> 16);
                     v.z = keep_pair(v.z, mk.y);
@@ -151,14 +151,51 @@ extern "C" __global__ void __launch_bounds__(128)
         }
 }
 
-// out32[i] = alpha * (sum over splits z, in order, of partial[z * n + i]); out16[i] = the same in bf16.
+// out32[i] = alpha * (sum over splits z, in order, of partial[z * n + i]); out16 gets scale16 times the same in
+// bf16, element i at (i / cols) * ld16 + i % cols: rows of `cols` values `ld16` apart (cols = ld16: contiguous; the
+// K-extended LoRA layout writes s h into the right-hand columns of the activations this way).
 extern "C" __global__ void lora_splitk_reduce(const float* __restrict__ partial, int splits, i64 n, float alpha,
-                                              float* __restrict__ out32, u16* __restrict__ out16) {
+                                              float* __restrict__ out32, u16* __restrict__ out16, int cols, i64 ld16,
+                                              float scale16) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         float s = 0.0f;
         for (int z = 0; z < splits; ++z) s += partial[(i64)z * n + i];
         const float v = alpha * s;
         out32[i] = v;
-        out16[i] = f32_to_bf16(v);
+        out16[(i / cols) * ld16 + i % cols] = f32_to_bf16(scale16 * v);
+    }
+}
+
+// The small element-wise steps of the K-extended LoRA layer (kernels/src/cuda/lora_fused.rs), grid-stride over
+// rows x cols; `ld*` are row strides in elements.
+// dst[i][j] = src[i][j]: copies B (out x r) into the right-hand columns of the extended weight.
+extern "C" __global__ void lora_copy_rows_u16(const u16* __restrict__ src, int lds, int rows, int cols,
+                                              u16* __restrict__ dst, int ldd) {
+    const i64 n = (i64)rows * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const i64 r = i / cols, c = i % cols;
+        dst[r * ldd + c] = src[r * lds + c];
+    }
+}
+
+// out[i][j] = mask[i][j] ? x[i][j] : 0 (out and mask dense, rows x cols): the dropped-out activations for dA.
+extern "C" __global__ void lora_mask_rows_bf16(const u16* __restrict__ x, int ldx, const u8* __restrict__ mask,
+                                               int rows, int cols, u16* __restrict__ out) {
+    const i64 n = (i64)rows * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const i64 r = i / cols, c = i % cols;
+        out[i] = mask[i] ? x[r * ldx + c] : (u16)0;
+    }
+}
+
+// dx[i][j] = bf16(dx[i][j] + alpha * t[i][j]) where mask[i][j] is set (t and mask dense, rows x cols): the
+// adapter's share of dx under dropout.
+extern "C" __global__ void lora_masked_add_bf16(const float* __restrict__ t, const u8* __restrict__ mask, int rows,
+                                                int cols, float alpha, u16* __restrict__ dx, int ldx) {
+    const i64 n = (i64)rows * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        if (!mask[i]) continue;
+        const i64 o = (i / cols) * ldx + i % cols;
+        dx[o] = f32_to_bf16(bf16_to_f32(dx[o]) + alpha * t[i]);
     }
 }

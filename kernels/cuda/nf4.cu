@@ -87,10 +87,13 @@ __device__ __forceinline__ void store(void* out, i64 i, float v) {
 }
 
 // Each thread expands 16 code bytes (32 elements, all in one 64-block) with one 16-byte load and 16-byte stores;
-// the last, partial chunk goes element by element.
-template <int OUT>
+// the last, partial chunk goes element by element. With STRIDED, the weight is seen as rows of `cols` elements
+// and element e lands at (e / cols) * ld + e % cols, so it can fill the left columns of a wider matrix (the
+// K-extended LoRA layout); `cols` must then be a multiple of 32 (a chunk never crosses a row) and `ld` of 8.
+template <int OUT, bool STRIDED>
 __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Absmax am, i64 n,
-                                                const float* __restrict__ levels, void* __restrict__ out) {
+                                                const float* __restrict__ levels, void* __restrict__ out,
+                                                i64 cols, i64 ld) {
     __shared__ float lv[16];
     if (threadIdx.x < 16) lv[threadIdx.x] = levels[threadIdx.x];
     __syncthreads();
@@ -112,11 +115,11 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
                 }
             }
             if (OUT == 0) {
-                float4* o = (float4*)((float*)out + e0);
+                float4* o = (float4*)((float*)out + (STRIDED ? (e0 / cols) * ld + e0 % cols : e0));
 #pragma unroll
                 for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
             } else {
-                uint4* o = (uint4*)((u16*)out + e0);
+                uint4* o = (uint4*)((u16*)out + (STRIDED ? (e0 / cols) * ld + e0 % cols : e0));
 #pragma unroll
                 for (int k = 0; k < 4; ++k) {
                     u32 p[4];
@@ -134,7 +137,7 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
             for (i64 e = e0; e < n; ++e) {
                 u32 byte = codes[e >> 1];
                 u32 code = (e & 1) ? (byte & 15u) : (byte >> 4);
-                store<OUT>(out, e, __fmul_rn(lv[code], a));
+                store<OUT>(out, STRIDED ? (e / cols) * ld + e % cols : e, __fmul_rn(lv[code], a));
             }
         }
     }
@@ -146,11 +149,21 @@ __device__ __forceinline__ void dequantize_impl(const u8* __restrict__ codes, Ab
                                     const float* __restrict__ map, float offset, int dq, i64 n,                \
                                     const float* __restrict__ levels, void* __restrict__ out) {                 \
         Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
-        dequantize_impl<OUT>(codes, am, n, levels, out);                                                        \
+        dequantize_impl<OUT, false>(codes, am, n, levels, out, n, n);                                           \
     }
 NF4_DEQUANT(nf4_dequantize_f32, 0)
 NF4_DEQUANT(nf4_dequantize_bf16, 1)
 NF4_DEQUANT(nf4_dequantize_f16, 2)
+
+// The bf16 dequantisation into the left `cols` columns of a matrix whose rows are `ld` elements apart.
+extern "C" __global__ void nf4_dequantize_bf16_ld(const u8* __restrict__ codes, const float* __restrict__ absmax,
+                                                  const u8* __restrict__ qcodes, const float* __restrict__ scales,
+                                                  const float* __restrict__ map, float offset, int dq, i64 n,
+                                                  const float* __restrict__ levels, void* __restrict__ out, i64 cols,
+                                                  i64 ld) {
+    Absmax am = {absmax, qcodes, scales, map, offset, dq};
+    dequantize_impl<1, true>(codes, am, n, levels, out, cols, ld);
+}
 
 // y[b][row] = sum_k W[row][k] * x[b][k] for b < B, W an N x K NF4 matrix (K a multiple of 32), x fp32 B x K.
 // One warp per row; each lane takes 16 code bytes (32 weights, one absmax) per step, so a warp reads 512
@@ -308,6 +321,9 @@ NF4_GEMV4(8)
 // exactly as nf4_dequantize_bf16 does, in shared memory (rows padded to 40 values: conflict-free fragment loads);
 // each of the 8 warps owns a 64 x 32 sub-tile (4 x 4 mma tiles). A first, unpipelined version (no cp.async,
 // no ldmatrix): kept beside dequantise + cuBLAS so the benchmark can say which is faster per shape.
+// K-extended (R > 0, the LoRA layer of kernels/src/cuda/lora_fused.rs): X's rows are ldx = K + R values apart and
+// hold [x | s h]; the K steps past K read Bx (N x R bf16, dense) instead of the NF4 weight, so
+// Y = x W^T + s h B^T in one pass. R = 0 and ldx = K is the plain product. R is a multiple of 8.
 #define GBM 128
 #define GBN 128
 #define GBK 32
@@ -316,7 +332,8 @@ NF4_GEMV4(8)
 extern "C" __global__ void __launch_bounds__(256) nf4_gemm_mma_bf16(
     const u16* __restrict__ X, const u8* __restrict__ codes, const float* __restrict__ absmax,
     const u8* __restrict__ qcodes, const float* __restrict__ scales, const float* __restrict__ map, float offset,
-    int dq, const float* __restrict__ levels, u16* __restrict__ Y, int M, int N, int K) {
+    int dq, const float* __restrict__ levels, u16* __restrict__ Y, int M, int N, int K, int ldx,
+    const u16* __restrict__ Bx, int R) {
     __shared__ __align__(16) u16 As[GBM][GPAD];
     __shared__ __align__(16) u16 Bs[GBN][GPAD];
     __shared__ float lv[16];
@@ -334,18 +351,29 @@ extern "C" __global__ void __launch_bounds__(256) nf4_gemm_mma_bf16(
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
 
-    for (int k0 = 0; k0 < K; k0 += GBK) {
+    for (int k0 = 0; k0 < K + R; k0 += GBK) {
         __syncthreads();
-        // X tile: 128 rows x 32 values = 512 16-byte pieces, two per thread.
+        // X tile: 128 rows x 32 values = 512 16-byte pieces, two per thread (zeros past K + R).
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             int idx = tid + 256 * i, row = idx >> 2, piece = idx & 3;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (m0 + row < M) v = *(const uint4*)(X + (i64)(m0 + row) * K + k0 + piece * 8);
+            if (m0 + row < M && k0 + piece * 8 < K + R)
+                v = *(const uint4*)(X + (i64)(m0 + row) * ldx + k0 + piece * 8);
             *(uint4*)&As[row][piece * 8] = v;
         }
-        // W tile: 128 rows x 32 values; thread = (row, half): 8 code bytes -> 16 bf16 values.
-        {
+        if (k0 >= K) {
+            // The adapter's steps: B's tile, 128 rows x 32 values, from bf16 (zeros past R).
+            int row = tid >> 1, half = tid & 1;
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                int kk = k0 - K + half * 16 + p * 8;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                if (n0 + row < N && kk < R) v = *(const uint4*)(Bx + (i64)(n0 + row) * R + kk);
+                *(uint4*)&Bs[row][half * 16 + p * 8] = v;
+            }
+        } else {
+            // W tile: 128 rows x 32 values; thread = (row, half): 8 code bytes -> 16 bf16 values.
             int row = tid >> 1, half = tid & 1;
             u32 out[8];
             if (n0 + row < N) {
@@ -390,13 +418,7 @@ extern "C" __global__ void __launch_bounds__(256) nf4_gemm_mma_bf16(
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                        "{%8,%9}, {%0,%1,%2,%3};"
-                        : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
-                        : "r"(af[i][0]), "r"(af[i][1]), "r"(af[i][2]), "r"(af[i][3]), "r"(bfr[j][0]),
-                          "r"(bfr[j][1]));
+                for (int j = 0; j < 4; ++j) mma_bf16_16816(acc[i][j], af[i], bfr[j]);
         }
     }
     // Accumulator (i, j): rows g and g + 8, columns 2*tig and 2*tig + 1 of the 16 x 8 tile.

@@ -279,3 +279,33 @@ extern "C" __global__ void attention_backward_naive(const float* __restrict__ q,
     }
     if (e < D) dq[qo + e] = dqe;
 }
+
+// ---- dropout keep masks (counter-based; kernels/src/dropout.rs computes the same bits on the CPU) -------------------
+// out[i] = 1 when the top 32 bits of SplitMix64's output i + 1 from the state key are >= threshold, else 0, where
+// key = mix64(seed + mix64(stream ^ STREAM_SALT)). Each thread writes 16 consecutive bytes (one 16-byte store when
+// they are all inside n).
+__device__ __forceinline__ unsigned long long dropout_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void dropout_keep_mask(unsigned long long seed, unsigned long long stream, i64 n, u32 threshold,
+                                             u8* __restrict__ out) {
+    const unsigned long long golden = 0x9E3779B97F4A7C15ull;
+    const unsigned long long key = dropout_mix64(seed + dropout_mix64(stream ^ 0xD1B54A32D192ED03ull));
+    const i64 chunks = (n + 15) / 16;
+    for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (i64)gridDim.x * blockDim.x) {
+        const i64 i0 = c * 16;
+        u32 word[4] = {0u, 0u, 0u, 0u};
+        for (int j = 0; j < 16; ++j) {
+            const unsigned long long bits = dropout_mix64(key + (unsigned long long)(i0 + j + 1) * golden);
+            if ((u32)(bits >> 32) >= threshold) word[j >> 2] |= 1u << (8 * (j & 3));
+        }
+        if (i0 + 16 <= n) {
+            *(uint4*)(out + i0) = make_uint4(word[0], word[1], word[2], word[3]);
+        } else {
+            for (int j = 0; i0 + j < n; ++j) out[i0 + j] = (u8)((word[j >> 2] >> (8 * (j & 3))) & 1u);
+        }
+    }
+}

@@ -309,3 +309,40 @@ fn reductions_give_the_same_bits_twice() {
         );
     }
 }
+
+/// The dropout keep mask on the GPU is the CPU generator's, bit for bit, at sizes around the 16-byte chunks and
+/// at a LLaMA q-projection input (2048 x 4096, plus 3), with several probabilities; nothing past n is written.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn dropout_keep_mask_is_the_cpu_generator_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let s = seed();
+    for (i, &(n, p)) in [
+        (1usize, 0.5f32),
+        (15, 0.1),
+        (16, 0.1),
+        (17, 0.9),
+        (1000, 0.05),
+        (2048 * 4096 + 3, 0.1),
+        (4096, 0.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let stream = tandem_kernels::dropout::stream(s % (1 << 40), i as u32, 1).unwrap();
+        let want = tandem_kernels::dropout::keep_mask(s, stream, n, p).unwrap();
+        let mut out = g.upload(&vec![7u8; n + 32]).unwrap();
+        gpu_ops::dropout_keep_mask(&g, s, stream, p, n, &mut out).unwrap();
+        let got = g.download(&out).unwrap();
+        let differ = got[..n].iter().zip(&want).filter(|(a, b)| a != b).count();
+        println!("  dropout n={n} p={p}: {differ} differ");
+        assert_eq!(
+            differ, 0,
+            "n={n} p={p}: {differ} mask bytes differ from the CPU"
+        );
+        assert!(
+            got[n..].iter().all(|&b| b == 7),
+            "n={n}: wrote past the mask"
+        );
+    }
+}

@@ -12,6 +12,7 @@ use tandem_kernels::cuda::gemm::Blas;
 use tandem_kernels::cuda::gemm_choice::{GemmShape, Nf4Gemm, Nf4GemmChooser, Nf4GemmPath};
 use tandem_kernels::cuda::lora::GpuLora;
 use tandem_kernels::cuda::lora_bf16::{AdapterBuffers, GpuLoraBf16};
+use tandem_kernels::cuda::lora_fused::{DropoutScratch, ExtForwardBuffers, ExtGrads};
 use tandem_kernels::cuda::nf4::{GemvVariant, GpuNf4};
 use tandem_kernels::lora::{self, LoraDims, LoraParams};
 use tandem_kernels::nf4::{Nf4Absmax, Nf4Tensor};
@@ -512,5 +513,192 @@ fn lora_bf16_tensor_core_forward_matches_fp32_reference() {
         );
         assert!(ey < 1e-2, "m={m} k={k} n={n} r={r}: y relative error {ey}");
         assert!(eh < 1e-4, "m={m} k={k} n={n} r={r}: h relative error {eh}");
+    }
+}
+
+/// The K-extended bf16 LoRA layer (`cuda::lora_fused`): `W_ext = [W | B]` from the NF4 weight, the forward
+/// (`h` in fp32 within 1e-4, `y` within 1e-2) and the backward (dx, dA, dB within 1e-2) against the fp32
+/// reference on the same bf16-rounded inputs; with and without dropout, overwriting and accumulating the
+/// gradients, odd token counts, r up to 64. The x columns of `x_ext` keep their bits.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn lora_k_extended_forward_and_backward_match_the_fp32_reference() {
+    let Some(gpu) = gpu() else { return };
+    let s = seed();
+    let blas = Blas::new(&gpu).unwrap();
+    let to_bits = |v: &[f32]| -> Vec<u16> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect()
+    };
+    let from_bits = |v: &[u16]| -> Vec<f32> {
+        v.iter()
+            .map(|&b| half::bf16::from_bits(b).to_f32())
+            .collect()
+    };
+    let round = |v: Vec<f32>| from_bits(&to_bits(&v));
+    for (i, &(m, k, n, r, p, accumulate)) in [
+        (1usize, 64usize, 64usize, 8usize, 0.0f32, false),
+        (37, 96, 70, 16, 0.1, false),
+        (130, 256, 200, 32, 0.0, true),
+        (257, 4096, 1024, 64, 0.05, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let dims = LoraDims {
+            tokens: m,
+            in_features: k,
+            out_features: n,
+            rank: r,
+        };
+        let s = s + 2000 + 10 * i as u64;
+        let scale = 2.0f32;
+        let x = round(normal_f32(s, m * k));
+        let a = round(normal_f32(s + 1, r * k).iter().map(|v| v * 0.05).collect());
+        let b = round(normal_f32(s + 2, n * r).iter().map(|v| v * 0.05).collect());
+        let w = Nf4Tensor::quantize(&normal_f32(s + 3, n * k), n, k, true).unwrap();
+        let dy = round(normal_f32(s + 4, m * n));
+        let mask = keep_mask(s + 5, m * k, 1.0 - f64::from(p));
+        let params = LoraParams {
+            scale,
+            dropout: p,
+            keep_mask: (p > 0.0).then_some(&mask[..]),
+        };
+        let want = lora::forward_nf4(dims, &x, &w, &a, &b, params).unwrap();
+        let grads = lora::backward_nf4(dims, &x, &w, &a, &b, params, &want.h, &dy).unwrap();
+
+        let (ga, gb, gmask) = (
+            gpu.upload(&to_bits(&a)).unwrap(),
+            gpu.upload(&to_bits(&b)).unwrap(),
+            gpu.upload(&mask).unwrap(),
+        );
+        let layer = GpuLoraBf16 {
+            dims,
+            a: &ga,
+            b: &gb,
+            scale,
+            dropout: (p > 0.0).then_some((p, &gmask)),
+        };
+        let kx = layer.ext_ld();
+        let gw = GpuNf4::upload(&gpu, &w).unwrap();
+        let mut w_ext = gpu.upload(&vec![0x7fc0u16; n * kx]).unwrap();
+        layer.prepare_ext_weight(&gpu, &gw, &mut w_ext).unwrap();
+        // x in the left columns, NaN in the right ones (the forward must write s h there).
+        let mut x_host = vec![0x7fc0u16; m * kx];
+        let xb = to_bits(&x);
+        for t in 0..m {
+            x_host[t * kx..t * kx + k].copy_from_slice(&xb[t * k..(t + 1) * k]);
+        }
+        let mut x_ext = gpu.upload(&x_host).unwrap();
+        let mut h = poisoned_f32(&gpu, m * r);
+        let mut partial = poisoned_f32(&gpu, layer.partial_len());
+        let mut y = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+        layer
+            .forward_ext(
+                &gpu,
+                &blas,
+                &mut x_ext,
+                &w_ext,
+                ExtForwardBuffers {
+                    h: &mut h,
+                    partial: &mut partial,
+                },
+                &mut y,
+            )
+            .unwrap();
+        let x_after = gpu.download(&x_ext).unwrap();
+        for t in 0..m {
+            assert_eq!(
+                x_after[t * kx..t * kx + k],
+                x_host[t * kx..t * kx + k],
+                "the forward changed x in row {t}"
+            );
+        }
+        let ey = rel_err(&from_bits(&gpu.download(&y).unwrap()), &widen(&want.y));
+        let eh = rel_err(&gpu.download(&h).unwrap(), &widen(&want.h));
+        // The same forward through the mma.sync tile kernel (no W_ext), where `in` allows it.
+        let ey_tiles = if k.is_multiple_of(64) {
+            let mut x_tiles = gpu.upload(&x_host).unwrap();
+            let mut y_tiles = gpu.upload(&vec![0x7fc0u16; m * n]).unwrap();
+            let mut h_tiles = poisoned_f32(&gpu, m * r);
+            layer
+                .forward_ext_tiles(
+                    &gpu,
+                    &mut x_tiles,
+                    &gw,
+                    ExtForwardBuffers {
+                        h: &mut h_tiles,
+                        partial: &mut partial,
+                    },
+                    &mut y_tiles,
+                )
+                .unwrap();
+            rel_err(
+                &from_bits(&gpu.download(&y_tiles).unwrap()),
+                &widen(&want.y),
+            )
+        } else {
+            0.0
+        };
+
+        let gdy = gpu.upload(&to_bits(&dy)).unwrap();
+        let mut dx_ext = gpu.upload(&vec![0x7fc0u16; m * kx]).unwrap();
+        let (da0, db0) = if accumulate {
+            (normal_f32(s + 6, r * k), normal_f32(s + 7, n * r))
+        } else {
+            (vec![f32::NAN; r * k], vec![f32::NAN; n * r])
+        };
+        let mut da = gpu.upload(&da0).unwrap();
+        let mut db = gpu.upload(&db0).unwrap();
+        let mut t = poisoned_f32(&gpu, m * k);
+        let mut x_masked = gpu.upload(&vec![0x7fc0u16; m * k]).unwrap();
+        layer
+            .backward_ext(
+                &gpu,
+                &blas,
+                &x_ext,
+                &w_ext,
+                &gdy,
+                &mut dx_ext,
+                ExtGrads {
+                    da: &mut da,
+                    db: &mut db,
+                    accumulate,
+                },
+                (p > 0.0).then_some(DropoutScratch {
+                    t: &mut t,
+                    x_masked: &mut x_masked,
+                }),
+            )
+            .unwrap();
+        let dx_all = from_bits(&gpu.download(&dx_ext).unwrap());
+        let dx: Vec<f32> = (0..m)
+            .flat_map(|t| dx_all[t * kx..t * kx + k].to_vec())
+            .collect();
+        let minus = |got: Vec<f32>, base: &[f32]| -> Vec<f32> {
+            if accumulate {
+                got.iter().zip(base).map(|(g, b0)| g - b0).collect()
+            } else {
+                got
+            }
+        };
+        let edx = rel_err(&dx, &widen(&grads.dx));
+        let eda = rel_err(&minus(gpu.download(&da).unwrap(), &da0), &widen(&grads.da));
+        let edb = rel_err(&minus(gpu.download(&db).unwrap(), &db0), &widen(&grads.db));
+        println!(
+            "m={m} k={k} n={n} r={r} p={p} accumulate={accumulate}: y {ey:.3e} (tiles {ey_tiles:.3e}), \
+             h {eh:.3e}, dx {edx:.3e}, dA {eda:.3e}, dB {edb:.3e}"
+        );
+        let case = format!("m={m} k={k} n={n} r={r} p={p}");
+        assert!(ey < 1e-2, "{case}: y relative error {ey}");
+        assert!(
+            ey_tiles < 1e-2,
+            "{case}: y (tile kernel) relative error {ey_tiles}"
+        );
+        assert!(eh < 1e-4, "{case}: h relative error {eh}");
+        assert!(edx < 1e-2, "{case}: dx relative error {edx}");
+        assert!(eda < 1e-2, "{case}: dA relative error {eda}");
+        assert!(edb < 1e-2, "{case}: dB relative error {edb}");
     }
 }

@@ -1,5 +1,5 @@
 //! The kernel benchmark behind `tandem-worker bench kernels`: NF4 dequantise, GEMV and GEMM, the LoRA
-//! adapter's extra cost, and causal GQA attention (flash and naive, forward and backward), at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
+//! adapter's extra cost, the op set (`super::bench_ops`), and causal GQA attention (flash and naive, forward and backward), at LLaMA-3.1-8B shapes, against ceilings measured in the same run (device-to-device
 //! copy bandwidth, cuBLAS bf16 GEMM). Timing: CUDA events around each launch, warm-up first, the median of the
 //! repeats, inputs rotated over enough copies to overflow the L2 cache.
 
@@ -9,10 +9,11 @@ use cudarc::driver::{CudaSlice, sys};
 
 use super::attention as flash;
 use super::device::{Gpu, cuda_err};
-use super::gemm::Blas;
+use super::gemm::{Blas, RowGemm};
 use super::gemm_choice::{Nf4Gemm, Nf4GemmChooser};
 use super::lora::{Operand, gemm_f32};
 use super::lora_bf16::{AdapterBuffers, GpuLoraBf16};
+use super::lora_fused::{ExtForwardBuffers, ExtGrads};
 use super::nf4::{GemvVariant, GpuNf4};
 use crate::error::KernelError;
 use crate::lora::LoraDims;
@@ -35,6 +36,9 @@ pub struct BenchOptions {
     pub shapes: Vec<(usize, usize)>,
     /// Causal GQA attention shape for the flash and naive attention rows (`None`: skip them).
     pub attention: Option<AttentionDims>,
+    /// The op-set rows (embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, AdamW, global norm) at LLaMA-3.1-8B
+    /// sizes (`super::bench_ops`).
+    pub op_set: bool,
 }
 
 impl Default for BenchOptions {
@@ -54,6 +58,7 @@ impl Default for BenchOptions {
                 kv_heads: 8,
                 head_dim: 128,
             }),
+            op_set: true,
         }
     }
 }
@@ -95,7 +100,7 @@ pub struct BenchReport {
 }
 
 /// Times `f` with CUDA events: `warmup` untimed calls, then the median of `repeats` timed ones (ms).
-fn time_median(
+pub(super) fn time_median(
     gpu: &Gpu,
     o: &BenchOptions,
     mut f: impl FnMut(usize) -> Result<(), KernelError>,
@@ -125,7 +130,7 @@ fn time_median(
 }
 
 /// Enough copies of an input of `bytes` bytes that rotating through them overflows the L2 cache (>= 2).
-fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
+pub(super) fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
     let l2 = gpu
         .context()
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
@@ -134,7 +139,7 @@ fn copies_for(gpu: &Gpu, bytes: usize) -> usize {
     (4 * l2).div_ceil(bytes.max(1)).clamp(2, 16)
 }
 
-fn row(
+pub(super) fn row(
     kernel: &str,
     shape: String,
     ms: f64,
@@ -144,6 +149,8 @@ fn row(
 ) -> BenchRow {
     let gb = bytes.map(|b| b / (ms * 1e-3) / 1e9);
     let tf = flops.map(|f| f / (ms * 1e-3) / 1e12);
+    // Each row as it is measured, so a run cut short still leaves its figures in the log.
+    tracing::info!(kernel, shape = %shape, median_ms = ms, gb_per_s = ?gb, tflop_per_s = ?tf, "bench row");
     let of = gb.or(tf).map(|v| v / ceiling.1);
     BenchRow {
         kernel: kernel.into(),
@@ -193,6 +200,21 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         ("copy", copy_gbs),
     ));
     drop((src, dst));
+    // Dropout keep masks for a 2048 x 4096 activation: bytes written against the copy ceiling.
+    let mask_n = o.tokens * 4096;
+    let mut mask = gpu.zeros::<u8>(mask_n)?;
+    let mask_ms = time_median(gpu, o, |i| {
+        super::ops::dropout_keep_mask(gpu, 1, i as u64, 0.1, mask_n, &mut mask)
+    })?;
+    rows.push(row(
+        "dropout_keep_mask",
+        format!("{} x 4096", o.tokens),
+        mask_ms,
+        Some(mask_n as f64),
+        None,
+        ("copy", copy_gbs),
+    ));
+    drop(mask);
     let blas = Blas::new(gpu)?;
     let nf4_gemm = Nf4Gemm::new(gpu, Nf4GemmChooser::in_memory())?;
 
@@ -357,6 +379,16 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
             lr.of_ceiling = Some(ms / dense_ms);
             lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
             rows.push(lr);
+            k_extended_rows(
+                gpu,
+                o,
+                &blas,
+                &layer,
+                &ws[0],
+                (dense_ms, copy_gbs),
+                &gshape,
+                &mut rows,
+            )?;
         }
         drop((x, w_dense, c, scratch));
 
@@ -407,6 +439,9 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         lr.ceiling = "adapter time / cuBLAS bf16 base GEMM time".into();
         rows.push(lr);
     }
+    if o.op_set {
+        super::bench_ops::op_rows(gpu, o, copy_gbs, &mut rows)?;
+    }
     if let Some(d) = o.attention {
         attention_rows(gpu, o, d, &mut rows)?;
     }
@@ -416,6 +451,154 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
         copy_gb_per_s: copy_gbs,
         rows,
     })
+}
+
+/// The K-extended bf16 LoRA layer (`super::lora_fused`) at `layer`'s shape, no dropout: preparing `W_ext`
+/// (strided dequantise + copy of B; GB/s against the copy ceiling), the forward (down-projection + one GEMM with
+/// K + r) against the dense base GEMM (`of_ceiling` = what the adapter adds, as a fraction of the base), and the
+/// backward (dx and g in one GEMM, then dx's adapter part, dA and dB) against the base layer's own backward
+/// product `dx = dy W` on cuBLAS.
+#[allow(clippy::too_many_arguments)]
+fn k_extended_rows(
+    gpu: &Gpu,
+    o: &BenchOptions,
+    blas: &Blas,
+    layer: &GpuLoraBf16<'_>,
+    w: &GpuNf4,
+    (dense_ms, copy_gbs): (f64, f64),
+    gshape: &str,
+    rows: &mut Vec<BenchRow>,
+) -> Result<(), KernelError> {
+    let LoraDims {
+        tokens: m,
+        in_features: k,
+        out_features: n,
+        rank: r,
+    } = layer.dims;
+    if !k.is_multiple_of(32) {
+        return Ok(());
+    }
+    let kx = layer.ext_ld();
+    let mut w_ext = gpu.zeros::<u16>(n * kx)?;
+    let prep_ms = time_median(gpu, o, |_| layer.prepare_ext_weight(gpu, w, &mut w_ext))?;
+    rows.push(row(
+        &format!("lora_k_extended prepare W_ext r{r}"),
+        format!("{n}x{k} + {n}x{r}"),
+        prep_ms,
+        Some((w.bytes() + 2 * n * k + 4 * n * r) as f64),
+        None,
+        ("copy", copy_gbs),
+    ));
+    // The activations rotate over enough copies to overflow L2, so the down-projection's read of x is not
+    // flattered (the dense base GEMM it is compared with is arithmetic-bound).
+    let copies = copies_for(gpu, 2 * m * kx);
+    let mut x_exts: Vec<CudaSlice<u16>> = (0..copies)
+        .map(|c| bf16_random(gpu, 31 + c as u64, m * kx))
+        .collect::<Result<_, _>>()?;
+    let mut y = gpu.zeros::<u16>(m * n)?;
+    let mut h = gpu.zeros::<f32>(m * r)?;
+    let mut partial = gpu.zeros::<f32>(layer.partial_len())?;
+    let fwd_ms = time_median(gpu, o, |i| {
+        layer.forward_ext(
+            gpu,
+            blas,
+            &mut x_exts[i % copies],
+            &w_ext,
+            ExtForwardBuffers {
+                h: &mut h,
+                partial: &mut partial,
+            },
+            &mut y,
+        )
+    })?;
+    let base_flops = 2.0 * (m * n * k) as f64;
+    let mut fr = row(
+        &format!("lora_k_extended_fwd_r{r} (base + adapter)"),
+        gshape.to_string(),
+        fwd_ms,
+        None,
+        Some(base_flops + 2.0 * (m * r * (k + n)) as f64),
+        ("base GEMM time", 1.0),
+    );
+    fr.of_ceiling = Some(fwd_ms / dense_ms - 1.0);
+    fr.ceiling = "added to the cuBLAS bf16 base GEMM time".into();
+    rows.push(fr);
+    if k.is_multiple_of(64) {
+        // The same through the mma.sync tile kernel: NF4 read directly, no W_ext.
+        let tiles_ms = time_median(gpu, o, |i| {
+            layer.forward_ext_tiles(
+                gpu,
+                &mut x_exts[i % copies],
+                w,
+                ExtForwardBuffers {
+                    h: &mut h,
+                    partial: &mut partial,
+                },
+                &mut y,
+            )
+        })?;
+        let mut tr = row(
+            &format!("lora_k_extended_fwd_r{r} (NF4 mma.sync tiles)"),
+            gshape.to_string(),
+            tiles_ms,
+            None,
+            Some(base_flops + 2.0 * (m * r * (k + n)) as f64),
+            ("base GEMM time", 1.0),
+        );
+        tr.of_ceiling = Some(tiles_ms / dense_ms - 1.0);
+        tr.ceiling = "added to the cuBLAS bf16 base GEMM time".into();
+        rows.push(tr);
+    }
+
+    // The base layer's own backward product, dx = dy W (m x k, inner n), dense on cuBLAS.
+    let dy = bf16_random(gpu, 32, m * n)?;
+    let w_dense = bf16_random(gpu, 33, n * k)?;
+    let mut dx = gpu.zeros::<u16>(m * k)?;
+    let dx_gemm = RowGemm {
+        m,
+        n: k,
+        k: n,
+        a_t: false,
+        lda: n,
+        b_t: false,
+        ldb: k,
+        ldc: k,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let base_bwd_ms = time_median(gpu, o, |_| blas.gemm(gpu, &dx_gemm, &dy, &w_dense, &mut dx))?;
+    drop((dx, w_dense));
+    let mut dx_ext = gpu.zeros::<u16>(m * kx)?;
+    let mut da = gpu.zeros::<f32>(r * k)?;
+    let mut db = gpu.zeros::<f32>(n * r)?;
+    let bwd_ms = time_median(gpu, o, |_| {
+        layer.backward_ext(
+            gpu,
+            blas,
+            &x_exts[0],
+            &w_ext,
+            &dy,
+            &mut dx_ext,
+            ExtGrads {
+                da: &mut da,
+                db: &mut db,
+                accumulate: false,
+            },
+            None,
+        )
+    })?;
+    let mut br = row(
+        &format!("lora_k_extended_bwd_r{r} (dx, dA, dB)"),
+        gshape.to_string(),
+        bwd_ms,
+        None,
+        Some(base_flops + 2.0 * (m * r * (n + 2 * k) + m * n * r) as f64),
+        ("base dx GEMM time", 1.0),
+    );
+    br.of_ceiling = Some(bwd_ms / base_bwd_ms - 1.0);
+    br.ceiling = "added to the cuBLAS bf16 dx = dy W time".into();
+    rows.push(br);
+    Ok(())
 }
 
 /// Causal GQA attention at `d`: the fp32 flash kernels, the naive ones (fewer repeats: they are slow) and the bf16

@@ -193,7 +193,7 @@ mod tests {
         }
     }
 
-    /// ptxas's report for the attention and LoRA kernels: printed, and no kernel may spill registers to local
+    /// ptxas's report for the attention, LoRA and NF4 kernels: printed, and no kernel may spill registers to local
     /// memory.
     #[test]
     fn attention_and_lora_kernels_do_not_spill() {
@@ -202,7 +202,7 @@ mod tests {
             println!("skipped: NVRTC not found");
             return;
         }
-        for source in [&ATTENTION, &ATTENTION_TC, &LORA] {
+        for source in [&ATTENTION, &ATTENTION_TC, &LORA, &NF4] {
             for arch in [80, 90] {
                 let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
                     .unwrap_or_else(|e| panic!("{e}"));

@@ -1,5 +1,6 @@
 //! Finding a GPU and running kernels on it: the context and stream of device 0, its compute capability, and the
-//! modules compiled for it (once per source file, cached), plus small helpers to move data and launch.
+//! modules compiled for it (once per source file: in memory for the process, and as CUBIN files in the kernel
+//! cache folder across processes, see [`super::cubin_cache`]), plus small helpers to move data and launch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,6 +11,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::compile::{self, KernelSource};
+use super::cubin_cache::{self, CubinCache, CubinOrigin};
 use crate::error::KernelError;
 
 /// Turns any CUDA library error into a [`KernelError::Cuda`] naming the operation.
@@ -28,6 +30,7 @@ pub struct Gpu {
     arch: u32,
     name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    cubins: CubinCache,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -96,6 +99,7 @@ impl Gpu {
             arch: (major * 10 + minor) as u32,
             name,
             modules: Mutex::new(HashMap::new()),
+            cubins: CubinCache::from_env(),
         })
     }
 
@@ -130,11 +134,7 @@ impl Gpu {
             match modules.get(source.name) {
                 Some(m) => m.clone(),
                 None => {
-                    let cubin = compile::compile_cubin(source, self.arch)?;
-                    let module = self
-                        .ctx
-                        .load_module(Ptx::from_binary(cubin))
-                        .map_err(cuda_err(format!("load module {}", source.name)))?;
+                    let module = self.load(source)?;
                     modules.insert(source.name, module.clone());
                     module
                 }
@@ -143,6 +143,35 @@ impl Gpu {
         module
             .load_function(name)
             .map_err(cuda_err(format!("find kernel {name} in {}", source.name)))
+    }
+
+    /// Compiles `source` for this device, or reads it from the CUBIN cache, and loads it. A cached CUBIN the
+    /// driver refuses is deleted, compiled again and stored once more.
+    fn load(&self, source: &'static KernelSource) -> Result<Arc<CudaModule>, KernelError> {
+        let nvrtc = compile::nvrtc_version().map_err(KernelError::CudaUnavailable)?;
+        let key = cubin_cache::key(source, self.arch, &compile::options(self.arch), nvrtc);
+        let compile = || compile::compile_cubin(source, self.arch);
+        let (cubin, origin) = self
+            .cubins
+            .get_or_compile(source, self.arch, &key, compile)?;
+        tracing::debug!(source = source.name, arch = self.arch, origin = ?origin, "kernel module ready");
+        let load = |cubin: Vec<u8>| {
+            self.ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(cuda_err(format!("load module {}", source.name)))
+        };
+        match (load(cubin), origin) {
+            (Ok(m), _) => Ok(m),
+            (Err(e), CubinOrigin::Cached(path)) => {
+                tracing::warn!(file = %path.display(), error = %e, "the driver refused a cached CUBIN; compiling again");
+                let _ = std::fs::remove_file(&path);
+                let (cubin, _) = self
+                    .cubins
+                    .get_or_compile(source, self.arch, &key, compile)?;
+                load(cubin)
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// Copies host data to a new device buffer.

@@ -84,16 +84,10 @@ struct CacheEntry {
 
 const CACHE_VERSION: u32 = 1;
 
-/// The cache file's usual place: `nf4-gemm-choices.json` in `$TANDEM_KERNEL_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/tandem/kernels`, else `$HOME/.cache/tandem/kernels`; `None` when none of them is set. (The
-/// compiled NVRTC modules are cached per device in memory only, so this folder holds just this file for now.)
+/// The cache file's usual place: `nf4-gemm-choices.json` in the kernel cache folder
+/// ([`super::cubin_cache::default_dir`], beside the compiled CUBINs); `None` when no folder is known.
 pub fn default_cache_file() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    let dir = var("TANDEM_KERNEL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("tandem/kernels")))
-        .or_else(|| var("HOME").map(|d| PathBuf::from(d).join(".cache/tandem/kernels")))?;
-    Some(dir.join("nf4-gemm-choices.json"))
+    super::cubin_cache::default_dir().map(|d| d.join("nf4-gemm-choices.json"))
 }
 
 /// Chooses and remembers the faster NF4 GEMM path per shape. Timings come from the caller, so the logic runs

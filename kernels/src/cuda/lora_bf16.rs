@@ -4,7 +4,7 @@
 //! products: `h = dropout(x) A^T` (split over K, summed in a fixed order, kept in fp32 for the backward and in bf16)
 //! and `y += s h B^T`, read-modify-write on y. Checked against `crate::lora` (fp32) at the bf16 tolerance.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::compile::LORA;
 use super::device::{Gpu, blocks_for, cuda_err};
@@ -55,7 +55,11 @@ pub struct AdapterBuffers<'a> {
     pub partial: &'a mut CudaSlice<f32>,
 }
 
-fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), KernelError> {
+pub(crate) fn need<T>(
+    what: &'static str,
+    buf: &CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
     if buf.len() >= len {
         Ok(())
     } else {
@@ -66,7 +70,7 @@ fn need<T>(what: &'static str, buf: &CudaSlice<T>, len: usize) -> Result<(), Ker
     }
 }
 
-fn to_i32(v: usize, what: &'static str) -> Result<i32, KernelError> {
+pub(crate) fn to_i32(v: usize, what: &'static str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
 }
 
@@ -77,7 +81,7 @@ impl GpuLoraBf16<'_> {
         split_k(d.tokens, d.rank, d.in_features).0 * d.tokens * d.rank
     }
 
-    fn check(&self) -> Result<(), KernelError> {
+    pub(crate) fn check(&self) -> Result<(), KernelError> {
         let d = self.dims;
         if d.tokens == 0 || d.rank == 0 || d.out_features == 0 || d.in_features == 0 {
             return Err(KernelError::invalid(
@@ -127,26 +131,81 @@ impl GpuLoraBf16<'_> {
         } = self.dims;
         need("x", x, m * k)?;
         need("y", y, m * n)?;
-        need("h", bufs.h, m * r)?;
         need("h_bf16", bufs.h_bf16, m * r)?;
-        need("partial", bufs.partial, self.partial_len())?;
+        self.down_partial(gpu, x, k, bufs.partial)?;
+        let mut h16 = bufs.h_bf16.slice_mut(..);
+        self.down_reduce(gpu, bufs.partial, bufs.h, &mut h16, r, 1.0)?;
+
+        // y += s h B^T: M = tokens, N = out, K = r, one split, read-modify-write on y.
         let f = gpu.function(&LORA, "lora_bf16_mma")?;
-        let dummy: CudaSlice<u8>;
-        let (mask, has_mask, factor) = match self.dropout {
-            Some((p, mask)) => (mask, 1i32, 1.0 / (1.0 - p)),
-            None => {
-                dummy = gpu.zeros(1)?;
-                (&dummy, 0i32, 1.0f32)
-            }
-        };
-        let (mi, ni, ki, ri) = (
+        let (mi, ni, ri) = (
             to_i32(m, "tokens")?,
             to_i32(n, "out_features")?,
-            to_i32(k, "in_features")?,
             to_i32(r, "rank")?,
         );
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (kc, mode1, no_mask) = (to_i32(r.div_ceil(TILE_K) * TILE_K, "rank")?, 1i32, 0i32);
+        let dummy_mask: CudaSlice<u8> = gpu.zeros(1)?;
+        let dummy_partial: CudaSlice<f32> = gpu.zeros(1)?;
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(&mi)
+            .arg(&ni)
+            .arg(&ri)
+            .arg(&*bufs.h_bf16)
+            .arg(&ri)
+            .arg(&dummy_mask)
+            .arg(&ri)
+            .arg(&no_mask);
+        l.arg(self.b).arg(&ri).arg(&kc).arg(&mode1).arg(&self.scale);
+        l.arg(&dummy_partial).arg(y).arg(&ni);
+        // SAFETY: matches lora_bf16_mma; h_bf16 is m x r, B is n x r (ld r), y is m x n (ld n).
+        unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_bf16_mma (up)"))?;
+        Ok(())
+    }
 
-        // h = dropout(x) A^T: M = tokens, N = r, K = in, split over K.
+    /// `h = dropout(x) A^T` (x: `tokens x in`, rows `ldx` apart) on the tensor cores, split over K: the
+    /// splits' sums into `partial`; [`GpuLoraBf16::down_reduce`] adds them up.
+    pub(crate) fn down_partial(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<u16>,
+        ldx: usize,
+        partial: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        let LoraDims {
+            tokens: m,
+            in_features: k,
+            rank: r,
+            ..
+        } = self.dims;
+        need("x", x, (m - 1) * ldx + k)?;
+        need("partial", partial, self.partial_len())?;
+        if !ldx.is_multiple_of(8) {
+            return Err(KernelError::invalid(
+                "x",
+                format!("row stride {ldx} must be a multiple of 8 (16-byte loads)"),
+            ));
+        }
+        let f = gpu.function(&LORA, "lora_bf16_mma")?;
+        let dummy: CudaSlice<u8>;
+        let (mask, has_mask) = match self.dropout {
+            Some((_, mask)) => (mask, 1i32),
+            None => {
+                dummy = gpu.zeros(1)?;
+                (&dummy, 0i32)
+            }
+        };
+        let (mi, ki, ri, ldxi) = (
+            to_i32(m, "tokens")?,
+            to_i32(k, "in_features")?,
+            to_i32(r, "rank")?,
+            to_i32(ldx, "x row stride")?,
+        );
+        // M = tokens, N = r, K = in, split over K; the mask is dense (`tokens x in`, rows k apart).
         let (splits, kchunk) = split_k(m, r, k);
         let cfg = LaunchConfig {
             grid_dim: (
@@ -164,49 +223,67 @@ impl GpuLoraBf16<'_> {
             .arg(&ri)
             .arg(&ki)
             .arg(x)
-            .arg(&ki)
+            .arg(&ldxi)
             .arg(mask)
+            .arg(&ki)
             .arg(&has_mask);
         l.arg(self.a).arg(&ki).arg(&kc).arg(&mode0).arg(&one);
-        l.arg(&mut *bufs.partial).arg(&dummy16).arg(&ri);
-        // SAFETY: matches lora_bf16_mma; x is m x k, A is r x k (ld k), partial holds splits * m * r floats.
+        l.arg(&mut *partial).arg(&dummy16).arg(&ri);
+        // SAFETY: matches lora_bf16_mma; x is m rows of k values ldx apart, A is r x k (ld k), partial holds
+        // splits * m * r floats.
         unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_bf16_mma (down)"))?;
+        Ok(())
+    }
+
+    /// Sums [`GpuLoraBf16::down_partial`]'s splits in a fixed order: `h` (fp32, `tokens x r`, dense, times
+    /// 1 / (1 - p)) and `scale16 * h` in bf16 into `h16`, rows `ld16` apart.
+    pub(crate) fn down_reduce(
+        &self,
+        gpu: &Gpu,
+        partial: &CudaSlice<f32>,
+        h: &mut CudaSlice<f32>,
+        h16: &mut CudaViewMut<'_, u16>,
+        ld16: usize,
+        scale16: f32,
+    ) -> Result<(), KernelError> {
+        let LoraDims {
+            tokens: m,
+            in_features: k,
+            rank: r,
+            ..
+        } = self.dims;
+        need("h", h, m * r)?;
+        need("partial", partial, self.partial_len())?;
+        if h16.len() < (m - 1) * ld16 + r {
+            return Err(KernelError::invalid(
+                "h_bf16",
+                format!(
+                    "{} elements, rows {ld16} apart need {}",
+                    h16.len(),
+                    (m - 1) * ld16 + r
+                ),
+            ));
+        }
+        let factor = self.dropout.map_or(1.0f32, |(p, _)| 1.0 / (1.0 - p));
         let reduce = gpu.function(&LORA, "lora_splitk_reduce")?;
-        let (splits_i, count) = (to_i32(splits, "splits")?, (m * r) as i64);
+        let (splits, _) = split_k(m, r, k);
+        let (splits_i, count, ri, ld16_i) = (
+            to_i32(splits, "splits")?,
+            (m * r) as i64,
+            to_i32(r, "rank")?,
+            ld16 as i64,
+        );
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(m * r, 256).min(4096), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut l = gpu.stream().launch_builder(&reduce);
-        l.arg(&*bufs.partial)
-            .arg(&splits_i)
-            .arg(&count)
-            .arg(&factor);
-        l.arg(&mut *bufs.h).arg(&mut *bufs.h_bf16);
-        // SAFETY: matches lora_splitk_reduce; partial holds splits * m * r floats, h and h_bf16 m * r values.
+        l.arg(partial).arg(&splits_i).arg(&count).arg(&factor);
+        l.arg(&mut *h).arg(h16).arg(&ri).arg(&ld16_i).arg(&scale16);
+        // SAFETY: matches lora_splitk_reduce; partial holds splits * m * r floats, h m * r, h16 m rows of r
+        // values ld16 apart (checked above).
         unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_splitk_reduce"))?;
-
-        // y += s h B^T: M = tokens, N = out, K = r, one split, read-modify-write on y.
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (kc, mode1, no_mask) = (to_i32(r.div_ceil(TILE_K) * TILE_K, "rank")?, 1i32, 0i32);
-        let dummy_partial: CudaSlice<f32> = gpu.zeros(1)?;
-        let mut l = gpu.stream().launch_builder(&f);
-        l.arg(&mi)
-            .arg(&ni)
-            .arg(&ri)
-            .arg(&*bufs.h_bf16)
-            .arg(&ri)
-            .arg(mask)
-            .arg(&no_mask);
-        l.arg(self.b).arg(&ri).arg(&kc).arg(&mode1).arg(&self.scale);
-        l.arg(&dummy_partial).arg(y).arg(&ni);
-        // SAFETY: matches lora_bf16_mma; h_bf16 is m x r, B is n x r (ld r), y is m x n (ld n).
-        unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_bf16_mma (up)"))?;
         Ok(())
     }
 

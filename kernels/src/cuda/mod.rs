@@ -4,13 +4,16 @@
 pub mod attention;
 pub mod attention_tc;
 pub mod bench;
+mod bench_ops;
 pub mod compile;
+pub mod cubin_cache;
 pub mod device;
 pub mod gemm;
 pub mod gemm_choice;
 pub mod inventory;
 pub mod lora;
 pub mod lora_bf16;
+pub mod lora_fused;
 pub mod nf4;
 pub mod ops;
 

@@ -250,6 +250,47 @@ impl GpuNf4 {
                 format!("{} elements, needs {n}", out.len()),
             ));
         }
+        self.launch_dequantize(gpu, kernel, out, None)
+    }
+
+    /// Dequantises into bf16 rows `ld` elements apart: row `i` of the weight fills `out[i * ld .. i * ld + cols]`
+    /// and the other columns are left as they are (the K-extended LoRA layout keeps B there). Needs `cols` a
+    /// multiple of 32 and `ld` a multiple of 8, at least `cols`.
+    pub fn dequantize_bf16_rows(
+        &self,
+        gpu: &Gpu,
+        out: &mut CudaSlice<u16>,
+        ld: usize,
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = (self.rows, self.cols);
+        if !cols.is_multiple_of(32) || !ld.is_multiple_of(8) || ld < cols {
+            return Err(KernelError::invalid(
+                "ld",
+                format!(
+                    "{ld} for {rows}x{cols}: strided dequantisation needs cols a multiple of 32 and ld a \
+                     multiple of 8, at least cols"
+                ),
+            ));
+        }
+        let need = (rows - 1) * ld + cols;
+        if out.len() < need {
+            return Err(KernelError::invalid(
+                "out",
+                format!("{} elements, rows {ld} apart need {need}", out.len()),
+            ));
+        }
+        self.launch_dequantize(gpu, "nf4_dequantize_bf16_ld", out, Some(ld))
+    }
+
+    /// Launches one of the dequantise kernels; `ld` selects the strided one (sizes checked by the caller).
+    fn launch_dequantize<T>(
+        &self,
+        gpu: &Gpu,
+        kernel: &str,
+        out: &mut CudaSlice<T>,
+        ld: Option<usize>,
+    ) -> Result<(), KernelError> {
+        let n = self.len();
         let f = gpu.function(&NF4, kernel)?;
         let a = self.absmax_args();
         let n_arg = n as i64;
@@ -267,7 +308,12 @@ impl GpuNf4 {
             .arg(&a.offset)
             .arg(&a.dq);
         b.arg(&n_arg).arg(&self.levels).arg(out);
-        // SAFETY: matches the NF4_DEQUANT signature; `out` holds at least n elements of the kernel's type.
+        let (cols, ld_arg) = (self.cols as i64, ld.unwrap_or(0) as i64);
+        if ld.is_some() {
+            b.arg(&cols).arg(&ld_arg);
+        }
+        // SAFETY: matches the NF4_DEQUANT signature (plus cols and ld for nf4_dequantize_bf16_ld); `out` holds
+        // the n elements, or the rows ld apart, that the kernel writes (checked by the callers).
         unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch {kernel}")))?;
         Ok(())
     }
@@ -375,6 +421,44 @@ impl GpuNf4 {
         x: &CudaSlice<u16>,
         y: &mut CudaSlice<u16>,
     ) -> Result<(), KernelError> {
+        let none: CudaSlice<u16> = gpu.zeros(8)?;
+        self.launch_mma(gpu, m, x, self.cols, (&none, 0), y)
+    }
+
+    /// The K-extended product of the LoRA layer in one pass: `Y (m x rows) = x_ext [W | B]^T` where `x_ext`'s
+    /// rows are `cols + r` values apart (`[x | s h]`) and `b` is the adapter's B (`rows x r` bf16, dense), so
+    /// `Y = x W^T + s h B^T` without materialising the dequantised weight. `r` must be a multiple of 8.
+    pub fn matmul_bf16_mma_ext(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x_ext: &CudaSlice<u16>,
+        b: &CudaSlice<u16>,
+        r: usize,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
+        if r == 0 || !r.is_multiple_of(8) || b.len() < self.rows * r {
+            return Err(KernelError::invalid(
+                "b",
+                format!(
+                    "rank {r} with {} values: needs a multiple of 8 and {} x {r} values",
+                    b.len(),
+                    self.rows
+                ),
+            ));
+        }
+        self.launch_mma(gpu, m, x_ext, self.cols + r, (b, r), y)
+    }
+
+    fn launch_mma(
+        &self,
+        gpu: &Gpu,
+        m: usize,
+        x: &CudaSlice<u16>,
+        ldx: usize,
+        (bx, r): (&CudaSlice<u16>, usize),
+        y: &mut CudaSlice<u16>,
+    ) -> Result<(), KernelError> {
         if m == 0 || !self.cols.is_multiple_of(64) {
             return Err(KernelError::invalid(
                 "shape",
@@ -384,21 +468,26 @@ impl GpuNf4 {
                 ),
             ));
         }
-        if x.len() < m * self.cols || y.len() < m * self.rows {
+        if x.len() < (m - 1) * ldx + self.cols + r || y.len() < m * self.rows {
             return Err(KernelError::invalid(
                 "x/y",
-                format!("buffers too small for {m} x {}", self.cols),
+                format!(
+                    "buffers too small for {m} rows of {} values {ldx} apart",
+                    self.cols + r
+                ),
             ));
         }
         let dims = (
             i32::try_from(m),
             i32::try_from(self.rows),
             i32::try_from(self.cols),
+            i32::try_from(ldx),
+            i32::try_from(r),
         );
-        let (Ok(mi), Ok(ni), Ok(ki)) = dims else {
+        let (Ok(mi), Ok(ni), Ok(ki), Ok(ldxi), Ok(ri)) = dims else {
             return Err(KernelError::invalid(
                 "shape",
-                "m, rows and cols must fit in i32",
+                "m, rows, cols and the row stride must fit in i32",
             ));
         };
         let f = gpu.function(&NF4, "nf4_gemm_mma_bf16")?;
@@ -418,7 +507,9 @@ impl GpuNf4 {
             .arg(&a.offset)
             .arg(&a.dq);
         b.arg(&self.levels).arg(y).arg(&mi).arg(&ni).arg(&ki);
-        // SAFETY: matches nf4_gemm_mma_bf16's signature; x and y were checked to hold m*cols and m*rows values.
+        b.arg(&ldxi).arg(bx).arg(&ri);
+        // SAFETY: matches nf4_gemm_mma_bf16's signature; x holds m rows of cols + r values ldx apart, y m*rows
+        // values, bx rows*r values (or r = 0 and it is not read).
         unsafe { b.launch(cfg) }.map_err(cuda_err("launch nf4_gemm_mma_bf16"))?;
         Ok(())
     }

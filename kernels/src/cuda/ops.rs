@@ -509,6 +509,37 @@ pub fn adamw_step(
     Ok(())
 }
 
+/// The dropout keep mask of the first `n` elements of `stream` under `seed` (1 kept, 0 dropped) with probability
+/// `p`, into `out`: the same bits as [`crate::dropout::keep_mask`].
+pub fn dropout_keep_mask(
+    gpu: &Gpu,
+    seed: u64,
+    stream: u64,
+    p: f32,
+    n: usize,
+    out: &mut CudaSlice<u8>,
+) -> Result<(), KernelError> {
+    let threshold = crate::dropout::threshold(p)?;
+    if out.len() < n {
+        return Err(KernelError::invalid(
+            "out",
+            format!("{} bytes, the mask needs {n}", out.len()),
+        ));
+    }
+    let n64 = n as i64;
+    launch!(
+        gpu,
+        "dropout_keep_mask",
+        grid(n.div_ceil(16)),
+        &seed,
+        &stream,
+        &n64,
+        &threshold,
+        out
+    );
+    Ok(())
+}
+
 /// Blocks of the first sum-of-squares pass over `n` values (fixed by `n` alone, so the order is too).
 pub fn sum_squares_blocks(n: usize) -> usize {
     n.div_ceil(256).clamp(1, 1024)

@@ -81,6 +81,12 @@ struct alignas(8) float2 {
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+// IEEE single-precision operations rounded to nearest, never contracted (g++ -std=c++20 does not contract).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 
 // The PTX helpers of common.cuh (left out there under TANDEM_CUDA_EMU).
 inline unsigned short f32_to_bf16(float x) {  // round to nearest even; NaN stays NaN

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 static std::vector<float> normal(uint64_t seed, size_t n) {
     std::mt19937_64 g(seed);
@@ -27,6 +28,39 @@ static bool close(const char* what, const std::vector<float>& got, const std::ve
     double err = den == 0 ? std::sqrt(num) : std::sqrt(num / den);
     std::printf("  %s: relative error %.3e\n", what, err);
     return err < tol;
+}
+
+// dropout_keep_mask against the CPU generator of kernels/src/dropout.rs (written out again here from its doc:
+// SplitMix64 from key = mix64(seed + mix64(stream ^ STREAM_SALT))), plus the pinned first 64 elements of seed 42,
+// stream 7, p = 0.5 that kernels/src/dropout.rs's test holds; n = 1000 exercises the partial last chunk.
+static bool check_dropout() {
+    auto mix = [](uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    };
+    bool ok = true;
+    for (auto [seed, stream, n, p] : {std::tuple<uint64_t, uint64_t, long long, double>{42, 7, 64, 0.5},
+                                      {3, 1ull << 40, 1000, 0.1}, {9, 0, 333, 0.0}}) {
+        const uint32_t t = (uint32_t)std::min(std::round(p * 4294967296.0), 4294967295.0);
+        const uint64_t key = mix(seed + mix(stream ^ 0xD1B54A32D192ED03ull));
+        std::vector<unsigned char> out((size_t)n + 16, 7);
+        emu_launch({2}, {32}, 0, [&] { dropout_keep_mask(seed, stream, n, t, out.data()); });
+        size_t wrong = 0;
+        for (long long i = 0; i < n; ++i) {
+            const unsigned char want = (uint32_t)(mix(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull) >> 32) >= t;
+            wrong += out[i] != want;
+        }
+        for (size_t i = n; i < out.size(); ++i) wrong += out[i] != 7;  // nothing past n
+        if (seed == 42) {
+            const char* pinned = "1100100101001111000001110001101101100001010001100000111010000010";
+            for (int i = 0; i < 64; ++i) wrong += out[i] != (unsigned char)(pinned[i] - '0');
+        }
+        std::printf("  dropout mask seed %llu stream %llu n %lld p %.2f: %zu wrong\n", (unsigned long long)seed,
+                    (unsigned long long)stream, n, p, wrong);
+        ok &= wrong == 0;
+    }
+    return ok;
 }
 
 int main() {
@@ -110,6 +144,7 @@ int main() {
         std::printf("sum of squares: %.12g vs %.12g, relative error %.3e\n", out[0], want, err);
         ok &= err < 1e-12;
     }
+    ok &= check_dropout();
     std::printf(ok ? "ops: all checks passed\n" : "ops: FAILED\n");
     return ok ? 0 : 1;
 }
