@@ -40,6 +40,12 @@ pub const OPS: KernelSource = KernelSource {
     code: include_str!("../../cuda/ops.cu"),
 };
 
+/// The op set with bf16 activations (fp32 math inside): embedding, RMSNorm, RoPE, SwiGLU, cross-entropy.
+pub const OPS_BF16: KernelSource = KernelSource {
+    name: "ops_bf16.cu",
+    code: include_str!("../../cuda/ops_bf16.cu"),
+};
+
 /// Flash-style tiled causal GQA attention, forward and backward (deterministic: no atomics).
 pub const ATTENTION: KernelSource = KernelSource {
     name: "attention.cu",
@@ -53,7 +59,7 @@ pub const ATTENTION_TC: KernelSource = KernelSource {
 };
 
 /// Every source file, for the compile-everything check.
-pub const ALL: [&KernelSource; 5] = [&NF4, &LORA, &OPS, &ATTENTION, &ATTENTION_TC];
+pub const ALL: [&KernelSource; 6] = [&NF4, &LORA, &OPS, &OPS_BF16, &ATTENTION, &ATTENTION_TC];
 
 /// Whether the NVRTC library can be loaded, with its version; `Err` says why not.
 pub fn nvrtc_version() -> Result<(i32, i32), String> {
@@ -193,7 +199,7 @@ mod tests {
         }
     }
 
-    /// ptxas's report for the attention, LoRA and NF4 kernels: printed, and no kernel may spill registers to local
+    /// ptxas's report for the attention, LoRA, NF4 and bf16 op-set kernels: printed, and no kernel may spill registers to local
     /// memory.
     #[test]
     fn attention_and_lora_kernels_do_not_spill() {
@@ -202,7 +208,7 @@ mod tests {
             println!("skipped: NVRTC not found");
             return;
         }
-        for source in [&ATTENTION, &ATTENTION_TC, &LORA, &NF4] {
+        for source in [&ATTENTION, &ATTENTION_TC, &LORA, &NF4, &OPS_BF16] {
             for arch in [80, 90] {
                 let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
                     .unwrap_or_else(|e| panic!("{e}"));

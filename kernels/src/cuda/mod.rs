@@ -16,6 +16,7 @@ pub mod lora_bf16;
 pub mod lora_fused;
 pub mod nf4;
 pub mod ops;
+pub mod ops_bf16;
 
 pub use device::Gpu;
 pub use inventory::{CudaDevice, list_devices};
