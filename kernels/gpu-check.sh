@@ -45,6 +45,7 @@ step() { # name, time limit (s), command...
 step unit 60 "$bin/kernels-unit" --include-ignored
 step parity 120 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
 step ops-parity 90 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
+step ops-bf16-parity 60 "$bin/gpu-ops-bf16" --include-ignored --nocapture --test-threads=1
 step attention-parity 90 "$bin/gpu-attention" --include-ignored --nocapture --test-threads=1
 step attention-tc-parity 60 "$bin/gpu-attention-tc" --include-ignored --nocapture --test-threads=1
 if [ -x "$bin/tandem-worker" ] && "$bin/tandem-worker" bench kernels --help >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
 //! The op-set rows of the kernel benchmark: embedding, RMSNorm, RoPE, SwiGLU, cross-entropy over the LLaMA-3.1
-//! vocabulary, AdamW and the global norm over LLaMA-3.1-8B's r = 32 q/v adapters, at `tokens` tokens. All are
+//! vocabulary, AdamW and the global norm over LLaMA-3.1-8B's r = 32 q/v adapters, at `tokens` tokens; next to the
+//! fp32 rows, the bf16-activation versions (`super::ops_bf16`, rows marked "(bf16)"). All are
 //! memory-bound, so each row gives GB/s over the bytes the op must move at least (each input read once, each
 //! output written once) and the fraction of the copy ceiling. Values do not change the memory traffic, so the
 //! large inputs are constants (no host-side random generation of gigabytes); ids and targets are random.
@@ -9,6 +10,7 @@ use cudarc::driver::CudaSlice;
 use super::bench::{BenchOptions, BenchRow, copies_for, row, time_median};
 use super::device::Gpu;
 use super::ops;
+use super::ops_bf16;
 use crate::error::KernelError;
 use crate::ops::optim::AdamW;
 use crate::ops::rope::{Llama3Scaling, inv_freq};
@@ -27,6 +29,18 @@ fn filled(gpu: &Gpu, n: usize, v: f32) -> Result<CudaSlice<f32>, KernelError> {
     gpu.upload(&vec![v; n])
 }
 
+/// A constant bf16 buffer (`v` rounded to bf16).
+fn filled_bf16(gpu: &Gpu, n: usize, v: f32) -> Result<CudaSlice<u16>, KernelError> {
+    gpu.upload(&vec![half::bf16::from_f32(v).to_bits(); n])
+}
+
+/// Several copies of a constant bf16 buffer, enough to overflow L2 when rotated.
+fn rotated_bf16(gpu: &Gpu, n: usize, v: f32) -> Result<Vec<CudaSlice<u16>>, KernelError> {
+    (0..copies_for(gpu, 2 * n))
+        .map(|_| filled_bf16(gpu, n, v))
+        .collect()
+}
+
 /// Several copies of a constant buffer, enough to overflow L2 when rotated.
 fn rotated(gpu: &Gpu, n: usize, v: f32) -> Result<Vec<CudaSlice<f32>>, KernelError> {
     (0..copies_for(gpu, 4 * n))
@@ -43,6 +57,7 @@ pub(super) fn op_rows(
 ) -> Result<(), KernelError> {
     let t = o.tokens;
     let f = 4usize; // bytes per fp32
+    let b = 2usize; // bytes per bf16
     let mut push = |name: &str, shape: String, ms: f64, bytes: usize| {
         rows.push(row(
             name,
@@ -81,6 +96,18 @@ pub(super) fn op_rows(
             ms,
             t * HIDDEN * f + VOCAB * HIDDEN * f,
         );
+        drop(dtable);
+        let table = gpu.zeros::<u16>(VOCAB * HIDDEN)?;
+        let mut out = gpu.zeros::<u16>(t * HIDDEN)?;
+        let ms = time_median(gpu, o, |_| {
+            ops_bf16::embedding_forward(gpu, &table, VOCAB, &ids, t, HIDDEN, &mut out)
+        })?;
+        push(
+            "embedding_fwd (bf16)",
+            format!("{t} ids x {HIDDEN}"),
+            ms,
+            2 * t * HIDDEN * b + 4 * t,
+        );
     }
 
     // RMSNorm over t x 4096.
@@ -105,9 +132,32 @@ pub(super) fn op_rows(
         })?;
         push(
             "rmsnorm_bwd",
-            shape,
+            shape.clone(),
             ms,
             3 * t * HIDDEN * f + 2 * HIDDEN * f + t * f,
+        );
+        drop((xs, y, dx));
+        let xs = rotated_bf16(gpu, t * HIDDEN, 0.5)?;
+        let mut y = gpu.zeros::<u16>(t * HIDDEN)?;
+        let n = xs.len();
+        let ms = time_median(gpu, o, |i| {
+            ops_bf16::rmsnorm_forward(gpu, &xs[i % n], &w, t, HIDDEN, 1e-5, &mut y, &mut rstd)
+        })?;
+        push(
+            "rmsnorm_fwd (bf16)",
+            shape.clone(),
+            ms,
+            2 * t * HIDDEN * b + HIDDEN * f + t * f,
+        );
+        let mut dx = gpu.zeros::<u16>(t * HIDDEN)?;
+        let ms = time_median(gpu, o, |i| {
+            ops_bf16::rmsnorm_backward(gpu, &xs[i % n], &w, &rstd, &y, t, HIDDEN, &mut dx, &mut dw)
+        })?;
+        push(
+            "rmsnorm_bwd (bf16)",
+            shape,
+            ms,
+            3 * t * HIDDEN * b + 2 * HIDDEN * f + t * f,
         );
     }
 
@@ -142,6 +192,29 @@ pub(super) fn op_rows(
             ms,
             2 * n * f + 4 * t + HEAD_DIM / 2 * f,
         );
+        drop((xs, out));
+        let xs = rotated_bf16(gpu, n, 0.5)?;
+        let mut out = gpu.zeros::<u16>(n)?;
+        let c = xs.len();
+        let ms = time_median(gpu, o, |i| {
+            ops_bf16::rope(
+                gpu,
+                &xs[i % c],
+                &pos,
+                &freq,
+                t,
+                Q_HEADS,
+                HEAD_DIM,
+                1.0,
+                &mut out,
+            )
+        })?;
+        push(
+            "rope (bf16, Llama-3.1 scaling)",
+            format!("{t} x {Q_HEADS} heads x {HEAD_DIM}"),
+            ms,
+            2 * n * b + 4 * t + HEAD_DIM / 2 * f,
+        );
     }
 
     // SwiGLU over t x 14336.
@@ -161,7 +234,23 @@ pub(super) fn op_rows(
         let ms = time_median(gpu, o, |_| {
             ops::swiglu_backward(gpu, &gate, &up, &dy, n, &mut dg, &mut du)
         })?;
-        push("swiglu_bwd", shape, ms, 5 * n * f);
+        push("swiglu_bwd", shape.clone(), ms, 5 * n * f);
+        drop((gate, up, dy, dg, du));
+        let (gate, up, dy) = (
+            filled_bf16(gpu, n, 0.5)?,
+            filled_bf16(gpu, n, 0.25)?,
+            filled_bf16(gpu, n, 1.0)?,
+        );
+        let mut y = gpu.zeros::<u16>(n)?;
+        let ms = time_median(gpu, o, |_| {
+            ops_bf16::swiglu_forward(gpu, &gate, &up, n, &mut y)
+        })?;
+        push("swiglu_fwd (bf16)", shape.clone(), ms, 3 * n * b);
+        let (mut dg, mut du) = (gpu.zeros::<u16>(n)?, gpu.zeros::<u16>(n)?);
+        let ms = time_median(gpu, o, |_| {
+            ops_bf16::swiglu_backward(gpu, &gate, &up, &dy, n, &mut dg, &mut du)
+        })?;
+        push("swiglu_bwd (bf16)", shape, ms, 5 * n * b);
     }
 
     // Cross-entropy over the 128,256-token vocabulary, 1 in 8 targets ignored.
@@ -200,9 +289,42 @@ pub(super) fn op_rows(
         })?;
         push(
             "cross_entropy_bwd",
-            shape,
+            shape.clone(),
             ms,
             2 * t * VOCAB * f + 2 * t * f,
+        );
+        drop((logits, dlogits));
+        let logits = filled_bf16(gpu, t * VOCAB, 0.01)?;
+        let ms = time_median(gpu, o, |_| {
+            ops_bf16::cross_entropy_forward(
+                gpu, &logits, &targets, t, VOCAB, -100, &mut lse, &mut loss,
+            )
+        })?;
+        push(
+            "cross_entropy_fwd (bf16, one pass)",
+            shape.clone(),
+            ms,
+            t * VOCAB * b + 3 * t * f,
+        );
+        let mut dlogits = gpu.zeros::<u16>(t * VOCAB)?;
+        let ms = time_median(gpu, o, |_| {
+            ops_bf16::cross_entropy_backward(
+                gpu,
+                &logits,
+                &targets,
+                &lse,
+                t,
+                VOCAB,
+                -100,
+                1.0 / t as f32,
+                &mut dlogits,
+            )
+        })?;
+        push(
+            "cross_entropy_bwd (bf16)",
+            shape,
+            ms,
+            2 * t * VOCAB * b + 2 * t * f,
         );
     }
 
