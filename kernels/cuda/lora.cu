@@ -199,3 +199,16 @@ extern "C" __global__ void lora_masked_add_bf16(const float* __restrict__ t, con
         dx[o] = f32_to_bf16(bf16_to_f32(dx[o]) + alpha * t[i]);
     }
 }
+
+// hx[b][j] = scale * sum_k A[j][k] x[b][k]: the adapter's down-projection for decoding (B <= 8 fp32 vectors, A an
+// R x K bf16 matrix, dense). One warp per (b, j), lanes striding over k, then a fixed shuffle tree.
+extern "C" __global__ void lora_gemv_down(const u16* __restrict__ A, int R, int K, const float* __restrict__ x, int B,
+                                          float scale, float* __restrict__ hx) {
+    const int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= B * R) return;  // whole warps
+    const int b = warp / R, j = warp - b * R;
+    float s = 0.0f;
+    for (int k = lane; k < K; k += 32) s = fmaf(bf16_to_f32(A[(i64)j * K + k]), x[(i64)b * K + k], s);
+    s = warp_sum(s);
+    if (lane == 0) hx[b * R + j] = scale * s;
+}

@@ -237,10 +237,13 @@ NF4_GEMV(8)
 
 // The same product with R = 4 rows per warp: each x value a lane loads feeds four rows, cutting the re-reads of
 // x (from L1/L2) fourfold; the four rows' code loads are issued together. Rows past N are clamped for loading
-// and never written.
-template <int B>
+// and never written. With EXT (decoding through a LoRA adapter, kernels/src/cuda/lora_fused.rs), each row also
+// adds its R_ext extra terms Bx[row][j] * hx[b][j] (Bx: N x R_ext bf16, hx: B x R_ext fp32 = s A x): the K-extended
+// product [W | B] [x ; s h] in one pass over W.
+template <int B, bool EXT>
 __device__ __forceinline__ void gemv4_impl(const u8* __restrict__ codes, Absmax am, const float* __restrict__ x,
-                                           float* __restrict__ y, int N, int K, const float* __restrict__ levels) {
+                                           float* __restrict__ y, int N, int K, const float* __restrict__ levels,
+                                           const u16* __restrict__ Bx, int R_ext, const float* __restrict__ hx) {
     __shared__ float lv[16];
     if (threadIdx.x < 16) lv[threadIdx.x] = levels[threadIdx.x];
     __syncthreads();
@@ -288,6 +291,19 @@ __device__ __forceinline__ void gemv4_impl(const u8* __restrict__ codes, Absmax 
             }
         }
     }
+    if (EXT) {
+        for (int j = lane; j < R_ext; j += 32) {
+            float hv[B];
+#pragma unroll
+            for (int b = 0; b < B; ++b) hv[b] = hx[b * R_ext + j];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const float bw = bf16_to_f32(Bx[(i64)min(row0 + r, N - 1) * R_ext + j]);
+#pragma unroll
+                for (int b = 0; b < B; ++b) acc[r][b] = fmaf(bw, hv[b], acc[r][b]);
+            }
+        }
+    }
 #pragma unroll
     for (int r = 0; r < 4; ++r)
 #pragma unroll
@@ -304,7 +320,7 @@ __device__ __forceinline__ void gemv4_impl(const u8* __restrict__ codes, Absmax 
                                               const float* __restrict__ x, float* __restrict__ y, int N,       \
                                               int K, const float* __restrict__ levels) {                        \
         Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
-        gemv4_impl<B>(codes, am, x, y, N, K, levels);                                                           \
+        gemv4_impl<B, false>(codes, am, x, y, N, K, levels, nullptr, 0, nullptr);                               \
     }
 NF4_GEMV4(1)
 NF4_GEMV4(2)
@@ -314,6 +330,24 @@ NF4_GEMV4(5)
 NF4_GEMV4(6)
 NF4_GEMV4(7)
 NF4_GEMV4(8)
+
+#define NF4_GEMV4_LORA(B)                                                                                       \
+    extern "C" __global__ void nf4_gemv4_lora_b##B(                                                            \
+        const u8* __restrict__ codes, const float* __restrict__ absmax, const u8* __restrict__ qcodes,         \
+        const float* __restrict__ scales, const float* __restrict__ map, float offset, int dq,                 \
+        const float* __restrict__ x, float* __restrict__ y, int N, int K, const float* __restrict__ levels,    \
+        const u16* __restrict__ Bx, int R_ext, const float* __restrict__ hx) {                                 \
+        Absmax am = {absmax, qcodes, scales, map, offset, dq};                                                  \
+        gemv4_impl<B, true>(codes, am, x, y, N, K, levels, Bx, R_ext, hx);                                      \
+    }
+NF4_GEMV4_LORA(1)
+NF4_GEMV4_LORA(2)
+NF4_GEMV4_LORA(3)
+NF4_GEMV4_LORA(4)
+NF4_GEMV4_LORA(5)
+NF4_GEMV4_LORA(6)
+NF4_GEMV4_LORA(7)
+NF4_GEMV4_LORA(8)
 
 // ---- NF4 x activation product on the tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate) -----------------
 // Y (M x N, bf16) = X (M x K, bf16) W^T with W an N x K NF4 matrix, K a multiple of 64. Each 256-thread block

@@ -702,3 +702,85 @@ fn lora_k_extended_forward_and_backward_match_the_fp32_reference() {
         assert!(edb < 1e-2, "{case}: dB relative error {edb}");
     }
 }
+
+/// Decoding through the adapter (`GpuLoraBf16::decode`: `hx = s A x`, then one pass over the NF4 weight adding
+/// `B hx`) against the fp32 reference at every batch 1..8, odd row counts too, within 1e-5 (fp32 paths, bf16 A
+/// and B exactly representable).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn lora_decode_matches_the_fp32_reference() {
+    let Some(gpu) = gpu() else { return };
+    let s = seed();
+    let bits = |v: &[f32]| -> Vec<u16> {
+        v.iter()
+            .map(|&x| half::bf16::from_f32(x).to_bits())
+            .collect()
+    };
+    let round = |v: Vec<f32>| -> Vec<f32> {
+        v.into_iter()
+            .map(|x| half::bf16::from_f32(x).to_f32())
+            .collect()
+    };
+    for (i, &(n, k, r)) in [
+        (37usize, 96usize, 8usize),
+        (1000, 4096, 32),
+        (4096, 1024, 64),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for batch in 1..=8usize {
+            let s = s + 3000 + 100 * i as u64 + batch as u64;
+            let dims = LoraDims {
+                tokens: batch,
+                in_features: k,
+                out_features: n,
+                rank: r,
+            };
+            let x = normal_f32(s, batch * k);
+            let a = round(normal_f32(s + 1, r * k).iter().map(|v| v * 0.05).collect());
+            let b = round(normal_f32(s + 2, n * r).iter().map(|v| v * 0.05).collect());
+            let w = Nf4Tensor::quantize(&normal_f32(s + 3, n * k), n, k, true).unwrap();
+            let params = LoraParams {
+                scale: 2.0,
+                dropout: 0.0,
+                keep_mask: None,
+            };
+            let want = lora::forward_nf4(dims, &x, &w, &a, &b, params).unwrap();
+            let (ga, gb) = (
+                gpu.upload(&bits(&a)).unwrap(),
+                gpu.upload(&bits(&b)).unwrap(),
+            );
+            let layer = GpuLoraBf16 {
+                dims,
+                a: &ga,
+                b: &gb,
+                scale: 2.0,
+                dropout: None,
+            };
+            let gw = GpuNf4::upload(&gpu, &w).unwrap();
+            let gx = gpu.upload(&x).unwrap();
+            let mut hx = poisoned_f32(&gpu, batch * r);
+            let mut y = poisoned_f32(&gpu, batch * n);
+            layer.decode(&gpu, &gw, &gx, &mut hx, &mut y).unwrap();
+            let e = rel_err(&gpu.download(&y).unwrap(), &widen(&want.y));
+            let eh = rel_err(
+                &gpu.download(&hx).unwrap(),
+                &want
+                    .h
+                    .iter()
+                    .map(|&v| 2.0 * f64::from(v))
+                    .collect::<Vec<_>>(),
+            );
+            println!("decode n={n} k={k} r={r} batch={batch}: y {e:.3e}, s h {eh:.3e}");
+            assert!(
+                e < 1e-5,
+                "n={n} k={k} r={r} batch={batch}: y relative error {e}"
+            );
+            assert!(
+                eh < 1e-5,
+                "n={n} k={k} r={r} batch={batch}: s h relative error {eh}"
+            );
+        }
+    }
+}

@@ -276,6 +276,54 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<BenchReport, KernelError>
                 r.tflop_per_s = Some(flops / (ms * 1e-3) / 1e12);
                 rows.push(r);
             }
+            // Decoding through an r-rank adapter: s A x, then one pass over W adding B hx (the four-rows
+            // kernel). Bytes: the plain GEMV's plus A and B in bf16; the ratio is what the adapter adds to the
+            // plain four-rows GEMV.
+            let r_ = o.rank;
+            if k_in.is_multiple_of(8) && r_.is_multiple_of(8) {
+                let plain_ms = time_median(gpu, o, |i| {
+                    ws[i % copies].gemv_with(
+                        gpu,
+                        &xs[i % copies],
+                        batch,
+                        &mut y,
+                        GemvVariant::FourRowsPerWarp,
+                    )
+                })?;
+                let (a16, b16) = (
+                    bf16_random(gpu, 25, r_ * k_in)?,
+                    bf16_random(gpu, 26, n_out * r_)?,
+                );
+                let layer = GpuLoraBf16 {
+                    dims: LoraDims {
+                        tokens: batch,
+                        in_features: k_in,
+                        out_features: n_out,
+                        rank: r_,
+                    },
+                    a: &a16,
+                    b: &b16,
+                    scale: 1.0,
+                    dropout: None,
+                };
+                let mut hx = gpu.zeros::<f32>(batch * r_)?;
+                let ms = time_median(gpu, o, |i| {
+                    layer.decode(gpu, &ws[i % copies], &xs[i % copies], &mut hx, &mut y)
+                })?;
+                let bytes =
+                    (tensor_bytes + 2 * r_ * (k_in + n_out) + 4 * batch * (k_in + n_out)) as f64;
+                let mut r = row(
+                    &format!("lora_decode_b{batch}_r{r_} (gemv4 + adapter)"),
+                    shape.clone(),
+                    ms,
+                    Some(bytes),
+                    None,
+                    ("copy", copy_gbs),
+                );
+                r.of_ceiling = Some(ms / plain_ms - 1.0);
+                r.ceiling = "added to the plain nf4_gemv4 time".into();
+                rows.push(r);
+            }
         }
 
         // GEMM at M tokens: dense cuBLAS bf16 (the ceiling), then NF4 = dequantise to a bf16 scratch + cuBLAS.

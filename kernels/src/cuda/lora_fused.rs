@@ -380,6 +380,62 @@ impl GpuLoraBf16<'_> {
         w.matmul_bf16_mma_ext(gpu, d.tokens, x_ext, self.b, d.rank, y)
     }
 
+    /// Decoding through the adapter (`tokens` = batch, 1..=8 fp32 vectors of `in`, no dropout): `hx = s A x`
+    /// (`lora_gemv_down`, `hx` at least `batch x r` floats), then `y = W x + B hx` in one pass over the NF4
+    /// weight ([`GpuNf4::gemv_lora`]), the K-extended product for a few tokens. Needs `in` a multiple of 32.
+    pub fn decode(
+        &self,
+        gpu: &Gpu,
+        w: &GpuNf4,
+        x: &CudaSlice<f32>,
+        hx: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        self.check()?;
+        let LoraDims {
+            tokens: batch,
+            in_features: k,
+            out_features: n,
+            rank: r,
+        } = self.dims;
+        if self.dropout.is_some() {
+            return Err(KernelError::invalid(
+                "dropout",
+                "decoding runs without dropout; build the layer with dropout: None",
+            ));
+        }
+        if (w.rows(), w.cols()) != (n, k) {
+            return Err(KernelError::invalid(
+                "w",
+                format!("NF4 weight is {}x{}, expected {n}x{k}", w.rows(), w.cols()),
+            ));
+        }
+        need("x", x, batch * k)?;
+        need("hx", hx, batch * r)?;
+        let f = gpu.function(&LORA, "lora_gemv_down")?;
+        let (ri, ki, bi) = (
+            to_i32(r, "rank")?,
+            to_i32(k, "in_features")?,
+            to_i32(batch, "tokens")?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (blocks_for(batch * r * 32, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = gpu.stream().launch_builder(&f);
+        l.arg(self.a)
+            .arg(&ri)
+            .arg(&ki)
+            .arg(x)
+            .arg(&bi)
+            .arg(&self.scale)
+            .arg(&mut *hx);
+        // SAFETY: matches lora_gemv_down; A is r x k, x batch x k, hx batch x r (checked).
+        unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_gemv_down"))?;
+        w.gemv_lora(gpu, x, batch, (self.b, r, hx), y)
+    }
+
     /// The backward on the K-extended layout, from `dy` (`tokens x out` bf16): `dx_ext` gets dx in its left
     /// `in` columns (the right r hold g = dy B afterwards), `grads` get dA and dB. `x_ext` is what
     /// [`GpuLoraBf16::forward_ext`] left (x and s h); with dropout, `scratch` is required.

@@ -354,6 +354,48 @@ impl GpuNf4 {
         y: &mut CudaSlice<f32>,
         variant: GemvVariant,
     ) -> Result<(), KernelError> {
+        self.check_gemv(x, batch, y)?;
+        let (name, rows_per_block) = match variant {
+            GemvVariant::RowPerWarp => (format!("nf4_gemv_b{batch}"), 8),
+            GemvVariant::FourRowsPerWarp => (format!("nf4_gemv4_b{batch}"), 32),
+        };
+        self.launch_gemv(gpu, x, y, &name, rows_per_block, None)
+    }
+
+    /// Decoding through a LoRA adapter in one pass over W: `y[b] = W x[b] + B_ext hx[b]` for `batch` fp32
+    /// vectors, with `b_ext` the adapter's B (`rows x r` bf16, dense) and `hx` (`batch x r` fp32) holding
+    /// `s A x[b]` (`lora_gemv_down`). The four-rows-per-warp kernel with each row's r extra terms.
+    pub fn gemv_lora(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        (b_ext, r, hx): (&CudaSlice<u16>, usize, &CudaSlice<f32>),
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        self.check_gemv(x, batch, y)?;
+        if r == 0 || b_ext.len() < self.rows * r || hx.len() < batch * r {
+            return Err(KernelError::invalid(
+                "adapter",
+                format!(
+                    "rank {r}: B has {} values (needs {} x {r}), hx {} (needs {batch} x {r})",
+                    b_ext.len(),
+                    self.rows,
+                    hx.len()
+                ),
+            ));
+        }
+        let name = format!("nf4_gemv4_lora_b{batch}");
+        self.launch_gemv(gpu, x, y, &name, 32, Some((b_ext, r, hx)))
+    }
+
+    /// The batch and sizes every GEMV kernel needs.
+    fn check_gemv(
+        &self,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        y: &CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
         if !(1..=MAX_GEMV_BATCH).contains(&batch) {
             return Err(KernelError::invalid(
                 "batch",
@@ -378,18 +420,26 @@ impl GpuNf4 {
                 ),
             ));
         }
-        let (rows, cols) = (i32::try_from(self.rows), i32::try_from(self.cols));
-        let (Ok(rows), Ok(cols)) = (rows, cols) else {
+        if i32::try_from(self.rows).is_err() || i32::try_from(self.cols).is_err() {
             return Err(KernelError::invalid(
                 "shape",
                 "rows and cols must fit in i32",
             ));
-        };
-        let (name, rows_per_block) = match variant {
-            GemvVariant::RowPerWarp => (format!("nf4_gemv_b{batch}"), 8),
-            GemvVariant::FourRowsPerWarp => (format!("nf4_gemv4_b{batch}"), 32),
-        };
-        let f = gpu.function(&NF4, &name)?;
+        }
+        Ok(())
+    }
+
+    fn launch_gemv(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        name: &str,
+        rows_per_block: usize,
+        ext: Option<(&CudaSlice<u16>, usize, &CudaSlice<f32>)>,
+    ) -> Result<(), KernelError> {
+        let (rows, cols) = (self.rows as i32, self.cols as i32);
+        let f = gpu.function(&NF4, name)?;
         let a = self.absmax_args();
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(self.rows, rows_per_block), 1, 1),
@@ -405,7 +455,12 @@ impl GpuNf4 {
             .arg(&a.offset)
             .arg(&a.dq);
         b.arg(x).arg(y).arg(&rows).arg(&cols).arg(&self.levels);
-        // SAFETY: matches NF4_GEMV; x and y were checked to hold batch*cols and batch*rows floats.
+        let r_arg = ext.map_or(0, |(_, r, _)| r as i32);
+        if let Some((bx, _, hx)) = ext {
+            b.arg(bx).arg(&r_arg).arg(hx);
+        }
+        // SAFETY: matches NF4_GEMV / NF4_GEMV4 (and NF4_GEMV4_LORA with the adapter's three arguments); x, y and
+        // the adapter buffers were checked to hold what the kernel reads and writes.
         unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launch {name}")))?;
         Ok(())
     }

@@ -164,6 +164,27 @@ int main() {
         ok &= eh < 1e-5 && ey < 1e-2;
     }
     ok &= check_k_extended();
+    {
+        // lora_gemv_down: hx = s A x for decoding, batch 3, r = 16, K = 200 (lanes past K idle).
+        const int B = 3, R = 16, K = 200;
+        auto a = bf16_normal(21, (size_t)R * K, 0.05f);
+        std::mt19937_64 gx(22);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> x((size_t)B * K), hx((size_t)B * R, std::numeric_limits<float>::quiet_NaN());
+        for (auto& v : x) v = nd(gx);
+        emu_launch({(unsigned)((B * R * 32 + 255) / 256)}, {256}, 0,
+                   [&] { lora_gemv_down(a.data(), R, K, x.data(), B, 1.5f, hx.data()); });
+        std::vector<double> want, got(hx.begin(), hx.end());
+        for (int b = 0; b < B; ++b)
+            for (int j = 0; j < R; ++j) {
+                double s = 0;
+                for (int q = 0; q < K; ++q) s += (double)emu_bf16(a[(size_t)j * K + q]) * x[(size_t)b * K + q];
+                want.push_back(1.5 * s);
+            }
+        const double e = rel(got, want);
+        std::printf("lora_gemv_down batch %d r %d K %d: relative error %.3e\n", B, R, K, e);
+        ok &= e < 1e-5;
+    }
     std::printf(ok ? "lora: all checks passed\n" : "lora: FAILED\n");
     return ok ? 0 : 1;
 }

@@ -96,6 +96,67 @@ int main() {
         std::printf("nf4_gemm_mma_bf16 M=%d N=%d K=%d R=%d: relative error %.3e (bf16 output)\n", M, N, K, R, err);
         ok &= err < 1e-2;
     }
+    // The GEMV kernels (fp32 x and y, batch 1..8): one row per warp, four rows per warp, and four rows per warp
+    // with a LoRA adapter's extra terms (y = W x + B hx); N = 37 leaves a partial warp of rows.
+    {
+        const int N = 37, K = 96, R = 8;
+        const i64 wn = (i64)N * K, wb = (wn + 63) / 64;
+        std::vector<u8> wcodes(wn / 2);
+        for (auto& c : wcodes) c = (u8)(g() & 0xff);
+        std::vector<float> wabs(wb);
+        for (auto& a : wabs) a = 0.01f + (float)(g() % 1000) / 1000.0f;
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        for (int B : {1, 3, 8}) {
+            std::vector<float> x((size_t)B * K), hx((size_t)B * R);
+            std::vector<unsigned short> Bx((size_t)N * R);
+            for (auto& v : x) v = nd(g);
+            for (auto& v : hx) v = nd(g);
+            for (auto& v : Bx) v = f32_to_bf16(0.1f * nd(g));
+            std::vector<double> base((size_t)B * N), ext((size_t)B * N);
+            for (int b = 0; b < B; ++b)
+                for (int r = 0; r < N; ++r) {
+                    double acc = 0;
+                    for (int q = 0; q < K; ++q) {
+                        const i64 e = (i64)r * K + q;
+                        const unsigned byte = wcodes[e >> 1], code = (e & 1) ? (byte & 15u) : (byte >> 4);
+                        acc += (double)(levels[code] * wabs[e >> 6]) * x[(size_t)b * K + q];
+                    }
+                    base[(size_t)b * N + r] = acc;
+                    for (int j = 0; j < R; ++j) acc += (double)emu_bf16(Bx[(size_t)r * R + j]) * hx[(size_t)b * R + j];
+                    ext[(size_t)b * N + r] = acc;
+                }
+            auto err = [&](const std::vector<float>& got, const std::vector<double>& want) {
+                double num = 0, den = 0;
+                for (size_t i = 0; i < want.size(); ++i) {
+                    if (!std::isfinite(got[i])) return (double)INFINITY;
+                    num += (got[i] - want[i]) * (got[i] - want[i]);
+                    den += want[i] * want[i];
+                }
+                return std::sqrt(num / den);
+            };
+            const float nanf = std::numeric_limits<float>::quiet_NaN();
+            std::vector<float> y1((size_t)B * N, nanf), y4((size_t)B * N, nanf), yl((size_t)B * N, nanf);
+            auto run = [&](auto kernel, std::vector<float>& y, unsigned rows_per_block) {
+                emu_launch({(unsigned)((N + rows_per_block - 1) / rows_per_block)}, {256}, 0, [&] { kernel(y.data()); });
+            };
+#define GEMV_CASE(BB)                                                                                              \
+    case BB:                                                                                                       \
+        run([&](float* y) { nf4_gemv_b##BB(wcodes.data(), wabs.data(), nullptr, nullptr, nullptr, 0.0f, 0, x.data(), y, N, K, levels); }, y1, 8); \
+        run([&](float* y) { nf4_gemv4_b##BB(wcodes.data(), wabs.data(), nullptr, nullptr, nullptr, 0.0f, 0, x.data(), y, N, K, levels); }, y4, 32); \
+        run([&](float* y) { nf4_gemv4_lora_b##BB(wcodes.data(), wabs.data(), nullptr, nullptr, nullptr, 0.0f, 0, x.data(), y, N, K, levels, Bx.data(), R, hx.data()); }, yl, 32); \
+        break;
+            switch (B) {
+                GEMV_CASE(1)
+                GEMV_CASE(3)
+                GEMV_CASE(8)
+            }
+#undef GEMV_CASE
+            const double e1 = err(y1, base), e4 = err(y4, base), el = err(yl, ext);
+            std::printf("nf4 GEMV batch %d, %dx%d: row per warp %.3e, four rows %.3e, four rows + LoRA r=%d %.3e\n", B, N,
+                        K, e1, e4, R, el);
+            ok &= e1 < 1e-5 && e4 < 1e-5 && el < 1e-5;
+        }
+    }
     std::printf(ok ? "nf4: all checks passed\n" : "nf4: FAILED\n");
     return ok ? 0 : 1;
 }
