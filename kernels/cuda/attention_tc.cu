@@ -286,20 +286,34 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // ---- backward, step 2: dK and dV (fp32) of one key tile of 64 (one kv head, one sequence); warp w owns keys
-// 16 w .. 16 w + 15 of it. The block loops, in a fixed order, over the q heads of the kv head's group and, for each,
-// over the query tiles of 32 at or after the key tile; Q, dO, lse and delta of the next query tile are in flight
-// (cp.async, two stages) while the current one is used. Per query tile, on the tensor cores (all 16 x 8 tiles):
+// 16 w .. 16 w + 15 of it. The block loops, in a fixed order, over the iterations it0 .. it1 - 1 of the key tile's
+// iteration space: iteration it is query tile it % nq (of 32, from the key tile on) of q head it / nq of the kv
+// head's group; Q, dO, lse and delta of the next query tile are in flight (cp.async, two stages) while the current
+// one is used. Per query tile, on the tensor cores (all 16 x 8 tiles):
 //   S^T = K Q^T and dP^T = V dO^T (A fragments of K and V by ldmatrix, B of Q and dO by ldmatrix),
 //   P^T = exp(S^T scale - lse) (0 where query < key or query >= T), dS^T = P^T (dP^T - delta) scale,
 //   dV += P^T dO and dK += dS^T Q (P^T and dS^T as bf16 A fragments from the accumulators, dO and Q by
-//   ldmatrix.trans). Each block owns its dK/dV rows: no atomics. Grid: (ceil(T / 64), Hkv, B), 128 threads.
+//   ldmatrix.trans). Key row r (< 64) of the tile, if k0 + r < T, is written to dk_out / dv_out + r * stride.
+// The unsplit kernel runs the whole space (0 .. group * nq) and writes dk, dv directly; the chunked one runs one
+// chunk of at most TC_CHUNK iterations and writes an fp32 partial. No atomics.
 // Dynamic shared memory (bytes): (2 * 64 + 2 * 2 * 32) * (DMAX + 8) * 2 + 2 * 64 * 4.
+#define TC_CHUNK 32  // iterations (query tiles of 32 of one q head) per work item of the chunked dK/dV kernel
+
+// The iteration count of key tile kt (query tiles of 32 from its first key, times the group) and its chunk count.
+__device__ __forceinline__ int tc_dkdv_iters(int kt, int T, int group) {
+    return group * ((T - kt * TC_TILE + 31) / 32);
+}
+__device__ __forceinline__ int tc_dkdv_chunks(int kt, int T, int group) {
+    return (tc_dkdv_iters(kt, T, group) + TC_CHUNK - 1) / TC_CHUNK;
+}
+
 template <int DMAX>
 __device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q, const u16* __restrict__ k,
                                                        const u16* __restrict__ v, const u16* __restrict__ dout,
                                                        const float* __restrict__ lse, const float* __restrict__ delta,
-                                                       int T, int Hq, int Hkv, int D, float* __restrict__ dk,
-                                                       float* __restrict__ dv) {
+                                                       int T, int Hq, int Hkv, int D, int kt, int kh, int b, int it0,
+                                                       int it1, float* __restrict__ dk_out,
+                                                       float* __restrict__ dv_out, i64 stride) {
     constexpr int SD = DMAX + TC_PAD, KT = TC_TILE * SD, QT = 32 * SD, KS = DMAX / 16, NT = DMAX / 8;
     extern __shared__ float smem[];
     u16* sK = (u16*)smem;                // 64 x SD
@@ -307,10 +321,9 @@ __device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q
     u16* sQ = sV + KT;                   // stage s: Q tile at sQ + 2 s QT, dO tile right after it (32 x SD each)
     float* sLD = (float*)(sQ + 4 * QT);  // stage s: 32 lse (times log2 e), then 32 delta, at sLD + 64 s
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-    const int kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
-    const int k0 = blockIdx.x * TC_TILE;
+    const int group = Hq / Hkv;
+    const int k0 = kt * TC_TILE;
     const int nq = (T - k0 + 31) / 32;  // query tiles of 32 from k0: queries before k0 see none of these keys
-    const int iters = group * nq;
     const float scale = 1.0f / sqrtf((float)D);
     const float log2e = 1.4426950408889634f, sl2 = scale * log2e;
 
@@ -327,7 +340,7 @@ __device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q
     };
     tc_load_tile<TC_TILE, DMAX>(sK, k, b, k0, T, Hkv, kh, D);
     tc_load_tile<TC_TILE, DMAX>(sV, v, b, k0, T, Hkv, kh, D);
-    load_queries(0, 0);
+    load_queries(it0, it0 & 1);
     cp_async_commit();
 
     float dK[NT][4], dV[NT][4];
@@ -343,9 +356,9 @@ __device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q
     const int b_off = ((lane & 7) + 8 * (lane >> 4)) * SD + 8 * ((lane >> 3) & 1);
     const int bt_off = ((lane & 7) + 8 * ((lane >> 3) & 1)) * SD + 8 * (lane >> 4);
 
-    for (int it = 0; it < iters; ++it) {
+    for (int it = it0; it < it1; ++it) {
         const int hh = it / nq, q0 = k0 + 32 * (it - hh * nq);
-        if (it + 1 < iters) {  // prefetch the next query tile into the other stage (freed by the barrier below)
+        if (it + 1 < it1) {  // prefetch the next query tile into the other stage (freed by the barrier below)
             load_queries(it + 1, (it + 1) & 1);
             cp_async_commit();
             cp_async_wait<1>();
@@ -419,22 +432,98 @@ __device__ __forceinline__ void flash_tc_backward_dkdv(const u16* __restrict__ q
         __syncthreads();  // everyone is done with this stage before the next prefetch overwrites it
     }
     if (key0 < T) {
-        const i64 o = (((i64)b * T + key0) * Hkv + kh) * D + 2 * t4;
+        const i64 o = (key0 - k0) * stride + 2 * t4;
 #pragma unroll
         for (int n = 0; n < NT; ++n)
             if (8 * n < D) {
-                *(float2*)(dk + o + 8 * n) = make_float2(dK[n][0], dK[n][1]);
-                *(float2*)(dv + o + 8 * n) = make_float2(dV[n][0], dV[n][1]);
+                *(float2*)(dk_out + o + 8 * n) = make_float2(dK[n][0], dK[n][1]);
+                *(float2*)(dv_out + o + 8 * n) = make_float2(dV[n][0], dV[n][1]);
             }
     }
     if (key1 < T) {
-        const i64 o = (((i64)b * T + key1) * Hkv + kh) * D + 2 * t4;
+        const i64 o = (key1 - k0) * stride + 2 * t4;
 #pragma unroll
         for (int n = 0; n < NT; ++n)
             if (8 * n < D) {
-                *(float2*)(dk + o + 8 * n) = make_float2(dK[n][2], dK[n][3]);
-                *(float2*)(dv + o + 8 * n) = make_float2(dV[n][2], dV[n][3]);
+                *(float2*)(dk_out + o + 8 * n) = make_float2(dK[n][2], dK[n][3]);
+                *(float2*)(dv_out + o + 8 * n) = make_float2(dV[n][2], dV[n][3]);
             }
+    }
+}
+
+// The unsplit dK/dV: one block per (key tile, kv head, sequence) runs the tile's whole iteration space and writes
+// dk and dv. Grid: (ceil(T / 64), Hkv, B), 128 threads.
+template <int DMAX>
+__device__ __forceinline__ void flash_tc_backward_dkdv_whole(const u16* __restrict__ q, const u16* __restrict__ k,
+                                                             const u16* __restrict__ v, const u16* __restrict__ dout,
+                                                             const float* __restrict__ lse,
+                                                             const float* __restrict__ delta, int T, int Hq, int Hkv,
+                                                             int D, float* __restrict__ dk, float* __restrict__ dv) {
+    const int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
+    const i64 o = (((i64)b * T + (i64)kt * TC_TILE) * Hkv + kh) * D;
+    flash_tc_backward_dkdv<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, kt, kh, b, 0,
+                                 tc_dkdv_iters(kt, T, Hq / Hkv), dk + o, dv + o, (i64)Hkv * D);
+}
+
+// The balanced (chunked) dK/dV. Each key tile's iteration space is cut into chunks of TC_CHUNK iterations (the
+// last one shorter); the work items (key tile kt, chunk c) of one (kv head, sequence) are numbered key tile by key
+// tile, chunk by chunk: item = tc_dkdv_first_item(kt) + c. Block (item, kv head, sequence) runs its chunk and
+// writes the fp32 partials of the tile's 64 key rows (rows past T are not written) to
+//   partials[((b * Hkv + kh) * items + item) * 64 * D + r * D + e]       (dK),
+// and the same index plus B * Hkv * items * 64 * D (dV). Every block runs at most TC_CHUNK iterations, so the grid
+// is balanced to within one chunk (list scheduling: the slowest slot ends at most one item after the average).
+// Grid: (items, Hkv, B), 128 threads; items = tc_dkdv_first_item(ceil(T / 64)).
+__device__ __forceinline__ int tc_dkdv_first_item(int kt, int T, int group) {
+    int n = 0;
+    for (int j = 0; j < kt; ++j) n += tc_dkdv_chunks(j, T, group);
+    return n;
+}
+template <int DMAX>
+__device__ __forceinline__ void flash_tc_backward_dkdv_chunk(const u16* __restrict__ q, const u16* __restrict__ k,
+                                                             const u16* __restrict__ v, const u16* __restrict__ dout,
+                                                             const float* __restrict__ lse,
+                                                             const float* __restrict__ delta, int T, int Hq, int Hkv,
+                                                             int D, float* __restrict__ partials) {
+    const int item = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv, tiles = (T + TC_TILE - 1) / TC_TILE;
+    // The key tile of this item: the first whose items reach past it (a short integer loop, the same in every thread).
+    int kt = 0, first = 0;
+    while (kt + 1 < tiles && first + tc_dkdv_chunks(kt, T, group) <= item) {
+        first += tc_dkdv_chunks(kt, T, group);
+        ++kt;
+    }
+    const int c = item - first, iters = tc_dkdv_iters(kt, T, group);
+    const int it0 = c * TC_CHUNK, it1 = min(iters, it0 + TC_CHUNK);
+    const int items = gridDim.x;
+    const i64 tile_elems = (i64)TC_TILE * D;
+    const i64 o = ((i64)b * Hkv + kh) * items * tile_elems + (i64)item * tile_elems;
+    const i64 dv_off = (i64)gridDim.z * Hkv * items * tile_elems;
+    flash_tc_backward_dkdv<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, kt, kh, b, it0, it1, partials + o,
+                                 partials + dv_off + o, (i64)D);
+}
+
+// The reduce of the balanced dK/dV: one block of 256 threads per (key tile, kv head, sequence) sums, for each
+// element of the tile's rows below T, the partials of the tile's chunks in chunk order (starting from chunk 0's
+// value, so a tile of one chunk gets the chunk's bits), and writes dk and dv. Reads only the chunks the tile has.
+// Grid: (ceil(T / 64), Hkv, B).
+extern "C" __global__ void __launch_bounds__(256)
+    flash_attention_tc_backward_dkdv_reduce(const float* __restrict__ partials, int T, int Hq, int Hkv, int D,
+                                            int items, float* __restrict__ dk, float* __restrict__ dv) {
+    const int kt = blockIdx.x, kh = blockIdx.y, b = blockIdx.z, group = Hq / Hkv;
+    const int first = tc_dkdv_first_item(kt, T, group), n = tc_dkdv_chunks(kt, T, group);
+    const int rows = min(TC_TILE, T - kt * TC_TILE);
+    const i64 tile_elems = (i64)TC_TILE * D;
+    const float* pk = partials + (((i64)b * Hkv + kh) * items + first) * tile_elems;
+    const float* pv = pk + (i64)gridDim.z * Hkv * items * tile_elems;
+    for (int i = threadIdx.x; i < rows * D; i += 256) {
+        float sk = pk[i], sv = pv[i];
+        for (int c = 1; c < n; ++c) {
+            sk += pk[c * tile_elems + i];
+            sv += pv[c * tile_elems + i];
+        }
+        const int r = i / D, e = i - r * D;
+        const i64 o = (((i64)b * T + kt * TC_TILE + r) * Hkv + kh) * D + e;
+        dk[o] = sk;
+        dv[o] = sv;
     }
 }
 
@@ -581,7 +670,13 @@ __device__ __forceinline__ void flash_tc_backward_dq(const u16* __restrict__ q, 
         const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
         const u16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta, int T,      \
         int Hq, int Hkv, int D, float* __restrict__ dk, float* __restrict__ dv) {                                 \
-        flash_tc_backward_dkdv<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, dk, dv);                           \
+        flash_tc_backward_dkdv_whole<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, dk, dv);                     \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_backward_dkdv_chunk_d##DMAX(    \
+        const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \
+        const u16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta, int T,      \
+        int Hq, int Hkv, int D, float* __restrict__ partials) {                                                   \
+        flash_tc_backward_dkdv_chunk<DMAX>(q, k, v, dout, lse, delta, T, Hq, Hkv, D, partials);                   \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, 1) flash_attention_tc_backward_dq_d##DMAX(            \
         const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,                          \

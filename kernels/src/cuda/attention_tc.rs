@@ -1,7 +1,8 @@
 //! Tensor-core flash attention on the GPU (`kernels/cuda/attention_tc.cu`): causal GQA with bf16 q, k, v, out and
 //! dout (raw `u16` bits), an fp32 log-sum-exp per query row, fp32 accumulation, every product on mma.sync
 //! m16n8k16. The forward writes bf16 out; the deterministic backward (no atomics: delta = dout . out, then dK/dV
-//! per key tile, then dQ per query tile) writes fp32 dq, dk, dv. Head sizes: multiples of 16 up to 128. Same
+//! per key tile, unsplit or balanced in chunks with a fixed-order reduce, then dQ per query tile) writes fp32 dq,
+//! dk, dv. Head sizes: multiples of 16 up to 128. Same
 //! layout as the fp32 kernels of [`super::attention`]; checked against `crate::ops::attention` by the GPU parity
 //! test `tests/gpu_attention_tc_parity.rs`.
 
@@ -22,17 +23,25 @@ const TILE: usize = 64;
 const PAD: usize = 8;
 /// The largest head size the kernels take.
 pub const MAX_HEAD_DIM: usize = 128;
+/// Iterations (query tiles of 32 of one q head) per work item of the balanced dK/dV kernel (`TC_CHUNK` in
+/// attention_tc.cu). 32 keeps the longest block at 32 iterations (at T = 2048, 32/8 heads: 144 work items per kv
+/// head against 256 iterations for the unsplit kernel's first key tile) while the fp32 partials stay at 2 x 64 x D
+/// floats per work item; 16 would halve the last wave but double the partials' traffic (README, prediction).
+pub const DKDV_CHUNK: usize = 32;
+/// Threads per block of the balanced dK/dV's reduce.
+const REDUCE_THREADS: u32 = 256;
 
 /// The compiled head-size bound for `head_dim`: 64 or 128.
 fn dmax_for(head_dim: usize) -> usize {
     if head_dim <= 64 { 64 } else { 128 }
 }
 
-/// The three tiled kernels (the delta kernel uses no dynamic shared memory).
+/// The tiled kernels (the delta and reduce kernels use no dynamic shared memory).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Forward,
     BackwardDkDv,
+    BackwardDkDvChunk,
     BackwardDq,
 }
 
@@ -42,6 +51,7 @@ impl Kernel {
         let stem = match self {
             Kernel::Forward => "flash_attention_tc_forward",
             Kernel::BackwardDkDv => "flash_attention_tc_backward_dkdv",
+            Kernel::BackwardDkDvChunk => "flash_attention_tc_backward_dkdv_chunk",
             Kernel::BackwardDq => "flash_attention_tc_backward_dq",
         };
         format!("{stem}_d{dmax}")
@@ -54,7 +64,10 @@ impl Kernel {
             // Two stages of a K and a V tile of 64 rows.
             Kernel::Forward => 2 * 2 * TILE * row,
             // K and V of 64 rows, two stages of a Q and a dO tile of 32 rows, two stages of 32 lse + 32 delta.
-            Kernel::BackwardDkDv => (2 * TILE + 2 * 2 * 32) * row + 2 * 64 * 4,
+            // (The chunked kernel runs the same body.)
+            Kernel::BackwardDkDv | Kernel::BackwardDkDvChunk => {
+                (2 * TILE + 2 * 2 * 32) * row + 2 * 64 * 4
+            }
             // Two stages of a K and a V tile of 32 rows.
             Kernel::BackwardDq => 2 * 2 * 32 * row,
         }
@@ -63,10 +76,75 @@ impl Kernel {
     /// Blocks along the grid's y axis: q heads, except for dK/dV (one block per kv head).
     fn heads(self, d: &AttentionDims) -> usize {
         match self {
-            Kernel::BackwardDkDv => d.kv_heads,
+            Kernel::BackwardDkDv | Kernel::BackwardDkDvChunk => d.kv_heads,
             Kernel::Forward | Kernel::BackwardDq => d.q_heads,
         }
     }
+
+    /// Blocks along the grid's x axis: tiles of 64 rows, except for the chunked dK/dV (one block per work item).
+    fn blocks_x(self, d: &AttentionDims) -> usize {
+        match self {
+            Kernel::BackwardDkDvChunk => dkdv_work_items(d),
+            Kernel::Forward | Kernel::BackwardDkDv | Kernel::BackwardDq => d.tokens.div_ceil(TILE),
+        }
+    }
+}
+
+/// The dK/dV kernel a backward runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DkDvKernel {
+    /// One block per (key tile, kv head, sequence) over the tile's whole iteration space; writes dk, dv directly.
+    Unsplit,
+    /// One block per chunk of at most [`DKDV_CHUNK`] iterations of a key tile, writing fp32 partials, then a
+    /// reduce summing each key row's partials in chunk order. Needs [`dkdv_partials_len`] floats of scratch.
+    Balanced,
+}
+
+impl DkDvKernel {
+    /// The rule of [`backward`] and [`backward_balanced`]: balanced when some key tile has more than one chunk,
+    /// i.e. when the first (longest) tile has more than [`DKDV_CHUNK`] iterations; unsplit otherwise, where the
+    /// balanced kernel would run the same blocks plus a reduce. It depends on the sizes alone, so the result's
+    /// bits do not depend on the device.
+    pub fn choose(d: &AttentionDims) -> DkDvKernel {
+        if dkdv_chunks(d, 0) > 1 {
+            DkDvKernel::Balanced
+        } else {
+            DkDvKernel::Unsplit
+        }
+    }
+}
+
+/// Iterations of key tile `kt` (of 64 keys) in the dK/dV kernels: the query tiles of 32 from its first key on,
+/// times the q heads of a group. 0 for a tile past the sequence.
+pub fn dkdv_iterations(d: &AttentionDims, kt: usize) -> usize {
+    let queries = d.tokens.saturating_sub(kt * TILE);
+    (d.q_heads / d.kv_heads.max(1)) * queries.div_ceil(32)
+}
+
+/// Chunks (work items of the balanced dK/dV) of key tile `kt`: its iterations in pieces of [`DKDV_CHUNK`].
+pub fn dkdv_chunks(d: &AttentionDims, kt: usize) -> usize {
+    dkdv_iterations(d, kt).div_ceil(DKDV_CHUNK)
+}
+
+/// Work items of the balanced dK/dV per (kv head, sequence): the chunks of every key tile.
+pub fn dkdv_work_items(d: &AttentionDims) -> usize {
+    (0..d.tokens.div_ceil(TILE))
+        .map(|kt| dkdv_chunks(d, kt))
+        .sum()
+}
+
+/// fp32 scratch of the balanced dK/dV in floats: a 64 x head_dim partial of dK and one of dV per work item, kv
+/// head and sequence. 0 where [`DkDvKernel::choose`] picks the unsplit kernel.
+pub fn dkdv_partials_len(d: &AttentionDims) -> usize {
+    match DkDvKernel::choose(d) {
+        DkDvKernel::Unsplit => 0,
+        DkDvKernel::Balanced => balanced_partials_len(d),
+    }
+}
+
+/// The balanced kernel's scratch in floats, whether or not the rule picks it.
+pub fn balanced_partials_len(d: &AttentionDims) -> usize {
+    2 * d.batch * d.kv_heads * dkdv_work_items(d) * TILE * d.head_dim
 }
 
 /// Dynamic shared memory of the forward in bytes for `head_dim`.
@@ -149,12 +227,17 @@ fn prepare(
     .map_err(cuda_err(format!(
         "allow {bytes} bytes of shared memory for {name}"
     )))?;
+    let blocks_x = u32::try_from(kernel.blocks_x(d))
+        .ok()
+        .filter(|&x| x <= i32::MAX as u32)
+        .ok_or_else(|| {
+            KernelError::invalid(
+                "attention dims",
+                format!("{d:?}: too many blocks for {name} (grid x limit 2^31 - 1)"),
+            )
+        })?;
     let cfg = LaunchConfig {
-        grid_dim: (
-            d.tokens.div_ceil(TILE) as u32,
-            kernel.heads(d) as u32,
-            d.batch as u32,
-        ),
+        grid_dim: (blocks_x, kernel.heads(d) as u32, d.batch as u32),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: bytes as u32,
     };
@@ -205,8 +288,8 @@ pub fn forward(
 
 /// Causal GQA attention backward from bf16 q, k, v, the forward's bf16 `out` and fp32 `lse`, and the bf16 output
 /// gradient `dout`: writes fp32 `dq` (shaped like q), `dk` and `dv` (shaped like k). Deterministic (no atomics;
-/// every sum in a fixed order). Allocates one float per query row as scratch; use [`backward_with_scratch`] to
-/// reuse a buffer.
+/// every sum in a fixed order). The dK/dV kernel is [`DkDvKernel::choose`]'s. Allocates one float per query row
+/// and the balanced dK/dV's partials ([`dkdv_partials_len`]) as scratch; use [`backward_balanced`] to reuse them.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
@@ -223,10 +306,26 @@ pub fn backward(
 ) -> Result<(), KernelError> {
     check_dims(&d)?;
     let mut delta = gpu.zeros::<f32>(d.batch * d.tokens * d.q_heads)?;
-    backward_with_scratch(gpu, d, q, k, v, out, lse, dout, &mut delta, dq, dk, dv)
+    let mut partials = gpu.zeros::<f32>(dkdv_partials_len(&d).max(1))?;
+    backward_balanced(
+        gpu,
+        d,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        &mut delta,
+        &mut partials,
+        dq,
+        dk,
+        dv,
+    )
 }
 
-/// [`backward`] with a caller-owned scratch `delta` of at least `batch * tokens * q_heads` floats.
+/// [`backward`] with the unsplit dK/dV kernel and a caller-owned scratch `delta` of at least
+/// `batch * tokens * q_heads` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_with_scratch(
     gpu: &Gpu,
@@ -238,6 +337,81 @@ pub fn backward_with_scratch(
     lse: &CudaSlice<f32>,
     dout: &CudaSlice<u16>,
     delta: &mut CudaSlice<f32>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    backward_with_kernel(
+        gpu,
+        d,
+        DkDvKernel::Unsplit,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        delta,
+        None,
+        dq,
+        dk,
+        dv,
+    )
+}
+
+/// [`backward`] with caller-owned scratch: `delta` of at least `batch * tokens * q_heads` floats and `partials` of
+/// at least [`dkdv_partials_len`] floats (unused, of any length, where the rule picks the unsplit kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_balanced(
+    gpu: &Gpu,
+    d: AttentionDims,
+    q: &CudaSlice<u16>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    out: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    dout: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    partials: &mut CudaSlice<f32>,
+    dq: &mut CudaSlice<f32>,
+    dk: &mut CudaSlice<f32>,
+    dv: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    check_dims(&d)?;
+    let kernel = DkDvKernel::choose(&d);
+    backward_with_kernel(
+        gpu,
+        d,
+        kernel,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        delta,
+        Some(partials),
+        dq,
+        dk,
+        dv,
+    )
+}
+
+/// The backward with the dK/dV kernel named by the caller (the tests run the balanced one on every shape).
+/// `partials` (at least [`balanced_partials_len`] floats) is needed for [`DkDvKernel::Balanced`] only.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_kernel(
+    gpu: &Gpu,
+    d: AttentionDims,
+    dkdv: DkDvKernel,
+    q: &CudaSlice<u16>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    out: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    dout: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    partials: Option<&mut CudaSlice<f32>>,
     dq: &mut CudaSlice<f32>,
     dk: &mut CudaSlice<f32>,
     dv: &mut CudaSlice<f32>,
@@ -255,9 +429,29 @@ pub fn backward_with_scratch(
     need("dq", dq, rows * d.head_dim)?;
     need("dk", dk, kv)?;
     need("dv", dv, kv)?;
+    let partials = match dkdv {
+        DkDvKernel::Unsplit => None,
+        DkDvKernel::Balanced => {
+            let p = partials.ok_or_else(|| {
+                KernelError::invalid(
+                    "partials",
+                    format!(
+                        "the balanced dK/dV needs {} floats of scratch; none was given",
+                        balanced_partials_len(&d)
+                    ),
+                )
+            })?;
+            need("partials", p, balanced_partials_len(&d))?;
+            Some(p)
+        }
+    };
     let [t, hq, hkv, hd] = scalars(&d)?;
-    // Both tiled kernels are checked (architecture, shared memory) before anything is launched.
-    let (f_dkdv, cfg_dkdv) = prepare(gpu, Kernel::BackwardDkDv, &d)?;
+    // The tiled kernels are checked (architecture, shared memory, grid) before anything is launched.
+    let dkdv_kernel = match dkdv {
+        DkDvKernel::Unsplit => Kernel::BackwardDkDv,
+        DkDvKernel::Balanced => Kernel::BackwardDkDvChunk,
+    };
+    let (f_dkdv, cfg_dkdv) = prepare(gpu, dkdv_kernel, &d)?;
     let (f_dq, cfg_dq) = prepare(gpu, Kernel::BackwardDq, &d)?;
 
     // 1. delta = dout . out, one warp per row (8 rows per block of 256 threads).
@@ -273,12 +467,49 @@ pub fn backward_with_scratch(
     // SAFETY: the arguments match flash_attention_tc_delta; out, dout and delta were checked above.
     unsafe { b.launch(cfg) }.map_err(cuda_err("launch flash_attention_tc_delta"))?;
 
-    // 2. dK, dV per key tile.
-    let mut b = gpu.stream().launch_builder(&f_dkdv);
-    b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&*delta);
-    b.arg(&t).arg(&hq).arg(&hkv).arg(&hd).arg(dk).arg(dv);
-    // SAFETY: the arguments match flash_attention_tc_backward_dkdv_d*; sizes checked above.
-    unsafe { b.launch(cfg_dkdv) }.map_err(cuda_err("launch flash_attention_tc_backward_dkdv"))?;
+    // 2. dK, dV per key tile, or per chunk of a key tile and then the reduce.
+    match partials {
+        None => {
+            let mut b = gpu.stream().launch_builder(&f_dkdv);
+            b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&*delta);
+            b.arg(&t)
+                .arg(&hq)
+                .arg(&hkv)
+                .arg(&hd)
+                .arg(&mut *dk)
+                .arg(&mut *dv);
+            // SAFETY: the arguments match flash_attention_tc_backward_dkdv_d*; sizes checked above.
+            unsafe { b.launch(cfg_dkdv) }
+                .map_err(cuda_err("launch flash_attention_tc_backward_dkdv"))?;
+        }
+        Some(p) => {
+            let items = cfg_dkdv.grid_dim.0 as i32;
+            let mut b = gpu.stream().launch_builder(&f_dkdv);
+            b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&*delta);
+            b.arg(&t).arg(&hq).arg(&hkv).arg(&hd).arg(&mut *p);
+            // SAFETY: the arguments match flash_attention_tc_backward_dkdv_chunk_d*; the grid's x is the work
+            // item count the kernel indexes the partials by, and partials holds balanced_partials_len floats.
+            unsafe { b.launch(cfg_dkdv) }
+                .map_err(cuda_err("launch flash_attention_tc_backward_dkdv_chunk"))?;
+            let f = gpu.function(&ATTENTION_TC, "flash_attention_tc_backward_dkdv_reduce")?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    d.tokens.div_ceil(TILE) as u32,
+                    d.kv_heads as u32,
+                    d.batch as u32,
+                ),
+                block_dim: (REDUCE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = gpu.stream().launch_builder(&f);
+            b.arg(&*p).arg(&t).arg(&hq).arg(&hkv).arg(&hd).arg(&items);
+            b.arg(&mut *dk).arg(&mut *dv);
+            // SAFETY: the arguments match flash_attention_tc_backward_dkdv_reduce; the same items and grid z
+            // (batch) as the chunk kernel, so it reads exactly the partials that kernel wrote.
+            unsafe { b.launch(cfg) }
+                .map_err(cuda_err("launch flash_attention_tc_backward_dkdv_reduce"))?;
+        }
+    }
 
     // 3. dQ per query tile.
     let mut b = gpu.stream().launch_builder(&f_dq);
@@ -311,6 +542,8 @@ mod tests {
             (Kernel::Forward, 64, 36_864),
             (Kernel::BackwardDkDv, 128, 70_144),
             (Kernel::BackwardDkDv, 64, 37_376),
+            (Kernel::BackwardDkDvChunk, 128, 70_144),
+            (Kernel::BackwardDkDvChunk, 64, 37_376),
             (Kernel::BackwardDq, 128, 34_816),
             (Kernel::BackwardDq, 64, 18_432),
         ] {
@@ -337,6 +570,77 @@ mod tests {
         let d = dims(37, 8, 2, 64);
         assert_eq!(Kernel::BackwardDkDv.heads(&d), 2);
         assert_eq!(Kernel::BackwardDq.heads(&d), 8);
+    }
+
+    #[test]
+    fn balanced_dkdv_work_is_counted_per_key_tile() {
+        // T = 2048, 32/8 heads: key tile kt has 4 x (64 - 2 kt) iterations, 8 - kt / 4 chunks of 32.
+        let d = dims(2048, 32, 8, 128);
+        assert_eq!(dkdv_iterations(&d, 0), 256);
+        assert_eq!(dkdv_iterations(&d, 31), 8);
+        assert_eq!(dkdv_iterations(&d, 32), 0);
+        assert_eq!(dkdv_chunks(&d, 0), 8);
+        assert_eq!(dkdv_chunks(&d, 31), 1);
+        assert_eq!(dkdv_work_items(&d), 144);
+        assert_eq!(DkDvKernel::choose(&d), DkDvKernel::Balanced);
+        // 2 (dK, dV) x 8 kv heads x 144 items x 64 rows x 128 = 18,874,368 floats (75.5 MB).
+        assert_eq!(dkdv_partials_len(&d), 18_874_368);
+        let mut two = d;
+        two.batch = 2;
+        assert_eq!(dkdv_partials_len(&two), 2 * 18_874_368);
+        // The emulator's split shapes (tools/emu/attention_tc_check.cpp): T = 300 at 4/1 heads splits key tile 0
+        // only (40 iterations: 32 + 8); T = 520 at 4/1 splits tile 0 into 3 (68 iterations).
+        let d = dims(300, 4, 1, 64);
+        let chunks: Vec<usize> = (0..5).map(|kt| dkdv_chunks(&d, kt)).collect();
+        assert_eq!(chunks, [2, 1, 1, 1, 1]);
+        assert_eq!(dkdv_work_items(&d), 6);
+        assert_eq!(dkdv_partials_len(&d), 2 * 6 * 64 * 64);
+        assert_eq!(dkdv_chunks(&dims(520, 4, 1, 16), 0), 3);
+        assert_eq!(dkdv_work_items(&dims(200, 8, 1, 32)), 6);
+    }
+
+    #[test]
+    fn the_balanced_kernel_is_chosen_by_the_sizes_alone() {
+        // One chunk per key tile wherever the first tile has at most 32 iterations: the unsplit kernel, no scratch.
+        for d in [
+            dims(256, 32, 8, 128),
+            dims(1, 32, 8, 64),
+            dims(130, 6, 2, 128),
+            dims(1024, 1, 1, 64),
+        ] {
+            assert_eq!(DkDvKernel::choose(&d), DkDvKernel::Unsplit, "{d:?}");
+            assert_eq!(dkdv_partials_len(&d), 0, "{d:?}");
+            assert_eq!(dkdv_work_items(&d), d.tokens.div_ceil(TILE), "{d:?}");
+            assert!(balanced_partials_len(&d) > 0, "{d:?}");
+        }
+        for d in [
+            dims(257, 32, 8, 128),
+            dims(300, 4, 1, 64),
+            dims(1025, 1, 1, 64),
+        ] {
+            assert_eq!(DkDvKernel::choose(&d), DkDvKernel::Balanced, "{d:?}");
+            assert_eq!(dkdv_partials_len(&d), balanced_partials_len(&d), "{d:?}");
+        }
+        // Every key tile's chunks cover its iterations exactly: all but the last are full.
+        for d in [
+            dims(2048, 32, 8, 128),
+            dims(777, 12, 4, 64),
+            dims(65, 2, 1, 16),
+        ] {
+            for kt in 0..d.tokens.div_ceil(TILE) {
+                let (it, c) = (dkdv_iterations(&d, kt), dkdv_chunks(&d, kt));
+                assert!(
+                    it > 0 && c * DKDV_CHUNK >= it && (c - 1) * DKDV_CHUNK < it,
+                    "{d:?} {kt}"
+                );
+            }
+        }
+        assert_eq!(Kernel::BackwardDkDvChunk.blocks_x(&dims(300, 4, 1, 64)), 6);
+        assert_eq!(Kernel::BackwardDkDv.blocks_x(&dims(300, 4, 1, 64)), 5);
+        assert_eq!(
+            Kernel::BackwardDkDvChunk.name(64),
+            "flash_attention_tc_backward_dkdv_chunk_d64"
+        );
     }
 
     #[test]

@@ -652,7 +652,7 @@ fn k_extended_rows(
 /// Causal GQA attention at `d`: the fp32 flash kernels, the naive ones (fewer repeats: they are slow) and the bf16
 /// tensor-core forward and backward. FLOPs: [`flash::forward_flops`] forward, 2.5 times that backward.
 /// `of_ceiling` of an fp32 flash row is its speed-up over the naive kernel, of a tensor-core row its speed-up over
-/// the fp32 flash kernel in the same direction.
+/// the fp32 flash kernel in the same direction (of the balanced dK/dV row: over the unsplit tensor-core backward).
 fn attention_rows(
     gpu: &Gpu,
     o: &BenchOptions,
@@ -705,6 +705,25 @@ fn attention_rows(
             gpu, d, &q16, &k16, &v16, &out16, &lse, &dout16, &mut delta, &mut dq, &mut dk, &mut dv,
         )
     })?;
+    // The same backward with the balanced dK/dV where the rule picks it (the unsplit kernel otherwise).
+    let mut partials = gpu.zeros::<f32>(super::attention_tc::dkdv_partials_len(&d).max(1))?;
+    let tc_bwd_balanced = time_median(gpu, o, |_| {
+        super::attention_tc::backward_balanced(
+            gpu,
+            d,
+            &q16,
+            &k16,
+            &v16,
+            &out16,
+            &lse,
+            &dout16,
+            &mut delta,
+            &mut partials,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        )
+    })?;
     let slow = BenchOptions {
         repeats: 3,
         warmup: 1,
@@ -743,6 +762,12 @@ fn attention_rows(
             tc_bwd,
             bwd_flops,
             Some((flash_bwd, "speed-up over the fp32 flash kernel")),
+        ),
+        (
+            "attention_bwd (flash, bf16 tensor cores, balanced dK/dV)",
+            tc_bwd_balanced,
+            bwd_flops,
+            Some((tc_bwd, "speed-up over the unsplit tensor-core backward")),
         ),
         ("attention_fwd (naive, fp32)", naive_fwd, fwd_flops, None),
         ("attention_bwd (naive, fp32)", naive_bwd, bwd_flops, None),
