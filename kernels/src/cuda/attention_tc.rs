@@ -25,8 +25,8 @@ const PAD: usize = 8;
 pub const MAX_HEAD_DIM: usize = 128;
 /// Iterations (query tiles of 32 of one q head) per work item of the balanced dK/dV kernel (`TC_CHUNK` in
 /// attention_tc.cu). 32 keeps the longest block at 32 iterations (at T = 2048, 32/8 heads: 144 work items per kv
-/// head against 256 iterations for the unsplit kernel's first key tile) while the fp32 partials stay at 2 x 64 x D
-/// floats per work item; 16 would halve the last wave but double the partials' traffic (README, prediction).
+/// head, where the unsplit kernel's first key tile runs 256) with 2 x 64 x D floats of partials per work item; 16
+/// would tighten the balance by 16 iterations but double the partials' traffic (kernels/README.md, a prediction).
 pub const DKDV_CHUNK: usize = 32;
 /// Threads per block of the balanced dK/dV's reduce.
 const REDUCE_THREADS: u32 = 256;
