@@ -783,8 +783,23 @@ fn attention_rows(
 impl BenchReport {
     /// A plain-text table, one line per measurement.
     pub fn table(&self) -> String {
+        // Columns as wide as their longest entry, so long kernel names and shapes stay aligned.
+        let kw = self
+            .rows
+            .iter()
+            .map(|r| r.kernel.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let sw = self
+            .rows
+            .iter()
+            .map(|r| r.shape.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let mut out = format!(
-            "device: {} (sm_{}), copy ceiling {:.0} GB/s\n{:<40} {:<26} {:>10} {:>10} {:>10} {:>8}  ceiling\n",
+            "device: {} (sm_{}), copy ceiling {:.0} GB/s\n{:<kw$} {:<sw$} {:>10} {:>10} {:>10} {:>8}  ceiling\n",
             self.device,
             self.arch,
             self.copy_gb_per_s,
@@ -798,7 +813,7 @@ impl BenchReport {
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
         for r in &self.rows {
             out += &format!(
-                "{:<40} {:<26} {:>10.4} {:>10} {:>10} {:>8}  {}\n",
+                "{:<kw$} {:<sw$} {:>10.4} {:>10} {:>10} {:>8}  {}\n",
                 r.kernel,
                 r.shape,
                 r.median_ms,
@@ -809,5 +824,44 @@ impl BenchReport {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_keeps_columns_aligned_whatever_the_name_lengths() {
+        let report = BenchReport {
+            device: "test".into(),
+            arch: 90,
+            copy_gb_per_s: 3000.0,
+            rows: vec![
+                row(
+                    "short",
+                    "1x1".into(),
+                    1.0,
+                    Some(1e9),
+                    None,
+                    ("copy", 3000.0),
+                ),
+                row(
+                    "attention_bwd (flash, bf16 tensor cores, balanced dK/dV)",
+                    "B=1 T=2048 Hq=32 Hkv=8 D=128".into(),
+                    2.5,
+                    None,
+                    Some(1e12),
+                    ("x", 1.0),
+                ),
+            ],
+        };
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        // The "median ms" column ends at the same place on the header and on every row.
+        let end = lines[0].find("median ms").unwrap() + "median ms".len();
+        assert!(lines[1][..end].ends_with("1.0000"), "{table}");
+        assert!(lines[2][..end].ends_with("2.5000"), "{table}");
     }
 }
