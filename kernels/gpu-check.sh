@@ -5,12 +5,16 @@
 #   2. the GPU parity tests (every kernel vs its CPU reference, fresh random inputs, poisoned outputs),
 #   3. the benchmark: `tandem-worker bench kernels` (table + JSON) when that subcommand is there, else the
 #      benchmark test binary (table).
-# Usage: kernels/gpu-check.sh [BIN_DIR (default .cache/gpu-bin)] ; output also lands in ${OUT:-.cache/gpu-out}.
-# TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first for the libraries.
-# Whole run: well under 5 minutes on an H100 (each step has its own time limit).
+# Usage: kernels/gpu-check.sh [BIN_DIR (default .cache/gpu-bin)] [STEP ...] ; output also lands in
+# ${OUT:-.cache/gpu-out} (one log per step plus kernels-bench.json: 8 files at most). STEPs (default: all, in this
+# order): unit parity ops-parity ops-bf16-parity attention-parity attention-tc-parity bench; naming some lets a
+# session split the run over two calls. TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first.
+# Whole run: expected well under 5 minutes on an H100; the step limits add up to 570 s, under one 600 s call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-.cache/gpu-bin}"
+shift || true
+only=" $* "
 out="${OUT:-.cache/gpu-out}"
 mkdir -p "$out"
 
@@ -35,6 +39,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 status=0
 step() { # name, time limit (s), command...
   local name=$1 limit=$2; shift 2
+  if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return 0; fi
   echo "=== $name"
   local start=$SECONDS
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
@@ -42,11 +47,11 @@ step() { # name, time limit (s), command...
   echo "=== $name: exit $rc after $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || status=1
 }
-step unit 60 "$bin/kernels-unit" --include-ignored
-step parity 120 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
-step ops-parity 90 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
-step ops-bf16-parity 60 "$bin/gpu-ops-bf16" --include-ignored --nocapture --test-threads=1
-step attention-parity 90 "$bin/gpu-attention" --include-ignored --nocapture --test-threads=1
+step unit 45 "$bin/kernels-unit" --include-ignored
+step parity 110 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
+step ops-parity 80 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
+step ops-bf16-parity 45 "$bin/gpu-ops-bf16" --include-ignored --nocapture --test-threads=1
+step attention-parity 80 "$bin/gpu-attention" --include-ignored --nocapture --test-threads=1
 step attention-tc-parity 60 "$bin/gpu-attention-tc" --include-ignored --nocapture --test-threads=1
 if [ -x "$bin/tandem-worker" ] && "$bin/tandem-worker" bench kernels --help >/dev/null 2>&1; then
   step bench 150 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
