@@ -8,49 +8,7 @@ use tandem_kernels::ops::attention::{self, AttentionDims};
 use tandem_kernels::testdata::normal_f32;
 
 mod common;
-use common::{assert_close, get, gpu, nan, seed};
-
-/// The log-sum-exp of each query's scaled scores, in f64 (row `(b * T + t) * Hq + h`).
-fn reference_lse(d: AttentionDims, q: &[f32], k: &[f32]) -> Vec<f32> {
-    let scale = 1.0 / (d.head_dim as f64).sqrt();
-    let group = d.q_heads / d.kv_heads;
-    let mut out = Vec::with_capacity(d.batch * d.tokens * d.q_heads);
-    for b in 0..d.batch {
-        for t in 0..d.tokens {
-            for h in 0..d.q_heads {
-                let qo = ((b * d.tokens + t) * d.q_heads + h) * d.head_dim;
-                let s: Vec<f64> = (0..=t)
-                    .map(|j| {
-                        let ko = ((b * d.tokens + j) * d.kv_heads + h / group) * d.head_dim;
-                        (0..d.head_dim)
-                            .map(|e| f64::from(q[qo + e]) * f64::from(k[ko + e]))
-                            .sum::<f64>()
-                            * scale
-                    })
-                    .collect();
-                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                out.push((m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln()) as f32);
-            }
-        }
-    }
-    out
-}
-
-fn dims(
-    batch: usize,
-    tokens: usize,
-    q_heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-) -> AttentionDims {
-    AttentionDims {
-        batch,
-        tokens,
-        q_heads,
-        kv_heads,
-        head_dim,
-    }
-}
+use common::{assert_close, dims, get, gpu, nan, reference_lse, seed};
 
 struct Inputs {
     q: Vec<f32>,

@@ -7,8 +7,7 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute_enum};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::compile::ATTENTION;
-use super::device::{Gpu, cuda_err};
-use super::ops::{i32_of, need};
+use super::device::{Gpu, cuda_err, i32_of, need};
 use crate::error::KernelError;
 use crate::ops::attention::AttentionDims;
 

@@ -207,6 +207,42 @@ impl Gpu {
     }
 }
 
+/// `buf` holds at least `len` elements, or an error naming it.
+pub(crate) fn need<T>(
+    what: &'static str,
+    buf: &CudaSlice<T>,
+    len: usize,
+) -> Result<(), KernelError> {
+    if buf.len() >= len {
+        Ok(())
+    } else {
+        Err(KernelError::invalid(
+            what,
+            format!("device buffer of {} elements, needs {len}", buf.len()),
+        ))
+    }
+}
+
+/// `v` as an `int` kernel argument, or an error naming it.
+pub(crate) fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
+    i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
+}
+
+/// Launches kernel `$name` of source file `$source` on `$gpu` with `$cfg` and the arguments in order, returning
+/// early with the error. The caller vouches that the arguments match the kernel's signature and that the sizes
+/// were checked.
+macro_rules! launch_kernel {
+    ($gpu:expr, $source:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f = $gpu.function($source, $name)?;
+        let mut b = $gpu.stream().launch_builder(&f);
+        $( b.arg($arg); )*
+        // SAFETY: the caller's argument list matches the kernel's signature and its sizes were checked.
+        unsafe { b.launch($cfg) }
+            .map_err($crate::cuda::device::cuda_err(concat!("launch ", $name)))?;
+    }};
+}
+pub(crate) use launch_kernel;
+
 /// Blocks of `threads` threads covering `items` work items (at least one block).
 pub(crate) fn blocks_for(items: usize, per_block: usize) -> u32 {
     items.div_ceil(per_block).max(1) as u32

@@ -5,7 +5,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::compile::LORA;
-use super::device::{Gpu, cuda_err};
+use super::device::{Gpu, cuda_err, i32_of};
 use super::nf4::GpuNf4;
 use crate::error::KernelError;
 use crate::lora::LoraDims;
@@ -44,10 +44,6 @@ impl<'a> Operand<'a> {
     }
 }
 
-fn to_i32(v: usize, what: &'static str) -> Result<i32, KernelError> {
-    i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
-}
-
 /// `C (m x n, row-major, ld n) = alpha * op(A) op(B) * c_mask + beta * C` (see `lora.cu` for the exact formula).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32(
@@ -82,8 +78,8 @@ pub fn gemm_f32(
     let (a_mask, a_has, a_f) = a.mask.map_or((&dummy, 0i32, 1.0f32), |(m, f)| (m, 1, f));
     let (b_mask, b_has, b_f) = b.mask.map_or((&dummy, 0i32, 1.0f32), |(m, f)| (m, 1, f));
     let (c_m, c_has, c_f) = c_mask.map_or((&dummy, 0i32, 1.0f32), |(m, f)| (m, 1, f));
-    let (mi, ni, ki) = (to_i32(m, "m")?, to_i32(n, "n")?, to_i32(k, "k")?);
-    let (lda, ldb, ldc) = (to_i32(a.ld, "lda")?, to_i32(b.ld, "ldb")?, ni);
+    let (mi, ni, ki) = (i32_of(m, "m")?, i32_of(n, "n")?, i32_of(k, "k")?);
+    let (lda, ldb, ldc) = (i32_of(a.ld, "lda")?, i32_of(b.ld, "ldb")?, ni);
     let (ta, tb) = (i32::from(a.trans), i32::from(b.trans));
     let f = gpu.function(&LORA, "lora_gemm_f32")?;
     let cfg = LaunchConfig {
@@ -287,7 +283,8 @@ impl GpuLora<'_> {
     }
 }
 
-fn check_w(w: &GpuNf4, dims: &LoraDims) -> Result<(), KernelError> {
+/// The NF4 weight is `out x in` for `dims`, or an error naming `w`.
+pub(super) fn check_w(w: &GpuNf4, dims: &LoraDims) -> Result<(), KernelError> {
     if (w.rows(), w.cols()) != (dims.out_features, dims.in_features) {
         return Err(KernelError::invalid(
             "w",

@@ -7,8 +7,9 @@
 use cudarc::driver::{CudaSlice, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::compile::LORA;
-use super::device::{Gpu, blocks_for, cuda_err};
+use super::device::{Gpu, blocks_for, cuda_err, i32_of, need};
 use super::gemm_choice::{Nf4Gemm, Nf4GemmPath};
+use super::lora::check_w;
 use super::nf4::GpuNf4;
 use crate::error::KernelError;
 use crate::lora::LoraDims;
@@ -53,25 +54,6 @@ pub struct AdapterBuffers<'a> {
     pub h_bf16: &'a mut CudaSlice<u16>,
     /// At least [`GpuLoraBf16::partial_len`] floats: the split-K partial sums.
     pub partial: &'a mut CudaSlice<f32>,
-}
-
-pub(crate) fn need<T>(
-    what: &'static str,
-    buf: &CudaSlice<T>,
-    len: usize,
-) -> Result<(), KernelError> {
-    if buf.len() >= len {
-        Ok(())
-    } else {
-        Err(KernelError::invalid(
-            what,
-            format!("device buffer of {} elements, needs {len}", buf.len()),
-        ))
-    }
-}
-
-pub(crate) fn to_i32(v: usize, what: &'static str) -> Result<i32, KernelError> {
-    i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
 }
 
 impl GpuLoraBf16<'_> {
@@ -139,30 +121,31 @@ impl GpuLoraBf16<'_> {
         // y += s h B^T: M = tokens, N = out, K = r, one split, read-modify-write on y.
         let f = gpu.function(&LORA, "lora_bf16_mma")?;
         let (mi, ni, ri) = (
-            to_i32(m, "tokens")?,
-            to_i32(n, "out_features")?,
-            to_i32(r, "rank")?,
+            i32_of(m, "tokens")?,
+            i32_of(n, "out_features")?,
+            i32_of(r, "rank")?,
         );
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (kc, mode1, no_mask) = (to_i32(r.div_ceil(TILE_K) * TILE_K, "rank")?, 1i32, 0i32);
-        let dummy_mask: CudaSlice<u8> = gpu.zeros(1)?;
-        let dummy_partial: CudaSlice<f32> = gpu.zeros(1)?;
+        let (kc, mode1, no_mask) = (i32_of(r.div_ceil(TILE_K) * TILE_K, "rank")?, 1i32, 0i32);
         let mut l = gpu.stream().launch_builder(&f);
+        // Mode 1 without a mask reads neither the mask nor `partial`: B and the split-K scratch stand in for
+        // them, so nothing is allocated per call.
         l.arg(&mi)
             .arg(&ni)
             .arg(&ri)
             .arg(&*bufs.h_bf16)
             .arg(&ri)
-            .arg(&dummy_mask)
+            .arg(self.b)
             .arg(&ri)
             .arg(&no_mask);
         l.arg(self.b).arg(&ri).arg(&kc).arg(&mode1).arg(&self.scale);
-        l.arg(&dummy_partial).arg(y).arg(&ni);
-        // SAFETY: matches lora_bf16_mma; h_bf16 is m x r, B is n x r (ld r), y is m x n (ld n).
+        l.arg(&*bufs.partial).arg(y).arg(&ni);
+        // SAFETY: matches lora_bf16_mma; h_bf16 is m x r, B is n x r (ld r), y is m x n (ld n); the mask and
+        // partial arguments are not dereferenced in mode 1 with has_mask = 0.
         unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_bf16_mma (up)"))?;
         Ok(())
     }
@@ -191,19 +174,12 @@ impl GpuLoraBf16<'_> {
             ));
         }
         let f = gpu.function(&LORA, "lora_bf16_mma")?;
-        let dummy: CudaSlice<u8>;
-        let (mask, has_mask) = match self.dropout {
-            Some((_, mask)) => (mask, 1i32),
-            None => {
-                dummy = gpu.zeros(1)?;
-                (&dummy, 0i32)
-            }
-        };
+        let has_mask = i32::from(self.dropout.is_some());
         let (mi, ki, ri, ldxi) = (
-            to_i32(m, "tokens")?,
-            to_i32(k, "in_features")?,
-            to_i32(r, "rank")?,
-            to_i32(ldx, "x row stride")?,
+            i32_of(m, "tokens")?,
+            i32_of(k, "in_features")?,
+            i32_of(r, "rank")?,
+            i32_of(ldx, "x row stride")?,
         );
         // M = tokens, N = r, K = in, split over K; the mask is dense (`tokens x in`, rows k apart).
         let (splits, kchunk) = split_k(m, r, k);
@@ -216,21 +192,21 @@ impl GpuLoraBf16<'_> {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (kc, mode0, one) = (to_i32(kchunk, "kchunk")?, 0i32, 1.0f32);
-        let dummy16: CudaSlice<u16> = gpu.zeros(1)?;
+        let (kc, mode0, one) = (i32_of(kchunk, "kchunk")?, 0i32, 1.0f32);
         let mut l = gpu.stream().launch_builder(&f);
-        l.arg(&mi)
-            .arg(&ri)
-            .arg(&ki)
-            .arg(x)
-            .arg(&ldxi)
-            .arg(mask)
-            .arg(&ki)
-            .arg(&has_mask);
+        l.arg(&mi).arg(&ri).arg(&ki).arg(x).arg(&ldxi);
+        // Without dropout the mask is never read (has_mask = 0) and mode 0 never writes Y: x stands in for both,
+        // so nothing is allocated per call.
+        match self.dropout {
+            Some((_, mask)) => l.arg(mask),
+            None => l.arg(x),
+        };
+        l.arg(&ki).arg(&has_mask);
         l.arg(self.a).arg(&ki).arg(&kc).arg(&mode0).arg(&one);
-        l.arg(&mut *partial).arg(&dummy16).arg(&ri);
+        l.arg(&mut *partial).arg(x).arg(&ri);
         // SAFETY: matches lora_bf16_mma; x is m rows of k values ldx apart, A is r x k (ld k), partial holds
-        // splits * m * r floats.
+        // splits * m * r floats; the stand-ins for the mask (without dropout) and Y (mode 0) are not
+        // dereferenced.
         unsafe { l.launch(cfg) }.map_err(cuda_err("launch lora_bf16_mma (down)"))?;
         Ok(())
     }
@@ -268,9 +244,9 @@ impl GpuLoraBf16<'_> {
         let reduce = gpu.function(&LORA, "lora_splitk_reduce")?;
         let (splits, _) = split_k(m, r, k);
         let (splits_i, count, ri, ld16_i) = (
-            to_i32(splits, "splits")?,
+            i32_of(splits, "splits")?,
             (m * r) as i64,
-            to_i32(r, "rank")?,
+            i32_of(r, "rank")?,
             ld16 as i64,
         );
         let cfg = LaunchConfig {
@@ -302,18 +278,7 @@ impl GpuLoraBf16<'_> {
     ) -> Result<Nf4GemmPath, KernelError> {
         self.check()?;
         let d = self.dims;
-        if (w.rows(), w.cols()) != (d.out_features, d.in_features) {
-            return Err(KernelError::invalid(
-                "w",
-                format!(
-                    "NF4 weight is {}x{}, expected {}x{}",
-                    w.rows(),
-                    w.cols(),
-                    d.out_features,
-                    d.in_features
-                ),
-            ));
-        }
+        check_w(w, &d)?;
         let path = gemm.xwt(gpu, d.tokens, x, w, w_scratch, y)?;
         self.adapter_forward(gpu, x, bufs, y)?;
         Ok(path)

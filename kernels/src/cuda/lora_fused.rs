@@ -16,9 +16,10 @@ use cudarc::driver::{
 };
 
 use super::compile::LORA;
-use super::device::{Gpu, blocks_for, cuda_err};
+use super::device::{Gpu, blocks_for, cuda_err, i32_of, need};
 use super::gemm::{Blas, GemmOut, RowGemm};
-use super::lora_bf16::{GpuLoraBf16, need, to_i32};
+use super::lora::check_w;
+use super::lora_bf16::GpuLoraBf16;
 use super::nf4::GpuNf4;
 use crate::error::KernelError;
 use crate::lora::LoraDims;
@@ -273,18 +274,7 @@ impl GpuLoraBf16<'_> {
     ) -> Result<(), KernelError> {
         self.check()?;
         let d = self.dims;
-        if (w.rows(), w.cols()) != (d.out_features, d.in_features) {
-            return Err(KernelError::invalid(
-                "w",
-                format!(
-                    "NF4 weight is {}x{}, expected {}x{}",
-                    w.rows(),
-                    w.cols(),
-                    d.out_features,
-                    d.in_features
-                ),
-            ));
-        }
+        check_w(w, &d)?;
         self.check_ext("w_ext", w_ext.len(), d.out_features)?;
         w.dequantize_bf16_rows(gpu, w_ext, self.ext_ld())?;
         self.refresh_ext_b(gpu, w_ext)
@@ -301,9 +291,9 @@ impl GpuLoraBf16<'_> {
         self.check_ext("w_ext", w_ext.len(), n)?;
         let f = gpu.function(&LORA, "lora_copy_rows_u16")?;
         let (ri, ni, ldd) = (
-            to_i32(r, "rank")?,
-            to_i32(n, "out_features")?,
-            to_i32(self.ext_ld(), "in + rank")?,
+            i32_of(r, "rank")?,
+            i32_of(n, "out_features")?,
+            i32_of(self.ext_ld(), "in + rank")?,
         );
         let mut dst = w_ext.slice_mut(k..);
         let mut l = gpu.stream().launch_builder(&f);
@@ -360,18 +350,7 @@ impl GpuLoraBf16<'_> {
     ) -> Result<(), KernelError> {
         self.check()?;
         let d = self.dims;
-        if (w.rows(), w.cols()) != (d.out_features, d.in_features) {
-            return Err(KernelError::invalid(
-                "w",
-                format!(
-                    "NF4 weight is {}x{}, expected {}x{}",
-                    w.rows(),
-                    w.cols(),
-                    d.out_features,
-                    d.in_features
-                ),
-            ));
-        }
+        check_w(w, &d)?;
         self.check_ext("x_ext", x_ext.len(), d.tokens)?;
         let ld = self.ext_ld();
         self.down_partial(gpu, x_ext, ld, bufs.partial)?;
@@ -395,8 +374,8 @@ impl GpuLoraBf16<'_> {
         let LoraDims {
             tokens: batch,
             in_features: k,
-            out_features: n,
             rank: r,
+            ..
         } = self.dims;
         if self.dropout.is_some() {
             return Err(KernelError::invalid(
@@ -404,19 +383,14 @@ impl GpuLoraBf16<'_> {
                 "decoding runs without dropout; build the layer with dropout: None",
             ));
         }
-        if (w.rows(), w.cols()) != (n, k) {
-            return Err(KernelError::invalid(
-                "w",
-                format!("NF4 weight is {}x{}, expected {n}x{k}", w.rows(), w.cols()),
-            ));
-        }
+        check_w(w, &self.dims)?;
         need("x", x, batch * k)?;
         need("hx", hx, batch * r)?;
         let f = gpu.function(&LORA, "lora_gemv_down")?;
         let (ri, ki, bi) = (
-            to_i32(r, "rank")?,
-            to_i32(k, "in_features")?,
-            to_i32(batch, "tokens")?,
+            i32_of(r, "rank")?,
+            i32_of(k, "in_features")?,
+            i32_of(batch, "tokens")?,
         );
         let cfg = LaunchConfig {
             grid_dim: (blocks_for(batch * r * 32, 256), 1, 1),
@@ -472,9 +446,9 @@ impl GpuLoraBf16<'_> {
         );
         let ld = self.ext_ld();
         let (mi, ki, ldi) = (
-            to_i32(m, "tokens")?,
-            to_i32(k, "in_features")?,
-            to_i32(ld, "in + rank")?,
+            i32_of(m, "tokens")?,
+            i32_of(k, "in_features")?,
+            i32_of(ld, "in + rank")?,
         );
         let mut masked = match (self.dropout, scratch) {
             (None, _) => None,

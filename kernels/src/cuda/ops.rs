@@ -6,22 +6,20 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::compile::OPS;
-use super::device::{Gpu, blocks_for, cuda_err};
+use super::device::{Gpu, blocks_for, cuda_err, i32_of, launch_kernel, need};
 use crate::error::KernelError;
 use crate::ops::attention::AttentionDims;
 use crate::ops::optim::AdamW;
 
+/// Launches a kernel of `ops.cu` (arguments as in its signature; sizes checked by the caller).
 macro_rules! launch {
-    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let f = $gpu.function(&OPS, $name)?;
-        let mut b = $gpu.stream().launch_builder(&f);
-        $( b.arg($arg); )*
-        // SAFETY: the argument list matches the kernel's signature in ops.cu and the callers check the sizes.
-        unsafe { b.launch($cfg) }.map_err(cuda_err(concat!("launch ", $name)))?;
-    }};
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {
+        launch_kernel!($gpu, &OPS, $name, $cfg, $($arg),*)
+    };
 }
 
-fn grid(items: usize) -> LaunchConfig {
+/// One thread per item, blocks of 256, at most 2^20 blocks (the kernels loop over the rest).
+pub(super) fn grid(items: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (blocks_for(items, 256).min(1 << 20), 1, 1),
         block_dim: (256, 1, 1),
@@ -44,25 +42,6 @@ fn per_row(rows: usize, threads: u32) -> LaunchConfig {
         block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-pub(super) fn need<T>(
-    what: &'static str,
-    buf: &CudaSlice<T>,
-    len: usize,
-) -> Result<(), KernelError> {
-    if buf.len() >= len {
-        Ok(())
-    } else {
-        Err(KernelError::invalid(
-            what,
-            format!("device buffer of {} elements, needs {len}", buf.len()),
-        ))
-    }
-}
-
-pub(super) fn i32_of(v: usize, what: &'static str) -> Result<i32, KernelError> {
-    i32::try_from(v).map_err(|_| KernelError::invalid(what, format!("{v} does not fit in i32")))
 }
 
 /// `out[t] = table[ids[t]]` (ids must be in range: the caller validates them, e.g. with the CPU reference).

@@ -10,18 +10,15 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::compile::OPS_BF16;
-use super::device::{Gpu, blocks_for, cuda_err};
-use super::ops::{i32_of, need, rmsnorm_dw_chunking};
+use super::device::{Gpu, blocks_for, cuda_err, i32_of, launch_kernel, need};
+use super::ops::{grid, rmsnorm_dw_chunking};
 use crate::error::KernelError;
 
+/// Launches a kernel of `ops_bf16.cu` (arguments as in its signature; sizes checked by the caller).
 macro_rules! launch {
-    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let f = $gpu.function(&OPS_BF16, $name)?;
-        let mut b = $gpu.stream().launch_builder(&f);
-        $( b.arg($arg); )*
-        // SAFETY: the argument list matches the kernel's signature in ops_bf16.cu and the callers check the sizes.
-        unsafe { b.launch($cfg) }.map_err(cuda_err(concat!("launch ", $name)))?;
-    }};
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {
+        launch_kernel!($gpu, &OPS_BF16, $name, $cfg, $($arg),*)
+    };
 }
 
 /// bf16 values per thread chunk (16 bytes).
@@ -40,15 +37,6 @@ pub fn rope_threads(tokens: usize, heads: usize, head_dim: usize) -> usize {
 pub fn dw_partial_grid(rows: usize, dim: usize) -> (u32, u32) {
     let (_, chunks) = rmsnorm_dw_chunking(rows);
     (blocks_for(dim.div_ceil(CHUNK), 256), chunks as u32)
-}
-
-/// One thread per item, blocks of 256, at most 2^20 blocks (the kernels loop over the rest).
-fn grid(items: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks_for(items, 256).min(1 << 20), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 fn per_row(rows: usize, threads: u32) -> Result<LaunchConfig, KernelError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 use tandem_kernels::cuda::Gpu;
+use tandem_kernels::ops::attention::AttentionDims;
 
 /// The GPU, or `None` (with the reason printed) when there is none; with `TANDEM_REQUIRE_GPU=1` a missing GPU
 /// fails the test instead.
@@ -69,4 +70,47 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let err = (num / den).sqrt();
     println!("  {what}: relative error {err:.3e}");
     assert!(err < tol, "{what}: relative error {err} (limit {tol})");
+}
+
+/// The log-sum-exp of each query's scaled scores, in f64 (row `(b * T + t) * Hq + h`).
+pub fn reference_lse(d: AttentionDims, q: &[f32], k: &[f32]) -> Vec<f32> {
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let group = d.q_heads / d.kv_heads;
+    let mut out = Vec::with_capacity(d.batch * d.tokens * d.q_heads);
+    for b in 0..d.batch {
+        for t in 0..d.tokens {
+            for h in 0..d.q_heads {
+                let qo = ((b * d.tokens + t) * d.q_heads + h) * d.head_dim;
+                let s: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let ko = ((b * d.tokens + j) * d.kv_heads + h / group) * d.head_dim;
+                        (0..d.head_dim)
+                            .map(|e| f64::from(q[qo + e]) * f64::from(k[ko + e]))
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                out.push((m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln()) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// An attention shape.
+pub fn dims(
+    batch: usize,
+    tokens: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> AttentionDims {
+    AttentionDims {
+        batch,
+        tokens,
+        q_heads,
+        kv_heads,
+        head_dim,
+    }
 }
