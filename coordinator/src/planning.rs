@@ -2,20 +2,23 @@
 //!
 //! Accepted formats:
 //! - `toml`: a Tandem experiment manifest. The client (which has the files) runs the planner of
-//!   `tandem-experiments` and sends the resulting job graph along; here every job id is re-derived from its
-//!   config (`planner::identity`) and the graph is checked, so a client cannot queue work under a forged id.
+//!   `tandem-experiments` and sends the resulting job graph along (`tandem.v1.JobSpec`, encoded once by
+//!   `planner::wire`); here every job id is re-derived from its kind and config bytes and the graph is checked,
+//!   so a client cannot queue work under a forged id.
 //! - `jobgraph+json`: an explicit job graph (tests, benchmarks, arbitrary job kinds). A job's id is the SHA-256
 //!   of the canonical JSON of its kind, config, dependency ids and input hashes.
 //!
 //! Either way the same work always gets the same id and is served from the cache.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
+use tandem_experiments::planner::inputs::{is_safe_relative, is_sha256_hex};
+use tandem_proto as pb;
 
 use crate::scheduler::PlannedJob;
-use crate::store::{InputRef, Resources, sha256_hex};
+use crate::store::{InputRef, PlacementRecord, Resources, sha256_hex};
 
 pub const FORMAT_JOBGRAPH: &str = "jobgraph+json";
 pub const FORMAT_TOML: &str = "toml";
@@ -77,22 +80,98 @@ struct ResourcesIn {
     cpu_threads: u32,
 }
 
-/// Expands `manifest` (named `manifest_name` in errors) given the submitted input files.
-/// For `toml`, `plan` is the client's planned graph (JSON list of `planner::JobSpec`).
+/// Expands `manifest` (named `manifest_name` in errors) given the experiment's input refs (their blobs are
+/// checked by the scheduler). For `toml`, `jobs` is the client's planned graph and `experiment_name` the
+/// manifest's name as the client read it; the manifest bytes are kept for audits, not parsed again.
 pub fn expand(
     format: &str,
     manifest_name: &str,
     manifest: &[u8],
-    plan: &[u8],
+    experiment_name: &str,
+    jobs: &[pb::JobSpec],
     inputs: &[InputRef],
 ) -> Result<Plan, PlanError> {
     match format {
         FORMAT_JOBGRAPH => expand_jobgraph(manifest_name, manifest, inputs),
-        FORMAT_TOML => expand_planned(manifest_name, manifest, plan, inputs),
+        FORMAT_TOML => expand_planned(manifest_name, experiment_name, jobs, inputs),
         other => Err(PlanError::UnknownFormat {
             manifest: manifest_name.into(),
             format: other.into(),
         }),
+    }
+}
+
+/// The submitted input refs as store records, each checked: a hex digest, a unique non-empty name, and a file
+/// name that is one path component (or none, for a folder).
+pub fn input_refs(manifest_name: &str, refs: &[pb::InputRef]) -> Result<Vec<InputRef>, PlanError> {
+    let mut names = HashSet::new();
+    refs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let invalid = |message: String| PlanError::Invalid {
+                manifest: manifest_name.into(),
+                message: format!("inputs[{i}] ({}).{message}", r.role),
+            };
+            if r.role.is_empty() || r.role.contains('\0') || !names.insert(r.role.as_str()) {
+                return Err(invalid("role: empty, invalid or duplicate".into()));
+            }
+            if !is_sha256_hex(&r.sha256) {
+                return Err(invalid(format!(
+                    "sha256: {:?} is not 64 lower-case hex digits",
+                    r.sha256
+                )));
+            }
+            let file_name_ok = match r.folder {
+                true => r.file_name.is_empty(),
+                false => is_safe_relative(&r.file_name) && !r.file_name.contains('/'),
+            };
+            if !file_name_ok {
+                return Err(invalid(format!(
+                    "file_name: {:?} (accepted: one path component for a file, empty for a folder)",
+                    r.file_name
+                )));
+            }
+            Ok(input_ref(r.role.clone(), r))
+        })
+        .collect()
+}
+
+fn input_ref(name: String, r: &pb::InputRef) -> InputRef {
+    InputRef {
+        name,
+        sha256: r.sha256.clone(),
+        size: r.size,
+        folder: r.folder,
+        file_name: r.file_name.clone(),
+    }
+}
+
+/// Where a job-graph job sits, read from its config's top-level `stage` and `fold` keys; `None` when the
+/// config names no stage.
+pub fn placement_from_config(config: &Value) -> Option<PlacementRecord> {
+    let stage = config.get("stage")?.as_str().filter(|s| !s.is_empty())?;
+    Some(PlacementRecord {
+        stage: stage.to_string(),
+        fold: config
+            .get("fold")
+            .and_then(Value::as_u64)
+            .and_then(|f| u32::try_from(f).ok()),
+        ..PlacementRecord::default()
+    })
+}
+
+/// A wire placement as a record (and back, in `grpc::convert`).
+pub fn placement_record(p: &pb::JobPlacement) -> PlacementRecord {
+    PlacementRecord {
+        stage: p.stage.clone(),
+        fold: p.fold,
+        model_stage: p.model_stage.clone(),
+        task: p.task.clone(),
+        sweep: p
+            .sweep
+            .as_ref()
+            .map(|s| (s.stage.clone(), s.parameter.clone(), s.value)),
+        configured: p.configured,
     }
 }
 
@@ -250,6 +329,7 @@ fn expand_jobgraph(
                     .collect(),
                 resources,
                 config: canonical_json(&job.config).into_bytes(),
+                placement: placement_from_config(&job.config),
                 inputs: job
                     .inputs
                     .iter()
@@ -266,70 +346,66 @@ fn expand_jobgraph(
 
 fn expand_planned(
     manifest_name: &str,
-    manifest: &[u8],
-    plan: &[u8],
+    experiment_name: &str,
+    specs: &[pb::JobSpec],
     inputs: &[InputRef],
 ) -> Result<Plan, PlanError> {
-    use tandem_experiments::planner::{JobSpec, identity};
+    use tandem_experiments::planner::{JobKind, identity_of_bytes};
     let invalid = |message: String| PlanError::Invalid {
         manifest: manifest_name.into(),
         message,
     };
-    let text =
-        std::str::from_utf8(manifest).map_err(|e| invalid(format!("not UTF-8 text: {e}")))?;
-    let name = text
-        .parse::<toml::Table>()
-        .map_err(|e| invalid(format!("not TOML: {e}")))?
-        .get("name")
-        .and_then(|v| v.as_str())
-        .unwrap_or(manifest_name)
-        .to_string();
-    if plan.is_empty() {
+    if specs.is_empty() {
         return Err(invalid(
             "a toml manifest is submitted with its planned job graph (use `tandem submit`)".into(),
         ));
     }
-    let specs: Vec<JobSpec> = serde_json::from_slice(plan).map_err(|e| {
-        invalid(format!(
-            "planned job graph: line {} column {}: {e}",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    if specs.is_empty() {
-        return Err(invalid("planned job graph: no jobs".into()));
-    }
-    let by_sha: HashMap<String, &InputRef> = inputs
-        .iter()
-        .map(|r| (format!("sha256:{}", r.sha256), r))
-        .collect();
+    let name = match experiment_name.trim() {
+        "" => manifest_name.to_string(),
+        name => name.to_string(),
+    };
+    let known: HashSet<&str> = inputs.iter().map(|r| r.sha256.as_str()).collect();
     let mut jobs = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let (_, id) = identity(&spec.config);
+        let kind = JobKind::parse(&spec.kind).ok_or_else(|| {
+            invalid(format!(
+                "planned job graph: jobs[{i}] ({}).kind: {:?} is not a planner kind (accepted: data-prep, train, eval, report)",
+                spec.name, spec.kind
+            ))
+        })?;
+        // The id covers the exact config bytes: checked by hashing them, without decoding them.
+        let (_, id) = identity_of_bytes(kind, &spec.config);
         if id != spec.id {
             return Err(invalid(format!(
                 "planned job graph: jobs[{i}] ({}).id: {} does not match its config (expected {id}); re-plan with this version",
-                spec.label, spec.id
+                spec.name, spec.id
             )));
         }
-        let config = serde_json::to_vec(spec).map_err(|e| invalid(format!("jobs[{i}]: {e}")))?;
+        let job_inputs: Vec<InputRef> = input_refs(manifest_name, &spec.inputs)
+            .map_err(|e| invalid(format!("planned job graph: jobs[{i}] ({}): {e}", spec.name)))?;
+        if let Some(unknown) = job_inputs
+            .iter()
+            .find(|r| !known.contains(r.sha256.as_str()))
+        {
+            return Err(invalid(format!(
+                "planned job graph: jobs[{i}] ({}).inputs: {} ({}) is not among the experiment's inputs",
+                spec.name, unknown.name, unknown.sha256
+            )));
+        }
+        let resources = spec.resources.unwrap_or_default();
         jobs.push(PlannedJob {
             id: spec.id.clone(),
-            kind: spec.kind.as_str().to_string(),
-            name: spec.label.clone(),
+            kind: kind.as_str().to_string(),
+            name: spec.name.clone(),
             deps: spec.deps.clone(),
             resources: Resources {
-                gpus: spec.resources.gpus,
-                gpu_memory_mib: spec.resources.gpu_memory_gb as u64 * 1024,
-                cpu_threads: spec.resources.cpu_threads,
+                gpus: resources.gpus,
+                gpu_memory_mib: resources.gpu_memory_mib,
+                cpu_threads: resources.cpu_threads,
             },
-            config,
-            // The files the client sent that this job reads (by digest); others stay with the worker.
-            inputs: spec
-                .inputs
-                .values()
-                .filter_map(|r| by_sha.get(&r.sha256).map(|i| (*i).clone()))
-                .collect(),
+            config: spec.config.clone(),
+            placement: spec.placement.as_ref().map(placement_record),
+            inputs: job_inputs,
         });
     }
     Ok(Plan { name, jobs })
@@ -344,6 +420,8 @@ mod tests {
             name: "data.csv".into(),
             sha256: sha256_hex(b"x"),
             size: 1,
+            folder: false,
+            file_name: "data.csv".into(),
         }]
     }
 
@@ -353,8 +431,8 @@ mod tests {
             {"name":"c","kind":"test.emit","deps":["p"]}]}"#;
         let b = br#"{"name":"other","jobs":[{"name":"parent","kind":"test.emit","config":{"b":2,"a":1},"inputs":["data.csv"]},
             {"name":"child","kind":"test.emit","deps":["parent"]}]}"#;
-        let pa = expand(FORMAT_JOBGRAPH, "a.json", a, &[], &input()).unwrap();
-        let pb = expand(FORMAT_JOBGRAPH, "b.json", b, &[], &input()).unwrap();
+        let pa = expand(FORMAT_JOBGRAPH, "a.json", a, "", &[], &input()).unwrap();
+        let pb = expand(FORMAT_JOBGRAPH, "b.json", b, "", &[], &input()).unwrap();
         assert_eq!(pa.jobs[0].id, pb.jobs[0].id);
         assert_eq!(pa.jobs[1].id, pb.jobs[1].id);
         assert_eq!(pa.jobs[1].deps, vec![pa.jobs[0].id.clone()]);
@@ -363,8 +441,10 @@ mod tests {
             name: "data.csv".into(),
             sha256: sha256_hex(b"y"),
             size: 1,
+            folder: false,
+            file_name: "data.csv".into(),
         }];
-        let pc = expand(FORMAT_JOBGRAPH, "a.json", a, &[], &other).unwrap();
+        let pc = expand(FORMAT_JOBGRAPH, "a.json", a, "", &[], &other).unwrap();
         assert_ne!(pa.jobs[0].id, pc.jobs[0].id);
         assert_ne!(pa.jobs[1].id, pc.jobs[1].id);
     }
@@ -403,16 +483,17 @@ mod tests {
 
     #[test]
     fn planned_graphs_are_accepted_only_with_ids_matching_their_configs() {
+        use tandem_experiments::planner::wire;
         let manifest = b"name = \"thesis\"\n";
-        let good = serde_json::to_vec(&vec![report_job("thesis")]).unwrap();
-        let plan = expand(FORMAT_TOML, "m.toml", manifest, &good, &[]).unwrap();
+        let good = vec![wire::encode(&report_job("thesis"))];
+        let plan = expand(FORMAT_TOML, "m.toml", manifest, "thesis", &good, &[]).unwrap();
         assert_eq!(plan.name, "thesis");
         assert_eq!(plan.jobs[0].kind, "report");
         assert_eq!(plan.jobs[0].resources.cpu_threads, 1);
-        let mut forged = report_job("thesis");
-        forged.id = report_job("other").id;
-        let bad = serde_json::to_vec(&vec![forged]).unwrap();
-        let err = expand(FORMAT_TOML, "m.toml", manifest, &bad, &[])
+        assert_eq!(plan.jobs[0].config, good[0].config, "kept as sent");
+        let mut forged = good.clone();
+        forged[0].id = report_job("other").id;
+        let err = expand(FORMAT_TOML, "m.toml", manifest, "thesis", &forged, &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -431,7 +512,7 @@ mod tests {
             (b"{\"name\":\"e\",\n\"jobz\":[]}", "line 2"),
         ];
         for (manifest, needle) in cases {
-            let err = expand(FORMAT_JOBGRAPH, "m.json", manifest, &[], &input())
+            let err = expand(FORMAT_JOBGRAPH, "m.json", manifest, "", &[], &input())
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -439,13 +520,75 @@ mod tests {
                 "{err} lacks {needle}"
             );
         }
-        let err = expand("yaml", "m.yaml", b"", &[], &[])
+        let err = expand("yaml", "m.yaml", b"", "", &[], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("jobgraph+json"), "{err}");
-        let err = expand(FORMAT_TOML, "m.toml", b"name = \"x\"", b"", &[])
+        let err = expand(FORMAT_TOML, "m.toml", b"name = \"x\"", "x", &[], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("planned job graph"), "{err}");
+    }
+
+    #[test]
+    fn placements_read_the_top_level_stage_and_fold() {
+        let p = placement_from_config(&serde_json::json!({"stage": "stage2", "fold": 3})).unwrap();
+        assert_eq!((p.stage.as_str(), p.fold), ("stage2", Some(3)));
+        let p =
+            placement_from_config(&serde_json::json!({"stage": "stage1", "fold": null})).unwrap();
+        assert_eq!((p.stage.as_str(), p.fold), ("stage1", None));
+        assert!(placement_from_config(&serde_json::json!({"steps": 3})).is_none());
+    }
+
+    #[test]
+    fn input_refs_refuse_bad_digests_names_and_file_names() {
+        let good = pb::InputRef {
+            role: "model".into(),
+            sha256: sha256_hex(b"x"),
+            folder: false,
+            file_name: "m.gguf".into(),
+            size: 1,
+        };
+        assert_eq!(
+            input_refs("m", std::slice::from_ref(&good)).unwrap()[0].file_name,
+            "m.gguf"
+        );
+        for (bad, needle) in [
+            (
+                pb::InputRef {
+                    sha256: "abc".into(),
+                    ..good.clone()
+                },
+                "sha256",
+            ),
+            (
+                pb::InputRef {
+                    file_name: "../m.gguf".into(),
+                    ..good.clone()
+                },
+                "file_name",
+            ),
+            (
+                pb::InputRef {
+                    folder: true,
+                    ..good.clone()
+                },
+                "file_name",
+            ),
+            (
+                pb::InputRef {
+                    role: String::new(),
+                    ..good.clone()
+                },
+                "role",
+            ),
+        ] {
+            let err = input_refs("m", &[bad]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let err = input_refs("m", &[good.clone(), good])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate"), "{err}");
     }
 }

@@ -331,9 +331,18 @@ fn the_plan_serialises_with_ids_kinds_deps_and_config_hashes() {
     assert_eq!(job["config_hash"].as_str().unwrap().len(), 64);
     assert!(job["deps"].as_array().unwrap().is_empty());
     assert_eq!(job["config"]["type"], "data_prep");
-    // A worker can rebuild the config from JSON.
+    // The JSON reads back as the job, bar the submitter's paths, which it never holds.
+    assert!(
+        !json
+            .to_string()
+            .contains(&*project.root().to_string_lossy())
+    );
     let back: JobSpec = serde_json::from_value(job.clone()).unwrap();
-    assert_eq!(&back, &plan.jobs[0]);
+    let mut expected = plan.jobs[0].clone();
+    for input in expected.inputs.values_mut() {
+        input.path = Default::default();
+    }
+    assert_eq!(back, expected);
     assert!(planner::render_tree(&plan).contains("train(stage2, fold 4)"));
 }
 
@@ -398,4 +407,54 @@ fn a_mimic_data_prep_converts_the_tree_and_splits_it() {
             .unwrap()
             .starts_with("subject_id,study_id,findings,impression\n")
     );
+}
+
+/// The job contract's round trip: every planned job, of every kind, encoded once for the wire (as `tandem submit`
+/// sends it) and decoded once (as the worker that leases it does) is the job the planner made, bar the
+/// submitter's paths, which never leave the submitter.
+#[test]
+fn every_job_kind_round_trips_through_the_wire_contract() {
+    use tandem_experiments::planner::wire;
+    let project = Project::new();
+    let plan = plan_of(&project, &Project::base_text());
+    let mut kinds = BTreeSet::new();
+    for job in &plan.jobs {
+        let sent = wire::encode(job);
+        assert_eq!(sent.kind, job.kind.as_str());
+        assert!(
+            !String::from_utf8_lossy(&sent.config).contains(&*project.root().to_string_lossy()),
+            "{}: a submitter path in the config",
+            job.label
+        );
+        let received = wire::decode(&sent).unwrap_or_else(|e| panic!("{}: {e}", job.label));
+        let mut expected = job.clone();
+        for input in expected.inputs.values_mut() {
+            input.path = Default::default();
+        }
+        assert_eq!(received, expected, "{}", job.label);
+        kinds.insert(job.kind);
+    }
+    assert_eq!(kinds.len(), JobKind::ALL.len(), "every kind: {kinds:?}");
+
+    // What the worker refuses: a config edited after planning (the id no longer covers it), a kind that does
+    // not match the config, a placement value that is not one of the accepted names.
+    let train = wire::encode(find(&plan, "train(stage1)"));
+    let mut edited = train.clone();
+    edited.config = String::from_utf8(edited.config)
+        .unwrap()
+        .replacen("\"seed\":", "\"seed\":1", 1)
+        .into_bytes();
+    let err = wire::decode(&edited).unwrap_err().to_string();
+    assert!(err.contains("id: does not match"), "{err}");
+    let mut wrong_kind = train.clone();
+    wrong_kind.kind = "eval".into();
+    let err = wire::decode(&wrong_kind).unwrap_err().to_string();
+    assert!(
+        err.contains("config of kind train in a job of kind eval"),
+        "{err}"
+    );
+    let mut bad_stage = train;
+    bad_stage.placement.as_mut().unwrap().stage = "stage9".into();
+    let err = wire::decode(&bad_stage).unwrap_err().to_string();
+    assert!(err.contains("placement.stage"), "{err}");
 }

@@ -263,6 +263,9 @@ impl Worker {
             ])
             .arg("--work-dir")
             .arg(dir.join(name))
+            // The test's own machine cache, shared by its workers (never the user's ~/.cache).
+            .arg("--cache-dir")
+            .arg(dir.join("input-cache"))
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("TANDEM_TOKEN")

@@ -20,6 +20,7 @@ mod serve;
 mod status;
 mod submit;
 mod token;
+mod upload;
 mod validate;
 mod watch;
 mod workers;

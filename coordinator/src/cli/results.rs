@@ -10,15 +10,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use tandem_experiments::planner::artifacts::ArtifactRole;
 use tandem_experiments::report::{EvalResult, Format, build_results, render as render_tables};
 use tandem_proto as pb;
 
 use super::client::{Client, ClientArgs, block_on, download, fetch_results};
 use super::status::job_state;
 
-/// The artifact an eval job uploads with its corpus scores. Must match the worker's
-/// `runners::EVAL_RESULT_ARTIFACT` (the coordinator does not link the worker crate).
-pub const EVAL_RESULT_ARTIFACT: &str = "eval_result.json";
+/// The artifact an eval job uploads with its corpus scores (one name, shared with the worker's runners).
+pub use tandem_experiments::planner::artifacts::EVAL_RESULT as EVAL_RESULT_ARTIFACT;
 /// The planner's evaluation job kind.
 pub const EVAL_KIND: &str = "eval";
 
@@ -65,7 +65,7 @@ pub fn eval_artifacts(reply: &pb::ResultsReply) -> EvalArtifacts {
     let status = reply.status.clone().unwrap_or_default();
     let mut by_job: HashMap<&str, &pb::ArtifactRef> = HashMap::new();
     for a in &reply.artifacts {
-        if a.name == EVAL_RESULT_ARTIFACT && a.role == "output" {
+        if a.name == EVAL_RESULT_ARTIFACT && a.role == ArtifactRole::Output.as_str() {
             by_job.insert(a.job_id.as_str(), a);
         }
     }

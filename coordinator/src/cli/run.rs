@@ -16,6 +16,7 @@ use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, fetch_results, rpc};
 use super::results::{ResultsFormat, fetch_report};
+use super::upload::upload_missing;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -63,20 +64,17 @@ impl Drop for Workers {
 
 /// Refuses a plan with jobs no local worker can take (they would wait forever): more CPU threads than a worker
 /// gets, or GPUs (the local workers are started without any).
-fn check_fit(plan: &[u8], threads: u32, workers: usize) -> anyhow::Result<()> {
-    if plan.is_empty() {
-        return Ok(());
-    }
-    let jobs: Vec<tandem_experiments::planner::JobSpec> =
-        serde_json::from_slice(plan).context("reading the planned job graph")?;
+fn check_fit(jobs: &[pb::JobSpec], threads: u32, workers: usize) -> anyhow::Result<()> {
     let mut unfit: Vec<String> = jobs
         .iter()
-        .filter(|j| j.resources.gpus > 0 || j.resources.cpu_threads > threads)
-        .map(|j| {
-            format!(
-                "{} ({} GPU(s), {} CPU thread(s))",
-                j.label, j.resources.gpus, j.resources.cpu_threads
-            )
+        .filter_map(|j| {
+            let r = j.resources.unwrap_or_default();
+            (r.gpus > 0 || r.cpu_threads > threads).then(|| {
+                format!(
+                    "{} ({} GPU(s), {} CPU thread(s))",
+                    j.name, r.gpus, r.cpu_threads
+                )
+            })
         })
         .collect();
     if unfit.is_empty() {
@@ -92,10 +90,11 @@ fn check_fit(plan: &[u8], threads: u32, workers: usize) -> anyhow::Result<()> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let request = match super::submit::request(&args.manifest, None, &[], 0)? {
-        Ok(request) => request,
-        Err(code) => return Ok(code),
-    };
+    let super::submit::Prepared { request, blobs } =
+        match super::submit::request(&args.manifest, None, &[], 0)? {
+            Ok(prepared) => prepared,
+            Err(code) => return Ok(code),
+        };
     let worker_exe = std::env::current_exe()
         .context("locating the tandem executable")?
         .with_file_name("tandem-worker");
@@ -110,7 +109,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or((cores / args.workers.max(1) as u32).max(1));
-    check_fit(&request.plan, threads, args.workers)?;
+    check_fit(&request.jobs, threads, args.workers)?;
     let root = args
         .store
         .parent()
@@ -152,6 +151,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 ])
                 .arg("--work-dir")
                 .arg(root.join(format!("worker-{i}")))
+                // One input cache for the local workers: each input is fetched once.
+                .arg("--cache-dir")
+                .arg(root.join("cache"))
                 .env_remove("TANDEM_TOKEN")
                 .stdout(Stdio::null())
                 .stderr(
@@ -214,6 +216,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
+        upload_missing(&mut client, &blobs).await?;
         let reply = client
             .submit_experiment(request)
             .await

@@ -1,4 +1,5 @@
-//! `tandem submit M`: send a manifest and its input files to the coordinator; prints the experiment id.
+//! `tandem submit M`: plan a manifest here, upload the input files and folders the coordinator's store lacks
+//! (by digest: what it has is never sent again), submit the job graph; prints the experiment id.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,14 +8,19 @@ use anyhow::Context;
 use clap::Args;
 use tandem_proto as pb;
 
+use tandem_experiments::manifest::hash::sha256_file;
+use tandem_experiments::planner::inputs::{BlobSource, InputBlob};
+
 use super::client::{ClientArgs, block_on, rpc};
+use super::upload::upload_missing;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The manifest: an experiment manifest (`.toml`, planned here and checked by the coordinator) or a job
     /// graph (`.json`, format jobgraph+json).
     pub manifest: PathBuf,
-    /// Extra input files to send (a job graph's `files` are sent automatically).
+    /// Extra input files to send (a job graph's `files` and a manifest's model and datasets are sent
+    /// automatically, each only when the coordinator does not have it yet).
     #[arg(long = "input")]
     pub inputs: Vec<PathBuf>,
     /// Priority within your team (higher first).
@@ -59,16 +65,44 @@ fn jobgraph_files(path: &Path, bytes: &[u8]) -> anyhow::Result<Vec<(String, Path
     Ok(out)
 }
 
-/// Largest total size of dataset files sent with a toml manifest (model weights stay with the workers).
-const MAX_SENT_DATASET_BYTES: u64 = 48 << 20;
+/// A submission ready to send: the request, and the blobs behind its inputs (uploaded first where the
+/// coordinator's store lacks them).
+pub struct Prepared {
+    pub request: pb::SubmitRequest,
+    pub blobs: Vec<InputBlob>,
+}
 
-/// A planned graph (JSON) and the files to send with it (name, path).
-type Planned = (Vec<u8>, Vec<(String, PathBuf)>);
+/// The input ref and blob of a single file sent under `role`.
+fn file_input(role: String, path: &Path) -> anyhow::Result<(pb::InputRef, InputBlob)> {
+    let (sha256, size) =
+        sha256_file(path).with_context(|| format!("reading input file {}", path.display()))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((
+        pb::InputRef {
+            role,
+            sha256: sha256.clone(),
+            folder: false,
+            file_name,
+            size,
+        },
+        InputBlob {
+            sha256,
+            size,
+            source: BlobSource::File(path.to_path_buf()),
+        },
+    ))
+}
 
-/// Loads and plans a toml manifest here (where its files are); `Err(code)` when the manifest is invalid (its
-/// problems were printed).
+/// Loads and plans a toml manifest here (where its files are): the name, the encoded jobs, the inputs by
+/// manifest field and their blobs; `Err(code)` when the manifest is invalid (its problems were printed).
+type Planned = (String, Vec<pb::JobSpec>, Vec<pb::InputRef>, Vec<InputBlob>);
+
 fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
-    use tandem_experiments::manifest::{self, LoadOptions, hash::referenced_files};
+    use tandem_experiments::manifest::{self, LoadOptions};
+    use tandem_experiments::planner::wire;
     let manifest = match manifest::load(path, LoadOptions::default()) {
         Ok(m) => m,
         Err(err) => {
@@ -78,56 +112,46 @@ fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
     };
     let plan = tandem_experiments::planner::plan(&manifest)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    for (role, role_files) in
-        referenced_files(&manifest).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-    {
-        if !role.ends_with("dataset.path") {
-            continue;
-        }
-        for (relative, file) in role_files {
-            total += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            files.push((format!("{role}/{relative}"), file));
-        }
-    }
-    if total > MAX_SENT_DATASET_BYTES {
-        eprintln!(
-            "datasets total {total} bytes: not sent; workers read them from their own copies"
-        );
-        files.clear();
-    }
-    Ok(Ok((serde_json::to_vec(&plan.jobs)?, files)))
+    let jobs = plan.jobs.iter().map(wire::encode).collect();
+    let inputs = plan
+        .inputs
+        .iter()
+        .map(|(role, input)| pb::InputRef {
+            role: role.clone(),
+            sha256: input.sha256_hex().to_string(),
+            folder: input.folder,
+            file_name: input.file_name.clone(),
+            size: input.size,
+        })
+        .collect();
+    Ok(Ok((plan.experiment, jobs, inputs, plan.blobs)))
 }
 
-/// Reads `manifest` (planning a toml manifest here) and its input files into a submit request; `Err(code)`
-/// when the manifest is invalid (its problems were printed).
+/// Reads `manifest` (planning a toml manifest here) into a submit request and the blobs behind its inputs;
+/// `Err(code)` when the manifest is invalid (its problems were printed).
 pub fn request(
     manifest_path: &Path,
     format: Option<&str>,
     extra_inputs: &[PathBuf],
     priority: i32,
-) -> anyhow::Result<Result<pb::SubmitRequest, ExitCode>> {
+) -> anyhow::Result<Result<Prepared, ExitCode>> {
     let manifest = std::fs::read(manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
     let format = match format {
         Some(f) => f.to_string(),
         None => format_of(manifest_path)?,
     };
-    let mut plan = Vec::new();
-    let mut files = if format == tandem_coordinator::planning::FORMAT_JOBGRAPH {
-        jobgraph_files(manifest_path, &manifest)?
+    let (mut experiment_name, mut jobs, mut inputs, mut blobs) =
+        (String::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut files = Vec::new();
+    if format == tandem_coordinator::planning::FORMAT_JOBGRAPH {
+        files = jobgraph_files(manifest_path, &manifest)?;
     } else if format == tandem_coordinator::planning::FORMAT_TOML {
         match plan_toml(manifest_path)? {
-            Ok((planned, files)) => {
-                plan = planned;
-                files
-            }
+            Ok(planned) => (experiment_name, jobs, inputs, blobs) = planned,
             Err(code) => return Ok(Err(code)),
         }
-    } else {
-        Vec::new()
-    };
+    }
     for path in extra_inputs {
         let name = path
             .file_name()
@@ -135,38 +159,42 @@ pub fn request(
             .unwrap_or_default();
         files.push((name, path.clone()));
     }
-    let mut inputs = Vec::new();
     for (name, path) in files {
-        let content = std::fs::read(&path)
-            .with_context(|| format!("reading input file {}", path.display()))?;
-        inputs.push(pb::InputFile { name, content });
+        let (input, blob) = file_input(name, &path)?;
+        inputs.push(input);
+        blobs.push(blob);
     }
     let manifest_name = manifest_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(Ok(pb::SubmitRequest {
-        manifest,
-        format,
-        manifest_name,
-        inputs,
-        priority,
-        plan,
+    Ok(Ok(Prepared {
+        request: pb::SubmitRequest {
+            manifest,
+            format,
+            manifest_name,
+            priority,
+            jobs,
+            inputs,
+            experiment_name,
+        },
+        blobs,
     }))
 }
 
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let request = match request(
+    let Prepared { request, blobs } = match request(
         &args.manifest,
         args.format.as_deref(),
         &args.inputs,
         args.priority,
     )? {
-        Ok(request) => request,
+        Ok(prepared) => prepared,
         Err(code) => return Ok(code),
     };
     let reply = block_on(async move {
         let mut client = args.client.connect().await?;
+        upload_missing(&mut client, &blobs).await?;
         anyhow::Ok(
             client
                 .submit_experiment(request)

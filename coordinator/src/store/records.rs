@@ -75,12 +75,31 @@ impl JobState {
     }
 }
 
-/// A file handed in with an experiment (or a job output), addressed by its SHA-256.
+/// An input of an experiment (a file, or a folder by its listing), addressed by its SHA-256; its blobs are in
+/// the store. `name` is its role (`model`, `dataset`, ...) or, in a job graph, its file name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {
     pub name: String,
     pub sha256: String,
     pub size: u64,
+    /// `sha256` names a folder listing (see `tandem_experiments::planner::inputs`).
+    #[serde(default)]
+    pub folder: bool,
+    /// A file's name on the submitter's machine (its extension matters to loaders); empty for a folder.
+    #[serde(default)]
+    pub file_name: String,
+}
+
+/// Where a job sits in its experiment, as planned (see `tandem.v1.JobPlacement`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlacementRecord {
+    pub stage: String,
+    pub fold: Option<u32>,
+    pub model_stage: String,
+    pub task: String,
+    /// (stage, parameter, value) of a sweep point.
+    pub sweep: Option<(String, String, f64)>,
+    pub configured: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +147,9 @@ pub struct JobRecord {
     pub deps: Vec<String>,
     pub resources: Resources,
     pub inputs: Vec<InputRef>,
+    /// Where the job sits in its experiment (planner jobs, and job-graph jobs whose config names a stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementRecord>,
     pub team: String,
     pub priority: i32,
     /// Submission order, for FIFO within a priority.

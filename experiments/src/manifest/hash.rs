@@ -55,6 +55,8 @@ pub struct ContentHash {
     pub inputs: BTreeMap<String, String>,
     /// Every file hashed, in role then path order.
     pub files: Vec<FileHash>,
+    /// The roles whose path is a folder (digest of a listing); the others are single files.
+    pub folders: std::collections::BTreeSet<String>,
 }
 
 const DOMAIN: &str = "tandem-manifest-v1\n";
@@ -208,6 +210,19 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) -> std::io::
     Ok(())
 }
 
+/// The `SHA256SUMS`-style listing of a folder: one line `<sha256>  <relative/path>\n` per file, in the order
+/// given (callers pass files sorted by relative path). A folder's digest is the SHA-256 of this text.
+pub fn listing<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut text = String::new();
+    for (sha256, relative) in files {
+        text.push_str(sha256);
+        text.push_str("  ");
+        text.push_str(relative);
+        text.push('\n');
+    }
+    text
+}
+
 /// The digest of a referenced path as it enters the canonical form (`sha256:<hex>`): a file's SHA-256, or the
 /// SHA-256 of a folder's listing (for a model folder, `model_files_only`, only the files that matter).
 pub fn digest_path(path: &Path, model_files_only: bool) -> std::io::Result<String> {
@@ -220,29 +235,30 @@ pub fn digest_path(path: &Path, model_files_only: bool) -> std::io::Result<Strin
         files.retain(|(relative, _)| model_file_matters(relative));
     }
     files.sort();
-    let mut listing = String::new();
+    let mut hashed = Vec::with_capacity(files.len());
     for (relative, file) in files {
-        listing.push_str(&format!("{}  {relative}\n", sha256_file(&file)?.0));
+        hashed.push((sha256_file(&file)?.0, relative));
     }
-    Ok(format!("sha256:{}", sha256_hex(listing.as_bytes())))
+    let text = listing(hashed.iter().map(|(s, r)| (s.as_str(), r.as_str())));
+    Ok(format!("sha256:{}", sha256_hex(text.as_bytes())))
 }
 
 /// Hashes every referenced file and the canonical manifest.
 pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
     let mut files = Vec::new();
     let mut inputs = BTreeMap::new();
+    let mut folders = std::collections::BTreeSet::new();
     for (role, entries) in referenced_files(manifest)? {
         let single = entries.len() == 1
             && std::fs::metadata(&entries[0].1).is_ok_and(|m| m.is_file())
             && is_file_role(manifest, &role);
-        let mut listing = String::new();
+        let first = files.len();
         for (relative, path) in entries {
             let (sha256, bytes) = sha256_file(&path).map_err(|source| HashError::Read {
                 role: role.clone(),
                 path: path.clone(),
                 source,
             })?;
-            listing.push_str(&format!("{sha256}  {relative}\n"));
             tracing::debug!(role = %role, path = %path.display(), bytes, "hashed");
             files.push(FileHash {
                 role: role.clone(),
@@ -255,7 +271,13 @@ pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
         let digest = if single {
             files.last().expect("one file").sha256.clone()
         } else {
-            sha256_hex(listing.as_bytes())
+            folders.insert(role.clone());
+            let text = listing(
+                files[first..]
+                    .iter()
+                    .map(|f| (f.sha256.as_str(), f.relative.as_str())),
+            );
+            sha256_hex(text.as_bytes())
         };
         inputs.insert(role, format!("sha256:{digest}"));
     }
@@ -266,6 +288,7 @@ pub fn content_hash(manifest: &Manifest) -> Result<ContentHash, HashError> {
         canonical,
         inputs,
         files,
+        folders,
     })
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DropCounts;
-use crate::manifest::hash::{canonical_sha256, sha256_hex};
+use crate::manifest::hash::sha256_hex;
 use crate::manifest::{
     BadRows, ComputeDtype, DatasetFormat, EvalCell, GenerationSpec, LoraSpec, Metric, ModelFamily,
     ModelStage, PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage, SweepParameter,
@@ -32,6 +32,18 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 4] = [
+        JobKind::DataPrep,
+        JobKind::Train,
+        JobKind::Eval,
+        JobKind::Report,
+    ];
+
+    /// The kind named `text` (`data-prep`, `train`, `eval`, `report`).
+    pub fn parse(text: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::DataPrep => "data-prep",
@@ -50,13 +62,39 @@ pub struct SweepPoint {
     pub value: f64,
 }
 
-/// A file a job reads: where it is on the planning machine (not part of the job's identity) and its digest
-/// (part of it, through the config).
+/// A file or folder a job reads, by content (its digest is part of the job's identity, through the config).
+/// Workers fetch it by digest from the coordinator's blob store (see [`super::inputs`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {
+    /// Where it is on the planning machine: what the submitting client uploads. Never serialised, so never
+    /// sent: a worker does not see the submitter's paths.
+    #[serde(skip)]
     pub path: PathBuf,
     /// `sha256:<hex>` as in the manifest's canonical form.
     pub sha256: String,
+    /// The digest names a folder listing rather than a file.
+    #[serde(default)]
+    pub folder: bool,
+    /// A file's name (its extension tells `.gguf` from `.csv` or `.zip`); empty for a folder.
+    #[serde(default)]
+    pub file_name: String,
+    /// Bytes of the file, or of every listed file.
+    #[serde(default)]
+    pub size: u64,
+}
+
+impl InputRef {
+    /// The digest as hex, without the `sha256:` prefix.
+    pub fn sha256_hex(&self) -> &str {
+        self.sha256.strip_prefix("sha256:").unwrap_or(&self.sha256)
+    }
+}
+
+/// The role names of a planner job's inputs.
+pub mod input_role {
+    pub const MODEL: &str = "model";
+    pub const DATASET: &str = "dataset";
+    pub const BERTSCORE_MODEL: &str = "bertscore_model";
 }
 
 /// One job of an experiment's graph.
@@ -246,11 +284,17 @@ impl JobConfig {
 
 /// (config hash, job id) of a config.
 pub fn identity(config: &JobConfig) -> (String, String) {
-    let config_hash = canonical_sha256(config);
+    identity_of_bytes(config.kind(), &super::wire::config_bytes(config))
+}
+
+/// (config hash, job id) of a job of `kind` whose config is the canonical JSON `config` (as sent on the wire):
+/// the coordinator checks ids with this, without decoding the config.
+pub fn identity_of_bytes(kind: JobKind, config: &[u8]) -> (String, String) {
+    let config_hash = sha256_hex(config);
     let id = sha256_hex(
         format!(
             "tandem-job-v1\n{ENGINE_REVISION}\n{}\n{config_hash}",
-            config.kind().as_str()
+            kind.as_str()
         )
         .as_bytes(),
     );

@@ -7,9 +7,12 @@
 //! split indices and its parents' ids, so changing a stage-2 setting changes stage-2 jobs and what follows
 //! them but leaves the stage-1 jobs (and their completed work) alone.
 
+pub mod artifacts;
+pub mod inputs;
 pub mod job;
 pub mod prep;
 mod render;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +66,12 @@ pub struct Plan {
     /// The manifest's content hash (`tandem manifest hash`).
     pub manifest_sha256: String,
     pub jobs: Vec<JobSpec>,
+    /// The experiment's inputs by manifest field (`model.path`, `stage1.dataset.path`, ...), and the blobs
+    /// behind them (files and folder listings) for the submitting client to upload; both empty for a plan
+    /// expanded from already-known inputs.
+    pub inputs: BTreeMap<String, InputRef>,
+    #[serde(skip)]
+    pub blobs: Vec<inputs::InputBlob>,
 }
 
 impl Plan {
@@ -89,9 +98,21 @@ pub struct PlanInputs {
 /// Hashes the manifest's files, prepares CSV datasets and expands the graph.
 pub fn plan(manifest: &Manifest) -> Result<Plan, PlanError> {
     let content = hash::content_hash(manifest)?;
-    let input = |role: &str, path: &PathBuf| InputRef {
-        path: path.clone(),
-        sha256: content.inputs[role].clone(),
+    let input = |role: &str, path: &PathBuf| {
+        let files = content.files.iter().filter(|f| f.role == role);
+        let folder = content.folders.contains(role);
+        InputRef {
+            path: path.clone(),
+            sha256: content.inputs[role].clone(),
+            folder,
+            file_name: match folder {
+                true => String::new(),
+                false => path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            },
+            size: files.map(|f| f.bytes).sum(),
+        }
     };
     let mut prepared = [None, None];
     for (slot, stage) in Stage::ALL.into_iter().enumerate() {
@@ -111,7 +132,18 @@ pub fn plan(manifest: &Manifest) -> Result<Plan, PlanError> {
             .map(|p| input("evaluation.bertscore_model", p)),
         prepared,
     };
-    Ok(expand(manifest, &inputs))
+    let mut plan = expand(manifest, &inputs);
+    plan.inputs = BTreeMap::from([
+        ("model.path".to_owned(), inputs.model.clone()),
+        ("stage1.dataset.path".to_owned(), inputs.datasets[0].clone()),
+        ("stage2.dataset.path".to_owned(), inputs.datasets[1].clone()),
+    ]);
+    if let Some(encoder) = &inputs.bertscore_model {
+        plan.inputs
+            .insert("evaluation.bertscore_model".into(), encoder.clone());
+    }
+    plan.blobs = inputs::blobs(&content);
+    Ok(plan)
 }
 
 /// Loads a CSV stage dataset and computes its split or folds (`None` for a MIMIC-CXR tree).
@@ -262,9 +294,10 @@ impl Builder<'_> {
     }
 
     fn model_inputs(&self) -> BTreeMap<String, InputRef> {
-        let mut inputs = BTreeMap::from([("model".to_owned(), self.inputs.model.clone())]);
+        let mut inputs =
+            BTreeMap::from([(input_role::MODEL.to_owned(), self.inputs.model.clone())]);
         if let Some(encoder) = &self.inputs.bertscore_model {
-            inputs.insert("bertscore_model".into(), encoder.clone());
+            inputs.insert(input_role::BERTSCORE_MODEL.into(), encoder.clone());
         }
         inputs
     }
@@ -326,7 +359,7 @@ impl Builder<'_> {
             vec![],
             config,
             labels,
-            BTreeMap::from([("dataset".to_owned(), input)]),
+            BTreeMap::from([(input_role::DATASET.to_owned(), input)]),
         )
     }
 
@@ -361,7 +394,7 @@ impl Builder<'_> {
             ..Labels::default()
         };
         let mut inputs = self.model_inputs();
-        inputs.remove("bertscore_model");
+        inputs.remove(input_role::BERTSCORE_MODEL);
         self.push(label, deps, config, labels, inputs)
     }
 
@@ -588,5 +621,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         experiment: manifest.name.clone(),
         manifest_sha256: inputs.manifest_sha256.clone(),
         jobs: b.jobs,
+        inputs: BTreeMap::new(),
+        blobs: Vec::new(),
     }
 }

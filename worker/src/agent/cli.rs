@@ -45,6 +45,10 @@ pub struct AgentArgs {
     /// Folder for downloads and scratch files.
     #[arg(long, default_value = ".tandem/worker")]
     pub work_dir: PathBuf,
+    /// Machine-wide cache of inputs (models, tokenizers, datasets) fetched by digest, shared by the machine's
+    /// workers [default: $XDG_CACHE_HOME/tandem, else ~/.cache/tandem]
+    #[arg(long, env = "TANDEM_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Also run the deterministic test job kind `test.emit` (tests and benchmarks).
     #[arg(long)]
     pub enable_test_kinds: bool,
@@ -175,6 +179,10 @@ pub fn main() -> ExitCode {
             cpu_threads: threads,
         },
         work_dir: args.work_dir.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| super::inputs::default_cache_dir(&args.work_dir)),
         lease_wait: Duration::from_secs(10),
         version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit,

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod devices;
+pub mod inputs;
 mod runner;
 pub mod runners;
 pub mod test_runner;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tandem_proto as pb;
 use tokio::sync::{mpsc, watch};
 
+use inputs::InputCache;
 pub use runner::{JobContext, JobRunner, ParentArtifact, RunError, RunnerRegistry, StopReason};
 use runner::{MetricMsg, StopFlag};
 use transfer::{TransferError, WorkerClient, download_to_cache, with_retry};
@@ -31,6 +33,8 @@ pub struct AgentConfig {
     pub name: String,
     pub resources: pb::Resources,
     pub work_dir: PathBuf,
+    /// The machine-wide cache of inputs fetched by digest (see [`inputs`]), shared by the machine's workers.
+    pub cache_dir: PathBuf,
     /// Long-poll wait per lease call.
     pub lease_wait: Duration,
     pub version: String,
@@ -350,12 +354,17 @@ async fn prepare_and_run(
         )));
     };
     let cache = config.work_dir.join("blobs");
+    let input_cache = InputCache::new(&config.cache_dir);
     let mut inputs = BTreeMap::new();
-    for input in &lease.inputs {
-        let path = download_to_cache(client, &input.sha256, &cache)
+    for input in &job.inputs {
+        let path = input_cache
+            .fetch(client, input)
             .await
-            .map_err(|e| RunError::retryable(format!("input {}: {e}", input.name)))?;
-        inputs.insert(input.name.clone(), path);
+            .map_err(|e| match e.is_permanent() {
+                true => RunError::permanent(e.to_string()),
+                false => RunError::retryable(e.to_string()),
+            })?;
+        inputs.insert(input.role.clone(), path);
     }
     let mut parents = Vec::new();
     for parent in &lease.parents {

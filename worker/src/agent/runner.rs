@@ -162,9 +162,14 @@ impl JobContext {
         &self.job.name
     }
 
-    /// The job's config as the planner wrote it (JSON).
+    /// The job's config as the planner wrote it (canonical JSON).
     pub fn config(&self) -> &[u8] {
         &self.job.config
+    }
+
+    /// The leased job as the coordinator sent it.
+    pub fn job(&self) -> &pb::JobSpec {
+        &self.job
     }
 
     /// Attempt number (1-based; a resumed job has a higher number).
@@ -181,7 +186,8 @@ impl JobContext {
         &self.work_dir
     }
 
-    /// An experiment input file by name, downloaded and verified.
+    /// An experiment input by role (a planner job's `model`, `dataset`, `bertscore_model`; a job graph's file
+    /// name), fetched by digest into the machine's input cache: a file, or a folder.
     pub fn input(&self, name: &str) -> Option<&Path> {
         self.inputs.get(name).map(PathBuf::as_path)
     }

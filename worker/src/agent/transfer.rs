@@ -173,7 +173,9 @@ pub async fn upload_bytes(
         .ok_or_else(|| TransferError::Rpc(Status::internal("upload reply without artifact")))
 }
 
-/// Downloads blob `sha256` into `cache_dir/<sha256>` unless a verified copy is there; returns its path.
+/// Downloads blob `sha256` into `cache_dir/<sha256>` unless it is there; returns its path. The bytes are
+/// streamed to a temporary file and hashed on the way; only a verified file is renamed into place, so a file at
+/// `cache_dir/<sha256>` is a verified copy. A transient failure restarts the download.
 pub async fn download_to_cache(
     client: &WorkerClient,
     sha256: &str,
@@ -185,52 +187,98 @@ pub async fn download_to_cache(
         ))));
     }
     let dest = cache_dir.join(sha256);
-    if let Ok(existing) = tokio::fs::read(&dest).await
-        && sha256_hex(&existing) == sha256
-    {
+    if tokio::fs::metadata(&dest).await.is_ok_and(|m| m.is_file()) {
         return Ok(dest);
     }
-    let data = with_retry("download", || {
-        let mut client = client.clone();
-        let request = pb::DownloadArtifactRequest {
-            sha256: sha256.to_string(),
-        };
-        async move {
-            let mut stream = client.download_artifact(request).await?.into_inner();
-            let mut data = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                data.extend_from_slice(&chunk?.data);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TransferError::Io { path, source }
+    };
+    tokio::fs::create_dir_all(cache_dir)
+        .await
+        .map_err(io(cache_dir))?;
+    let tmp = cache_dir.join(format!(".{sha256}.{}.part", std::process::id()));
+    let mut delay = Duration::from_millis(50);
+    let actual = loop {
+        match stream_to_file(client, sha256, &tmp).await {
+            Ok(actual) => break actual,
+            Err(TransferError::Rpc(status)) if is_transient(&status) => {
+                tracing::warn!(blob = sha256, code = ?status.code(), message = status.message(), "download interrupted, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Ok(data)
+            Err(err) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(err);
+            }
         }
-    })
-    .await
-    .map_err(TransferError::Rpc)?;
-    let actual = sha256_hex(&data);
+    };
     if actual != sha256 {
+        let _ = tokio::fs::remove_file(&tmp).await;
         return Err(TransferError::Corrupt {
             sha256: sha256.to_string(),
             actual,
         });
     }
-    tokio::fs::create_dir_all(cache_dir)
-        .await
-        .map_err(|source| TransferError::Io {
-            path: cache_dir.to_path_buf(),
-            source,
-        })?;
-    let tmp = cache_dir.join(format!(".{sha256}.{}", std::process::id()));
-    tokio::fs::write(&tmp, &data)
-        .await
-        .map_err(|source| TransferError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-    tokio::fs::rename(&tmp, &dest)
-        .await
-        .map_err(|source| TransferError::Io {
-            path: dest.clone(),
-            source,
-        })?;
+    tokio::fs::rename(&tmp, &dest).await.map_err(io(&dest))?;
     Ok(dest)
+}
+
+/// How often a long download logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Streams blob `sha256` into `path` (replacing it), hashing as it writes; returns the hash of what arrived.
+async fn stream_to_file(
+    client: &WorkerClient,
+    sha256: &str,
+    path: &Path,
+) -> Result<String, TransferError> {
+    use tokio::io::AsyncWriteExt;
+    let io = |source| TransferError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let request = pb::DownloadArtifactRequest {
+        sha256: sha256.to_string(),
+    };
+    let mut stream = client
+        .clone()
+        .download_artifact(request)
+        .await
+        .map_err(TransferError::Rpc)?
+        .into_inner();
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut hasher = Sha256::new();
+    let (started, mut logged) = (std::time::Instant::now(), std::time::Instant::now());
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(TransferError::Rpc)?;
+        hasher.update(&chunk.data);
+        file.write_all(&chunk.data).await.map_err(io)?;
+        bytes += chunk.data.len() as u64;
+        if logged.elapsed() >= PROGRESS_EVERY {
+            logged = std::time::Instant::now();
+            tracing::info!(
+                blob = sha256,
+                mib = bytes >> 20,
+                mib_per_s = (bytes >> 20) as f64 / started.elapsed().as_secs_f64(),
+                "downloading"
+            );
+        }
+    }
+    file.flush().await.map_err(io)?;
+    file.sync_all().await.map_err(io)?;
+    if started.elapsed() >= PROGRESS_EVERY {
+        tracing::info!(
+            blob = sha256,
+            mib = bytes >> 20,
+            seconds = started.elapsed().as_secs_f64(),
+            "downloaded"
+        );
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

@@ -1,14 +1,13 @@
-//! `data-prep`: runs the planned data preparation from the job config and the dataset (sent with the experiment
-//! or the worker's own copy at the planned path), and uploads the split with the rows it names.
+//! `data-prep`: runs the planned data preparation from the job config and the dataset (fetched by digest into
+//! the machine's input cache), and uploads the split with the rows it names.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use tandem_experiments::data::{CsvOptions, table};
-use tandem_experiments::planner::{self, JobConfig, PlanError};
+use tandem_experiments::planner::{self, JobConfig, input_role};
 use tandem_proto as pb;
 
-use super::{PREPARED_ARTIFACT, PreparedArtifact, PreparedRow, io_error, job_spec};
+use super::{PREPARED_ARTIFACT, PreparedArtifact, PreparedRow, input_path, io_error, job_spec};
 use crate::agent::{JobContext, JobRunner, RunError};
 
 pub struct DataPrepRunner;
@@ -23,34 +22,10 @@ impl JobRunner for DataPrepRunner {
                 spec.config.kind()
             )));
         };
-        // Sent inputs first, then the planned path on this machine; the digest decides which one is it.
-        let mut candidates: Vec<PathBuf> = ctx.inputs().values().cloned().collect();
-        if let Some(planned) = spec.inputs.get("dataset") {
-            candidates.push(planned.path.clone());
-        }
+        let dataset_path = input_path(ctx, input_role::DATASET)?;
         let out_dir = ctx.work_dir().join("prep");
-        let mut last = None;
-        let mut prepared = None;
-        for candidate in candidates.iter().filter(|p| p.exists()) {
-            match planner::prep::run_data_prep(config, candidate, &out_dir) {
-                Ok(p) => {
-                    prepared = Some(p);
-                    break;
-                }
-                Err(e @ PlanError::DigestMismatch { .. }) => last = Some(e),
-                Err(e) => return Err(RunError::permanent(e.to_string())),
-            }
-        }
-        let prepared = prepared.ok_or_else(|| {
-            RunError::permanent(match last {
-                Some(e) => e.to_string(),
-                None => format!(
-                    "{} dataset: not sent and not found at {:?}",
-                    config.stage.as_str(),
-                    candidates
-                ),
-            })
-        })?;
+        let prepared = planner::prep::run_data_prep(config, &dataset_path, &out_dir)
+            .map_err(|e| RunError::permanent(e.to_string()))?;
         let options = CsvOptions {
             input_column: config.dataset.input_column.clone(),
             target_column: config.dataset.target_column.clone(),

@@ -4,13 +4,13 @@
 //! and uploads `predictions.csv` and the result the report reads.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tandem_experiments::manifest::Metric;
 use tandem_experiments::metrics::bertscore::{BertScoreConfig, BertScorer};
 use tandem_experiments::metrics::radgraph::{CommandExtractor, GraphExtractor};
 use tandem_experiments::metrics::{MetricSet, Pair, ScoreConfig, score_pairs};
-use tandem_experiments::planner::{EvalConfig, JobConfig};
+use tandem_experiments::planner::{EvalConfig, JobConfig, input_role};
 use tandem_experiments::report::EvalResult;
 use tandem_proto as pb;
 
@@ -53,7 +53,7 @@ impl JobRunner for EvalRunner {
                 spec.id
             )));
         }
-        let mut loaded = load_job_model(&spec, &config.model)?;
+        let mut loaded = load_job_model(ctx, &spec, &config.model)?;
         if let Some(parent) = &config.adapter {
             let dir = ctx.work_dir().join("adapter");
             fetch_adapter(ctx, parent, &dir)?;
@@ -106,7 +106,7 @@ impl JobRunner for EvalRunner {
                 ids: Default::default(),
             })
             .collect();
-        let scores = score(&spec.inputs, config, &pairs)?;
+        let scores = score(ctx.input(input_role::BERTSCORE_MODEL), config, &pairs)?;
         let points: Vec<pb::MetricPoint> = scores
             .iter()
             .filter_map(|(name, value)| {
@@ -145,14 +145,13 @@ impl JobRunner for EvalRunner {
 
 /// Corpus scores by `tandem score` key; `None` = not available.
 fn score(
-    inputs: &BTreeMap<String, tandem_experiments::planner::InputRef>,
+    bertscore_model: Option<&Path>,
     config: &EvalConfig,
     pairs: &[Pair],
 ) -> Result<BTreeMap<String, Option<f64>>, RunError> {
     let wants = |m: Metric| config.metrics.contains(&m);
-    let bert_dir = inputs
-        .get("bertscore_model")
-        .map(|r| r.path.clone())
+    let bert_dir = bertscore_model
+        .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BERTSCORE_MODEL));
     let bert = if wants(Metric::Bertscore) && bert_dir.join("model.safetensors").is_file() {
         let mut bs = BertScoreConfig::new(bert_dir);

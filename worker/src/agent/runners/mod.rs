@@ -13,19 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tandem_experiments::manifest::hash::digest_path;
-use tandem_experiments::planner::{JobSpec, PartIndices};
+use tandem_experiments::planner::{JobSpec, PartIndices, input_role, wire};
 
 use super::{JobContext, RunError, RunnerRegistry};
 use crate::engine::EngineError;
 use crate::engine::load::{LoadedModel, ModelOptions, load_model};
 use crate::engine::qlora;
 
-/// Artifact of a data-prep job: the split and the usable rows it names.
-pub const PREPARED_ARTIFACT: &str = "prepared.json";
-/// Artifact of an eval job: its corpus scores as the report reads them.
-pub const EVAL_RESULT_ARTIFACT: &str = "eval_result.json";
-/// The files of a PEFT adapter, each uploaded as its own artifact.
-pub const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
+pub use tandem_experiments::planner::artifacts::{
+    ADAPTER_FILES, EVAL_RESULT as EVAL_RESULT_ARTIFACT, PREPARED as PREPARED_ARTIFACT,
+};
 
 /// Registers the four planner kinds.
 pub fn register_all(registry: &mut RunnerRegistry) {
@@ -134,10 +131,11 @@ impl Drop for JobModel {
 /// The job's base model from its planned local path (quantised as the manifest says), after checking that the
 /// worker's copy is the one the plan recorded; reused from the previous job when it loaded the same model.
 pub fn load_job_model(
+    ctx: &JobContext,
     spec: &JobSpec,
     model: &tandem_experiments::planner::ModelRef,
 ) -> Result<JobModel, RunError> {
-    let path = input_path(spec, "model")?;
+    let path = input_path(ctx, input_role::MODEL)?;
     check_model_digest(&spec.id, &path, &model.sha256)?;
     let key = (
         path.clone(),
@@ -202,16 +200,9 @@ fn check_model_digest(job: &str, path: &Path, expected: &str) -> Result<(), RunE
     Ok(())
 }
 
-/// The planned job spec the coordinator passes as the job's config.
+/// The leased job as the planner made it: decoded here, once per job (`planner::wire`).
 pub fn job_spec(ctx: &JobContext) -> Result<JobSpec, RunError> {
-    serde_json::from_slice(ctx.config()).map_err(|e| {
-        RunError::permanent(format!(
-            "job {}: config is not a planned job spec: line {} column {}: {e}",
-            ctx.job_id(),
-            e.line(),
-            e.column()
-        ))
-    })
+    wire::decode(ctx.job()).map_err(|e| RunError::permanent(e.to_string()))
 }
 
 /// The downloaded artifact `name` of parent job `job_id`.
@@ -247,12 +238,15 @@ pub fn fetch_adapter(ctx: &JobContext, job_id: &str, dir: &Path) -> Result<(), R
     Ok(())
 }
 
-/// The worker-local path of the planned input `role` (`model`, `dataset`, `bertscore_model`).
-pub fn input_path(spec: &JobSpec, role: &str) -> Result<PathBuf, RunError> {
-    spec.inputs
-        .get(role)
-        .map(|r| r.path.clone())
-        .ok_or_else(|| RunError::permanent(format!("job {}: no input {role:?} planned", spec.id)))
+/// Where input `role` (`model`, `dataset`, `bertscore_model`) was fetched to on this machine.
+pub fn input_path(ctx: &JobContext, role: &str) -> Result<PathBuf, RunError> {
+    ctx.input(role).map(Path::to_path_buf).ok_or_else(|| {
+        RunError::permanent(format!(
+            "job {}: no input {role:?} planned (inputs: {:?})",
+            ctx.job_id(),
+            ctx.inputs().keys().collect::<Vec<_>>()
+        ))
+    })
 }
 
 pub fn io_error(path: &Path, err: std::io::Error) -> RunError {

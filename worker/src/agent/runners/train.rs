@@ -41,7 +41,7 @@ impl JobRunner for TrainRunner {
         let part = prepared.part(config.data.fold)?;
         let train_rows = prepared.pick(&part.train)?;
         let val_rows = prepared.pick(&part.val)?;
-        let mut loaded = load_job_model(&spec, &config.model)?;
+        let mut loaded = load_job_model(ctx, &spec, &config.model)?;
         let lora = LoraConfig::from(&config.lora);
         if let Some(parent) = &config.init_adapter {
             let dir = ctx.work_dir().join("init-adapter");
