@@ -322,6 +322,54 @@ mod tests {
         }
     }
 
+    /// The inputs of the pinned AdamW run, exact in fp32 (`kernels/tools/emu/ops_check.cpp` builds the same):
+    /// `p_i = (i - 50) / 32`, and at step `s` `g_i = (((7 i + 3 s) mod 11) - 5) / 128`.
+    fn pinned_inputs(n: usize) -> (Vec<f32>, impl Fn(u64) -> Vec<f32>) {
+        let p = (0..n).map(|i| (i as f32 - 50.0) * 0.031_25).collect();
+        let g = move |s: u64| {
+            (0..n as u64)
+                .map(|i| (((i * 7 + s * 3) % 11) as f32 - 5.0) * 0.007_812_5)
+                .collect()
+        };
+        (p, g)
+    }
+
+    /// FNV-1a over the fp32 bits (little-endian) of `p`, then `m`, then `v`.
+    fn fnv_bits(parts: &[&[f32]]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in parts
+            .iter()
+            .flat_map(|x| x.iter())
+            .flat_map(|x| x.to_bits().to_le_bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+
+    #[test]
+    fn three_pinned_steps_match_the_emulated_cuda_kernel() {
+        let n = 100;
+        let (mut p, grads) = pinned_inputs(n);
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let opt = AdamW::torch(1e-3, 0.01);
+        for step in 1..=3 {
+            opt.step(step, &mut p, &grads(step), &mut m, &mut v)
+                .unwrap();
+        }
+        // The same hash as `adamw_step` run on the CPU emulator by kernels/tools/emu/ops_check.cpp: the kernel's
+        // fp32 operations, in its order, give these bits.
+        assert_eq!(
+            fnv_bits(&[&p, &m, &v]),
+            PINNED_ADAMW,
+            "{:#018x}",
+            fnv_bits(&[&p, &m, &v])
+        );
+    }
+
+    const PINNED_ADAMW: u64 = 0x2801_e7e8_83f5_76e8;
+
     #[test]
     fn a_state_update_is_all_or_nothing() {
         let mut state = AdamWState::new(&[2, 3]);
