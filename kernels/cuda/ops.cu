@@ -168,17 +168,24 @@ extern "C" __global__ void cross_entropy_backward(const float* __restrict__ logi
 }
 
 // ---- AdamW and clipping ----------------------------------------------------------------------------------------
-// bc1 = 1 - beta1^step, bc2 = 1 - beta2^step (from the host).
+// bc1 = 1 - beta1^step, bc2 = 1 - beta2^step (from the host). The same fp32 operations in the same order as the CPU
+// step (kernels/src/ops/optim.rs, which the CPU engine runs), each rounded on its own: the _rn intrinsics are never
+// contracted into FMAs, so a GPU step is bit-identical to the CPU one.
 extern "C" __global__ void adamw_step(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                                       float* __restrict__ v, i64 n, float lr, float beta1, float beta2, float eps,
                                       float weight_decay, float bc1, float bc2) {
+    const float decay = __fsub_rn(1.0f, __fmul_rn(lr, weight_decay));
+    const float c1 = __fsub_rn(1.0f, beta1), c2 = __fsub_rn(1.0f, beta2);
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        float gi = g[i];
-        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        const float gi = g[i];
+        // m = beta1 m + (1 - beta1) g; v = beta2 v + ((1 - beta2) g) g
+        const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(c1, gi));
+        const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(c2, gi), gi));
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] * (1.0f - lr * weight_decay) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        // p = p (1 - lr wd) - (lr (m / bc1)) / (sqrt(v / bc2) + eps)
+        const float upd = __fdiv_rn(__fmul_rn(lr, __fdiv_rn(mi, bc1)), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps));
+        p[i] = __fsub_rn(__fmul_rn(p[i], decay), upd);
     }
 }
 

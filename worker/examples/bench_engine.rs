@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tandem_experiments::manifest::{LossMask, Quantization};
+use tandem_kernels::ops::optim::{AdamW, AdamWState};
 use tandem_worker::engine::generate::{self, GenerateConfig};
 use tandem_worker::engine::load::{ModelOptions, load_model};
 use tandem_worker::engine::lora::LoraConfig;
 use tandem_worker::engine::model::{self, TrainExample};
 use tandem_worker::engine::rng::{Purpose, Stream};
-use tandem_worker::engine::train::optimizer::AdamW;
 
 struct Args {
     threads: usize,
@@ -93,7 +93,7 @@ fn train_steps(args: &Args, quantization: Quantization) {
         .flat_map(|l| [l.lora().unwrap().a.clone(), l.lora().unwrap().b.clone()])
         .collect();
     let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
-    let mut opt = AdamW::new(&sizes, 0.01);
+    let mut opt = AdamWState::new(&sizes);
     let data = batch(loaded.model.vocab_size());
     let steps = if quantization == Quantization::Nf4 {
         2
@@ -129,7 +129,8 @@ fn train_steps(args: &Args, quantization: Quantization) {
                     .unwrap()
             })
             .collect();
-        opt.step(&mut params, &g, 1e-4);
+        opt.update(&AdamW::torch(1e-4, 0.01), &mut params, &g)
+            .expect("adamw");
         for (v, p) in vars.iter().zip(&params) {
             v.set(
                 &candle_core::Tensor::from_slice(

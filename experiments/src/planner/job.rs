@@ -17,7 +17,8 @@ use crate::manifest::{
 /// The code version that job ids include. Bump it only when the engine's results for the same config change
 /// (training loop, generation, data preparation, metrics); commits that leave those alone keep every job id,
 /// so completed work is reused.
-pub const ENGINE_REVISION: &str = "tandem-engine-1";
+// 2: LoRA dropout masks from tandem_kernels::dropout (the GPU's generator) and AdamW from tandem_kernels (fp32).
+pub const ENGINE_REVISION: &str = "tandem-engine-2";
 
 /// How the planner stratifies holdout splits (see `data::split`); part of every data-prep config.
 pub const STRATIFY_KEY: &str = "target-length-words-v1";

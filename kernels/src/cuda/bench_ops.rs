@@ -334,16 +334,10 @@ pub(super) fn op_rows(
         let mut p = filled(gpu, n, 0.01)?;
         let g = filled(gpu, n, 0.001)?;
         let (mut m, mut v) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(n)?);
-        let opt = AdamW {
-            lr: 2e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let opt = AdamW::torch(2e-4, 0.0);
         let shape = format!("{n} adapter parameters (r = 32, q/v, 32 layers)");
         let ms = time_median(gpu, o, |i| {
-            ops::adamw_step(gpu, &opt, 1 + i as u32, &mut p, &g, &mut m, &mut v, n)
+            ops::adamw_step(gpu, &opt, 1 + i as u64, &mut p, &g, &mut m, &mut v, n)
         })?;
         push("adamw_step", shape.clone(), ms, 7 * n * f);
         let ms = time_median(gpu, o, |_| ops::global_norm(gpu, &[&g]).map(|_| ()))?;

@@ -129,7 +129,8 @@ pub struct GpuLora<'a> {
 
 impl GpuLora<'_> {
     fn dropout_factor(&self) -> Option<(&CudaSlice<u8>, f32)> {
-        self.dropout.map(|(p, mask)| (mask, 1.0 / (1.0 - p)))
+        self.dropout
+            .map(|(p, mask)| (mask, crate::dropout::keep_scale(p)))
     }
 
     /// Forward: `y = x W^T + s (dropout(x) A^T) B^T`; fills `h = dropout(x) A^T` (`tokens x r`) for the backward.

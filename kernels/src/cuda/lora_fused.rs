@@ -67,7 +67,7 @@ pub fn plan(dims: LoraDims, scale: f32, dropout: Option<f32>, accumulate: bool) 
         rank: r,
     } = dims;
     let kx = k + r;
-    let factor = dropout.map_or(1.0, |p| 1.0 / (1.0 - p));
+    let factor = dropout.map_or(1.0, crate::dropout::keep_scale);
     let grad_beta = if accumulate { 1.0 } else { 0.0 };
     let product = |gemm, a_offset, b_offset, c_offset| ExtProduct {
         gemm,

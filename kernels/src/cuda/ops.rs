@@ -437,12 +437,12 @@ pub fn cross_entropy_backward(
     Ok(())
 }
 
-/// One AdamW step (`step` from 1) over `n` parameters, in place.
+/// One AdamW step (`step` from 1) over `n` parameters, in place: bit for bit [`AdamW::step`].
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     gpu: &Gpu,
     opt: &AdamW,
-    step: u32,
+    step: u64,
     params: &mut CudaSlice<f32>,
     grads: &CudaSlice<f32>,
     m: &mut CudaSlice<f32>,
@@ -465,8 +465,7 @@ pub fn adamw_step(
             ));
         }
     }
-    let bc1 = (1.0 - f64::from(opt.beta1).powi(step as i32)) as f32;
-    let bc2 = (1.0 - f64::from(opt.beta2).powi(step as i32)) as f32;
+    let (bc1, bc2) = crate::ops::optim::bias_corrections(opt.beta1, opt.beta2, step);
     let n64 = n as i64;
     launch!(
         gpu,

@@ -87,6 +87,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 // The PTX helpers of common.cuh (left out there under TANDEM_CUDA_EMU).
 inline unsigned short f32_to_bf16(float x) {  // round to nearest even; NaN stays NaN

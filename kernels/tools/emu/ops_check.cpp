@@ -1,7 +1,8 @@
 // Runs the deterministic reductions of kernels/cuda/ops.cu on the CPU emulator (cuda_emu.h) and compares them with
 // float64 references (the math of kernels/src/ops/{embedding,rmsnorm,optim}.rs): the grouped embedding backward,
 // the RMSNorm backward (dx, and dw in two passes) and the two-pass fp64 sum of squares. The host-side grouping and
-// chunking mirror kernels/src/cuda/ops.rs (EmbeddingGroups, rmsnorm_dw_chunking, sum_squares_blocks).
+// chunking mirror kernels/src/cuda/ops.rs (EmbeddingGroups, rmsnorm_dw_chunking, sum_squares_blocks). Then the
+// dropout mask and adamw_step bit for bit against the CPU definitions.
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -61,6 +62,60 @@ static bool check_dropout() {
         ok &= wrong == 0;
     }
     return ok;
+}
+
+// adamw_step against the CPU step of kernels/src/ops/optim.rs, written out again here in plain fp32 C++ (g++
+// -std=c++20 does not contract), bit for bit; and the FNV-1a hash of p, m, v after three steps of the pinned inputs,
+// which kernels/src/ops/optim.rs's test `three_pinned_steps_match_the_emulated_cuda_kernel` holds too.
+static bool check_adamw() {
+    const int n = 100;
+    const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, wd = 0.01f;
+    auto powi = [](double a, int b) {  // compiler-rt's __powidf2, what Rust's f64::powi calls
+        double r = 1;
+        for (;;) {
+            if (b & 1) r *= a;
+            b /= 2;
+            if (b == 0) break;
+            a *= a;
+        }
+        return r;
+    };
+    std::vector<float> p(n), m(n, 0.0f), v(n, 0.0f);
+    for (int i = 0; i < n; ++i) p[i] = (float)(i - 50) * 0.03125f;
+    std::vector<float> cp = p, cm = m, cv = v, g(n);
+    size_t wrong = 0;
+    for (int s = 1; s <= 3; ++s) {
+        for (int i = 0; i < n; ++i) g[i] = (float)((int)((i * 7 + s * 3) % 11) - 5) * 0.0078125f;
+        const float bc1 = (float)(1.0 - powi((double)beta1, s)), bc2 = (float)(1.0 - powi((double)beta2, s));
+        emu_launch({2}, {32}, 0, [&] {
+            adamw_step(p.data(), g.data(), m.data(), v.data(), (i64)n, lr, beta1, beta2, eps, wd, bc1, bc2);
+        });
+        for (int i = 0; i < n; ++i) {
+            const float mi = beta1 * cm[i] + (1.0f - beta1) * g[i];
+            const float vi = beta2 * cv[i] + (1.0f - beta2) * g[i] * g[i];
+            cm[i] = mi;
+            cv[i] = vi;
+            cp[i] = cp[i] * (1.0f - lr * wd) - lr * (mi / bc1) / (std::sqrt(vi / bc2) + eps);
+        }
+        auto bits = [](float x) {
+            uint32_t u;
+            std::memcpy(&u, &x, 4);
+            return u;
+        };
+        for (int i = 0; i < n; ++i)
+            wrong += bits(p[i]) != bits(cp[i]) || bits(m[i]) != bits(cm[i]) || bits(v[i]) != bits(cv[i]);
+    }
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const auto* x : {&p, &m, &v})
+        for (float f : *x) {
+            uint32_t u;
+            std::memcpy(&u, &f, 4);
+            for (int k = 0; k < 4; ++k) h = (h ^ ((u >> (8 * k)) & 0xffu)) * 0x100000001b3ull;
+        }
+    const uint64_t pinned = 0x2801e7e883f576e8ull;
+    std::printf("  adamw_step: %zu elements differ from the fp32 CPU step; hash %#018llx (pinned %#018llx)\n", wrong,
+                (unsigned long long)h, (unsigned long long)pinned);
+    return wrong == 0 && h == pinned;
 }
 
 int main() {
@@ -145,6 +200,7 @@ int main() {
         ok &= err < 1e-12;
     }
     ok &= check_dropout();
+    ok &= check_adamw();
     std::printf(ok ? "ops: all checks passed\n" : "ops: FAILED\n");
     return ok ? 0 : 1;
 }

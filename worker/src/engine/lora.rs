@@ -1,9 +1,12 @@
 //! The LoRA linear layer: a frozen base weight (dense, or quantised and dequantised on use for QLoRA) plus an
-//! optional trainable low-rank update `(alpha / r) * B(A(dropout(x)))`, initialised as PEFT does.
+//! optional trainable low-rank update `(alpha / r) * B(A(dropout(x)))`, initialised as PEFT does. Dropout masks
+//! come from `tandem_kernels::dropout`, the generator the CUDA kernels draw from, so a CPU and a GPU run of the
+//! same job drop the same elements.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
+use tandem_kernels::dropout;
 
 use super::error::{EngineError, Result};
 use super::ops::{self, DenseWeight, WeightSource};
@@ -64,15 +67,16 @@ impl From<&tandem_experiments::manifest::LoraSpec> for LoraConfig {
     }
 }
 
-/// Per-forward context: whether this is a training forward (dropout active) and the counters that key the
-/// dropout masks, so masks are reproducible and independent of threads and history.
+/// Per-forward context: whether this is a training forward (dropout active) and the counters that name the
+/// dropout streams (`tandem_kernels::dropout::training_stream`), so masks are reproducible and independent of
+/// threads and history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardCtx {
     pub training: bool,
     pub seed: u64,
-    /// Optimizer step (or any counter the caller advances between forwards).
+    /// Optimizer update, from 0 (or any counter the caller advances between forwards).
     pub step: u64,
-    /// Micro-batch index within the step.
+    /// Micro-batch index within the update.
     pub micro: u64,
 }
 
@@ -87,7 +91,7 @@ impl ForwardCtx {
         }
     }
 
-    /// A training forward with masks keyed by (seed, step, micro).
+    /// A training forward with masks named by (seed, step, micro) and each layer's (layer, site).
     pub fn train(seed: u64, step: u64, micro: u64) -> Self {
         Self {
             training: true,
@@ -136,7 +140,7 @@ pub struct LoraLinear {
     source: Arc<dyn WeightSource>,
     base: FrozenWeight,
     lora: Option<LoraWeights>,
-    /// Keys this layer's dropout stream.
+    /// Keys this layer's LoRA initialisation stream.
     layer_key: u64,
     /// Whether a quantised base is also held dequantised (see [`LoraLinear::hold_dequantized`]).
     held: bool,
@@ -317,23 +321,19 @@ impl LoraLinear {
         Ok((base + update)?)
     }
 
-    /// Inverted dropout with a mask drawn from the stream keyed by (seed, step, micro, layer).
+    /// Inverted dropout: element `i` of `x` (row-major) is kept when element `i` of the layer's keep mask is 1,
+    /// and then scaled by `1 / (1 - p)`. The mask is `tandem_kernels::dropout::keep_mask` of the stream
+    /// `training_stream(update, micro, layer, site)`, `(layer, site)` read off the module path.
     fn dropout(&self, x: &Tensor, p: f64, ctx: &ForwardCtx) -> Result<Tensor> {
-        let mut stream = Stream::new(
-            ctx.seed,
-            Purpose::Dropout,
-            &[ctx.step, ctx.micro, self.layer_key],
-        );
-        let keep_scale = (1.0 / (1.0 - p)) as f32;
         let p = p as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if stream.uniform_f32() < p {
-                    0.0
-                } else {
-                    keep_scale
-                }
-            })
+        let keep = dropout::locate(&self.path)
+            .and_then(|(layer, site)| dropout::training_stream(ctx.step, ctx.micro, layer, site))
+            .and_then(|stream| dropout::keep_mask(ctx.seed, stream, x.elem_count(), p))
+            .map_err(|e| EngineError::Input(format!("LoRA dropout: {e}")))?;
+        let scale = dropout::keep_scale(p);
+        let mask: Vec<f32> = keep
+            .into_iter()
+            .map(|k| if k == 1 { scale } else { 0.0 })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         Ok((x * mask)?)
@@ -405,9 +405,7 @@ mod tests {
         assert_eq!(make(1), make(1));
         assert_ne!(make(1), make(2));
 
-        let mut l = LoraLinear::dense("m.q_proj", w.clone()).unwrap();
-        l.add_lora(&config(0.5), 1).unwrap();
-        let x = Tensor::ones((8, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (l, x) = layer_and_input("model.layers.0.self_attn.q_proj", 8, 5, 0.5);
         let m1 = l
             .dropout(&x, 0.5, &ForwardCtx::train(3, 1, 0))
             .unwrap()
@@ -428,12 +426,106 @@ mod tests {
         assert!(m1.iter().flatten().all(|&v| v == 0.0 || v == 2.0));
     }
 
+    /// A layer `path` of ones `[3, in_f]` with a fresh LoRA of dropout `p`, and an input of ones `[rows, in_f]`.
+    fn layer_and_input(path: &str, rows: usize, in_f: usize, p: f64) -> (LoraLinear, Tensor) {
+        let w = Tensor::ones((3, in_f), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mut l = LoraLinear::dense(path, w).unwrap();
+        l.add_lora(&config(p), 1).unwrap();
+        let x = Tensor::ones((rows, in_f), candle_core::DType::F32, &Device::Cpu).unwrap();
+        (l, x)
+    }
+
+    /// The layer's dropout on a tensor of ones: `1 / (1 - p)` where kept, 0 where dropped.
+    fn dropped_ones(path: &str, shape: (usize, usize), p: f64, ctx: &ForwardCtx) -> Vec<f32> {
+        let (l, x) = layer_and_input(path, shape.0, shape.1, p);
+        l.dropout(&x, p, ctx)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn dropout_masks_are_the_gpu_kernels_bits() {
+        use tandem_kernels::dropout::{Site, keep_mask, keep_scale, training_stream};
+        let (rows, cols) = (6, 37);
+        for (path, layer, site, p, seed, step, micro) in [
+            (
+                "model.layers.3.self_attn.v_proj",
+                3,
+                Site::VProj,
+                0.1,
+                42,
+                7,
+                0,
+            ),
+            (
+                "model.layers.0.mlp.down_proj",
+                0,
+                Site::DownProj,
+                0.05,
+                1,
+                0,
+                3,
+            ),
+            (
+                "decoder.block.1.layer.1.EncDecAttention.k",
+                1,
+                Site::DecoderCrossK,
+                0.5,
+                9,
+                2,
+                1,
+            ),
+            (
+                "encoder.block.11.layer.1.DenseReluDense.wi_0",
+                11,
+                Site::EncoderWi0,
+                0.3,
+                9,
+                2,
+                1,
+            ),
+        ] {
+            let got = dropped_ones(path, (rows, cols), p, &ForwardCtx::train(seed, step, micro));
+            let stream = training_stream(step, micro, layer, site).unwrap();
+            let want: Vec<f32> = keep_mask(seed, stream, rows * cols, p as f32)
+                .unwrap()
+                .into_iter()
+                .map(|k| f32::from(k) * keep_scale(p as f32))
+                .collect();
+            assert_eq!(got, want, "{path}");
+            assert!(got.contains(&0.0), "{path}: something is dropped");
+        }
+    }
+
+    #[test]
+    fn dropout_masks_differ_per_micro_batch_layer_and_site() {
+        let at =
+            |path: &str, micro| dropped_ones(path, (4, 16), 0.5, &ForwardCtx::train(5, 2, micro));
+        let base = at("model.layers.1.self_attn.q_proj", 0);
+        assert_ne!(base, at("model.layers.1.self_attn.q_proj", 1));
+        assert_ne!(base, at("model.layers.2.self_attn.q_proj", 0));
+        assert_ne!(base, at("model.layers.1.self_attn.k_proj", 0));
+        assert_eq!(base, at("model.layers.1.self_attn.q_proj", 0));
+    }
+
+    #[test]
+    fn dropout_on_a_module_without_a_stream_name_is_an_error() {
+        let (l, x) = layer_and_input("m.q_proj", 2, 5, 0.5);
+        let e = l
+            .forward(&x, &ForwardCtx::train(0, 0, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m.q_proj"), "{e}");
+        // Inference never draws a mask.
+        assert!(l.forward(&x, &ForwardCtx::eval()).is_ok());
+    }
+
     #[test]
     fn gradients_reach_a_and_b_only() {
-        let w = Tensor::ones((3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let mut l = LoraLinear::dense("m.q_proj", w).unwrap();
-        l.add_lora(&config(0.0), 1).unwrap();
-        let x = Tensor::ones((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (l, x) = layer_and_input("m.q_proj", 2, 5, 0.0);
         let loss = l
             .forward(&x, &ForwardCtx::train(0, 0, 0))
             .unwrap()

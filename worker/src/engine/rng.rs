@@ -1,15 +1,16 @@
-//! Seeded, counter-based randomness: every random draw of the engine (LoRA init, dropout masks, sampling) comes
-//! from a ChaCha8 stream keyed by (seed, purpose, counters), so results never depend on threads or on history.
+//! Seeded, counter-based randomness: the engine's random draws (LoRA init, data shuffling, sampling) come from a
+//! ChaCha8 stream keyed by (seed, purpose, counters), so results never depend on threads or on history. Dropout
+//! masks are not drawn here: they come from `tandem_kernels::dropout`, the generator the CUDA kernels share.
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
-/// What a random stream is used for; keeps the streams of different purposes apart.
+/// What a random stream is used for; keeps the streams of different purposes apart. The numbers key the streams
+/// (2 was dropout's, before masks moved to `tandem_kernels::dropout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
 pub enum Purpose {
     LoraInit = 1,
-    Dropout = 2,
     Shuffle = 3,
     Sampling = 4,
 }
@@ -88,15 +89,15 @@ mod tests {
     #[test]
     fn streams_are_reproducible_and_distinct() {
         let a: Vec<f32> = {
-            let mut s = Stream::new(42, Purpose::Dropout, &[1, 2]);
+            let mut s = Stream::new(42, Purpose::Sampling, &[1, 2]);
             (0..8).map(|_| s.uniform_f32()).collect()
         };
         let b: Vec<f32> = {
-            let mut s = Stream::new(42, Purpose::Dropout, &[1, 2]);
+            let mut s = Stream::new(42, Purpose::Sampling, &[1, 2]);
             (0..8).map(|_| s.uniform_f32()).collect()
         };
         let c: Vec<f32> = {
-            let mut s = Stream::new(42, Purpose::Dropout, &[1, 3]);
+            let mut s = Stream::new(42, Purpose::Sampling, &[1, 3]);
             (0..8).map(|_| s.uniform_f32()).collect()
         };
         assert_eq!(a, b);

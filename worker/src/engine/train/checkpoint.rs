@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::optimizer::{AdamW, Moments};
 use crate::engine::error::{EngineError, Result};
 use crate::engine::tensor_io;
+use serde::{Deserialize, Serialize};
+use tandem_kernels::ops::optim::{AdamWState, Moments};
 
 /// Where the loop is: enough to continue exactly as if never interrupted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,8 +35,10 @@ fn moment_names(i: usize) -> (String, String) {
     )
 }
 
-/// Writes the optimizer's moments and step counter.
-pub fn save_optimizer(opt: &AdamW, path: &Path) -> Result<()> {
+/// Writes the optimizer's moments (`param.{i}.exp_avg`, `param.{i}.exp_avg_sq`) and step counter (metadata `t`),
+/// with the run's weight decay for the record (metadata `weight_decay`); the layout is unchanged since the
+/// optimizer moved to `tandem_kernels::ops::optim`, so older checkpoints load.
+pub fn save_optimizer(opt: &AdamWState, weight_decay: f64, path: &Path) -> Result<()> {
     let mut tensors = Vec::new();
     for (i, m) in opt.moments.iter().enumerate() {
         let (a, b) = moment_names(i);
@@ -45,17 +46,14 @@ pub fn save_optimizer(opt: &AdamW, path: &Path) -> Result<()> {
         tensors.push((b, vec![m.v.len()], m.v.clone()));
     }
     let meta = std::collections::HashMap::from([
-        ("t".to_string(), opt.t.to_string()),
-        (
-            "weight_decay".to_string(),
-            format!("{:e}", opt.weight_decay),
-        ),
+        ("t".to_string(), opt.step.to_string()),
+        ("weight_decay".to_string(), format!("{weight_decay:e}")),
     ]);
     tensor_io::write_f32(path, &tensors, Some(meta))
 }
 
 /// Reads optimizer moments saved by `save_optimizer` into `opt` (sizes must match).
-pub fn load_optimizer(opt: &mut AdamW, path: &Path) -> Result<()> {
+pub fn load_optimizer(opt: &mut AdamWState, path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| EngineError::Checkpoint {
@@ -95,7 +93,7 @@ pub fn load_optimizer(opt: &mut AdamW, path: &Path) -> Result<()> {
             v: v.1.clone(),
         };
     }
-    opt.t = t;
+    opt.step = t;
     Ok(())
 }
 
@@ -143,4 +141,46 @@ pub fn load_state(path: &Path) -> Result<LoopState> {
         path: path.into(),
         message: format!("bad state.json: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn optimizer_state_round_trips_and_the_earlier_layout_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        // As written before the optimizer moved to tandem_kernels (the layout did not change).
+        let earlier = dir.path().join("earlier.safetensors");
+        let tensors = [
+            ("param.0.exp_avg".to_string(), vec![2], vec![0.1f32, 0.2]),
+            ("param.0.exp_avg_sq".to_string(), vec![2], vec![0.3f32, 0.4]),
+        ];
+        let meta = HashMap::from([
+            ("t".to_string(), "7".to_string()),
+            ("weight_decay".to_string(), "1e-2".to_string()),
+        ]);
+        tensor_io::write_f32(&earlier, &tensors, Some(meta)).unwrap();
+        let mut opt = AdamWState::new(&[2]);
+        load_optimizer(&mut opt, &earlier).unwrap();
+        assert_eq!(opt.step, 7);
+        assert_eq!(
+            opt.moments[0],
+            Moments {
+                m: vec![0.1, 0.2],
+                v: vec![0.3, 0.4]
+            }
+        );
+        let now = dir.path().join("now.safetensors");
+        save_optimizer(&opt, 0.01, &now).unwrap();
+        let mut back = AdamWState::new(&[2]);
+        load_optimizer(&mut back, &now).unwrap();
+        assert_eq!(back, opt);
+        let e = load_optimizer(&mut AdamWState::new(&[3]), &now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 3"), "{e}");
+    }
 }

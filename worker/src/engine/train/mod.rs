@@ -4,16 +4,16 @@
 
 pub mod checkpoint;
 pub mod examples;
-pub mod optimizer;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use tandem_experiments::manifest::TrainingSpec;
+use tandem_kernels::dropout;
+use tandem_kernels::ops::optim::{self, AdamW, AdamWState};
 
 use self::checkpoint::LoopState;
-use self::optimizer::AdamW;
 use super::error::{EngineError, Result};
 use super::lora::{ForwardCtx, LoraConfig};
 use super::model::{self, LanguageModel, TrainExample};
@@ -105,13 +105,21 @@ pub fn total_steps(spec: &TrainingSpec, examples: usize) -> usize {
     spec.max_steps.map_or(total, |m| total.min(m))
 }
 
-fn validate(spec: &TrainingSpec, train: &[TrainExample]) -> Result<()> {
+fn validate(spec: &TrainingSpec, lora: &LoraConfig, train: &[TrainExample]) -> Result<()> {
     let bad = |m: String| Err(EngineError::Input(m));
     if train.is_empty() {
         return bad("no training examples".into());
     }
     if spec.batch_size == 0 || spec.grad_accum == 0 {
         return bad("training.batch_size and training.grad_accum must be at least 1".into());
+    }
+    if lora.dropout > 0.0 && spec.grad_accum as u64 > dropout::MAX_MICRO_BATCHES {
+        return bad(format!(
+            "training.grad_accum {} with lora.dropout: dropout masks are named for at most {} micro-batches per \
+             update",
+            spec.grad_accum,
+            dropout::MAX_MICRO_BATCHES
+        ));
     }
     if spec.epochs.is_nan() || spec.epochs <= 0.0 {
         return bad(format!(
@@ -193,13 +201,17 @@ fn write_checkpoint(
     model: &dyn LanguageModel,
     config: &TrainConfig,
     root: &Path,
-    opt: &AdamW,
+    opt: &AdamWState,
     best: Option<&[Vec<f32>]>,
     state: &LoopState,
 ) -> Result<PathBuf> {
     let dir = root.join(format!("checkpoint-{}", state.step));
     peft::save(model, &config.lora, &dir.join("adapter"))?;
-    checkpoint::save_optimizer(opt, &dir.join("optimizer.safetensors"))?;
+    checkpoint::save_optimizer(
+        opt,
+        config.training.weight_decay,
+        &dir.join("optimizer.safetensors"),
+    )?;
     if let Some(b) = best {
         save_params(b, &params_path(&dir))?;
     }
@@ -270,14 +282,14 @@ pub fn train_until(
     should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainSummary> {
     let spec = &config.training;
-    validate(spec, train)?;
+    validate(spec, &config.lora, train)?;
     if model::lora_layers(model).is_empty() {
         model::add_lora(model, &config.lora, config.seed)?;
     }
     let vars = trainable_vars(model);
     let mut params = read_params(&vars)?;
     let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
-    let mut opt = AdamW::new(&sizes, spec.weight_decay);
+    let mut opt = AdamWState::new(&sizes);
     let mut state = LoopState {
         step: 0,
         epoch: 0,
@@ -362,13 +374,17 @@ pub fn train_until(
             state.epoch += 1;
             state.micro = 0;
         }
-        let (norm, factor) = optimizer::clip_factor(&grads, spec.max_grad_norm);
-        if factor != 1.0 {
-            let f = factor as f32;
-            grads.iter_mut().flatten().for_each(|g| *g *= f);
-        }
-        let lr = optimizer::linear_schedule(spec.lr, state.step, spec.warmup_steps, total);
-        opt.step(&mut params, &grads, lr);
+        let norm = optim::clip_global_norm(
+            &mut grads.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
+            spec.max_grad_norm,
+        );
+        let lr = optim::linear_schedule(spec.lr, state.step, spec.warmup_steps, total);
+        opt.update(
+            &AdamW::torch(lr as f32, spec.weight_decay as f32),
+            &mut params,
+            &grads,
+        )
+        .map_err(|e| EngineError::Input(format!("optimizer step: {e}")))?;
         write_params(&vars, &params)?;
         state.step += 1;
         state.losses.push(step_loss);
