@@ -6,10 +6,21 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::RwLock;
 
-use tonic::Status;
-use tonic::metadata::MetadataMap;
+use crate::store::{TokenRecord, TokenRole, WorkerRecord, hex, now_ms, sha256_hex};
 
-use crate::store::{TokenRecord, TokenRole, hex, now_ms, sha256_hex};
+/// Why a caller may not make a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No valid token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token whose role or name does not allow the request.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The worker id the caller acts as is not registered (e.g. a store that was wiped): register again.
+    #[error("unknown worker {0}: register again")]
+    UnknownWorker(String),
+}
 
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,18 +113,18 @@ impl Auth {
         out
     }
 
-    /// The caller of a request: UNAUTHENTICATED without a valid token (unless `--insecure-local`).
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
-        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        let Some(header) = header else {
+    /// The caller of a request from its `authorization` header (`Bearer <secret>`): unauthenticated without
+    /// a valid token (unless `--insecure-local`).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(header) = authorization else {
             if self.insecure_local {
                 return Ok(Principal {
                     role: TokenRole::Admin,
                     name: "local".into(),
                 });
             }
-            return Err(Status::unauthenticated(
-                "missing bearer token (pass --token or set TANDEM_TOKEN)",
+            return Err(AuthError::Unauthenticated(
+                "missing bearer token (pass --token or set TANDEM_TOKEN)".into(),
             ));
         };
         let secret = header.strip_prefix("Bearer ").unwrap_or(header).trim();
@@ -123,41 +134,60 @@ impl Auth {
                 role: record.role,
                 name: record.name.clone(),
             }),
-            Some(_) => Err(Status::unauthenticated("token revoked")),
+            Some(_) => Err(AuthError::Unauthenticated("token revoked".into())),
             None if self.insecure_local => Ok(Principal {
                 role: TokenRole::Admin,
                 name: "local".into(),
             }),
-            None => Err(Status::unauthenticated("unknown token")),
+            None => Err(AuthError::Unauthenticated("unknown token".into())),
         }
     }
 }
 
 /// Clients (teams and admins) only.
-pub fn require_client(principal: &Principal) -> Result<(), Status> {
+pub fn require_client(principal: &Principal) -> Result<(), AuthError> {
     match principal.role {
         TokenRole::Team | TokenRole::Admin => Ok(()),
-        TokenRole::Worker => Err(Status::permission_denied(
-            "a worker token cannot call the client service",
+        TokenRole::Worker => Err(AuthError::PermissionDenied(
+            "a worker token cannot call the client service".into(),
         )),
     }
 }
 
 /// Workers (and admins) only.
-pub fn require_worker(principal: &Principal) -> Result<(), Status> {
+pub fn require_worker(principal: &Principal) -> Result<(), AuthError> {
     match principal.role {
         TokenRole::Worker | TokenRole::Admin => Ok(()),
-        TokenRole::Team => Err(Status::permission_denied(
-            "a team token cannot call the worker service",
+        TokenRole::Team => Err(AuthError::PermissionDenied(
+            "a team token cannot call the worker service".into(),
         )),
     }
 }
 
-pub fn require_admin(principal: &Principal) -> Result<(), Status> {
+/// A worker token may act only as a worker registered under its own name (`registered`: the record of
+/// `worker_id`, if any); an admin may act as any worker.
+pub fn require_worker_identity(
+    principal: &Principal,
+    worker_id: &str,
+    registered: Option<&WorkerRecord>,
+) -> Result<(), AuthError> {
+    if principal.role != TokenRole::Worker {
+        return Ok(());
+    }
+    match registered {
+        Some(worker) if worker.name == principal.name => Ok(()),
+        Some(_) => Err(AuthError::PermissionDenied(format!(
+            "worker {worker_id} belongs to another token"
+        ))),
+        None => Err(AuthError::UnknownWorker(worker_id.to_string())),
+    }
+}
+
+pub fn require_admin(principal: &Principal) -> Result<(), AuthError> {
     match principal.role {
         TokenRole::Admin => Ok(()),
-        _ => Err(Status::permission_denied(
-            "only an admin token can manage tokens",
+        _ => Err(AuthError::PermissionDenied(
+            "only an admin token can manage tokens".into(),
         )),
     }
 }
@@ -166,10 +196,16 @@ pub fn require_admin(principal: &Principal) -> Result<(), Status> {
 mod tests {
     use super::*;
 
-    fn metadata(token: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        m.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        m
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    fn unauthenticated(err: AuthError) -> bool {
+        matches!(err, AuthError::Unauthenticated(_))
+    }
+
+    fn permission_denied(err: AuthError) -> bool {
+        matches!(err, AuthError::PermissionDenied(_))
     }
 
     #[test]
@@ -177,7 +213,7 @@ mod tests {
         let (secret, mut record) = new_token(TokenRole::Team, "radiology");
         assert!(!record.secret_sha256.contains(&secret[4..]));
         let auth = Auth::new(vec![record.clone()], false);
-        let who = auth.authenticate(&metadata(&secret)).unwrap();
+        let who = auth.authenticate(Some(&bearer(&secret))).unwrap();
         assert_eq!(
             who,
             Principal {
@@ -186,22 +222,15 @@ mod tests {
             }
         );
         assert_eq!(who.team_scope(), Some("radiology"));
-        assert_eq!(
-            auth.authenticate(&metadata("tdm_wrong"))
-                .unwrap_err()
-                .code(),
-            tonic::Code::Unauthenticated
-        );
-        assert_eq!(
-            auth.authenticate(&MetadataMap::new()).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert!(unauthenticated(
+            auth.authenticate(Some(&bearer("tdm_wrong"))).unwrap_err()
+        ));
+        assert!(unauthenticated(auth.authenticate(None).unwrap_err()));
         record.revoked = true;
         auth.upsert(record);
-        assert_eq!(
-            auth.authenticate(&metadata(&secret)).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert!(unauthenticated(
+            auth.authenticate(Some(&bearer(&secret))).unwrap_err()
+        ));
     }
 
     #[test]
@@ -215,18 +244,9 @@ mod tests {
             name: "w".into(),
         };
         assert!(require_client(&team).is_ok());
-        assert_eq!(
-            require_client(&worker).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
-        assert_eq!(
-            require_worker(&team).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
-        assert_eq!(
-            require_admin(&team).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert!(permission_denied(require_client(&worker).unwrap_err()));
+        assert!(permission_denied(require_worker(&team).unwrap_err()));
+        assert!(permission_denied(require_admin(&team).unwrap_err()));
         assert!(validate_name("--team", "lab-1.x").is_ok());
         assert!(validate_name("--team", "../x").is_err());
     }
@@ -234,9 +254,6 @@ mod tests {
     #[test]
     fn insecure_local_admits_callers_without_tokens() {
         let auth = Auth::new(vec![], true);
-        assert_eq!(
-            auth.authenticate(&MetadataMap::new()).unwrap().role,
-            TokenRole::Admin
-        );
+        assert_eq!(auth.authenticate(None).unwrap().role, TokenRole::Admin);
     }
 }

@@ -3,12 +3,17 @@
 //! - [`store`]: durable state behind a small trait (sled), blobs by SHA-256, group commit.
 //! - [`scheduler`]: the job state machine, leases, placement, cache and recovery; a plain async API.
 //! - [`planning`]: turns a submitted manifest into planned jobs (content-hashed ids).
-//! - [`auth`]: bearer tokens (stored hashed) and who may do what.
-//! - [`grpc`]: thin tonic adapters over the scheduler, and [`server`] which serves them.
+//! - [`auth`]: bearer tokens (stored hashed) and who may do what; [`tokens`]: creating and revoking them.
+//! - [`results`]: metric series, placements and artifacts of an experiment or a replay.
+//! - [`audit`]: an experiment's content checks, job environments and audit log.
+//! - [`grpc`]: thin tonic adapters over the above, and [`server`] which serves them.
 
+pub mod audit;
 pub mod auth;
 pub mod grpc;
 pub mod planning;
+pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod tokens;

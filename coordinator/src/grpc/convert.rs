@@ -1,9 +1,14 @@
-//! Conversions between store/scheduler records and protocol messages.
+//! Conversions between store/scheduler records (and the results and audit types) and protocol messages.
 
 use tandem_proto as pb;
 
-use crate::scheduler::{ExperimentView, JobView};
-use crate::store::{ArtifactRecord, DeviceRecord, InputRef, JobState, Resources};
+use crate::audit::{AuditCheck, JobEnvironment};
+use crate::results::{JobPlacement, MetricSeries};
+use crate::scheduler::{ExperimentView, JobView, WatchUpdate, WorkerView};
+use crate::store::{
+    ArtifactRecord, AuditEntry, DeviceRecord, ExperimentRecord, InputRef, JobState, Resources,
+    TokenRecord,
+};
 
 pub fn resources_to_pb(r: &Resources) -> pb::Resources {
     pb::Resources {
@@ -118,26 +123,145 @@ pub fn artifact_ref(a: &ArtifactRecord) -> pb::ArtifactRef {
     }
 }
 
+pub fn experiment_summary(
+    record: &ExperimentRecord,
+    state: &str,
+    jobs: usize,
+    jobs_done: usize,
+) -> pb::ExperimentSummary {
+    pb::ExperimentSummary {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        team: record.team.clone(),
+        submitter: record.submitter.clone(),
+        state: state.to_string(),
+        created_ms: record.created_ms,
+        jobs: jobs as u32,
+        jobs_done: jobs_done as u32,
+    }
+}
+
+pub fn worker_info(worker: WorkerView) -> pb::WorkerInfo {
+    let record = worker.record;
+    pb::WorkerInfo {
+        resources: Some(resources_to_pb(&record.resources)),
+        devices: devices_to_pb(&record.devices),
+        id: record.id,
+        name: record.name,
+        kinds: record.kinds,
+        last_seen_ms: record.last_seen_ms,
+        alive: worker.alive,
+        jobs: worker.jobs,
+        version: record.version,
+        host: record.host,
+    }
+}
+
+pub fn token_info(token: TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        token_id: token.id,
+        role: token.role.label().to_string(),
+        name: token.name,
+        created_ms: token.created_ms,
+        revoked: token.revoked,
+    }
+}
+
 pub fn experiment_status(view: &ExperimentView) -> pb::ExperimentStatus {
     let r = &view.record;
     pb::ExperimentStatus {
-        summary: Some(pb::ExperimentSummary {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            team: r.team.clone(),
-            submitter: r.submitter.clone(),
-            state: view.state.to_string(),
-            created_ms: r.created_ms,
-            jobs: view.jobs.len() as u32,
-            jobs_done: view
-                .jobs
+        summary: Some(experiment_summary(
+            r,
+            view.state,
+            view.jobs.len(),
+            view.jobs
                 .iter()
                 .filter(|j| j.job.state == JobState::Succeeded)
-                .count() as u32,
-        }),
+                .count(),
+        )),
         manifest_sha256: r.manifest_sha256.clone(),
         jobs: view.jobs.iter().map(job_status).collect(),
         inputs: r.inputs.iter().map(|i| input_ref("", i)).collect(),
+    }
+}
+
+pub fn series_to_pb(series: Vec<MetricSeries>) -> Vec<pb::MetricSeries> {
+    series
+        .into_iter()
+        .map(|s| pb::MetricSeries {
+            job_id: s.job_id,
+            name: s.name,
+            steps: s.steps,
+            values: s.values,
+        })
+        .collect()
+}
+
+pub fn placement_to_pb(placement: JobPlacement) -> pb::JobPlacement {
+    pb::JobPlacement {
+        job_id: placement.job_id,
+        stage: placement.stage,
+        fold: placement.fold,
+    }
+}
+
+pub fn artifacts_to_pb(artifacts: &[ArtifactRecord]) -> Vec<pb::ArtifactRef> {
+    artifacts.iter().map(artifact_ref).collect()
+}
+
+pub fn audit_check_to_pb(check: AuditCheck) -> pb::AuditCheck {
+    pb::AuditCheck {
+        subject: check.subject,
+        expected: check.expected,
+        actual: check.actual,
+        ok: check.ok,
+        detail: check.detail,
+    }
+}
+
+pub fn environment_to_pb(environment: JobEnvironment) -> pb::JobEnvironment {
+    pb::JobEnvironment {
+        job_id: environment.job_id,
+        worker: environment.worker,
+        worker_version: environment.worker_version,
+        git_commit: environment.git_commit,
+        cargo_lock_sha256: environment.cargo_lock_sha256,
+        host: environment.host,
+        devices: devices_to_pb(&environment.devices),
+    }
+}
+
+pub fn audit_entry_to_pb(entry: AuditEntry) -> pb::AuditLogEntry {
+    pb::AuditLogEntry {
+        time_ms: entry.time_ms,
+        actor: entry.actor,
+        action: entry.action,
+        experiment_id: entry.experiment_id.unwrap_or_default(),
+        job_id: entry.job_id.unwrap_or_default(),
+        detail: entry.detail,
+    }
+}
+
+pub fn watch_event(experiment_id: &str, update: WatchUpdate) -> pb::WatchEvent {
+    match update {
+        WatchUpdate::Job {
+            job,
+            message,
+            experiment_state,
+        } => pb::WatchEvent {
+            experiment_id: experiment_id.to_string(),
+            job: Some(job_status(&job)),
+            message,
+            experiment_done: false,
+            experiment_state: experiment_state.to_string(),
+        },
+        WatchUpdate::Done { state } => pb::WatchEvent {
+            experiment_id: experiment_id.to_string(),
+            job: None,
+            message: format!("experiment {state}"),
+            experiment_done: true,
+            experiment_state: state.to_string(),
+        },
     }
 }
 

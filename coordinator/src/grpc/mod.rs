@@ -1,20 +1,24 @@
-//! Thin tonic adapters: authenticate, translate the request, call the [`Scheduler`], map the result.
+//! Thin tonic adapters: authenticate, translate the request, call the [`Scheduler`] (or the results, audit
+//! and token modules over it), translate the answer. Errors become statuses in one place (`status.rs`).
 //! [`ClientApi`] serves the CLI, [`WorkerApi`] serves workers.
 
 mod client;
 mod convert;
+mod status;
 mod worker;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tonic::Status;
+use tandem_proto as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Status};
 
 pub use client::ClientApi;
 pub use worker::WorkerApi;
 
-use crate::auth::Auth;
-use crate::scheduler::{Scheduler, SchedulerError};
-use crate::store::StoreError;
+use crate::auth::{Auth, Principal};
+use crate::scheduler::Scheduler;
 
 /// Size limits of the gRPC surface.
 #[derive(Clone, Copy, Debug)]
@@ -45,30 +49,44 @@ pub struct Shared {
     pub limits: Limits,
 }
 
+impl Shared {
+    /// The caller of `request`, from its `authorization` header.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        Ok(self.auth.authenticate(authorization)?)
+    }
+
+    /// Streams blob `sha256` in chunks after verifying its hash.
+    fn stream_blob(&self, sha256: &str) -> Result<ChunkStream, Status> {
+        let bytes = self.scheduler.verified_blob(sha256)?;
+        let header = pb::ArtifactHeader {
+            sha256: sha256.to_string(),
+            size: bytes.len() as u64,
+            ..Default::default()
+        };
+        let mut chunks: Vec<Result<pb::ArtifactChunk, Status>> = Vec::new();
+        let mut first = Some(header);
+        if bytes.is_empty() {
+            chunks.push(Ok(pb::ArtifactChunk {
+                header: first.take(),
+                data: Vec::new(),
+            }));
+        }
+        for piece in bytes.chunks(CHUNK_BYTES) {
+            chunks.push(Ok(pb::ArtifactChunk {
+                header: first.take(),
+                data: piece.to_vec(),
+            }));
+        }
+        Ok(Box::pin(tokio_stream::iter(chunks)))
+    }
+}
+
+/// A stream of artifact chunks (downloads).
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
 /// Chunk size for artifact downloads.
 pub const CHUNK_BYTES: usize = 1 << 20;
-
-pub fn status_of(err: SchedulerError) -> Status {
-    match err {
-        SchedulerError::NotFound(m) => Status::not_found(m),
-        SchedulerError::PermissionDenied(m) => Status::permission_denied(m),
-        SchedulerError::InvalidArgument(m) => Status::invalid_argument(m),
-        SchedulerError::LeaseLost { .. } => Status::failed_precondition(err.to_string()),
-        SchedulerError::Cancelled(_) => Status::aborted(err.to_string()),
-        SchedulerError::UnknownWorker(_) => Status::not_found(err.to_string()),
-        SchedulerError::Store(store) => store_status(store),
-    }
-}
-
-pub fn store_status(err: StoreError) -> Status {
-    match err {
-        StoreError::BadHash(_) => Status::invalid_argument(err.to_string()),
-        StoreError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
-        StoreError::NotFound(_) => Status::not_found(err.to_string()),
-        StoreError::HashMismatch { .. } => Status::data_loss(err.to_string()),
-        other => {
-            tracing::error!(error = %other, "store failure");
-            Status::internal(other.to_string())
-        }
-    }
-}

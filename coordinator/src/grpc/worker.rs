@@ -1,23 +1,21 @@
 //! `WorkerService`: what `tandem-worker` calls. A worker token may only act as workers registered under its
 //! own name.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use prost::Message;
 use tandem_proto as pb;
 use tandem_proto::worker_service_server::WorkerService;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::client::stream_blob;
 use super::convert::{
     artifact_ref, devices_from_pb, input_ref, resources_from_pb, resources_to_pb,
 };
-use super::{Shared, status_of, store_status};
-use crate::auth::{Principal, require_worker};
+use super::{ChunkStream, Shared};
+use crate::auth::{Principal, require_worker, require_worker_identity, validate_name};
 use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
-use crate::store::{ArtifactRecord, StoreError, TokenRole, WorkerRecord, is_sha256_hex, now_ms};
+use crate::store::{ArtifactRecord, TokenRole, WorkerRecord, is_sha256_hex, now_ms};
 
 pub struct WorkerApi {
     shared: Shared,
@@ -46,25 +44,19 @@ impl WorkerApi {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        let principal = self.shared.auth.authenticate(request.metadata())?;
+        let principal = self.shared.authenticate(request)?;
         require_worker(&principal)?;
         Ok(principal)
     }
 
     /// A worker token may act only as a worker registered under its name.
     fn check_worker(&self, principal: &Principal, worker_id: &str) -> Result<(), Status> {
-        if principal.role != TokenRole::Worker {
-            return Ok(());
-        }
-        match self.shared.scheduler.worker(worker_id) {
-            Some(worker) if worker.name == principal.name => Ok(()),
-            Some(_) => Err(Status::permission_denied(format!(
-                "worker {worker_id} belongs to another token"
-            ))),
-            None => Err(Status::not_found(format!(
-                "unknown worker {worker_id}: register again"
-            ))),
-        }
+        let registered = self.shared.scheduler.worker(worker_id);
+        Ok(require_worker_identity(
+            principal,
+            worker_id,
+            registered.as_ref(),
+        )?)
     }
 
     fn lease_to_pb(grant: LeaseGrant) -> pb::Lease {
@@ -92,8 +84,6 @@ impl WorkerApi {
     }
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
     async fn register(
@@ -107,7 +97,7 @@ impl WorkerService for WorkerApi {
         } else {
             req.name.clone()
         };
-        crate::auth::validate_name("name", &name).map_err(Status::invalid_argument)?;
+        validate_name("name", &name).map_err(Status::invalid_argument)?;
         let known = (!req.worker_id.is_empty()).then_some(req.worker_id.as_str());
         if let Some(id) = known
             && self.shared.scheduler.worker(id).is_some()
@@ -128,12 +118,7 @@ impl WorkerService for WorkerApi {
             last_seen_ms: 0,
             devices,
         };
-        let worker_id = self
-            .shared
-            .scheduler
-            .register_worker(known, record)
-            .await
-            .map_err(status_of)?;
+        let worker_id = self.shared.scheduler.register_worker(known, record).await?;
         let config = self.shared.scheduler.config();
         Ok(Response::new(pb::RegisterReply {
             worker_id,
@@ -153,8 +138,7 @@ impl WorkerService for WorkerApi {
             .shared
             .scheduler
             .lease(&req.worker_id, Duration::from_millis(req.wait_ms))
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::LeaseReply {
             lease: grant.map(Self::lease_to_pb),
         }))
@@ -188,8 +172,7 @@ impl WorkerService for WorkerApi {
             .shared
             .scheduler
             .heartbeat(&req.worker_id, &reports)
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::HeartbeatReply {
             cancel: outcome.cancel,
             lease_deadline_ms: outcome.lease_deadline_ms,
@@ -252,8 +235,7 @@ impl WorkerService for WorkerApi {
             .shared
             .scheduler
             .ingest_metrics(&worker_id, batches)
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::MetricAck {
             batches: counts.batches,
             duplicates: counts.duplicates,
@@ -298,32 +280,17 @@ impl WorkerService for WorkerApi {
             )));
         }
         let scheduler = &self.shared.scheduler;
-        scheduler
-            .check_upload(&header.worker_id, &header.job_id, header.attempt)
-            .map_err(status_of)?;
-        let mut writer = scheduler
-            .store()
-            .blobs()
-            .writer(limit)
-            .map_err(store_status)?;
-        writer.write(&first.data).map_err(store_status)?;
+        let mut upload = scheduler.begin_artifact_upload(
+            &header.worker_id,
+            &header.job_id,
+            header.attempt,
+            limit,
+        )?;
+        upload.write(&first.data)?;
         while let Some(chunk) = stream.next().await {
-            writer.write(&chunk?.data).map_err(store_status)?;
+            upload.write(&chunk?.data)?;
         }
-        if writer.written() != header.size {
-            return Err(Status::invalid_argument(format!(
-                "artifact rejected: declared {} bytes, received {}",
-                header.size,
-                writer.written()
-            )));
-        }
-        let size = writer.written();
-        writer.finish(&header.sha256).map_err(|err| match err {
-            StoreError::HashMismatch { .. } => {
-                Status::invalid_argument(format!("artifact rejected: {err}"))
-            }
-            other => store_status(other),
-        })?;
+        let size = upload.finish(header.size, &header.sha256)?;
         let record = ArtifactRecord {
             job_id: header.job_id.clone(),
             name: header.name.clone(),
@@ -336,8 +303,7 @@ impl WorkerService for WorkerApi {
         };
         scheduler
             .record_artifact(&header.worker_id, record.clone())
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::UploadArtifactReply {
             artifact: Some(artifact_ref(&record)),
         }))
@@ -350,10 +316,9 @@ impl WorkerService for WorkerApi {
         request: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         self.caller(&request)?;
-        Ok(Response::new(stream_blob(
-            &self.shared,
-            &request.get_ref().sha256,
-        )?))
+        Ok(Response::new(
+            self.shared.stream_blob(&request.get_ref().sha256)?,
+        ))
     }
 
     async fn complete_job(
@@ -366,8 +331,7 @@ impl WorkerService for WorkerApi {
         self.shared
             .scheduler
             .complete(&req.worker_id, &req.job_id, req.attempt)
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::CompleteReply {}))
     }
 
@@ -388,8 +352,7 @@ impl WorkerService for WorkerApi {
                 &req.reason,
                 req.permanent,
             )
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::FailReply { will_retry }))
     }
 
@@ -403,8 +366,7 @@ impl WorkerService for WorkerApi {
         self.shared
             .scheduler
             .release(&req.worker_id, &req.job_id, req.attempt, &req.reason)
-            .await
-            .map_err(status_of)?;
+            .await?;
         Ok(Response::new(pb::ReleaseReply {}))
     }
 }

@@ -1,4 +1,4 @@
-//! The scheduler's error enum; the gRPC adapters map each variant to one status code.
+//! The scheduler's error enum; the gRPC layer maps each variant to one status code (`grpc/status.rs`).
 
 use crate::store::StoreError;
 
@@ -21,6 +21,9 @@ pub enum SchedulerError {
     /// The worker id is not registered (e.g. a store that was wiped): register again.
     #[error("unknown worker {0}: register again")]
     UnknownWorker(String),
+    /// Stored data can no longer be read (e.g. an undecodable metric batch).
+    #[error("{0}")]
+    DataLoss(String),
 }
 
 pub type SchedulerResult<T> = Result<T, SchedulerError>;

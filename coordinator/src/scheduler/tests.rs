@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::store::SledStore;
+use crate::store::{
+    ArtifactRecord, CheckpointRef, JobState, Resources, SledStore, WorkerRecord, sha256_hex,
+};
 
 fn config() -> SchedulerConfig {
     SchedulerConfig {

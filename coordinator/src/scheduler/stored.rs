@@ -1,0 +1,113 @@
+//! What the store holds beside the in-memory state, read and written for the services: artifacts, metric
+//! batches, job configs, manifests, blobs (verified reads, re-hashing, artifact uploads) and token changes.
+
+use super::Scheduler;
+use super::api::TeamScope;
+use super::error::{SchedulerError, SchedulerResult};
+use crate::store::{ArtifactRecord, BlobWriter, StoreError, TokenRecord};
+
+/// An artifact upload in progress: bytes go to a temporary blob that becomes visible only once its size and
+/// hash check out.
+pub struct ArtifactUpload {
+    writer: BlobWriter,
+}
+
+impl ArtifactUpload {
+    pub fn write(&mut self, data: &[u8]) -> SchedulerResult<()> {
+        Ok(self.writer.write(data)?)
+    }
+
+    /// Checks the declared size and hash and stores the blob; returns its size. A mismatch rejects the upload.
+    pub fn finish(self, declared_size: u64, sha256: &str) -> SchedulerResult<u64> {
+        let size = self.writer.written();
+        if size != declared_size {
+            return Err(SchedulerError::InvalidArgument(format!(
+                "artifact rejected: declared {declared_size} bytes, received {size}"
+            )));
+        }
+        self.writer.finish(sha256).map_err(|err| match err {
+            StoreError::HashMismatch { .. } => {
+                SchedulerError::InvalidArgument(format!("artifact rejected: {err}"))
+            }
+            other => SchedulerError::Store(other),
+        })?;
+        Ok(size)
+    }
+}
+
+impl Scheduler {
+    /// The artifacts recorded for `job_id`.
+    pub fn artifacts(&self, job_id: &str) -> SchedulerResult<Vec<ArtifactRecord>> {
+        Ok(self.store.artifacts(job_id)?)
+    }
+
+    /// Every stored metric batch of `job_id` (encoded), by sequence number.
+    pub fn metric_batches(&self, job_id: &str) -> SchedulerResult<Vec<(u64, Vec<u8>)>> {
+        Ok(self.store.metric_batches(job_id)?)
+    }
+
+    /// The config `job_id` was queued with.
+    pub fn job_config(&self, job_id: &str) -> SchedulerResult<Option<Vec<u8>>> {
+        Ok(self.store.job_config(job_id)?)
+    }
+
+    /// The manifest `experiment_id` was submitted with (empty when none is stored).
+    pub fn manifest(&self, experiment_id: &str) -> SchedulerResult<Vec<u8>> {
+        Ok(self.store.manifest(experiment_id)?.unwrap_or_default())
+    }
+
+    /// The bytes of blob `sha256`, checked against their hash.
+    pub fn verified_blob(&self, sha256: &str) -> SchedulerResult<Vec<u8>> {
+        Ok(self.store.blobs().read_verified(sha256)?)
+    }
+
+    /// The SHA-256 of what blob `sha256` holds now (an audit compares the two).
+    pub fn rehash_blob(&self, sha256: &str) -> SchedulerResult<String> {
+        Ok(self.store.blobs().rehash(sha256)?)
+    }
+
+    /// Whether `scope` may download blob `sha256`: an input of its experiments or an artifact of their jobs.
+    pub fn blob_visible_to(&self, scope: TeamScope<'_>, sha256: &str) -> SchedulerResult<bool> {
+        for (experiment, _, _) in self.experiments(scope) {
+            if experiment.inputs.iter().any(|i| i.sha256 == sha256) {
+                return Ok(true);
+            }
+            for job_id in &experiment.job_ids {
+                if self.artifacts(job_id)?.iter().any(|a| a.sha256 == sha256) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Starts an upload for `job_id` after checking that `worker_id` holds its lease; at most `limit` bytes.
+    pub fn begin_artifact_upload(
+        &self,
+        worker_id: &str,
+        job_id: &str,
+        attempt: u32,
+        limit: u64,
+    ) -> SchedulerResult<ArtifactUpload> {
+        self.check_upload(worker_id, job_id, attempt)?;
+        Ok(ArtifactUpload {
+            writer: self.store.blobs().writer(limit)?,
+        })
+    }
+
+    /// Stores a created or revoked token with its audit entry, durably.
+    pub async fn record_token(
+        &self,
+        actor: &str,
+        action: &str,
+        record: &TokenRecord,
+        detail: String,
+    ) -> SchedulerResult<()> {
+        self.transact(|state| {
+            state.write().put_token(record)?;
+            state.audit(actor, action, None, None, detail);
+            Ok(())
+        })
+        .await
+    }
+}

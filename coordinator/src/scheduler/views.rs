@@ -1,0 +1,158 @@
+//! What clients see: experiments and their jobs with live progress, replays, workers, and an experiment's
+//! audit log.
+
+use std::collections::HashSet;
+
+use super::Scheduler;
+use super::api::{ExperimentView, JobView, TeamScope, WorkerView};
+use super::error::{SchedulerError, SchedulerResult};
+use super::state::State;
+use crate::store::{AuditEntry, ExperimentRecord, JobRecord, JobState, WorkerRecord, now_ms};
+
+/// An experiment with its jobs as `state` holds them now.
+fn experiment_view(state: &State, record: ExperimentRecord) -> ExperimentView {
+    let jobs = record
+        .job_ids
+        .iter()
+        .filter_map(|id| state.jobs.get(id))
+        .map(|job| JobView {
+            job: job.clone(),
+            cached: record.cached_jobs.contains(&job.id),
+            progress: state.progress.get(&job.id).cloned().unwrap_or_default(),
+        })
+        .collect();
+    ExperimentView {
+        state: state.experiment_state(&record),
+        record,
+        jobs,
+    }
+}
+
+impl Scheduler {
+    /// A replay run and the job it replays, if `scope` may see its experiment.
+    pub fn replay_view(
+        &self,
+        scope: TeamScope<'_>,
+        replay_id: &str,
+    ) -> SchedulerResult<(JobView, JobRecord)> {
+        self.read(|state| {
+            let not_found = || SchedulerError::NotFound(format!("no replay {replay_id}"));
+            let replay = state.jobs.get(replay_id).ok_or_else(not_found)?;
+            let original_id = replay.replay_of.as_ref().ok_or_else(not_found)?;
+            let experiment_id = replay.experiments.first().ok_or_else(not_found)?;
+            state.experiment_for(scope, experiment_id)?;
+            let original = state.jobs.get(original_id).ok_or_else(not_found)?.clone();
+            Ok((
+                JobView {
+                    job: replay.clone(),
+                    cached: false,
+                    progress: state.progress.get(replay_id).cloned().unwrap_or_default(),
+                },
+                original,
+            ))
+        })
+    }
+
+    pub fn experiment(
+        &self,
+        scope: TeamScope<'_>,
+        experiment_id: &str,
+    ) -> SchedulerResult<ExperimentView> {
+        self.read(|state| {
+            let record = state.experiment_for(scope, experiment_id)?.clone();
+            Ok(experiment_view(state, record))
+        })
+    }
+
+    /// Experiments visible to `scope`, oldest first.
+    pub fn experiments(
+        &self,
+        scope: TeamScope<'_>,
+    ) -> Vec<(ExperimentRecord, &'static str, usize)> {
+        self.read(|state| {
+            let mut out: Vec<_> = state
+                .experiments
+                .values()
+                .filter(|e| scope.is_none_or(|team| e.team == team))
+                .map(|e| {
+                    let done = e
+                        .job_ids
+                        .iter()
+                        .filter(|id| {
+                            state
+                                .jobs
+                                .get(*id)
+                                .is_some_and(|j| j.state == JobState::Succeeded)
+                        })
+                        .count();
+                    (e.clone(), state.experiment_state(e), done)
+                })
+                .collect();
+            out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+            out
+        })
+    }
+
+    /// Whether `job_id` is in an experiment visible to `scope`.
+    pub fn can_see_job(&self, scope: TeamScope<'_>, job_id: &str) -> bool {
+        self.read(|state| {
+            let Some(job) = state.jobs.get(job_id) else {
+                return false;
+            };
+            scope.is_none_or(|team| {
+                job.experiments
+                    .iter()
+                    .any(|e| state.experiments.get(e).is_some_and(|x| x.team == team))
+            })
+        })
+    }
+
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let now = now_ms();
+        let alive_window = self.config.heartbeat_interval_ms * 3 + self.config.max_lease_wait_ms;
+        self.read(|state| {
+            let mut out: Vec<_> = state
+                .workers
+                .values()
+                .map(|w| WorkerView {
+                    record: w.record.clone(),
+                    alive: now.saturating_sub(w.record.last_seen_ms) <= alive_window,
+                    jobs: {
+                        let mut jobs: Vec<_> = w.leases.iter().cloned().collect();
+                        jobs.sort();
+                        jobs
+                    },
+                })
+                .collect();
+            out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+            out
+        })
+    }
+
+    pub fn worker(&self, worker_id: &str) -> Option<WorkerRecord> {
+        self.read(|state| state.workers.get(worker_id).map(|w| w.record.clone()))
+    }
+
+    /// Audit entries of one experiment (its own and those of its jobs and of their replays).
+    pub fn audit_log(&self, experiment: &ExperimentRecord) -> SchedulerResult<Vec<AuditEntry>> {
+        let mut jobs: HashSet<String> = experiment.job_ids.iter().cloned().collect();
+        self.read(|state| {
+            jobs.extend(
+                state
+                    .jobs
+                    .values()
+                    .filter(|j| j.replay_of.is_some() && j.experiments.contains(&experiment.id))
+                    .map(|j| j.id.clone()),
+            )
+        });
+        Ok(self
+            .store
+            .audit_entries()?
+            .into_iter()
+            .filter(|e| {
+                e.experiment_id.as_deref() == Some(experiment.id.as_str())
+                    || e.job_id.as_ref().is_some_and(|j| jobs.contains(j))
+            })
+            .collect())
+    }
+}
