@@ -122,9 +122,8 @@ async fn submit(addr: SocketAddr, prefix: &str, jobs: usize) {
             manifest: graph(prefix, jobs),
             format: "jobgraph+json".into(),
             manifest_name: format!("{prefix}.json"),
-            inputs: vec![],
             priority: 0,
-            plan: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

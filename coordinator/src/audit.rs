@@ -160,6 +160,7 @@ mod tests {
             deps: vec![],
             resources: Resources::default(),
             inputs: vec![],
+            placement: None,
             team: "t".into(),
             priority: 0,
             submit_seq: 0,

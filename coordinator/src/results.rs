@@ -87,20 +87,13 @@ pub fn metric_series(scheduler: &Scheduler, job_id: &str) -> SchedulerResult<Vec
     series_from_batches(job_id, scheduler.metric_batches(job_id)?)
 }
 
-/// The top-level `stage` and `fold` of a job config (a planner JobSpec, or a job-graph config that has them).
-#[derive(serde::Deserialize)]
-struct StageFold {
-    stage: Option<String>,
-    fold: Option<u32>,
-}
-
-/// Where a training job sits (stage, fold), read from its stored config; `None` when the config names no stage.
-pub fn placement(job_id: &str, config: &[u8]) -> Option<JobPlacement> {
-    let parsed: StageFold = serde_json::from_slice(config).ok()?;
+/// Where a training job sits (stage, fold), as planned; `None` when its placement names no stage.
+pub fn placement(job: &JobRecord) -> Option<JobPlacement> {
+    let placement = job.placement.as_ref().filter(|p| !p.stage.is_empty())?;
     Some(JobPlacement {
-        job_id: job_id.to_string(),
-        stage: parsed.stage.filter(|s| !s.is_empty())?,
-        fold: parsed.fold,
+        job_id: job.id.clone(),
+        stage: placement.stage.clone(),
+        fold: placement.fold,
     })
 }
 
@@ -117,10 +110,8 @@ pub fn experiment_results(
     for job in &view.jobs {
         series.extend(metric_series(scheduler, &job.job.id)?);
         artifacts.extend(scheduler.artifacts(&job.job.id)?);
-        if job.job.kind == TRAIN_KIND
-            && let Some(config) = scheduler.job_config(&job.job.id)?
-        {
-            placements.extend(placement(&job.job.id, &config));
+        if job.job.kind == TRAIN_KIND {
+            placements.extend(placement(&job.job));
         }
     }
     let manifest = scheduler.manifest(&view.record.id)?;
@@ -156,24 +147,6 @@ pub fn replay_comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placements_read_the_top_level_stage_and_fold() {
-        let p = placement(
-            "j",
-            br#"{"id":"j","stage":"stage2","fold":3,"config":{"type":"train"}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (p.job_id.as_str(), p.stage.as_str(), p.fold),
-            ("j", "stage2", Some(3))
-        );
-        let p = placement("j", br#"{"stage":"stage1","fold":null}"#).unwrap();
-        assert_eq!((p.stage.as_str(), p.fold), ("stage1", None));
-        assert!(placement("j", br#"{"steps":3}"#).is_none());
-        assert!(placement("j", br#"{"stage":null}"#).is_none());
-        assert!(placement("j", b"not json").is_none());
-    }
 
     fn batch(points: &[(&str, u64, f64)]) -> Vec<u8> {
         pb::MetricBatch {

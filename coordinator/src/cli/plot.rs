@@ -156,6 +156,7 @@ mod tests {
             job_id: job.into(),
             stage: stage.into(),
             fold,
+            ..Default::default()
         }
     }
 

@@ -1,14 +1,13 @@
 //! `ClientService`: what the `tandem` CLI calls. Every call authenticates and is scoped to the caller's team;
 //! results, audits and token administration come from their own modules, this file only translates.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 
 use tandem_proto as pb;
 use tandem_proto::client_service_server::ClientService;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
     artifacts_to_pb, audit_check_to_pb, audit_entry_to_pb, environment_to_pb, experiment_status,
@@ -18,7 +17,6 @@ use super::convert::{
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_admin, require_client};
 use crate::scheduler::Submission;
-use crate::store::sha256_hex;
 use crate::{audit, planning, results, tokens};
 
 pub struct ClientApi {
@@ -53,35 +51,22 @@ impl ClientService for ClientApi {
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
-        let mut names = HashSet::new();
-        let mut inputs = Vec::new();
-        for (i, file) in req.inputs.iter().enumerate() {
-            if file.name.is_empty() || file.name.contains('\0') || !names.insert(file.name.clone())
-            {
-                return Err(Status::invalid_argument(format!(
-                    "inputs[{i}].name: empty, invalid or duplicate {:?}",
-                    file.name
-                )));
-            }
-            inputs.push(crate::store::InputRef {
-                name: file.name.clone(),
-                sha256: sha256_hex(&file.content),
-                size: file.content.len() as u64,
-            });
-        }
         let manifest_name = if req.manifest_name.is_empty() {
             "manifest".to_string()
         } else {
             req.manifest_name.clone()
         };
+        let invalid = |e: planning::PlanError| Status::invalid_argument(e.to_string());
+        let inputs = planning::input_refs(&manifest_name, &req.inputs).map_err(invalid)?;
         let plan = planning::expand(
             &req.format,
             &manifest_name,
             &req.manifest,
-            &req.plan,
+            &req.experiment_name,
+            &req.jobs,
             &inputs,
         )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(invalid)?;
         let team = principal
             .team_scope()
             .unwrap_or(&principal.name)
@@ -96,11 +81,7 @@ impl ClientService for ClientApi {
                 manifest: req.manifest,
                 manifest_format: req.format,
                 manifest_name,
-                inputs: req
-                    .inputs
-                    .into_iter()
-                    .map(|f| (f.name, f.content))
-                    .collect(),
+                inputs,
                 priority: req.priority,
                 jobs: plan.jobs,
             })
@@ -320,6 +301,57 @@ impl ClientService for ClientApi {
             )));
         }
         Ok(Response::new(self.shared.stream_blob(&sha256)?))
+    }
+
+    async fn missing_blobs(
+        &self,
+        request: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsReply>, Status> {
+        self.caller(&request)?;
+        let sha256 = self
+            .shared
+            .scheduler
+            .missing_blobs(&request.get_ref().sha256)?;
+        Ok(Response::new(pb::MissingBlobsReply { sha256 }))
+    }
+
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<pb::BlobChunk>>,
+    ) -> Result<Response<pb::UploadBlobReply>, Status> {
+        let principal = self.caller(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream.next().await.ok_or_else(|| {
+            Status::invalid_argument("empty upload: the first chunk must name the blob")
+        })??;
+        let limit = self.shared.limits.max_input_bytes;
+        if first.size > limit {
+            return Err(Status::resource_exhausted(format!(
+                "input blob of {} bytes exceeds the limit of {limit}",
+                first.size
+            )));
+        }
+        let scheduler = &self.shared.scheduler;
+        if scheduler.missing_blobs(std::slice::from_ref(&first.sha256))?.is_empty() {
+            // Already stored (another upload won the race): nothing to write.
+            return Ok(Response::new(pb::UploadBlobReply {
+                sha256: first.sha256,
+                size: first.size,
+                stored: false,
+            }));
+        }
+        let mut upload = scheduler.begin_input_upload(limit)?;
+        upload.write(&first.data)?;
+        while let Some(chunk) = stream.next().await {
+            upload.write(&chunk?.data)?;
+        }
+        let size = upload.finish(first.size, &first.sha256)?;
+        tracing::info!(blob = %first.sha256, size, actor = %principal.actor(), "input blob stored");
+        Ok(Response::new(pb::UploadBlobReply {
+            sha256: first.sha256,
+            size,
+            stored: true,
+        }))
     }
 
     async fn create_token(

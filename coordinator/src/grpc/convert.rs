@@ -6,8 +6,8 @@ use crate::audit::{AuditCheck, JobEnvironment};
 use crate::results::{JobPlacement, MetricSeries};
 use crate::scheduler::{ExperimentView, JobView, WatchUpdate, WorkerView};
 use crate::store::{
-    ArtifactRecord, AuditEntry, DeviceRecord, ExperimentRecord, InputRef, JobState, Resources,
-    TokenRecord,
+    ArtifactRecord, AuditEntry, DeviceRecord, ExperimentRecord, InputRef, JobRecord, JobState,
+    PlacementRecord, Resources, TokenRecord,
 };
 
 pub fn resources_to_pb(r: &Resources) -> pb::Resources {
@@ -100,6 +100,48 @@ pub fn job_status(view: &JobView) -> pb::JobStatus {
         progress_total: view.progress.total,
         last_metric: view.progress.last_metric.clone(),
         last_value: view.progress.last_value,
+    }
+}
+
+/// A leased job as the worker receives it: the config bytes as the planner encoded them, typed inputs and
+/// placement.
+pub fn job_spec_to_pb(job: &JobRecord, config: Vec<u8>) -> pb::JobSpec {
+    pb::JobSpec {
+        id: job.id.clone(),
+        kind: job.kind.clone(),
+        name: job.name.clone(),
+        deps: job.deps.clone(),
+        resources: Some(resources_to_pb(&job.resources)),
+        config,
+        inputs: job.inputs.iter().map(input_to_pb).collect(),
+        placement: job.placement.as_ref().map(|p| placement_record_to_pb(&job.id, p)),
+        replay_of: job.replay_of.clone().unwrap_or_default(),
+    }
+}
+
+pub fn input_to_pb(r: &InputRef) -> pb::InputRef {
+    pb::InputRef {
+        role: r.name.clone(),
+        sha256: r.sha256.clone(),
+        folder: r.folder,
+        file_name: r.file_name.clone(),
+        size: r.size,
+    }
+}
+
+pub fn placement_record_to_pb(job_id: &str, p: &PlacementRecord) -> pb::JobPlacement {
+    pb::JobPlacement {
+        job_id: job_id.to_string(),
+        stage: p.stage.clone(),
+        fold: p.fold,
+        model_stage: p.model_stage.clone(),
+        task: p.task.clone(),
+        sweep: p.sweep.as_ref().map(|(stage, parameter, value)| pb::SweepValue {
+            stage: stage.clone(),
+            parameter: parameter.clone(),
+            value: *value,
+        }),
+        configured: p.configured,
     }
 }
 
@@ -202,6 +244,7 @@ pub fn placement_to_pb(placement: JobPlacement) -> pb::JobPlacement {
         job_id: placement.job_id,
         stage: placement.stage,
         fold: placement.fold,
+        ..Default::default()
     }
 }
 

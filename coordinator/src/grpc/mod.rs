@@ -27,6 +27,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest artifact upload, bytes.
     pub max_upload_bytes: u64,
+    /// Largest input blob a client uploads (one model shard, GGUF file or dataset), bytes.
+    pub max_input_bytes: u64,
     /// Largest number of metric batches in one `StreamMetrics` call.
     pub max_batches_per_stream: usize,
 }
@@ -36,6 +38,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 64 << 20,
             max_upload_bytes: 8 << 30,
+            max_input_bytes: 256 << 30,
             max_batches_per_stream: 4096,
         }
     }
@@ -59,29 +62,71 @@ impl Shared {
         Ok(self.auth.authenticate(authorization)?)
     }
 
-    /// Streams blob `sha256` in chunks after verifying its hash.
+    /// Streams blob `sha256` from its file in chunks (never whole in memory: a model shard is gigabytes),
+    /// hashing as it goes; a blob whose bytes no longer match its name ends the stream with `DATA_LOSS`, so a
+    /// receiver never takes corrupt bytes for good ones.
     fn stream_blob(&self, sha256: &str) -> Result<ChunkStream, Status> {
-        let bytes = self.scheduler.verified_blob(sha256)?;
-        let header = pb::ArtifactHeader {
-            sha256: sha256.to_string(),
-            size: bytes.len() as u64,
-            ..Default::default()
-        };
-        let mut chunks: Vec<Result<pb::ArtifactChunk, Status>> = Vec::new();
-        let mut first = Some(header);
-        if bytes.is_empty() {
-            chunks.push(Ok(pb::ArtifactChunk {
-                header: first.take(),
-                data: Vec::new(),
-            }));
+        let (path, size) = self.scheduler.blob_file(sha256)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let sha256 = sha256.to_string();
+        tokio::task::spawn_blocking(move || send_blob(&path, size, &sha256, &tx));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+type ChunkSender = tokio::sync::mpsc::Sender<Result<pb::ArtifactChunk, Status>>;
+
+/// Sends the chunks of one blob file, then a `DATA_LOSS` error if its hash is not `sha256`. Stops early when
+/// the receiver went away.
+fn send_blob(path: &std::path::Path, size: u64, sha256: &str, tx: &ChunkSender) {
+    use sha2::Digest;
+    use std::io::Read;
+    let fail = |status: Status| {
+        let _ = tx.blocking_send(Err(status));
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) => return fail(Status::internal(format!("blob {sha256}: {err}"))),
+    };
+    let mut hasher = sha2::Sha256::new();
+    let mut header = Some(pb::ArtifactHeader {
+        sha256: sha256.to_string(),
+        size,
+        ..Default::default()
+    });
+    loop {
+        let mut data = vec![0u8; CHUNK_BYTES];
+        let mut filled = 0;
+        while filled < data.len() {
+            match file.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) => return fail(Status::internal(format!("blob {sha256}: {err}"))),
+            }
         }
-        for piece in bytes.chunks(CHUNK_BYTES) {
-            chunks.push(Ok(pb::ArtifactChunk {
-                header: first.take(),
-                data: piece.to_vec(),
-            }));
+        data.truncate(filled);
+        hasher.update(&data);
+        let last = filled < CHUNK_BYTES;
+        if (filled > 0 || header.is_some())
+            && tx
+                .blocking_send(Ok(pb::ArtifactChunk {
+                    header: header.take(),
+                    data,
+                }))
+                .is_err()
+        {
+            return;
         }
-        Ok(Box::pin(tokio_stream::iter(chunks)))
+        if last {
+            break;
+        }
+    }
+    let actual = crate::store::hex(&hasher.finalize());
+    if actual != sha256 {
+        tracing::error!(blob = sha256, actual = %actual, "stored blob is corrupt");
+        fail(Status::data_loss(format!(
+            "blob {sha256} is corrupt in the store: its bytes hash to {actual}"
+        )));
     }
 }
 

@@ -14,6 +14,7 @@ impl From<SchedulerError> for Status {
             SchedulerError::PermissionDenied(message) => Status::permission_denied(message),
             SchedulerError::InvalidArgument(message) => Status::invalid_argument(message),
             SchedulerError::DataLoss(message) => Status::data_loss(message),
+            SchedulerError::FailedPrecondition(message) => Status::failed_precondition(message),
             SchedulerError::LeaseLost { .. } => Status::failed_precondition(err.to_string()),
             SchedulerError::Cancelled(_) => Status::aborted(err.to_string()),
             SchedulerError::UnknownWorker(_) => Status::not_found(err.to_string()),
@@ -65,6 +66,10 @@ mod tests {
             (
                 SchedulerError::DataLoss("undecodable".into()),
                 Code::DataLoss,
+            ),
+            (
+                SchedulerError::FailedPrecondition("input model not uploaded".into()),
+                Code::FailedPrecondition,
             ),
             (
                 SchedulerError::LeaseLost {

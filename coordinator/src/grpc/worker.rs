@@ -9,9 +9,7 @@ use tandem_proto::worker_service_server::WorkerService;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{
-    artifact_ref, devices_from_pb, input_ref, resources_from_pb, resources_to_pb,
-};
+use super::convert::{artifact_ref, devices_from_pb, job_spec_to_pb, resources_from_pb};
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_worker, require_worker_identity, validate_name};
 use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
@@ -62,22 +60,13 @@ impl WorkerApi {
     fn lease_to_pb(grant: LeaseGrant) -> pb::Lease {
         let job = &grant.job;
         pb::Lease {
-            job: Some(pb::JobSpec {
-                id: job.id.clone(),
-                kind: job.kind.clone(),
-                name: job.name.clone(),
-                deps: job.deps.clone(),
-                resources: Some(resources_to_pb(&job.resources)),
-                config: grant.config.clone(),
-                inputs: job.inputs.iter().map(|i| i.name.clone()).collect(),
-            }),
+            job: Some(job_spec_to_pb(job, grant.config.clone())),
             attempt: grant.attempt,
             deadline_ms: grant.deadline_ms,
             checkpoint: grant.checkpoint.as_ref().map(|c| pb::Checkpoint {
                 sha256: c.sha256.clone(),
                 metric_seq: c.metric_seq,
             }),
-            inputs: job.inputs.iter().map(|i| input_ref(&job.id, i)).collect(),
             parents: grant.parents.iter().map(artifact_ref).collect(),
             experiment_id: grant.experiment_id.clone(),
         }

@@ -2,7 +2,8 @@
 //! what it answers (outcomes, lease grants, views, events).
 
 use crate::store::{
-    ArtifactRecord, CheckpointRef, ExperimentRecord, InputRef, JobRecord, Resources, WorkerRecord,
+    ArtifactRecord, CheckpointRef, ExperimentRecord, InputRef, JobRecord, PlacementRecord, Resources,
+    WorkerRecord,
 };
 
 /// Timing and retry settings.
@@ -43,8 +44,11 @@ pub struct PlannedJob {
     pub name: String,
     pub deps: Vec<String>,
     pub resources: Resources,
+    /// The config as the planner encoded it (kept and sent as received).
     pub config: Vec<u8>,
+    /// What the job reads, by digest (the blobs must be in the store when it is submitted).
     pub inputs: Vec<InputRef>,
+    pub placement: Option<PlacementRecord>,
 }
 
 /// An experiment to queue.
@@ -56,8 +60,8 @@ pub struct Submission {
     pub manifest: Vec<u8>,
     pub manifest_format: String,
     pub manifest_name: String,
-    /// Input files by name with their bytes (stored as blobs).
-    pub inputs: Vec<(String, Vec<u8>)>,
+    /// The experiment's inputs by digest; their blobs (and a folder's listed files) must be in the store.
+    pub inputs: Vec<InputRef>,
     pub priority: i32,
     pub jobs: Vec<PlannedJob>,
 }

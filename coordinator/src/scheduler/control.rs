@@ -154,6 +154,7 @@ impl Scheduler {
                     deps: original.deps.clone(),
                     resources: original.resources,
                     inputs: original.inputs.clone(),
+                    placement: original.placement.clone(),
                     team: original.team.clone(),
                     priority: original.priority,
                     submit_seq,

@@ -21,6 +21,9 @@ pub enum SchedulerError {
     /// The worker id is not registered (e.g. a store that was wiped): register again.
     #[error("unknown worker {0}: register again")]
     UnknownWorker(String),
+    /// Something the request relies on is not there yet (e.g. an input blob that was not uploaded).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Stored data can no longer be read (e.g. an undecodable metric batch).
     #[error("{0}")]
     DataLoss(String),

@@ -66,6 +66,7 @@ mod tests {
             resources: Resources::default(),
             config: Vec::new(),
             inputs: Vec::new(),
+            placement: None,
         }
     }
 

@@ -1,10 +1,13 @@
 //! What the store holds beside the in-memory state, read and written for the services: artifacts, metric
-//! batches, job configs, manifests, blobs (verified reads, re-hashing, artifact uploads) and token changes.
+//! batches, job configs, manifests, blobs (verified reads, re-hashing, artifact and input uploads, which
+//! inputs are missing) and token changes.
 
 use super::Scheduler;
 use super::api::TeamScope;
 use super::error::{SchedulerError, SchedulerResult};
-use crate::store::{ArtifactRecord, BlobWriter, StoreError, TokenRecord};
+use tandem_experiments::planner::inputs::parse_listing;
+
+use crate::store::{ArtifactRecord, BlobWriter, InputRef, StoreError, TokenRecord};
 
 /// An artifact upload in progress: bytes go to a temporary blob that becomes visible only once its size and
 /// hash check out.
@@ -22,12 +25,12 @@ impl ArtifactUpload {
         let size = self.writer.written();
         if size != declared_size {
             return Err(SchedulerError::InvalidArgument(format!(
-                "artifact rejected: declared {declared_size} bytes, received {size}"
+                "upload rejected: declared {declared_size} bytes, received {size}"
             )));
         }
         self.writer.finish(sha256).map_err(|err| match err {
             StoreError::HashMismatch { .. } => {
-                SchedulerError::InvalidArgument(format!("artifact rejected: {err}"))
+                SchedulerError::InvalidArgument(format!("upload rejected: {err}"))
             }
             other => SchedulerError::Store(other),
         })?;
@@ -56,9 +59,15 @@ impl Scheduler {
         Ok(self.store.manifest(experiment_id)?.unwrap_or_default())
     }
 
-    /// The bytes of blob `sha256`, checked against their hash.
-    pub fn verified_blob(&self, sha256: &str) -> SchedulerResult<Vec<u8>> {
-        Ok(self.store.blobs().read_verified(sha256)?)
+    /// The file holding blob `sha256` and its size (`NotFound` when the store lacks it).
+    pub fn blob_file(&self, sha256: &str) -> SchedulerResult<(std::path::PathBuf, u64)> {
+        let path = self.store.blobs().path_of(sha256)?;
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok((path, meta.len())),
+            _ => Err(SchedulerError::Store(StoreError::NotFound(format!(
+                "blob {sha256}"
+            )))),
+        }
     }
 
     /// The SHA-256 of what blob `sha256` holds now (an audit compares the two).
@@ -79,6 +88,57 @@ impl Scheduler {
             }
         }
         Ok(false)
+    }
+
+    /// The digests of `sha256s` the blob store lacks (each hash checked), in the order given.
+    pub fn missing_blobs(&self, sha256s: &[String]) -> SchedulerResult<Vec<String>> {
+        let blobs = self.store.blobs();
+        let mut missing = Vec::new();
+        for sha256 in sha256s {
+            blobs.path_of(sha256)?;
+            if !blobs.contains(sha256) && !missing.contains(sha256) {
+                missing.push(sha256.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Starts the upload of an input blob (a client's model file, dataset or folder listing); at most `limit`
+    /// bytes. The blob is stored under its verified hash only.
+    pub fn begin_input_upload(&self, limit: u64) -> SchedulerResult<ArtifactUpload> {
+        Ok(ArtifactUpload {
+            writer: self.store.blobs().writer(limit)?,
+        })
+    }
+
+    /// Checks that every input's blob is stored and, for a folder, that its listing reads and every listed
+    /// file is stored; an error names the input and what is missing.
+    pub fn check_input_blobs(&self, inputs: &[InputRef]) -> SchedulerResult<()> {
+        let blobs = self.store.blobs();
+        let missing = |input: &InputRef, what: String| {
+            SchedulerError::FailedPrecondition(format!(
+                "input {} ({}): {what} is not in the store; upload it first (tandem submit does)",
+                input.name, input.sha256
+            ))
+        };
+        for input in inputs {
+            if !blobs.contains(&input.sha256) {
+                return Err(missing(input, "its blob".into()));
+            }
+            if input.folder {
+                let listing = blobs.read_verified(&input.sha256)?;
+                let files = parse_listing(&listing).map_err(|e| {
+                    SchedulerError::InvalidArgument(format!(
+                        "input {} ({}): {e}",
+                        input.name, input.sha256
+                    ))
+                })?;
+                if let Some(file) = files.iter().find(|f| !blobs.contains(&f.sha256)) {
+                    return Err(missing(input, format!("listed file {}", file.relative)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts an upload for `job_id` after checking that `worker_id` holds its lease; at most `limit` bytes.

@@ -1,12 +1,13 @@
-//! Queueing an experiment: its inputs become blobs, its planned jobs become job records (or join the ones
-//! already queued, or are served from the cache when they already succeeded).
+//! Queueing an experiment: its inputs must already be stored blobs (uploaded by digest), its planned jobs
+//! become job records (or join the ones already queued, or are served from the cache when they already
+//! succeeded).
 
 use super::Scheduler;
 use super::api::{Submission, SubmitOutcome};
 use super::error::SchedulerResult;
 use super::graph::validate_graph;
 use super::order;
-use crate::store::{ExperimentRecord, InputRef, JobRecord, JobState, now_ms, sha256_hex};
+use crate::store::{ExperimentRecord, JobRecord, JobState, now_ms, sha256_hex};
 
 impl Scheduler {
     /// Queues an experiment. Jobs whose id already succeeded (in any experiment) are served from the cache;
@@ -16,15 +17,11 @@ impl Scheduler {
             self.read(|state| state.jobs.get(id).map(|j| j.state))
         })?;
         let manifest_sha256 = sha256_hex(&submission.manifest);
-        let mut inputs = Vec::new();
-        for (name, bytes) in &submission.inputs {
-            let sha256 = self.store.blobs().put_bytes(bytes)?;
-            inputs.push(InputRef {
-                name: name.clone(),
-                sha256,
-                size: bytes.len() as u64,
-            });
+        self.check_input_blobs(&submission.inputs)?;
+        for planned in &submission.jobs {
+            self.check_input_blobs(&planned.inputs)?;
         }
+        let inputs = submission.inputs.clone();
         let experiment_id = format!("e{:06}", self.store.next_id()?);
         let actor = format!("team:{}/{}", submission.team, submission.submitter);
         let now = now_ms();
@@ -70,6 +67,7 @@ impl Scheduler {
                                     deps: planned.deps.clone(),
                                     resources: planned.resources,
                                     inputs: planned.inputs.clone(),
+                                    placement: planned.placement.clone(),
                                     team: submission.team.clone(),
                                     priority: submission.priority,
                                     submit_seq,

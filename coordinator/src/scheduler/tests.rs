@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::store::{
-    ArtifactRecord, CheckpointRef, JobState, Resources, SledStore, WorkerRecord, sha256_hex,
+    ArtifactRecord, CheckpointRef, InputRef, JobState, Resources, SledStore, WorkerRecord,
+    sha256_hex,
 };
 
 fn config() -> SchedulerConfig {
@@ -38,6 +39,7 @@ fn job(id: &str, deps: &[&str]) -> PlannedJob {
         },
         config: b"{}".to_vec(),
         inputs: vec![],
+        placement: None,
     }
 }
 
@@ -49,7 +51,7 @@ fn submission(team: &str, jobs: Vec<PlannedJob>) -> Submission {
         manifest: b"manifest".to_vec(),
         manifest_format: "jobgraph+json".into(),
         manifest_name: "m.json".into(),
-        inputs: vec![("data.csv".into(), b"a,b\n1,2\n".to_vec())],
+        inputs: vec![],
         priority: 0,
         jobs,
     }
@@ -553,4 +555,44 @@ async fn a_replay_reruns_a_succeeded_job_from_scratch_beside_the_original() {
     let (replay, _) = s.replay_view(None, &r).unwrap();
     assert_eq!(replay.job.state, JobState::Succeeded);
     assert_eq!(s.experiment(None, &e).unwrap().jobs.len(), 2);
+}
+
+#[tokio::test]
+async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
+    use tandem_experiments::manifest::hash::listing;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    let weights = sha256_hex(b"weights");
+    let config = sha256_hex(b"config");
+    let text = listing([(config.as_str(), "config.json"), (weights.as_str(), "model.safetensors")]);
+    let folder = InputRef {
+        name: "model".into(),
+        sha256: sha256_hex(text.as_bytes()),
+        size: 13,
+        folder: true,
+        file_name: String::new(),
+    };
+    let mut planned = job("j1", &[]);
+    planned.inputs = vec![folder.clone()];
+    let mut sub = submission("a", vec![planned]);
+    sub.inputs = vec![folder.clone()];
+    let err = s.submit(sub.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, SchedulerError::FailedPrecondition(m) if m.contains("input model") && m.contains("its blob")),
+        "{err}"
+    );
+    assert_eq!(
+        s.missing_blobs(&[folder.sha256.clone(), config.clone()]).unwrap(),
+        vec![folder.sha256.clone(), config.clone()]
+    );
+    s.store().blobs().put_bytes(text.as_bytes()).unwrap();
+    s.store().blobs().put_bytes(b"config").unwrap();
+    let err = s.submit(sub.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, SchedulerError::FailedPrecondition(m) if m.contains("listed file model.safetensors")),
+        "{err}"
+    );
+    s.store().blobs().put_bytes(b"weights").unwrap();
+    assert!(s.missing_blobs(&[folder.sha256.clone(), weights]).unwrap().is_empty());
+    s.submit(sub).await.unwrap();
 }

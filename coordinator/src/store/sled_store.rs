@@ -275,6 +275,7 @@ mod tests {
             deps: vec![],
             resources: Resources::default(),
             inputs: vec![],
+            placement: None,
             team: "a".into(),
             priority: 0,
             submit_seq: 1,

@@ -96,6 +96,7 @@ pub fn encode(spec: &JobSpec) -> pb::JobSpec {
             }),
             configured: spec.configured,
         }),
+        replay_of: String::new(),
     }
 }
 
@@ -131,8 +132,13 @@ pub fn decode(job: &pb::JobSpec) -> Result<JobSpec, WireError> {
             ),
         ));
     }
+    // A replay carries its own id; the config is the replayed job's, whose id it must give.
+    let planned_id = match job.replay_of.as_str() {
+        "" => &job.id,
+        original => original,
+    };
     let (config_hash, id) = identity_of_bytes(kind, &job.config);
-    if id != job.id {
+    if id != planned_id {
         return Err(field(
             "id",
             format!("does not match the kind and config (expected {id})"),
@@ -149,7 +155,7 @@ pub fn decode(job: &pb::JobSpec) -> Result<JobSpec, WireError> {
         None => None,
     };
     Ok(JobSpec {
-        id: job.id.clone(),
+        id: planned_id.to_string(),
         kind,
         label: job.name.clone(),
         deps: job.deps.clone(),
