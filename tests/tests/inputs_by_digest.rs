@@ -18,7 +18,9 @@ fn submitter_copy(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&copied_model).unwrap();
     for entry in std::fs::read_dir(&model).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copied_model.join(entry.file_name())).unwrap();
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), copied_model.join(entry.file_name())).unwrap();
+        }
     }
     let stage1 = repo.join("tests/fixtures/runners/iu-20.csv");
     let stage2 = repo.join("tests/fixtures/runners/synthetic-12.csv");
