@@ -554,3 +554,32 @@ async fn a_replay_reruns_a_succeeded_job_from_scratch_beside_the_original() {
     assert_eq!(replay.job.state, JobState::Succeeded);
     assert_eq!(s.experiment(None, &e).unwrap().jobs.len(), 2);
 }
+
+#[tokio::test]
+async fn a_refused_change_writes_nothing_and_an_accepted_one_writes_its_job_audit_and_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    let mut events = s.subscribe();
+    let audited = s.store().audit_entries().unwrap().len();
+    assert!(matches!(
+        s.complete(&w, "j1", lease.attempt + 1).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
+    assert_eq!(s.store().audit_entries().unwrap().len(), audited);
+    assert!(
+        events.try_recv().is_err(),
+        "a refused change publishes nothing"
+    );
+    s.complete(&w, "j1", lease.attempt).await.unwrap();
+    assert_eq!(s.store().audit_entries().unwrap().len(), audited + 1);
+    let stored = s.store().jobs().unwrap();
+    assert_eq!(stored[0].state, JobState::Succeeded);
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.job_id, "j1");
+    assert!(event.message.ends_with("succeeded"), "{}", event.message);
+}
