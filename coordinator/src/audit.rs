@@ -139,7 +139,8 @@ pub fn audit_experiment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AttemptRecord, JobState, Resources};
+    use crate::store::fixtures::{job_record, worker_record};
+    use crate::store::{AttemptRecord, JobState};
 
     fn attempt(worker: &str, outcome: &str) -> AttemptRecord {
         AttemptRecord {
@@ -154,28 +155,10 @@ mod tests {
 
     fn job(attempts: Vec<AttemptRecord>) -> JobRecord {
         JobRecord {
-            id: "j".into(),
-            kind: "train".into(),
-            name: "train".into(),
-            deps: vec![],
-            resources: Resources::default(),
-            inputs: vec![],
-            placement: None,
-            team: "t".into(),
-            priority: 0,
-            submit_seq: 0,
             state: JobState::Succeeded,
             attempts: attempts.len() as u32,
             attempt_log: attempts,
-            last_error: None,
-            worker: None,
-            lease_deadline_ms: 0,
-            not_before_ms: 0,
-            checkpoint: None,
-            experiments: vec!["e1".into()],
-            created_ms: 0,
-            finished_ms: None,
-            replay_of: None,
+            ..job_record("j")
         }
     }
 
@@ -198,17 +181,8 @@ mod tests {
         let ran = job(vec![attempt("w1", "succeeded"), attempt("w2", "failed")]);
         let env = environment(&ran, |id| {
             Some(WorkerRecord {
-                id: id.into(),
-                name: "gpu-box".into(),
-                resources: Resources::default(),
-                kinds: vec![],
                 version: format!("version of {id}"),
-                git_commit: String::new(),
-                cargo_lock_sha256: String::new(),
-                host: String::new(),
-                registered_ms: 0,
-                last_seen_ms: 0,
-                devices: vec![],
+                ..worker_record(id, "gpu-box")
             })
         })
         .unwrap();

@@ -195,6 +195,7 @@ pub fn require_admin(principal: &Principal) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::worker_record;
 
     fn bearer(token: &str) -> String {
         format!("Bearer {token}")
@@ -249,6 +250,31 @@ mod tests {
         assert!(permission_denied(require_admin(&team).unwrap_err()));
         assert!(validate_name("--team", "lab-1.x").is_ok());
         assert!(validate_name("--team", "../x").is_err());
+    }
+
+    #[test]
+    fn a_worker_token_acts_only_as_workers_registered_under_its_name() {
+        let registered = |name: &str| worker_record("w1", name);
+        let worker = Principal {
+            role: TokenRole::Worker,
+            name: "gpu".into(),
+        };
+        assert!(require_worker_identity(&worker, "w1", Some(&registered("gpu"))).is_ok());
+        assert_eq!(
+            require_worker_identity(&worker, "w1", Some(&registered("other"))).unwrap_err(),
+            AuthError::PermissionDenied("worker w1 belongs to another token".into())
+        );
+        assert_eq!(
+            require_worker_identity(&worker, "w1", None)
+                .unwrap_err()
+                .to_string(),
+            "unknown worker w1: register again"
+        );
+        let admin = Principal {
+            role: TokenRole::Admin,
+            name: "admin".into(),
+        };
+        assert!(require_worker_identity(&admin, "w1", None).is_ok());
     }
 
     #[test]

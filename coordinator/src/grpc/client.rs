@@ -332,7 +332,10 @@ impl ClientService for ClientApi {
             )));
         }
         let scheduler = &self.shared.scheduler;
-        if scheduler.missing_blobs(std::slice::from_ref(&first.sha256))?.is_empty() {
+        if scheduler
+            .missing_blobs(std::slice::from_ref(&first.sha256))?
+            .is_empty()
+        {
             // Already stored (another upload won the race): nothing to write.
             return Ok(Response::new(pb::UploadBlobReply {
                 sha256: first.sha256,

@@ -114,7 +114,10 @@ pub fn job_spec_to_pb(job: &JobRecord, config: Vec<u8>) -> pb::JobSpec {
         resources: Some(resources_to_pb(&job.resources)),
         config,
         inputs: job.inputs.iter().map(input_to_pb).collect(),
-        placement: job.placement.as_ref().map(|p| placement_record_to_pb(&job.id, p)),
+        placement: job
+            .placement
+            .as_ref()
+            .map(|p| placement_record_to_pb(&job.id, p)),
         replay_of: job.replay_of.clone().unwrap_or_default(),
     }
 }
@@ -136,11 +139,14 @@ pub fn placement_record_to_pb(job_id: &str, p: &PlacementRecord) -> pb::JobPlace
         fold: p.fold,
         model_stage: p.model_stage.clone(),
         task: p.task.clone(),
-        sweep: p.sweep.as_ref().map(|(stage, parameter, value)| pb::SweepValue {
-            stage: stage.clone(),
-            parameter: parameter.clone(),
-            value: *value,
-        }),
+        sweep: p
+            .sweep
+            .as_ref()
+            .map(|(stage, parameter, value)| pb::SweepValue {
+                stage: stage.clone(),
+                parameter: parameter.clone(),
+                value: *value,
+            }),
         configured: p.configured,
     }
 }

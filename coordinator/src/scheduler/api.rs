@@ -2,8 +2,8 @@
 //! what it answers (outcomes, lease grants, views, events).
 
 use crate::store::{
-    ArtifactRecord, CheckpointRef, ExperimentRecord, InputRef, JobRecord, PlacementRecord, Resources,
-    WorkerRecord,
+    ArtifactRecord, CheckpointRef, ExperimentRecord, InputRef, JobRecord, PlacementRecord,
+    Resources, WorkerRecord,
 };
 
 /// Timing and retry settings.

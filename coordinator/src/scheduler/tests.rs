@@ -564,7 +564,10 @@ async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
     let s = open(dir.path(), config());
     let weights = sha256_hex(b"weights");
     let config = sha256_hex(b"config");
-    let text = listing([(config.as_str(), "config.json"), (weights.as_str(), "model.safetensors")]);
+    let text = listing([
+        (config.as_str(), "config.json"),
+        (weights.as_str(), "model.safetensors"),
+    ]);
     let folder = InputRef {
         name: "model".into(),
         sha256: sha256_hex(text.as_bytes()),
@@ -582,7 +585,8 @@ async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
         "{err}"
     );
     assert_eq!(
-        s.missing_blobs(&[folder.sha256.clone(), config.clone()]).unwrap(),
+        s.missing_blobs(&[folder.sha256.clone(), config.clone()])
+            .unwrap(),
         vec![folder.sha256.clone(), config.clone()]
     );
     s.store().blobs().put_bytes(text.as_bytes()).unwrap();
@@ -593,6 +597,39 @@ async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
         "{err}"
     );
     s.store().blobs().put_bytes(b"weights").unwrap();
-    assert!(s.missing_blobs(&[folder.sha256.clone(), weights]).unwrap().is_empty());
+    assert!(
+        s.missing_blobs(&[folder.sha256.clone(), weights])
+            .unwrap()
+            .is_empty()
+    );
     s.submit(sub).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_change_writes_nothing_and_an_accepted_one_writes_its_job_audit_and_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission("a", vec![job("j1", &[])]))
+        .await
+        .unwrap();
+    let w = s.register_worker(None, worker("w", 4)).await.unwrap();
+    let lease = s.lease(&w, WAIT).await.unwrap().unwrap();
+    let mut events = s.subscribe();
+    let audited = s.store().audit_entries().unwrap().len();
+    assert!(matches!(
+        s.complete(&w, "j1", lease.attempt + 1).await,
+        Err(SchedulerError::LeaseLost { .. })
+    ));
+    assert_eq!(s.store().audit_entries().unwrap().len(), audited);
+    assert!(
+        events.try_recv().is_err(),
+        "a refused change publishes nothing"
+    );
+    s.complete(&w, "j1", lease.attempt).await.unwrap();
+    assert_eq!(s.store().audit_entries().unwrap().len(), audited + 1);
+    let stored = s.store().jobs().unwrap();
+    assert_eq!(stored[0].state, JobState::Succeeded);
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.job_id, "j1");
+    assert!(event.message.ends_with("succeeded"), "{}", event.message);
 }

@@ -5,6 +5,8 @@
 //! before acknowledging any change, so `kill -9` never loses an acknowledged change.
 
 mod blobs;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod group_commit;
 mod records;
 mod sled_store;

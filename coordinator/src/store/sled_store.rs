@@ -265,34 +265,8 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{JobState, Resources, TokenRole};
-
-    fn job(id: &str) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            kind: "test.emit".into(),
-            name: id.into(),
-            deps: vec![],
-            resources: Resources::default(),
-            inputs: vec![],
-            placement: None,
-            team: "a".into(),
-            priority: 0,
-            submit_seq: 1,
-            state: JobState::Ready,
-            attempts: 0,
-            attempt_log: vec![],
-            last_error: None,
-            worker: None,
-            lease_deadline_ms: 0,
-            not_before_ms: 0,
-            checkpoint: None,
-            experiments: vec!["e1".into()],
-            created_ms: 1_700_000_000_000,
-            finished_ms: None,
-            replay_of: None,
-        }
-    }
+    use crate::store::TokenRole;
+    use crate::store::fixtures::job_record as job;
 
     #[tokio::test]
     async fn records_survive_reopen_after_commit() {
