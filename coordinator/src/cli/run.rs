@@ -12,6 +12,7 @@ use clap::Args;
 use tandem_coordinator::grpc::Limits;
 use tandem_coordinator::scheduler::SchedulerConfig;
 use tandem_coordinator::server::{ServeOptions, start};
+use tandem_experiments::planner::artifacts;
 use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, fetch_results, rpc};
@@ -293,7 +294,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|d| d.path().join("adapter_model.safetensors").is_file())
+            .filter(|d| d.path().join(artifacts::ADAPTER_WEIGHTS).is_file())
             .map(|d| d.path().display().to_string())
             .collect();
         if !adapters.is_empty() {

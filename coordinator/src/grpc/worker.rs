@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use prost::Message;
+use tandem_experiments::planner::artifacts::ArtifactRole;
 use tandem_proto as pb;
 use tandem_proto::worker_service_server::WorkerService;
 use tokio_stream::StreamExt;
@@ -249,10 +250,11 @@ impl WorkerService for WorkerApi {
         })?;
         self.check_worker(&principal, &header.worker_id)?;
         validate_artifact_name(&header.name)?;
-        if header.role != "output" && header.role != "checkpoint" {
+        if ArtifactRole::parse(&header.role).is_none() {
             return Err(Status::invalid_argument(format!(
-                "role {:?}: expected \"output\" or \"checkpoint\"",
-                header.role
+                "role {:?}: expected {}",
+                header.role,
+                ArtifactRole::ACCEPTED
             )));
         }
         if !is_sha256_hex(&header.sha256) {

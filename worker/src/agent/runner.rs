@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tandem_experiments::planner::artifacts::ArtifactRole;
 use tandem_proto as pb;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -253,12 +254,13 @@ impl JobContext {
     /// sequence exactly where this one was).
     pub fn save_checkpoint(&mut self, path: &Path) -> Result<(), RunError> {
         self.flush_metrics()?;
-        self.upload(path, "checkpoint", "checkpoint").map(|_| ())
+        let role = ArtifactRole::Checkpoint.as_str();
+        self.upload(path, "checkpoint", role).map(|_| ())
     }
 
     /// Uploads `path` as output artifact `name` (one plain file name).
     pub fn put_artifact(&mut self, name: &str, path: &Path) -> Result<pb::ArtifactRef, RunError> {
-        self.upload(path, name, "output")
+        self.upload(path, name, ArtifactRole::Output.as_str())
     }
 
     fn upload(&mut self, path: &Path, name: &str, role: &str) -> Result<pb::ArtifactRef, RunError> {

@@ -12,8 +12,9 @@ use super::lora::LoraConfig;
 use super::model::LanguageModel;
 use super::tensor_io;
 
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub use tandem_experiments::planner::artifacts::{
+    ADAPTER_CONFIG as CONFIG_FILE, ADAPTER_WEIGHTS as WEIGHTS_FILE,
+};
 
 /// The fields of PEFT's `adapter_config.json` Tandem writes and reads (PEFT fills the rest with its defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
