@@ -66,11 +66,10 @@ pub async fn upload_missing(
         }
         let chunks = chunks_of(blob)?;
         let progress = bar.clone();
-        let stream = tokio_stream::iter(chunks.into_iter().map(move |chunk| {
+        let stream = tokio_stream::iter(chunks.into_iter().inspect(move |chunk| {
             if let Some(bar) = &progress {
                 bar.inc(chunk.data.len() as u64);
             }
-            chunk
         }));
         client
             .upload_blob(stream)

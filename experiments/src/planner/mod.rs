@@ -1,4 +1,4 @@
-//! The planner: expands a resolved manifest into the job graph of an experiment (see ARCHITECTURE.md): data preparation
+//! The planner: expands a resolved manifest into the job graph of an experiment (ARCHITECTURE.md): data preparation
 //! per stage, base evaluations, stage-1 training, per-fold stage-2 training from the stage-1 adapter, every
 //! model-stage x task evaluation cell of Tables 4.1 and 4.3 (with the forgetting check: the two-stage model of
 //! fold k on the stage-1 test set), one evaluation per sweep point, and a final report.
