@@ -116,13 +116,7 @@ fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
     let inputs = plan
         .inputs
         .iter()
-        .map(|(role, input)| pb::InputRef {
-            role: role.clone(),
-            sha256: input.sha256_hex().to_string(),
-            folder: input.folder,
-            file_name: input.file_name.clone(),
-            size: input.size,
-        })
+        .map(|(role, input)| wire::input_to_pb(role, input))
         .collect();
     Ok(Ok((plan.experiment, jobs, inputs, plan.blobs)))
 }

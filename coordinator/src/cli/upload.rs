@@ -2,9 +2,10 @@
 //! coordinator's store lacks: one `MissingBlobs` call, then each missing blob streamed from disk in chunks,
 //! with a progress bar on a terminal and plain lines otherwise.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 
 use anyhow::Context;
+use tandem_coordinator::store::read_chunk;
 use tandem_experiments::planner::inputs::{BlobSource, InputBlob};
 use tandem_proto as pb;
 
@@ -123,23 +124,12 @@ fn chunks_of(blob: &InputBlob) -> anyhow::Result<Box<dyn Iterator<Item = pb::Blo
                 if done {
                     return None;
                 }
-                let mut data = vec![0u8; CHUNK_BYTES];
-                let mut filled = 0;
-                while filled < data.len() {
-                    match file.read(&mut data[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(err) => {
-                            // The coordinator then sees fewer bytes than declared and refuses the blob.
-                            eprintln!("error: reading {}: {err}", path.display());
-                            break;
-                        }
-                    }
-                }
-                data.truncate(filled);
-                if filled < CHUNK_BYTES {
-                    done = true;
-                }
+                let data = read_chunk(&mut file, CHUNK_BYTES).unwrap_or_else(|err| {
+                    // The coordinator then sees fewer bytes than declared and refuses the blob.
+                    eprintln!("error: reading {}: {err}", path.display());
+                    Vec::new()
+                });
+                done = data.len() < CHUNK_BYTES;
                 match first.take() {
                     Some(header) => Some(pb::BlobChunk { data, ..header }),
                     None if data.is_empty() => None,

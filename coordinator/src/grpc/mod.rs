@@ -80,7 +80,6 @@ type ChunkSender = tokio::sync::mpsc::Sender<Result<pb::ArtifactChunk, Status>>;
 /// the receiver went away.
 fn send_blob(path: &std::path::Path, size: u64, sha256: &str, tx: &ChunkSender) {
     use sha2::Digest;
-    use std::io::Read;
     let fail = |status: Status| {
         let _ = tx.blocking_send(Err(status));
     };
@@ -95,19 +94,13 @@ fn send_blob(path: &std::path::Path, size: u64, sha256: &str, tx: &ChunkSender) 
         ..Default::default()
     });
     loop {
-        let mut data = vec![0u8; CHUNK_BYTES];
-        let mut filled = 0;
-        while filled < data.len() {
-            match file.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) => return fail(Status::internal(format!("blob {sha256}: {err}"))),
-            }
-        }
-        data.truncate(filled);
+        let data = match crate::store::read_chunk(&mut file, CHUNK_BYTES) {
+            Ok(data) => data,
+            Err(err) => return fail(Status::internal(format!("blob {sha256}: {err}"))),
+        };
         hasher.update(&data);
-        let last = filled < CHUNK_BYTES;
-        if (filled > 0 || header.is_some())
+        let last = data.len() < CHUNK_BYTES;
+        if (!data.is_empty() || header.is_some())
             && tx
                 .blocking_send(Ok(pb::ArtifactChunk {
                     header: header.take(),

@@ -10,6 +10,20 @@ use sha2::{Digest, Sha256};
 use super::StoreError;
 
 /// True when `s` is 64 lower-case hex digits.
+/// Reads up to `size` bytes (fewer only at the end of `reader`): one chunk of a streamed blob.
+pub fn read_chunk(reader: &mut impl std::io::Read, size: usize) -> std::io::Result<Vec<u8>> {
+    let mut data = vec![0u8; size];
+    let mut filled = 0;
+    while filled < size {
+        match reader.read(&mut data[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    data.truncate(filled);
+    Ok(data)
+}
+
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()

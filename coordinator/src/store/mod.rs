@@ -13,7 +13,7 @@ mod sled_store;
 
 use std::path::PathBuf;
 
-pub use blobs::{BlobStore, BlobWriter, hex, is_sha256_hex, sha256_hex};
+pub use blobs::{BlobStore, BlobWriter, hex, is_sha256_hex, read_chunk, sha256_hex};
 pub use group_commit::{CommitWait, GroupCommit};
 pub use records::*;
 pub use sled_store::SledStore;

@@ -59,6 +59,17 @@ fn optional_enum<T: DeserializeOwned>(
     }
 }
 
+/// An input as sent: `role` is the job's name for it (or the manifest field, for an experiment's inputs).
+pub fn input_to_pb(role: &str, input: &InputRef) -> pb::InputRef {
+    pb::InputRef {
+        role: role.to_string(),
+        sha256: input.sha256_hex().to_string(),
+        folder: input.folder,
+        file_name: input.file_name.clone(),
+        size: input.size,
+    }
+}
+
 /// Encodes a planned job for submission.
 pub fn encode(spec: &JobSpec) -> pb::JobSpec {
     pb::JobSpec {
@@ -75,13 +86,7 @@ pub fn encode(spec: &JobSpec) -> pb::JobSpec {
         inputs: spec
             .inputs
             .iter()
-            .map(|(role, input)| pb::InputRef {
-                role: role.clone(),
-                sha256: input.sha256_hex().to_string(),
-                folder: input.folder,
-                file_name: input.file_name.clone(),
-                size: input.size,
-            })
+            .map(|(role, input)| input_to_pb(role, input))
             .collect(),
         placement: Some(pb::JobPlacement {
             job_id: spec.id.clone(),
