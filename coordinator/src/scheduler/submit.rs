@@ -67,7 +67,7 @@ impl Scheduler {
                                     deps: planned.deps.clone(),
                                     resources: planned.resources,
                                     inputs: planned.inputs.clone(),
-                                    placement: planned.placement.clone(),
+                                    placement: planned.placement.clone().map(Box::new),
                                     team: submission.team.clone(),
                                     priority: submission.priority,
                                     submit_seq,

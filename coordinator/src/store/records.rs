@@ -148,8 +148,9 @@ pub struct JobRecord {
     pub resources: Resources,
     pub inputs: Vec<InputRef>,
     /// Where the job sits in its experiment (planner jobs, and job-graph jobs whose config names a stage).
+    /// Boxed: a record without one (most records of a large job graph) stays one pointer larger, not 150 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<PlacementRecord>,
+    pub placement: Option<Box<PlacementRecord>>,
     pub team: String,
     pub priority: i32,
     /// Submission order, for FIFO within a priority.
