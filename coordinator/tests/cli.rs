@@ -292,3 +292,63 @@ fn data_synth_and_mimic_write_csvs() {
         "subject_id,study_id,findings,impression\n10000032,50414267,Clear lungs.,Normal.\n"
     );
 }
+
+/// `tandem ... | head`: output into a pipe whose reader has gone ends the process quietly (SIGPIPE, as for any
+/// Unix tool), never with a panic and exit 101.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let csv = repo().join("experiments/data/iu-xray/indiana_reports.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        // 79 kB of JSON: more than a pipe holds, so the writer meets the closed pipe.
+        .args([
+            "data",
+            "kfold",
+            csv.to_str().unwrap(),
+            "--folds",
+            "5",
+            "--seed",
+            "1",
+        ])
+        .args(["--bad-rows", "drop", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {stderr}"
+    );
+}
+
+/// A token given through the environment never shows in `--help`.
+#[test]
+fn help_never_prints_the_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["submit", "--help"])
+        .env("TANDEM_TOKEN", "secret-token-value")
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    assert!(help.contains("TANDEM_TOKEN"), "{help}");
+    assert!(!help.contains("secret-token-value"), "{help}");
+}

@@ -33,6 +33,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the command serves peers over sockets for long (`serve`, and `run` with its embedded coordinator).
+    pub fn is_server(&self) -> bool {
+        matches!(self.command, Command::Serve(_) | Command::Run(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator on a store folder.

@@ -25,7 +25,7 @@ pub struct AgentArgs {
     )]
     pub coordinator: String,
     /// Worker bearer token (`tandem token create --worker NAME`).
-    #[arg(long, env = "TANDEM_TOKEN")]
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA certificate to trust for an https coordinator.
     #[arg(long, env = "TANDEM_CA_CERT")]
