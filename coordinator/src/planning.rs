@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::Value;
-use tandem_experiments::planner::inputs::{is_safe_relative, is_sha256_hex};
+use tandem_experiments::planner::inputs::{is_file_name, is_sha256_hex};
 use tandem_proto as pb;
 
 use crate::scheduler::PlannedJob;
@@ -123,7 +123,7 @@ pub fn input_refs(manifest_name: &str, refs: &[pb::InputRef]) -> Result<Vec<Inpu
             }
             let file_name_ok = match r.folder {
                 true => r.file_name.is_empty(),
-                false => is_safe_relative(&r.file_name) && !r.file_name.contains('/'),
+                false => is_file_name(&r.file_name),
             };
             if !file_name_ok {
                 return Err(invalid(format!(

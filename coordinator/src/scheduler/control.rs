@@ -147,29 +147,16 @@ impl Scheduler {
                 let submit_seq = state.next_submit_seq;
                 state.next_submit_seq += 1;
                 state.add_dependents(&replay_id, &original.deps);
+                // The original's kind, deps, resources, inputs, placement, team and priority; nothing of its runs.
+                let original_name = original.name.clone();
                 let record = JobRecord {
                     id: replay_id.clone(),
-                    kind: original.kind.clone(),
-                    name: format!("{} (replay)", original.name),
-                    deps: original.deps.clone(),
-                    resources: original.resources,
-                    inputs: original.inputs.clone(),
-                    placement: original.placement.clone(),
-                    team: original.team.clone(),
-                    priority: original.priority,
+                    name: format!("{original_name} (replay)"),
                     submit_seq,
-                    state: JobState::Blocked,
-                    attempts: 0,
-                    attempt_log: Vec::new(),
-                    last_error: None,
-                    worker: None,
-                    lease_deadline_ms: 0,
-                    not_before_ms: 0,
-                    checkpoint: None,
                     experiments: vec![experiment_id.to_string()],
                     created_ms: now_ms(),
-                    finished_ms: None,
                     replay_of: Some(job_id.to_string()),
+                    ..original.unstarted()
                 };
                 state.jobs.insert(replay_id.clone(), record);
                 state.dirty_jobs.push(replay_id.clone());
@@ -179,7 +166,7 @@ impl Scheduler {
                     "replay",
                     Some(experiment_id),
                     Some(job_id),
-                    format!("replay {replay_id} of {} queued", original.name),
+                    format!("replay {replay_id} of {original_name} queued"),
                 );
                 Ok(replay_id)
             })

@@ -174,6 +174,24 @@ pub struct JobRecord {
     pub replay_of: Option<String>,
 }
 
+impl JobRecord {
+    /// This job as if it had never run: blocked, no attempts, lease, error, checkpoint or finish time.
+    pub fn unstarted(self) -> JobRecord {
+        JobRecord {
+            state: JobState::Blocked,
+            attempts: 0,
+            attempt_log: Vec::new(),
+            last_error: None,
+            worker: None,
+            lease_deadline_ms: 0,
+            not_before_ms: 0,
+            checkpoint: None,
+            finished_ms: None,
+            ..self
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     pub id: String,

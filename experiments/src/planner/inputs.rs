@@ -93,6 +93,11 @@ pub fn is_safe_relative(relative: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
+/// Whether `name` is one path component that stays where it is joined (a file input's name).
+pub fn is_file_name(name: &str) -> bool {
+    is_safe_relative(name) && !name.contains('/')
+}
+
 /// Whether `s` is 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tandem_experiments::planner::inputs::{is_safe_relative, is_sha256_hex, parse_listing};
+use tandem_experiments::planner::inputs::{is_file_name, is_sha256_hex, parse_listing};
 use tandem_proto as pb;
 
 use super::transfer::{TransferError, WorkerClient, download_to_cache};
@@ -59,10 +59,6 @@ impl InputCache {
         InputCache { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
     }
@@ -90,7 +86,7 @@ impl InputCache {
         if !is_sha256_hex(&input.sha256) {
             return Err(invalid("not a hex SHA-256".into()));
         }
-        if !input.folder && (!is_safe_relative(&input.file_name) || input.file_name.contains('/')) {
+        if !input.folder && !is_file_name(&input.file_name) {
             return Err(invalid(format!(
                 "file name {:?} is not one path component",
                 input.file_name
@@ -169,11 +165,6 @@ impl InputCache {
         );
         drop(lock);
         Ok(laid_out(&dir))
-    }
-
-    /// Removes input `sha256` as laid out (not its blobs), so the next fetch lays it out again.
-    pub fn forget(&self, sha256: &str) {
-        let _ = std::fs::remove_dir_all(self.input_dir(sha256));
     }
 }
 

@@ -97,22 +97,40 @@ pub fn is_transient(status: &Status) -> bool {
     )
 }
 
-/// Calls `f` until it succeeds or fails with a non-transient status, backing off from 50 ms to 2 s.
-pub async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T, Status>
+/// An error that may go away when the call is made again.
+pub trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for Status {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
+    }
+}
+
+impl Transient for TransferError {
+    fn is_transient(&self) -> bool {
+        matches!(self, TransferError::Rpc(status) if is_transient(status))
+    }
+}
+
+/// Calls `f` until it succeeds or fails with a non-transient error, backing off from 50 ms to 2 s.
+pub async fn with_retry<T, E, F, Fut>(what: &str, mut f: F) -> Result<T, E>
 where
+    E: Transient,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Status>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_millis(50);
     loop {
         match f().await {
             Ok(value) => return Ok(value),
-            Err(status) if is_transient(&status) => {
-                tracing::warn!(call = what, code = ?status.code(), message = status.message(), "coordinator unreachable, retrying");
+            Err(err) if err.is_transient() => {
+                tracing::warn!(call = what, error = %err, "coordinator unreachable, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(status) => return Err(status),
+            Err(err) => return Err(err),
         }
     }
 }
@@ -198,19 +216,11 @@ pub async fn download_to_cache(
         .await
         .map_err(io(cache_dir))?;
     let tmp = cache_dir.join(format!(".{sha256}.{}.part", std::process::id()));
-    let mut delay = Duration::from_millis(50);
-    let actual = loop {
-        match stream_to_file(client, sha256, &tmp).await {
-            Ok(actual) => break actual,
-            Err(TransferError::Rpc(status)) if is_transient(&status) => {
-                tracing::warn!(blob = sha256, code = ?status.code(), message = status.message(), "download interrupted, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(err) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(err);
-            }
+    let actual = match with_retry("download", || stream_to_file(client, sha256, &tmp)).await {
+        Ok(actual) => actual,
+        Err(err) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(err);
         }
     };
     if actual != sha256 {
