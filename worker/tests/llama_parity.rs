@@ -9,7 +9,7 @@ use tandem_experiments::manifest::LossMask;
 use tandem_worker::engine::generate::{self, GenerateConfig};
 use tandem_worker::engine::llama::{self, Llama};
 use tandem_worker::engine::lora::ForwardCtx;
-use tandem_worker::engine::model::{LanguageModel, TrainExample};
+use tandem_worker::engine::model::{Decoder, LanguageModel, TrainExample};
 use tandem_worker::engine::peft;
 
 fn fixtures() -> PathBuf {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tandem_worker::engine::generate::{GenerateConfig, generate};
 use tandem_worker::engine::lora::ForwardCtx;
-use tandem_worker::engine::model::LanguageModel;
+use tandem_worker::engine::model::Decoder;
 use tandem_worker::engine::peft;
 use tandem_worker::engine::t5::T5Model;
 

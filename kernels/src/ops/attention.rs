@@ -137,6 +137,83 @@ pub fn backward(
     Ok((n(dq), n(dk), n(dv)))
 }
 
+/// Sizes of attention against a key/value cache (decoding): `new` query tokens per row sit at columns
+/// `past..past + new`; keys and values cover columns `0..past + new`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedDims {
+    pub rows: usize,
+    pub new: usize,
+    pub past: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Decoding attention: `q` is `rows x new x q_heads x head_dim`, `k` and `v` are
+/// `rows x (past + new) x kv_heads x head_dim`. The query at column `c` of row `b` sees keys `pad[b]..=c` (the
+/// first `pad[b]` columns are left padding); a query that sees no key (a padding column) gives zeros. With
+/// `past = 0` and no padding this is [`forward`].
+pub fn forward_cached(
+    d: CachedDims,
+    pad: &[usize],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let s = d.past + d.new;
+    if d.rows == 0
+        || d.new == 0
+        || d.head_dim == 0
+        || d.kv_heads == 0
+        || d.q_heads == 0
+        || !d.q_heads.is_multiple_of(d.kv_heads)
+    {
+        return Err(KernelError::invalid(
+            "cached attention dims",
+            format!("{d:?}: sizes >= 1, kv_heads dividing q_heads"),
+        ));
+    }
+    check_len("pad", pad.len(), d.rows, 1)?;
+    check_len("q", q.len(), d.rows * d.new, d.q_heads * d.head_dim)?;
+    check_len("k", k.len(), d.rows * s, d.kv_heads * d.head_dim)?;
+    check_len("v", v.len(), d.rows * s, d.kv_heads * d.head_dim)?;
+    let scale = 1.0 / (d.head_dim as f64).sqrt();
+    let group = d.q_heads / d.kv_heads;
+    let dim = d.head_dim;
+    let mut out = vec![0.0f32; q.len()];
+    for (b, &first) in pad.iter().enumerate() {
+        for i in 0..d.new {
+            let col = d.past + i;
+            if col < first {
+                continue;
+            }
+            for h in 0..d.q_heads {
+                let qo = ((b * d.new + i) * d.q_heads + h) * dim;
+                let ko = |j: usize| ((b * s + j) * d.kv_heads + h / group) * dim;
+                let scores: Vec<f64> = (first..=col)
+                    .map(|j| {
+                        (0..dim)
+                            .map(|e| f64::from(q[qo + e]) * f64::from(k[ko(j) + e]))
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..dim {
+                    out[qo + c] = e
+                        .iter()
+                        .zip(first..=col)
+                        .map(|(w, j)| w / z * f64::from(v[ko(j) + c]))
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +268,79 @@ mod tests {
                 "dv[{i}]"
             );
         }
+    }
+
+    #[test]
+    fn cached_attention_is_the_full_attention_split_at_any_column_and_ignores_left_padding() {
+        let (b, t, hq, hk, dim) = (2, 5, 4, 2, 3);
+        let d = AttentionDims {
+            batch: b,
+            tokens: t,
+            q_heads: hq,
+            kv_heads: hk,
+            head_dim: dim,
+        };
+        let q = normal_f32(11, b * t * hq * dim);
+        let k = normal_f32(12, b * t * hk * dim);
+        let v = normal_f32(13, b * t * hk * dim);
+        let full = forward(d, &q, &k, &v).unwrap();
+        // Queries of columns past.. against the whole cache equal the full attention's rows there.
+        for past in 0..t {
+            let new = t - past;
+            let qs: Vec<f32> = (0..b)
+                .flat_map(|r| q[(r * t + past) * hq * dim..(r + 1) * t * hq * dim].to_vec())
+                .collect();
+            let c = CachedDims {
+                rows: b,
+                new,
+                past,
+                q_heads: hq,
+                kv_heads: hk,
+                head_dim: dim,
+            };
+            let got = forward_cached(c, &[0, 0], &qs, &k, &v).unwrap();
+            let want: Vec<f32> = (0..b)
+                .flat_map(|r| full[(r * t + past) * hq * dim..(r + 1) * t * hq * dim].to_vec())
+                .collect();
+            for (x, y) in got.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-6, "past {past}");
+            }
+        }
+        // A row left-padded by 2 gives, on its real columns, the attention of the unpadded sequence.
+        let (pad, real) = (2, 3);
+        let c = CachedDims {
+            rows: 1,
+            new: pad + real,
+            past: 0,
+            q_heads: hq,
+            kv_heads: hk,
+            head_dim: dim,
+        };
+        let junk_q = normal_f32(14, pad * hq * dim);
+        let junk_kv = normal_f32(15, pad * hk * dim);
+        let cat = |a: &[f32], b: &[f32]| [a, b].concat();
+        let w = hk * dim;
+        let padded = forward_cached(
+            c,
+            &[pad],
+            &cat(&junk_q, &q[..real * hq * dim]),
+            &cat(&junk_kv, &k[..real * w]),
+            &cat(&junk_kv, &v[..real * w]),
+        )
+        .unwrap();
+        let d1 = AttentionDims {
+            batch: 1,
+            tokens: real,
+            ..d
+        };
+        let plain = forward(d1, &q[..real * hq * dim], &k[..real * w], &v[..real * w]).unwrap();
+        assert!(padded[..pad * hq * dim].iter().all(|&x| x == 0.0));
+        for (x, y) in padded[pad * hq * dim..].iter().zip(&plain) {
+            assert!((x - y).abs() < 1e-6);
+        }
+        assert!(
+            forward_cached(c, &[0, 0], &q, &k, &v).is_err(),
+            "pad per row"
+        );
     }
 }

@@ -26,6 +26,14 @@ pub enum EngineError {
     Adapter { path: PathBuf, message: String },
     #[error("bad input: {0}")]
     Input(String),
+    /// An operation of the kernel engine failed on its device (a CUDA launch, out of memory, bad sizes).
+    #[error("kernel `{op}` failed on {device} (shapes: {shapes}): {message}")]
+    Kernel {
+        op: &'static str,
+        device: String,
+        shapes: String,
+        message: String,
+    },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     /// The caller asked the loop to stop; the state after `step` updates is in the checkpoint `checkpoint`.
@@ -74,6 +82,21 @@ impl EngineError {
         Self::Tokenizer {
             path: path.into(),
             message: message.into(),
+        }
+    }
+
+    /// A failed kernel-engine operation `op` on `device`, with the shapes it was given.
+    pub fn kernel(
+        op: &'static str,
+        device: impl Into<String>,
+        shapes: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        Self::Kernel {
+            op,
+            device: device.into(),
+            shapes: shapes.into(),
+            message: message.to_string(),
         }
     }
 

@@ -67,6 +67,17 @@ impl From<&tandem_experiments::manifest::LoraSpec> for LoraConfig {
     }
 }
 
+/// A fresh LoRA `A` (`r x fan_in`) of the module at `path`, as PEFT initialises it: Kaiming-uniform
+/// (a = sqrt(5)) from the seeded stream keyed by `(seed, path)`. Every engine starts from these values.
+pub fn initial_a(path: &str, r: usize, fan_in: usize, seed: u64) -> Vec<f32> {
+    // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let mut stream = Stream::new(seed, Purpose::LoraInit, &[rng::name_hash(path)]);
+    (0..r * fan_in)
+        .map(|_| ((stream.uniform_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect()
+}
+
 /// Per-forward context: whether this is a training forward (dropout active) and the counters that name the
 /// dropout streams (`tandem_kernels::dropout::training_stream`), so masks are reproducible and independent of
 /// threads and history.
@@ -140,8 +151,6 @@ pub struct LoraLinear {
     source: Arc<dyn WeightSource>,
     base: FrozenWeight,
     lora: Option<LoraWeights>,
-    /// Keys this layer's LoRA initialisation stream.
-    layer_key: u64,
     /// Whether a quantised base is also held dequantised (see [`LoraLinear::hold_dequantized`]).
     held: bool,
 }
@@ -151,7 +160,6 @@ impl LoraLinear {
     pub fn dense(path: impl Into<String>, weight: Tensor) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
         let path = path.into();
-        let layer_key = rng::name_hash(&path);
         let source: Arc<dyn WeightSource> = Arc::new(DenseWeight(weight.clone()));
         Ok(Self {
             path,
@@ -160,7 +168,6 @@ impl LoraLinear {
             source,
             base: FrozenWeight::Dense(weight),
             lora: None,
-            layer_key,
             held: false,
         })
     }
@@ -169,7 +176,6 @@ impl LoraLinear {
     pub fn quantized(path: impl Into<String>, weight: Arc<dyn QuantizedWeight>) -> Self {
         let (out_features, in_features) = weight.dims();
         let path = path.into();
-        let layer_key = rng::name_hash(&path);
         let source: Arc<dyn WeightSource> = weight.clone();
         Self {
             path,
@@ -178,7 +184,6 @@ impl LoraLinear {
             source,
             base: FrozenWeight::Quantized(weight),
             lora: None,
-            layer_key,
             held: false,
         }
     }
@@ -238,12 +243,7 @@ impl LoraLinear {
     /// stream keyed by `(seed, path)`, B zeros.
     pub fn add_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
         let (r, fan_in) = (config.r, self.in_features);
-        // kaiming_uniform_(a = sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1/sqrt(fan_in).
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let mut stream = Stream::new(seed, Purpose::LoraInit, &[self.layer_key]);
-        let a: Vec<f32> = (0..r * fan_in)
-            .map(|_| ((stream.uniform_f64() * 2.0 - 1.0) * bound) as f32)
-            .collect();
+        let a = initial_a(&self.path, r, fan_in, seed);
         let a = Var::from_tensor(&Tensor::from_vec(a, (r, fan_in), &Device::Cpu)?)?;
         let b = Var::from_tensor(&Tensor::zeros(
             (self.out_features, r),

@@ -14,6 +14,7 @@ pub use error::{EngineError, Result};
 pub mod generate;
 pub mod inspect;
 pub mod jobs;
+pub mod kernel;
 pub mod llama;
 pub mod load;
 pub mod qlora;

@@ -55,13 +55,24 @@ pub trait DecodeState: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-/// A language model the engine can train (LoRA) and decode from.
-pub trait LanguageModel: Send + Sync {
+/// A model that decodes: what generation (greedy, sampling, beam search) needs of any engine.
+pub trait Decoder: Send + Sync {
     fn architecture(&self) -> Architecture;
     fn vocab_size(&self) -> usize;
     /// Longest sequence the model accepts (decoder-only: prompt + generated tokens), if bounded.
     fn max_positions(&self) -> Option<usize>;
     fn special_tokens(&self) -> &SpecialTokens;
+
+    /// Starts decoding `prompts` (one row each): returns the state and the logits `[rows, vocab]` of the next
+    /// token.
+    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)>;
+
+    /// Feeds one token per row; returns the logits `[rows, vocab]` of the next token.
+    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor>;
+}
+
+/// A language model the candle CPU engine can train (LoRA through autograd) and decode from.
+pub trait LanguageModel: Decoder {
     /// A name of the base model (directory or file name), written into adapters and checked when loading one.
     fn base_name(&self) -> &str;
     /// PEFT `task_type`: `CAUSAL_LM` or `SEQ_2_SEQ_LM`.
@@ -73,13 +84,6 @@ pub trait LanguageModel: Send + Sync {
     /// Summed cross-entropy of the targets (and, with `LossMask::Pad` on decoder-only models, of the prompts) of
     /// a batch, padded dynamically to its longest sequence.
     fn loss(&self, batch: &[TrainExample], mask: LossMask, ctx: &ForwardCtx) -> Result<LossOutput>;
-
-    /// Starts decoding `prompts` (one row each): returns the state and the logits `[rows, vocab]` of the next
-    /// token.
-    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)>;
-
-    /// Feeds one token per row; returns the logits `[rows, vocab]` of the next token.
-    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor>;
 }
 
 /// The LoRA layers of a model (those that have an update), in model order.

@@ -145,7 +145,6 @@ pub fn tensor_name(module_path: &str, which: &str) -> String {
 
 /// Writes the model's LoRA updates as a PEFT adapter into `dir` (created if missing).
 pub fn save(model: &dyn LanguageModel, config: &LoraConfig, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let mut tensors = Vec::new();
     for layer in model.linears() {
         let Some(lora) = layer.lora() else { continue };
@@ -158,6 +157,28 @@ pub fn save(model: &dyn LanguageModel, config: &LoraConfig, dir: &Path) -> Resul
             ));
         }
     }
+    save_tensors(
+        model.peft_task_type(),
+        model.base_name(),
+        config,
+        &tensors,
+        dir,
+    )
+}
+
+/// One named tensor of an adapter: PEFT name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Writes a PEFT adapter from its tensors (PEFT names, see [`tensor_name`]) into `dir` (created if missing):
+/// what every engine's adapter output goes through.
+pub fn save_tensors(
+    task_type: &str,
+    base_name: &str,
+    config: &LoraConfig,
+    tensors: &[NamedTensor],
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     if tensors.is_empty() {
         return Err(EngineError::Input(
             "the model has no LoRA layers to save".into(),
@@ -168,12 +189,12 @@ pub fn save(model: &dyn LanguageModel, config: &LoraConfig, dir: &Path) -> Resul
     targets.dedup();
     let adapter_config = AdapterConfig {
         peft_type: "LORA".into(),
-        task_type: Some(model.peft_task_type().into()),
+        task_type: Some(task_type.into()),
         r: config.r,
         lora_alpha: config.alpha,
         lora_dropout: config.dropout,
         target_modules: TargetModules::List(targets),
-        base_model_name_or_path: Some(model.base_name().into()),
+        base_model_name_or_path: Some(base_name.into()),
         bias: "none".into(),
         fan_in_fan_out: false,
         inference_mode: true,
@@ -188,7 +209,7 @@ pub fn save(model: &dyn LanguageModel, config: &LoraConfig, dir: &Path) -> Resul
     let cfg_path = dir.join(CONFIG_FILE);
     std::fs::write(&cfg_path, json + "\n").map_err(|e| EngineError::io(&cfg_path, e))?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    tensor_io::write_f32(&dir.join(WEIGHTS_FILE), &tensors, Some(metadata))
+    tensor_io::write_f32(&dir.join(WEIGHTS_FILE), tensors, Some(metadata))
 }
 
 /// Reads `adapter_config.json` of an adapter folder.
@@ -215,6 +236,63 @@ pub fn load(
     dir: &Path,
     expected_r: Option<usize>,
 ) -> Result<LoraConfig> {
+    let modules: Vec<ModuleShape> = model
+        .linears()
+        .iter()
+        .map(|l| ModuleShape {
+            path: l.path.clone(),
+            in_features: l.in_features,
+            out_features: l.out_features,
+        })
+        .collect();
+    let (lora, adapters) = read_adapter(
+        dir,
+        expected_r,
+        model.peft_task_type(),
+        model.base_name(),
+        &modules,
+    )?;
+    let scale = lora.scale();
+    for layer in model.linears_mut() {
+        layer.clear_lora();
+        let Some(ad) = adapters.iter().find(|a| a.path == layer.path) else {
+            continue;
+        };
+        let ta = Tensor::from_vec(ad.a.clone(), (lora.r, layer.in_features), &Device::Cpu)?;
+        let tb = Tensor::from_vec(ad.b.clone(), (layer.out_features, lora.r), &Device::Cpu)?;
+        layer.set_lora(ta, tb, scale, lora.dropout)?;
+    }
+    Ok(lora)
+}
+
+/// A linear module an adapter may target: its path and sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleShape {
+    pub path: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// One module's adapter values as read from a PEFT adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleAdapter {
+    pub path: String,
+    /// `r x in`.
+    pub a: Vec<f32>,
+    /// `out x r`.
+    pub b: Vec<f32>,
+}
+
+/// Reads and checks a PEFT adapter in `dir` against a model's modules: the base model's name, the rank
+/// (`expected_r`), the task type, every targeted module's tensors and their shapes, and no stray tensor. Returns
+/// the adapter's LoRA settings and the values of every targeted module, in `modules` order.
+pub fn read_adapter(
+    dir: &Path,
+    expected_r: Option<usize>,
+    task_type: &str,
+    base_name: &str,
+    modules: &[ModuleShape],
+) -> Result<(LoraConfig, Vec<ModuleAdapter>)> {
     let cfg_path = dir.join(CONFIG_FILE);
     let config = read_config(dir)?;
     let lora = config.lora_config(&cfg_path)?;
@@ -222,16 +300,14 @@ pub fn load(
         .base_model_name_or_path
         .as_deref()
         .filter(|b| !b.is_empty())
+        && last_component(base) != last_component(base_name)
     {
-        let ours = model.base_name().to_string();
-        if last_component(base) != last_component(&ours) {
-            return Err(EngineError::adapter(
-                &cfg_path,
-                format!(
-                    "base_model_name_or_path is {base:?}, but the loaded base model is {ours:?}"
-                ),
-            ));
-        }
+        return Err(EngineError::adapter(
+            &cfg_path,
+            format!(
+                "base_model_name_or_path is {base:?}, but the loaded base model is {base_name:?}"
+            ),
+        ));
     }
     if let Some(r) = expected_r.filter(|&r| r != config.r) {
         return Err(EngineError::adapter(
@@ -239,17 +315,10 @@ pub fn load(
             format!("r is {}, the manifest's lora.r is {r}", config.r),
         ));
     }
-    if let Some(task) = config
-        .task_type
-        .as_deref()
-        .filter(|t| *t != model.peft_task_type())
-    {
+    if let Some(task) = config.task_type.as_deref().filter(|t| *t != task_type) {
         return Err(EngineError::adapter(
             &cfg_path,
-            format!(
-                "task_type is {task:?}, this model is {:?}",
-                model.peft_task_type()
-            ),
+            format!("task_type is {task:?}, this model is {task_type:?}"),
         ));
     }
     let weights_path = dir.join(WEIGHTS_FILE);
@@ -262,22 +331,17 @@ pub fn load(
             tensors.insert(k.replace(".default.weight", ".weight"), v);
         }
     }
-    let mut used = 0usize;
-    let scale = lora.scale();
-    for layer in model.linears_mut() {
-        layer.clear_lora();
-        if !lora.targets(&layer.path) {
-            continue;
-        }
-        let (na, nb) = (tensor_name(&layer.path, "A"), tensor_name(&layer.path, "B"));
+    let mut adapters = Vec::new();
+    for m in modules.iter().filter(|m| lora.targets(&m.path)) {
+        let (na, nb) = (tensor_name(&m.path, "A"), tensor_name(&m.path, "B"));
         let (Some(a), Some(b)) = (tensors.get(&na), tensors.get(&nb)) else {
             return Err(EngineError::adapter(
                 &weights_path,
                 format!("missing tensor `{na}` or `{nb}`"),
             ));
         };
-        let expect_a = [config.r, layer.in_features];
-        let expect_b = [layer.out_features, config.r];
+        let expect_a = [config.r, m.in_features];
+        let expect_b = [m.out_features, config.r];
         if a.0 != expect_a || b.0 != expect_b {
             return Err(EngineError::adapter(
                 &weights_path,
@@ -287,16 +351,16 @@ pub fn load(
                 ),
             ));
         }
-        let ta = Tensor::from_vec(a.1.clone(), (config.r, layer.in_features), &Device::Cpu)?;
-        let tb = Tensor::from_vec(b.1.clone(), (layer.out_features, config.r), &Device::Cpu)?;
-        layer.set_lora(ta, tb, scale, lora.dropout)?;
-        used += 2;
+        adapters.push(ModuleAdapter {
+            path: m.path.clone(),
+            a: a.1.clone(),
+            b: b.1.clone(),
+        });
     }
-    if used != tensors.len() {
-        let known: BTreeMap<String, ()> = model
-            .linears()
+    if adapters.len() * 2 != tensors.len() {
+        let known: BTreeMap<String, ()> = modules
             .iter()
-            .flat_map(|l| [tensor_name(&l.path, "A"), tensor_name(&l.path, "B")])
+            .flat_map(|m| [tensor_name(&m.path, "A"), tensor_name(&m.path, "B")])
             .map(|n| (n, ()))
             .collect();
         let stray = tensors
@@ -311,11 +375,11 @@ pub fn load(
             ),
         ));
     }
-    if used == 0 {
+    if adapters.is_empty() {
         return Err(EngineError::adapter(
             &weights_path,
             "no LoRA tensor matches this model's modules",
         ));
     }
-    Ok(lora)
+    Ok((lora, adapters))
 }

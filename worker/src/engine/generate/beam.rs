@@ -4,7 +4,7 @@
 
 use super::{GenerateConfig, draw, process_row, processors};
 use crate::engine::error::Result;
-use crate::engine::model::LanguageModel;
+use crate::engine::model::Decoder;
 use crate::engine::rng::{Purpose, Stream};
 
 const NEG: f32 = -1.0e9;
@@ -31,7 +31,7 @@ fn top_indices(values: &[f32], k: usize) -> Vec<usize> {
 
 /// Beam search over `prompts`; `context` holds the tokens each prompt's decoder saw before generating.
 pub fn beam_search(
-    model: &dyn LanguageModel,
+    model: &dyn Decoder,
     prompts: &[Vec<u32>],
     cfg: &GenerateConfig,
     context: &[Vec<u32>],

@@ -9,7 +9,7 @@ use tandem_experiments::manifest::GenerationSpec;
 
 use super::error::{EngineError, Result};
 use super::load::LoadedModel;
-use super::model::{Architecture, LanguageModel};
+use super::model::{Architecture, Decoder};
 use super::rng::{Purpose, Stream};
 use super::train::examples::fill_template;
 
@@ -71,7 +71,7 @@ impl GenerateConfig {
     }
 
     /// The end-of-sequence ids in force for `model`.
-    pub fn eos_for(&self, model: &dyn LanguageModel) -> Vec<u32> {
+    pub fn eos_for(&self, model: &dyn Decoder) -> Vec<u32> {
         self.eos_token_ids
             .clone()
             .unwrap_or_else(|| model.special_tokens().eos.clone())
@@ -144,7 +144,7 @@ pub(crate) fn draw(weights: &[f32], stream: &mut Stream) -> usize {
 }
 
 /// The tokens each row's decoder has seen before generation (for the repetition penalty).
-fn initial_context(model: &dyn LanguageModel, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+fn initial_context(model: &dyn Decoder, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
     match model.architecture() {
         Architecture::DecoderOnly => prompts.to_vec(),
         Architecture::EncoderDecoder => {
@@ -155,7 +155,7 @@ fn initial_context(model: &dyn LanguageModel, prompts: &[Vec<u32>]) -> Vec<Vec<u
 
 /// Generates continuations of `prompts` (token ids); returns each prompt's new tokens, EOS excluded.
 pub fn generate(
-    model: &dyn LanguageModel,
+    model: &dyn Decoder,
     prompts: &[Vec<u32>],
     cfg: &GenerateConfig,
 ) -> Result<Vec<Vec<u32>>> {

@@ -269,6 +269,37 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// The seven projections of a block in model order (the order adapters are listed and saved): module
+    /// name, output and input features.
+    pub fn projections(&self) -> [(&'static str, usize, usize); 7] {
+        let (h, kvh, d, hid, inter) = (
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.hidden_size,
+            self.intermediate_size,
+        );
+        [
+            ("self_attn.q_proj", h * d, hid),
+            ("self_attn.k_proj", kvh * d, hid),
+            ("self_attn.v_proj", kvh * d, hid),
+            ("self_attn.o_proj", hid, h * d),
+            ("mlp.gate_proj", inter, hid),
+            ("mlp.up_proj", inter, hid),
+            ("mlp.down_proj", hid, inter),
+        ]
+    }
+
+    /// The model's special tokens.
+    pub fn special_tokens(&self) -> crate::engine::model::SpecialTokens {
+        crate::engine::model::SpecialTokens {
+            bos: self.bos_token_id,
+            eos: self.eos_token_ids.clone(),
+            pad: self.pad_token_id,
+            decoder_start: None,
+        }
+    }
+
     /// Rotary inverse frequencies (`head_dim / 2` of them), with Llama-3.1 scaling applied when configured.
     pub fn inv_freq(&self) -> Vec<f32> {
         let dim = self.head_dim;

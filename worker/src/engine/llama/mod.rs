@@ -15,9 +15,28 @@ pub use model::Llama;
 
 use crate::engine::error::{EngineError, Result};
 
+/// A LLaMA checkpoint opened but not loaded: its config, a store that reads one tensor at a time, the tokenizer
+/// and the name adapters record. Each engine builds its model from it.
+pub struct Checkpoint {
+    pub config: LlamaConfig,
+    pub store: Box<dyn weights::WeightStore>,
+    pub tokenizer: Tokenizer,
+    pub name: String,
+}
+
 /// Loads a LLaMA from a Hugging Face directory (config.json, safetensors, tokenizer.json) or a `.gguf` file,
 /// with its tokenizer; checks that the tokenizer fits the model's vocabulary.
 pub fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
+    let mut c = open(path)?;
+    Ok((
+        Llama::load(c.config, c.store.as_mut(), &c.name)?,
+        c.tokenizer,
+    ))
+}
+
+/// Opens a LLaMA checkpoint (a Hugging Face directory or a `.gguf` file) without reading its tensors; checks
+/// that the tokenizer fits the model's vocabulary.
+pub fn open(path: &Path) -> Result<Checkpoint> {
     let name = model::base_name(path);
     let check_vocab = |tokenizer: &Tokenizer,
                        config: &LlamaConfig,
@@ -39,9 +58,14 @@ pub fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
-        let (mut store, config, tokenizer) = gguf::open(path)?;
+        let (store, config, tokenizer) = gguf::open(path)?;
         check_vocab(&tokenizer, &config, path)?;
-        return Ok((Llama::load(config, &mut store, &name)?, tokenizer));
+        return Ok(Checkpoint {
+            config,
+            store: Box::new(store),
+            tokenizer,
+            name,
+        });
     }
     if !path.exists() {
         return Err(EngineError::io(
@@ -66,6 +90,11 @@ pub fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
     check_vocab(&tokenizer, &config, &tok_path)?;
-    let mut store = weights::SafetensorsStore::open(path)?;
-    Ok((Llama::load(config, &mut store, &name)?, tokenizer))
+    let store = weights::SafetensorsStore::open(path)?;
+    Ok(Checkpoint {
+        config,
+        store: Box::new(store),
+        tokenizer,
+        name,
+    })
 }

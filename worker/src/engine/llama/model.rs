@@ -13,7 +13,7 @@ use super::weights::WeightStore;
 use crate::engine::error::{EngineError, Result};
 use crate::engine::lora::{ForwardCtx, LoraLinear};
 use crate::engine::model::{
-    Architecture, DecodeState, LanguageModel, LossOutput, SpecialTokens, TrainExample,
+    Architecture, DecodeState, Decoder, LanguageModel, LossOutput, SpecialTokens, TrainExample,
 };
 use crate::engine::ops::{self, DenseWeight, WeightSource};
 
@@ -95,31 +95,26 @@ impl Llama {
     /// Builds the model from a weight store (Hugging Face names).
     pub fn load(config: LlamaConfig, store: &mut dyn WeightStore, name: &str) -> Result<Self> {
         let c = &config;
-        let (h, kvh, d, hid, inter) = (
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-            c.hidden_size,
-            c.intermediate_size,
-        );
+        let hid = c.hidden_size;
         let embed = store.get("model.embed_tokens.weight", &[c.vocab_size, hid])?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let mut lin = |module: &str, out: usize, inp: usize| -> Result<LoraLinear> {
+            let mut linears = Vec::with_capacity(7);
+            for (module, out, inp) in c.projections() {
                 let path = format!("{p}.{module}");
-                LoraLinear::dense(
-                    path.clone(),
-                    store.get(&format!("{path}.weight"), &[out, inp])?,
-                )
-            };
-            let q_proj = lin("self_attn.q_proj", h * d, hid)?;
-            let k_proj = lin("self_attn.k_proj", kvh * d, hid)?;
-            let v_proj = lin("self_attn.v_proj", kvh * d, hid)?;
-            let o_proj = lin("self_attn.o_proj", hid, h * d)?;
-            let gate_proj = lin("mlp.gate_proj", inter, hid)?;
-            let up_proj = lin("mlp.up_proj", inter, hid)?;
-            let down_proj = lin("mlp.down_proj", hid, inter)?;
+                let w = store.get(&format!("{path}.weight"), &[out, inp])?;
+                linears.push(LoraLinear::dense(path, w)?);
+            }
+            let [
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+            ]: [LoraLinear; 7] = linears.try_into().expect("seven projections");
             blocks.push(Block {
                 input_norm: store.get(&format!("{p}.input_layernorm.weight"), &[hid])?,
                 q_proj,
@@ -141,12 +136,7 @@ impl Llama {
                     store.get("lm_head.weight", &[c.vocab_size, hid])?,
                 ))
             };
-        let special = SpecialTokens {
-            bos: c.bos_token_id,
-            eos: c.eos_token_ids.clone(),
-            pad: c.pad_token_id,
-            decoder_start: None,
-        };
+        let special = c.special_tokens();
         let inv_freq = c.inv_freq();
         Ok(Self {
             config,
@@ -386,7 +376,7 @@ fn causal_mask(pad: &[usize], t: usize, past: usize) -> Result<Option<Tensor>> {
     )?))
 }
 
-impl LanguageModel for Llama {
+impl Decoder for Llama {
     fn architecture(&self) -> Architecture {
         Architecture::DecoderOnly
     }
@@ -403,6 +393,33 @@ impl LanguageModel for Llama {
         &self.special
     }
 
+    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)> {
+        check_prompts(prompts)?;
+        let (ids, pad, longest) = left_pad(prompts, pad_id(&self.special));
+        let mut state = LlamaState {
+            layers: (0..self.blocks.len()).map(|_| None).collect(),
+            pad,
+            len: 0,
+        };
+        let ids = Tensor::from_vec(ids, (prompts.len(), longest), &Device::Cpu)?;
+        let logits = self.decode_chunk(&mut state, ids)?;
+        Ok((Box::new(state), logits))
+    }
+
+    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor> {
+        let state = state
+            .as_any_mut()
+            .downcast_mut::<LlamaState>()
+            .ok_or_else(|| {
+                EngineError::Input("decode state does not belong to a LLaMA model".into())
+            })?;
+        check_step(tokens, state.pad.len())?;
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &Device::Cpu)?;
+        self.decode_chunk(state, ids)
+    }
+}
+
+impl LanguageModel for Llama {
     fn base_name(&self) -> &str {
         &self.name
     }
@@ -449,32 +466,8 @@ impl LanguageModel for Llama {
         if batch.is_empty() {
             return Err(EngineError::Input("empty training batch".into()));
         }
-        let seqs: Vec<Vec<u32>> = batch
-            .iter()
-            .map(|e| [e.prompt.as_slice(), e.target.as_slice()].concat())
-            .collect();
-        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let PackedBatch { ids, labels, t } = pack_batch(batch, mask, pad_id(&self.special));
         self.check_length(t)?;
-        let pad_id = self
-            .special
-            .pad
-            .or_else(|| self.special.eos.first().copied())
-            .unwrap_or(0);
-        let mut ids = Vec::with_capacity(batch.len() * t);
-        let mut labels = Vec::with_capacity(batch.len() * t);
-        for (e, seq) in batch.iter().zip(&seqs) {
-            ids.extend(
-                seq.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(pad_id, t - seq.len())),
-            );
-            // Position i predicts token i + 1; right padding is never learned.
-            for i in 0..t {
-                let next = i + 1;
-                let counted = next < seq.len() && (mask == LossMask::Pad || next >= e.prompt.len());
-                labels.push(if counted { i64::from(seq[next]) } else { -100 });
-            }
-        }
         let ids = Tensor::from_vec(ids, (batch.len(), t), &Device::Cpu)?;
         let positions = vec![(0..t as u32).collect::<Vec<_>>(); batch.len()];
         let causal = causal_mask(&vec![0; batch.len()], t, 0)?;
@@ -495,52 +488,82 @@ impl LanguageModel for Llama {
         let (loss_sum, tokens) = ops::cross_entropy_sum(&logits, &kept_labels)?;
         Ok(LossOutput { loss_sum, tokens })
     }
+}
 
-    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)> {
-        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
-            return Err(EngineError::Input(
-                "generation needs at least one non-empty prompt".into(),
-            ));
-        }
-        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let pad_id = self
-            .special
-            .pad
-            .or_else(|| self.special.eos.first().copied())
-            .unwrap_or(0);
-        let mut ids = Vec::with_capacity(prompts.len() * longest);
-        let mut pad = Vec::with_capacity(prompts.len());
-        for p in prompts {
-            pad.push(longest - p.len());
-            ids.extend(std::iter::repeat_n(pad_id, longest - p.len()).chain(p.iter().copied()));
-        }
-        let mut state = LlamaState {
-            layers: (0..self.blocks.len()).map(|_| None).collect(),
-            pad,
-            len: 0,
-        };
-        let ids = Tensor::from_vec(ids, (prompts.len(), longest), &Device::Cpu)?;
-        let logits = self.decode_chunk(&mut state, ids)?;
-        Ok((Box::new(state), logits))
-    }
+/// The token that pads sequences: the model's pad token, else its first EOS, else 0.
+pub fn pad_id(special: &SpecialTokens) -> u32 {
+    special
+        .pad
+        .or_else(|| special.eos.first().copied())
+        .unwrap_or(0)
+}
 
-    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor> {
-        let state = state
-            .as_any_mut()
-            .downcast_mut::<LlamaState>()
-            .ok_or_else(|| {
-                EngineError::Input("decode state does not belong to a LLaMA model".into())
-            })?;
-        if tokens.len() != state.pad.len() {
-            return Err(EngineError::Input(format!(
-                "{} tokens for {} rows",
-                tokens.len(),
-                state.pad.len()
-            )));
+/// A training batch of a decoder-only model, right-padded to its longest sequence.
+pub struct PackedBatch {
+    /// `rows x t` token ids (prompt, target, padding).
+    pub ids: Vec<u32>,
+    /// `rows x t` labels: position `i` predicts token `i + 1`; `-100` where nothing is learned.
+    pub labels: Vec<i64>,
+    pub t: usize,
+}
+
+/// Packs `batch` as every decoder-only engine trains on it: prompt and target in one sequence, right padding
+/// never learned, prompt tokens learned only with `LossMask::Pad`.
+pub fn pack_batch(batch: &[TrainExample], mask: LossMask, pad_id: u32) -> PackedBatch {
+    let t = batch
+        .iter()
+        .map(|e| e.prompt.len() + e.target.len())
+        .max()
+        .unwrap_or(0);
+    let mut ids = Vec::with_capacity(batch.len() * t);
+    let mut labels = Vec::with_capacity(batch.len() * t);
+    for e in batch {
+        let seq = [e.prompt.as_slice(), e.target.as_slice()].concat();
+        ids.extend(
+            seq.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, t - seq.len())),
+        );
+        for i in 0..t {
+            let next = i + 1;
+            let counted = next < seq.len() && (mask == LossMask::Pad || next >= e.prompt.len());
+            labels.push(if counted { i64::from(seq[next]) } else { -100 });
         }
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &Device::Cpu)?;
-        self.decode_chunk(state, ids)
     }
+    PackedBatch { ids, labels, t }
+}
+
+/// Refuses an empty prompt list or an empty prompt.
+pub fn check_prompts(prompts: &[Vec<u32>]) -> Result<()> {
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(EngineError::Input(
+            "generation needs at least one non-empty prompt".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a decoding step whose token count is not the state's row count.
+pub fn check_step(tokens: &[u32], rows: usize) -> Result<()> {
+    if tokens.len() != rows {
+        return Err(EngineError::Input(format!(
+            "{} tokens for {rows} rows",
+            tokens.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Prompts left-padded to the longest: `rows x longest` ids, each row's padding, and `longest`.
+pub fn left_pad(prompts: &[Vec<u32>], pad_id: u32) -> (Vec<u32>, Vec<usize>, usize) {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut pad = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        pad.push(longest - p.len());
+        ids.extend(std::iter::repeat_n(pad_id, longest - p.len()).chain(p.iter().copied()));
+    }
+    (ids, pad, longest)
 }
 
 /// The name of a model at `path` written into adapters: its directory or file name.

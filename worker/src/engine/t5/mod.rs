@@ -23,7 +23,7 @@ use crate::engine::llama::model::base_name;
 use crate::engine::llama::weights::{SafetensorsStore, WeightStore};
 use crate::engine::lora::{ForwardCtx, LoraLinear};
 use crate::engine::model::{
-    Architecture, DecodeState, LanguageModel, LossOutput, SpecialTokens, TrainExample,
+    self, Architecture, DecodeState, LanguageModel, LossOutput, SpecialTokens, TrainExample,
 };
 use crate::engine::ops;
 
@@ -352,7 +352,7 @@ impl DecodeState for T5DecodeState {
     }
 }
 
-impl LanguageModel for T5Model {
+impl model::Decoder for T5Model {
     fn architecture(&self) -> Architecture {
         Architecture::EncoderDecoder
     }
@@ -369,6 +369,44 @@ impl LanguageModel for T5Model {
         &self.special
     }
 
+    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)> {
+        if let Some(i) = prompts.iter().position(Vec::is_empty) {
+            return Err(EngineError::Input(format!("prompt {i} is empty")));
+        }
+        let ctx = ForwardCtx::eval();
+        let (input_ids, attention_mask) = pad_right(prompts, self.config.pad_token_id);
+        let encoded = self.encode(&input_ids, Some(&attention_mask), &ctx)?;
+        let mut cache = DecoderCache::default();
+        let start = vec![vec![self.config.decoder_start_token_id]; prompts.len()];
+        let logits = self.decode(&start, &encoded, &mut cache, &ctx)?;
+        let state = T5DecodeState {
+            encoded,
+            cache,
+            rows: prompts.len(),
+        };
+        Ok((Box::new(state), logits.squeeze(1)?))
+    }
+
+    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor> {
+        let Some(state) = state.as_any_mut().downcast_mut::<T5DecodeState>() else {
+            return Err(EngineError::Input(
+                "the decoding state is not a T5 state".into(),
+            ));
+        };
+        if tokens.len() != state.rows {
+            return Err(EngineError::Input(format!(
+                "{} tokens fed to a decoding state of {} rows",
+                tokens.len(),
+                state.rows
+            )));
+        }
+        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let logits = self.decode(&ids, &state.encoded, &mut state.cache, &ForwardCtx::eval())?;
+        Ok(logits.squeeze(1)?)
+    }
+}
+
+impl LanguageModel for T5Model {
     fn base_name(&self) -> &str {
         &self.base_name
     }
@@ -414,41 +452,5 @@ impl LanguageModel for T5Model {
             .collect();
         let (labels, _) = pad_right(&targets, IGNORE);
         self.labels_loss(&input_ids, Some(&attention_mask), &labels, ctx)
-    }
-
-    fn start(&self, prompts: &[Vec<u32>]) -> Result<(Box<dyn DecodeState>, Tensor)> {
-        if let Some(i) = prompts.iter().position(Vec::is_empty) {
-            return Err(EngineError::Input(format!("prompt {i} is empty")));
-        }
-        let ctx = ForwardCtx::eval();
-        let (input_ids, attention_mask) = pad_right(prompts, self.config.pad_token_id);
-        let encoded = self.encode(&input_ids, Some(&attention_mask), &ctx)?;
-        let mut cache = DecoderCache::default();
-        let start = vec![vec![self.config.decoder_start_token_id]; prompts.len()];
-        let logits = self.decode(&start, &encoded, &mut cache, &ctx)?;
-        let state = T5DecodeState {
-            encoded,
-            cache,
-            rows: prompts.len(),
-        };
-        Ok((Box::new(state), logits.squeeze(1)?))
-    }
-
-    fn step(&self, state: &mut dyn DecodeState, tokens: &[u32]) -> Result<Tensor> {
-        let Some(state) = state.as_any_mut().downcast_mut::<T5DecodeState>() else {
-            return Err(EngineError::Input(
-                "the decoding state is not a T5 state".into(),
-            ));
-        };
-        if tokens.len() != state.rows {
-            return Err(EngineError::Input(format!(
-                "{} tokens fed to a decoding state of {} rows",
-                tokens.len(),
-                state.rows
-            )));
-        }
-        let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
-        let logits = self.decode(&ids, &state.encoded, &mut state.cache, &ForwardCtx::eval())?;
-        Ok(logits.squeeze(1)?)
     }
 }

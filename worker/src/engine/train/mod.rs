@@ -4,20 +4,20 @@
 
 pub mod checkpoint;
 pub mod examples;
+pub mod trainable;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, Var};
 use tandem_experiments::manifest::TrainingSpec;
 use tandem_kernels::dropout;
 use tandem_kernels::ops::optim::{self, AdamW, AdamWState};
 
 use self::checkpoint::LoopState;
+use self::trainable::{CpuModel, Trainable};
 use super::error::{EngineError, Result};
 use super::lora::{ForwardCtx, LoraConfig};
-use super::model::{self, LanguageModel, TrainExample};
-use super::peft;
+use super::model::{LanguageModel, TrainExample};
 use super::rng::{self, Purpose, Stream};
 
 /// Everything that decides a training run besides the data.
@@ -152,41 +152,14 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn trainable_vars(model: &dyn LanguageModel) -> Vec<Var> {
-    model::lora_layers(model)
-        .iter()
-        .flat_map(|l| {
-            let lora = l.lora().expect("lora layer");
-            [lora.a.clone(), lora.b.clone()]
-        })
-        .collect()
-}
-
-fn read_params(vars: &[Var]) -> Result<Vec<Vec<f32>>> {
-    vars.iter()
-        .map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
-        .collect()
-}
-
-fn write_params(vars: &[Var], params: &[Vec<f32>]) -> Result<()> {
-    for (v, p) in vars.iter().zip(params) {
-        v.set(&Tensor::from_slice(p, v.as_tensor().shape(), &Device::Cpu)?)?;
-    }
-    Ok(())
-}
-
 /// Token-weighted mean validation loss.
-pub fn evaluate(
-    model: &dyn LanguageModel,
-    val: &[TrainExample],
-    spec: &TrainingSpec,
-) -> Result<f64> {
+pub fn evaluate(model: &dyn Trainable, val: &[TrainExample], spec: &TrainingSpec) -> Result<f64> {
     let mut sum = 0f64;
     let mut tokens = 0usize;
     for chunk in val.chunks(spec.batch_size.max(1)) {
-        let out = model.loss(chunk, spec.loss_mask, &ForwardCtx::eval())?;
-        sum += f64::from(out.loss_sum.to_scalar::<f32>()?);
-        tokens += out.tokens;
+        let (s, t) = model.loss_sum(chunk, spec.loss_mask)?;
+        sum += s;
+        tokens += t;
     }
     if tokens == 0 {
         return Err(EngineError::Input(
@@ -198,7 +171,7 @@ pub fn evaluate(
 
 /// Writes `checkpoint-{step}` (adapter, optimizer, best parameters, loop state) and prunes old ones.
 fn write_checkpoint(
-    model: &dyn LanguageModel,
+    model: &dyn Trainable,
     config: &TrainConfig,
     root: &Path,
     opt: &AdamWState,
@@ -206,7 +179,7 @@ fn write_checkpoint(
     state: &LoopState,
 ) -> Result<PathBuf> {
     let dir = root.join(format!("checkpoint-{}", state.step));
-    peft::save(model, &config.lora, &dir.join("adapter"))?;
+    model.save_adapter(&config.lora, &dir.join("adapter"))?;
     checkpoint::save_optimizer(
         opt,
         config.training.weight_decay,
@@ -281,13 +254,33 @@ pub fn train_until(
     on_event: &mut dyn FnMut(TrainEvent),
     should_stop: &dyn Fn() -> bool,
 ) -> Result<TrainSummary> {
+    run(
+        &mut CpuModel(model),
+        train,
+        val,
+        config,
+        out_dir,
+        on_event,
+        should_stop,
+    )
+}
+
+/// The training loop over any engine ([`Trainable`]): [`train_until`] for the kernel engine as for the CPU one.
+pub fn run(
+    model: &mut dyn Trainable,
+    train: &[TrainExample],
+    val: &[TrainExample],
+    config: &TrainConfig,
+    out_dir: &Path,
+    on_event: &mut dyn FnMut(TrainEvent),
+    should_stop: &dyn Fn() -> bool,
+) -> Result<TrainSummary> {
     let spec = &config.training;
     validate(spec, &config.lora, train)?;
-    if model::lora_layers(model).is_empty() {
-        model::add_lora(model, &config.lora, config.seed)?;
+    if !model.has_adapter() {
+        model.add_adapter(&config.lora, config.seed)?;
     }
-    let vars = trainable_vars(model);
-    let mut params = read_params(&vars)?;
+    let mut params = model.params()?;
     let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
     let mut opt = AdamWState::new(&sizes);
     let mut state = LoopState {
@@ -306,10 +299,8 @@ pub fn train_until(
     if config.resume
         && let Some((_, dir)) = checkpoint::list(&ckpt_root)?.pop()
     {
-        peft::load(model, &dir.join("adapter"), Some(config.lora.r))?;
-        let vars_now = trainable_vars(model);
-        params = read_params(&vars_now)?;
-        write_params(&vars, &params)?;
+        model.load_adapter(&dir.join("adapter"), Some(config.lora.r))?;
+        params = model.params()?;
         checkpoint::load_optimizer(&mut opt, &dir.join("optimizer.safetensors"))?;
         state = checkpoint::load_state(&dir.join("state.json"))?;
         if state.seed != config.seed {
@@ -325,8 +316,6 @@ pub fn train_until(
             best = Some(load_params(&params_path(&dir), &params)?);
         }
     }
-    // Vars may have been replaced by the adapter load: re-read the handles.
-    let vars = trainable_vars(model);
     let total = total_steps(spec, train.len());
     let batches_per_epoch = train.len().div_ceil(spec.batch_size);
     on_event(TrainEvent::Started {
@@ -354,19 +343,10 @@ pub fn train_until(
                 .map(|e| e.prompt.len() + e.target.len())
                 .sum::<usize>();
             let ctx = ForwardCtx::train(config.seed, state.step as u64, j as u64);
-            let out = model.loss(&batch, spec.loss_mask, &ctx)?;
-            if out.tokens == 0 {
-                continue;
-            }
-            let loss = (out.loss_sum / (out.tokens * n_micro) as f64)?;
-            step_loss += f64::from(loss.to_scalar::<f32>()?);
-            let g = loss.backward()?;
-            for (acc, var) in grads.iter_mut().zip(&vars) {
-                if let Some(gt) = g.get(var.as_tensor()) {
-                    for (a, v) in acc.iter_mut().zip(gt.flatten_all()?.to_vec1::<f32>()?) {
-                        *a += v;
-                    }
-                }
+            if let Some(loss) =
+                model.accumulate(&batch, spec.loss_mask, &ctx, n_micro, &mut grads)?
+            {
+                step_loss += loss;
             }
         }
         state.micro += n_micro;
@@ -385,7 +365,7 @@ pub fn train_until(
             &grads,
         )
         .map_err(|e| EngineError::Input(format!("optimizer step: {e}")))?;
-        write_params(&vars, &params)?;
+        model.set_params(&params)?;
         state.step += 1;
         state.losses.push(step_loss);
         last = (lr, norm);
@@ -411,7 +391,7 @@ pub fn train_until(
             window = (0.0, 0, 0, Instant::now());
         }
         if spec.eval_every > 0 && state.step.is_multiple_of(spec.eval_every) && !val.is_empty() {
-            let val_loss = evaluate(model, val, spec)?;
+            let val_loss = evaluate(&*model, val, spec)?;
             let improved = state.best_val_loss.is_none_or(|b| val_loss < b);
             if improved {
                 state.best_val_loss = Some(val_loss);
@@ -474,10 +454,10 @@ pub fn train_until(
     }
     let _ = last;
     if let Some(b) = &best {
-        write_params(&vars, b)?;
+        model.set_params(b)?;
     }
     let adapter_dir = out_dir.join("adapter");
-    peft::save(model, &config.lora, &adapter_dir)?;
+    model.save_adapter(&config.lora, &adapter_dir)?;
     let summary = TrainSummary {
         steps: state.step,
         epochs: state.epoch as f64 + state.micro as f64 / batches_per_epoch as f64,
