@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::error::{EngineError, Result};
-use super::load::load_model;
+use super::load::{TextModel, load_model};
 
 /// One entry of the top-k list.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -7,7 +7,7 @@ use tandem_experiments::manifest::{ModelFamily, Quantization};
 use tokenizers::Tokenizer;
 
 use super::error::{EngineError, Result};
-use super::model::LanguageModel;
+use super::model::{Decoder, LanguageModel};
 
 /// How to load a base model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +32,36 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
 }
 
-impl LoadedModel {
+/// A model that reads and writes text: its tokenizer and its decoder. Building training examples and
+/// generating text take one, whichever engine holds the weights.
+pub trait TextModel {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn decoder(&self) -> &dyn Decoder;
+
     /// Token ids of `text`, without special tokens.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
-            .tokenizer
+            .tokenizer()
             .encode(text, false)
             .map_err(|e| EngineError::Input(format!("cannot tokenise: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer()
             .decode(ids, true)
             .map_err(|e| EngineError::Input(format!("cannot detokenise: {e}")))
+    }
+}
+
+impl TextModel for LoadedModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn decoder(&self) -> &dyn Decoder {
+        self.model.as_ref()
     }
 }
 

@@ -82,7 +82,7 @@ impl JobRunner for EvalRunner {
         let predictions = {
             let ctx = &*ctx;
             generate::generate_texts(
-                &loaded,
+                &*loaded,
                 &inputs,
                 &config.prompt,
                 &cfg,

@@ -63,7 +63,7 @@ impl JobRunner for TrainRunner {
         };
         let max_len = config.training.max_length;
         let train_ex = build_examples(
-            &loaded,
+            &*loaded,
             &train_rows,
             &config.prompt.train,
             max_len,
@@ -71,7 +71,7 @@ impl JobRunner for TrainRunner {
         )
         .map_err(engine_error)?;
         let val_ex = build_examples(
-            &loaded,
+            &*loaded,
             &val_rows,
             &config.prompt.train,
             max_len,

@@ -8,7 +8,7 @@ pub mod processors;
 use tandem_experiments::manifest::GenerationSpec;
 
 use super::error::{EngineError, Result};
-use super::load::LoadedModel;
+use super::load::TextModel;
 use super::model::{Architecture, Decoder};
 use super::rng::{Purpose, Stream};
 use super::train::examples::fill_template;
@@ -215,7 +215,7 @@ pub fn generate(
 /// Fills the inference template with each input, generates in batches of `batch_size`, and decodes the new
 /// tokens to text (the prompt is never echoed).
 pub fn generate_texts(
-    loaded: &LoadedModel,
+    loaded: &dyn TextModel,
     inputs: &[String],
     template: &str,
     cfg: &GenerateConfig,
@@ -226,13 +226,13 @@ pub fn generate_texts(
     for (i, input) in inputs.iter().enumerate() {
         let text = fill_template(template, input)?;
         let ids = loaded
-            .tokenizer
+            .tokenizer()
             .encode(text.as_str(), true)
             .map_err(|e| EngineError::Input(format!("row {i}: cannot tokenise: {e}")))?
             .get_ids()
             .to_vec();
-        if let Some(max) = loaded.model.max_positions()
-            && loaded.model.architecture() == Architecture::DecoderOnly
+        if let Some(max) = loaded.decoder().max_positions()
+            && loaded.decoder().architecture() == Architecture::DecoderOnly
             && ids.len() + cfg.max_new_tokens > max
         {
             return Err(EngineError::Input(format!(
@@ -248,7 +248,7 @@ pub fn generate_texts(
         let mut batch_cfg = cfg.clone();
         // Each batch gets its own sampling stream, so results do not depend on what else was generated.
         batch_cfg.seed = super::rng::key(cfg.seed, Purpose::Sampling, &[bi as u64]);
-        for ids in generate(loaded.model.as_ref(), chunk, &batch_cfg)? {
+        for ids in generate(loaded.decoder(), chunk, &batch_cfg)? {
             texts.push(loaded.decode(&ids)?.trim().to_string());
         }
         on_batch(chunk.len());

@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod device;
+pub mod loaded;
 pub mod model;
 pub mod reference;
 pub mod step;

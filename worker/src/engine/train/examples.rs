@@ -1,7 +1,7 @@
 //! Turning (input, target) text rows into tokenised training examples with the stage's prompt template.
 
 use crate::engine::error::{EngineError, Result};
-use crate::engine::load::LoadedModel;
+use crate::engine::load::TextModel;
 use crate::engine::model::{Architecture, TrainExample};
 
 /// The placeholder a prompt template must contain.
@@ -30,19 +30,19 @@ pub enum Overlong {
 /// Tokenises rows: prompt = template filled with the input (with the tokenizer's special tokens, e.g. BOS);
 /// target = the target text (decoder-only models: after a space) followed by EOS.
 pub fn build_examples(
-    loaded: &LoadedModel,
+    loaded: &dyn TextModel,
     rows: &[(String, String)],
     template: &str,
     max_length: usize,
     overlong: Overlong,
 ) -> Result<Vec<TrainExample>> {
-    let arch = loaded.model.architecture();
-    let eos = loaded.model.special_tokens().eos.first().copied();
+    let arch = loaded.decoder().architecture();
+    let eos = loaded.decoder().special_tokens().eos.first().copied();
     let mut out = Vec::with_capacity(rows.len());
     for (i, (input, target)) in rows.iter().enumerate() {
         let prompt_text = fill_template(template, input)?;
         let mut prompt = loaded
-            .tokenizer
+            .tokenizer()
             .encode(prompt_text.as_str(), true)
             .map_err(|e| EngineError::Input(format!("row {i}: cannot tokenise the prompt: {e}")))?
             .get_ids()
@@ -52,7 +52,7 @@ pub fn build_examples(
             Architecture::EncoderDecoder => target.clone(),
         };
         let mut target_ids = loaded
-            .tokenizer
+            .tokenizer()
             .encode(target_text.as_str(), false)
             .map_err(|e| EngineError::Input(format!("row {i}: cannot tokenise the target: {e}")))?
             .get_ids()

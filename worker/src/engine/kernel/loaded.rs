@@ -1,0 +1,73 @@
+//! A model loaded on the kernel engine for a job, with its tokenizer and its device erased: what the job
+//! runners hold, train through [`Trainable`] and generate from through [`TextModel`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+
+use super::device::Device;
+use super::model::KernelLlama;
+use crate::engine::error::Result;
+use crate::engine::llama;
+use crate::engine::load::TextModel;
+use crate::engine::model::Decoder;
+use crate::engine::train::trainable::Trainable;
+
+/// What a job needs of a kernel-engine model, whatever its device.
+pub trait KernelJob: Trainable + Decoder {
+    /// What the model runs on, for logs and errors.
+    fn device_name(&self) -> String;
+    /// Bytes the device holds for the frozen weights.
+    fn frozen_bytes(&self) -> usize;
+}
+
+impl<D: Device> KernelJob for KernelLlama<D> {
+    fn device_name(&self) -> String {
+        self.device.describe()
+    }
+
+    fn frozen_bytes(&self) -> usize {
+        KernelLlama::frozen_bytes(self)
+    }
+}
+
+/// A LLaMA-family model on the kernel engine, with its tokenizer.
+pub struct KernelModel {
+    pub model: Box<dyn KernelJob>,
+    pub tokenizer: Tokenizer,
+}
+
+impl KernelModel {
+    /// Opens the checkpoint at `path` (a Hugging Face folder or a GGUF file) and loads it onto `device`, one
+    /// tensor at a time, the projections quantised to NF4 when `nf4`.
+    pub fn load<D: Device>(device: Arc<D>, path: &Path, nf4: bool) -> Result<Self> {
+        let mut checkpoint = llama::open(path)?;
+        let model = KernelLlama::load(device, &mut checkpoint, nf4)?;
+        tracing::info!(
+            device = %model.device.describe(),
+            frozen_mib = model.frozen_bytes() >> 20,
+            nf4,
+            "model loaded on the kernel engine"
+        );
+        Ok(Self {
+            model: Box::new(model),
+            tokenizer: checkpoint.tokenizer,
+        })
+    }
+
+    /// The model as the training loop drives it.
+    pub fn trainable(&mut self) -> &mut dyn Trainable {
+        self.model.as_mut()
+    }
+}
+
+impl TextModel for KernelModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn decoder(&self) -> &dyn Decoder {
+        self.model.as_ref()
+    }
+}
