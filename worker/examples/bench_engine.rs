@@ -10,7 +10,7 @@ use std::time::Instant;
 use tandem_experiments::manifest::{LossMask, Quantization};
 use tandem_kernels::ops::optim::{AdamW, AdamWState};
 use tandem_worker::engine::generate::{self, GenerateConfig};
-use tandem_worker::engine::load::{ModelOptions, load_model};
+use tandem_worker::engine::load::{ModelOptions, TextModel, load_model};
 use tandem_worker::engine::lora::LoraConfig;
 use tandem_worker::engine::model::{self, TrainExample};
 use tandem_worker::engine::rng::{Purpose, Stream};
