@@ -382,6 +382,40 @@ fn smollm2_loss_gradients_and_greedy_tokens_match_the_cpu_engine() {
     assert_eq!(a, b);
 }
 
+#[test]
+fn a_failing_kernel_fails_the_step_naming_the_kernel_and_its_shapes() {
+    let lora = all_modules(0.0);
+    let (_, mut kern, tok) = engines(
+        &fixture("tiny-llama"),
+        Faulty {
+            fault: Fault::OutOfMemory,
+        },
+        false,
+        &lora,
+    );
+    let b = batch(&tok);
+    let mut grads: Vec<Vec<f32>> = kern
+        .params()
+        .unwrap()
+        .iter()
+        .map(|p| vec![0f32; p.len()])
+        .collect();
+    let e = kern
+        .accumulate(&b, LossMask::Prompt, &ForwardCtx::eval(), 1, &mut grads)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attention_backward") && e.contains("OUT_OF_MEMORY") && e.contains("q_heads: 4"),
+        "{e}"
+    );
+    assert!(
+        grads.iter().flatten().all(|&g| g == 0.0),
+        "no partial gradient leaks out"
+    );
+    // The model is still usable: the forward pass runs.
+    assert!(kern.loss_sum(&b, LossMask::Prompt).is_ok());
+}
+
 fn spec(max_steps: usize) -> TrainingSpec {
     TrainingSpec {
         batch_size: 2,
@@ -503,6 +537,8 @@ enum Fault {
     RopeNotInverted,
     /// dA comes back as the transpose of the right values (reshaped, as a transposed kernel output would be).
     AdapterGradientTransposed,
+    /// The attention backward fails as a CUDA launch out of memory would.
+    OutOfMemory,
 }
 
 /// The reference device with one fault.
@@ -598,6 +634,14 @@ impl Device for Faulty {
         v: &B,
         o: &B,
     ) -> tandem_worker::engine::Result<(B, B, B)> {
+        if let Fault::OutOfMemory = self.fault {
+            return Err(tandem_worker::engine::EngineError::kernel(
+                "attention_backward",
+                self.describe(),
+                format!("{d:?}"),
+                "CUDA_ERROR_OUT_OF_MEMORY",
+            ));
+        }
         Reference.attention_backward(d, q, k, v, o)
     }
     fn attention_cached(
