@@ -201,3 +201,17 @@ proptest! {
         prop_assert_ne!(&plain, &hash_of(&project, "d.toml", &render(lr * 2.0, r, batch, &order, comments, spaces)));
     }
 }
+
+#[test]
+fn device_auto_spelled_out_keeps_it_and_another_device_changes_it() {
+    let project = Project::new();
+    let base = hash_of(&project, "a.toml", &Project::base_text());
+    let device = |value: &str| {
+        Project::base_text().replace(
+            "family = \"llama\"",
+            &format!("family = \"llama\"\ndevice = \"{value}\""),
+        )
+    };
+    assert_eq!(base, hash_of(&project, "b.toml", &device("auto")));
+    assert_ne!(base, hash_of(&project, "c.toml", &device("cuda")));
+}

@@ -5,7 +5,7 @@ mod common;
 
 use common::Project;
 use tandem_experiments::manifest::{
-    self, LoadOptions, Manifest, ManifestError, Quantization, SplitSpec,
+    self, DevicePreference, LoadOptions, Manifest, ManifestError, Quantization, SplitSpec,
 };
 
 fn load(project: &Project, text: &str) -> Result<Manifest, ManifestError> {
@@ -537,5 +537,84 @@ fn a_missing_column_says_a_header_column_is_accepted() {
             "(its columns: findings, impression) (accepted: a column of the CSV header)"
         ),
         "{errors:#?}"
+    );
+}
+
+/// The base manifest with `device = "<device>"` in its `[model]` table.
+fn with_device(device: &str, extra: &str) -> String {
+    let text = Project::base_text().replace(
+        "family = \"llama\"",
+        &format!("family = \"llama\"\ndevice = \"{device}\""),
+    );
+    format!("{text}\n{extra}\n")
+}
+
+#[test]
+fn device_defaults_to_auto_and_keeps_the_resources() {
+    let project = Project::new();
+    let m = load(&project, &Project::base_text()).unwrap();
+    assert_eq!(m.model.device, DevicePreference::Auto);
+    assert_eq!(m.model.device.as_str(), "auto");
+    assert_eq!((m.resources.train.gpus, m.resources.eval.gpus), (1, 1));
+    let cuda = load(&project, &with_device("cuda", "")).unwrap();
+    assert_eq!(cuda.model.device, DevicePreference::Cuda);
+    assert_eq!(cuda.resources.train.gpus, 1);
+}
+
+#[test]
+fn device_cpu_plans_train_and_eval_without_gpus() {
+    let project = Project::new();
+    let m = load(&project, &with_device("cpu", "")).unwrap();
+    assert_eq!(m.model.device, DevicePreference::Cpu);
+    for request in [&m.resources.train, &m.resources.eval] {
+        assert_eq!((request.gpus, request.gpu_memory_gb), (0, 0), "{request:?}");
+    }
+    // The other kinds are untouched.
+    assert_eq!(m.resources.data_prep.cpu_threads, 1);
+}
+
+#[test]
+fn device_cpu_with_an_explicit_gpu_names_the_resource() {
+    let text = with_device("cpu", "[resources.eval]\ngpus = 2\n");
+    let line = line_of(&text, "gpus = 2");
+    assert_one(
+        &text,
+        &format!(
+            "M:{line}:8: resources.eval.gpus: asks for 2 GPU(s), but model.device = \"cpu\" \
+             (accepted: 0, or leave it out, when model.device = \"cpu\")"
+        ),
+    );
+}
+
+#[test]
+fn device_cuda_needs_train_and_eval_jobs_that_ask_for_a_gpu() {
+    let text = with_device(
+        "cuda",
+        "[resources.train]\ngpus = 0\n[resources.eval]\ngpus = 0\n",
+    );
+    let line = line_of(&text, "device = ");
+    let errors = errors(&text);
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "M:{line}:10: model.device: \"cuda\" needs a GPU, but resources.train.gpus = 0 \
+                 (accepted: resources.train.gpus >= 1, or device = \"auto\" or \"cpu\")"
+            ),
+            format!(
+                "M:{line}:10: model.device: \"cuda\" needs a GPU, but resources.eval.gpus = 0 \
+                 (accepted: resources.eval.gpus >= 1, or device = \"auto\" or \"cpu\")"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_device_lists_the_accepted_ones() {
+    let text = with_device("gpu", "");
+    let line = line_of(&text, "device = ");
+    assert_one(
+        &text,
+        &format!("M:{line}:10: model.device: unknown variant `gpu` (accepted: auto, cpu, cuda)"),
     );
 }

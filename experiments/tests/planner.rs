@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Project, copy_tree};
-use tandem_experiments::manifest::{self, LoadOptions, ModelStage, Stage};
+use tandem_experiments::manifest::{self, DevicePreference, LoadOptions, ModelStage, Stage};
 use tandem_experiments::planner::{self, JobConfig, JobKind, JobSpec, Plan};
 
 fn plan_of(project: &Project, text: &str) -> Plan {
@@ -457,4 +457,51 @@ fn every_job_kind_round_trips_through_the_wire_contract() {
     bad_stage.placement.as_mut().unwrap().stage = "stage9".into();
     let err = wire::decode(&bad_stage).unwrap_err().to_string();
     assert!(err.contains("placement.stage"), "{err}");
+}
+
+#[test]
+fn device_auto_leaves_config_bytes_and_ids_unchanged() {
+    let project = Project::new();
+    let base = plan_of(&project, &Project::base_text());
+    let explicit = plan_of(
+        &project,
+        &Project::base_text().replace(
+            "family = \"llama\"",
+            "family = \"llama\"\ndevice = \"auto\"",
+        ),
+    );
+    assert_eq!(ids_by_label(&base), ids_by_label(&explicit));
+    for job in &base.jobs {
+        let bytes = planner::wire::config_bytes(&job.config);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("device"), "{}: {text}", job.label);
+    }
+}
+
+#[test]
+fn device_cuda_travels_in_train_and_eval_configs_and_gives_them_new_ids() {
+    let project = Project::new();
+    let base = ids_by_label(&plan_of(&project, &Project::base_text()));
+    let plan = plan_of(
+        &project,
+        &Project::base_text().replace(
+            "family = \"llama\"",
+            "family = \"llama\"\ndevice = \"cuda\"",
+        ),
+    );
+    let cuda = ids_by_label(&plan);
+    for label in ["data-prep(stage1)", "data-prep(stage2, 5 folds)"] {
+        assert_eq!(base[label], cuda[label], "{label} has no model");
+    }
+    for label in ["train(stage1)", "eval(base, stage1 test)", "report"] {
+        assert_ne!(base[label], cuda[label], "{label} must get a new id");
+    }
+    let train = find(&plan, "train(stage1)");
+    let text = String::from_utf8(planner::wire::config_bytes(&train.config)).unwrap();
+    assert!(text.contains("\"device\":\"cuda\""), "{text}");
+    let decoded = planner::wire::decode(&planner::wire::encode(train)).unwrap();
+    let JobConfig::Train(config) = decoded.config else {
+        panic!("a train config")
+    };
+    assert_eq!(config.model.device, DevicePreference::Cuda);
 }

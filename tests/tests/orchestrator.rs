@@ -242,8 +242,8 @@ fn two_workers_run_an_experiment_with_folds_to_the_end() {
         audit.contains("PASS: ") && !audit.contains("FAIL"),
         "{audit}"
     );
-    // Each worker reported the CUDA devices it found (none on a machine without the driver), as facts: it
-    // offers no GPU unless --gpus says so.
+    // Each worker reported the CUDA devices it found (none on a machine without the driver), as facts, and
+    // offers them (no --gpus flag).
     let expected = expected_devices();
     let environments: Vec<&str> = audit
         .lines()
@@ -267,7 +267,7 @@ fn two_workers_run_an_experiment_with_folds_to_the_end() {
     ))
     .unwrap();
     for w in listed.as_array().unwrap() {
-        assert_eq!(w["gpus"], 0, "{w}");
+        assert_eq!(w["gpus"], expected_device_count(), "{w}");
         let devices = w["devices"].as_array().unwrap();
         assert_eq!(devices.len(), expected_device_count(), "{w}");
     }

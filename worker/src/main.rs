@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use tandem_experiments::manifest::Stage;
+use tandem_experiments::manifest::{DevicePreference, Manifest, Stage};
 use tandem_worker::engine;
+use tandem_worker::engine::backend::{self, Backend};
 use tandem_worker::engine::train::TrainEvent;
 
 #[derive(Parser)]
@@ -60,6 +61,41 @@ impl From<StageArg> for Stage {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for DevicePreference {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => DevicePreference::Auto,
+            DeviceArg::Cpu => DevicePreference::Cpu,
+            DeviceArg::Cuda => DevicePreference::Cuda,
+        }
+    }
+}
+
+/// Where a local job computes.
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// Overrides the manifest's model.device.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// A CUDA device ordinal the job may use (repeat for several; none: the job gets no GPU).
+    #[arg(long = "gpu")]
+    gpus: Vec<u32>,
+}
+
+impl DeviceArgs {
+    fn backend(&self, manifest: &Manifest) -> Result<Backend> {
+        let pref = self.device.map_or(manifest.model.device, Into::into);
+        Ok(backend::choose(pref, manifest.model.family, &self.gpus)?)
+    }
+}
+
 #[derive(clap::Args)]
 struct TrainArgs {
     #[arg(long)]
@@ -77,6 +113,8 @@ struct TrainArgs {
     /// Continue from the newest checkpoint in OUT.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +133,8 @@ struct GenerateArgs {
     /// CSV written with columns row, input, reference, prediction.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -198,6 +238,7 @@ fn train(args: TrainArgs) -> Result<()> {
         out_dir: args.out.clone(),
         init_adapter: args.init_adapter,
         resume: args.resume,
+        backend: args.device.backend(&manifest)?,
     };
     let mut progress = Progress { bar: None };
     let summary = engine::jobs::run_train(&manifest, &job, &mut |event| match event {
@@ -251,6 +292,7 @@ fn train(args: TrainArgs) -> Result<()> {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     let manifest = engine::jobs::load_manifest(&args.manifest)?;
+    let backend = args.device.backend(&manifest)?;
     let stage: Stage = args.stage.into();
     let spec = &manifest.stage(stage).dataset;
     let mut reader = csv::Reader::from_path(&args.input)
@@ -287,6 +329,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         args.adapter.as_deref(),
         &inputs,
         None,
+        &backend,
         &mut |n| {
             done += n as u64;
             progress.set(done, String::new());

@@ -168,6 +168,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if args.enable_test_kinds {
                 command.arg("--enable-test-kinds");
             }
+            // The first worker offers the machine's GPUs (one job per GPU); the others compute on the CPU, so
+            // no GPU is offered twice.
+            if i > 0 {
+                command.args(["--gpus", "0"]);
+            }
             // Workers end with this process, however it ends (even SIGKILL): nothing is left running.
             #[cfg(target_os = "linux")]
             {

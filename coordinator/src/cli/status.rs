@@ -47,6 +47,7 @@ pub fn status_json(status: &pb::ExperimentStatus) -> serde_json::Value {
             "worker": j.worker,
             "cached": j.cached,
             "last_error": if j.last_error.is_empty() { serde_json::Value::Null } else { j.last_error.clone().into() },
+            "waiting_reason": if j.waiting_reason.is_empty() { serde_json::Value::Null } else { j.waiting_reason.clone().into() },
         })).collect::<Vec<_>>(),
     })
 }
@@ -125,6 +126,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         );
                         if !j.last_error.is_empty() {
                             println!("{:<16} last error: {}", "", j.last_error);
+                        }
+                        if !j.waiting_reason.is_empty() {
+                            println!("{:<16} waiting: {}", "", j.waiting_reason);
                         }
                     }
                 }

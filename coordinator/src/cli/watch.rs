@@ -28,6 +28,9 @@ fn describe(job: &pb::JobStatus) -> String {
     if job.cached {
         s.push_str(" (cached)");
     }
+    if !job.waiting_reason.is_empty() {
+        s.push_str(&format!(" waiting: {}", job.waiting_reason));
+    }
     s
 }
 

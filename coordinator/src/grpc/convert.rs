@@ -100,6 +100,7 @@ pub fn job_status(view: &JobView) -> pb::JobStatus {
         progress_total: view.progress.total,
         last_metric: view.progress.last_metric.clone(),
         last_value: view.progress.last_value,
+        waiting_reason: view.waiting_reason.clone().unwrap_or_default(),
     }
 }
 

@@ -115,6 +115,8 @@ pub struct JobView {
     pub job: JobRecord,
     pub cached: bool,
     pub progress: Progress,
+    /// Why a ready job waits when no live worker's offer could hold it (see `waiting.rs`); `None` otherwise.
+    pub waiting_reason: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -24,6 +24,7 @@ mod stored;
 mod submit;
 mod transaction;
 mod views;
+mod waiting;
 mod watch;
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -633,3 +633,120 @@ async fn a_refused_change_writes_nothing_and_an_accepted_one_writes_its_job_audi
     assert_eq!(event.job_id, "j1");
     assert!(event.message.ends_with("succeeded"), "{}", event.message);
 }
+
+fn gpu_job(id: &str, gpus: u32, gpu_memory_mib: u64) -> PlannedJob {
+    let mut planned = job(id, &[]);
+    planned.resources = Resources {
+        gpus,
+        gpu_memory_mib,
+        cpu_threads: 1,
+    };
+    planned
+}
+
+fn gpu_worker(name: &str, gpus: u32, gpu_memory_mib: u64) -> WorkerRecord {
+    let mut record = worker(name, 8);
+    record.resources.gpus = gpus;
+    record.resources.gpu_memory_mib = gpu_memory_mib;
+    record
+}
+
+fn waiting_reason(s: &Scheduler, experiment: &str) -> (JobState, Option<String>) {
+    let view = s.experiment(None, experiment).unwrap();
+    (view.jobs[0].job.state, view.jobs[0].waiting_reason.clone())
+}
+
+#[tokio::test]
+async fn a_job_no_live_worker_can_hold_stays_queued_with_a_reason_until_one_that_fits_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Workers count as live for three heartbeat intervals: long enough for a slow commit on a busy machine.
+    let s = open(
+        dir.path(),
+        SchedulerConfig {
+            heartbeat_interval_ms: 10_000,
+            ..config()
+        },
+    );
+    let out = s
+        .submit(submission("a", vec![gpu_job("big", 2, 80 * 1024)]))
+        .await
+        .unwrap();
+    let experiment = &out.experiment_id;
+    assert_eq!(
+        waiting_reason(&s, experiment),
+        (JobState::Ready, Some("no live worker".into()))
+    );
+    let cpu = s
+        .register_worker(None, worker("cpu-node", 64))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting_reason(&s, experiment).1.as_deref(),
+        Some("needs 2 GPUs with 80 GiB each; no live worker offers a GPU")
+    );
+    let small = s
+        .register_worker(None, gpu_worker("gpu-node-3", 1, 40 * 1024))
+        .await
+        .unwrap();
+    for w in [&cpu, &small] {
+        assert!(
+            s.lease(w, WAIT).await.unwrap().is_none(),
+            "{w} cannot hold it"
+        );
+    }
+    s.tick().await.unwrap();
+    assert_eq!(
+        waiting_reason(&s, experiment),
+        (
+            JobState::Ready,
+            Some(
+                "needs 2 GPUs with 80 GiB each; the largest live worker offers 1 GPU with 40 GiB \
+                 (worker gpu-node-3)"
+                    .into()
+            )
+        )
+    );
+    let big = s
+        .register_worker(None, gpu_worker("gpu-node-9", 2, 80 * 1024))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting_reason(&s, experiment),
+        (JobState::Ready, None),
+        "a live worker fits: the job only waits for its turn"
+    );
+    let lease = s.lease(&big, WAIT).await.unwrap().expect("the job fits");
+    assert_eq!(lease.job.id, "big");
+    assert_eq!(waiting_reason(&s, experiment), (JobState::Leased, None));
+}
+
+#[tokio::test]
+async fn a_worker_whose_gpus_are_all_leased_gets_only_cpu_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission(
+        "a",
+        vec![
+            gpu_job("gpu-1", 1, 20_000),
+            gpu_job("gpu-2", 1, 20_000),
+            job("cpu", &[]),
+        ],
+    ))
+    .await
+    .unwrap();
+    let w = s
+        .register_worker(None, gpu_worker("one-gpu", 1, 24_000))
+        .await
+        .unwrap();
+    let first = s.lease(&w, WAIT).await.unwrap().unwrap();
+    assert_eq!(first.job.id, "gpu-1");
+    let second = s.lease(&w, WAIT).await.unwrap().unwrap();
+    assert_eq!(
+        second.job.id, "cpu",
+        "gpu-2 waits: the worker's one GPU is leased"
+    );
+    assert!(s.lease(&w, WAIT).await.unwrap().is_none());
+    s.complete(&w, "gpu-1", first.attempt).await.unwrap();
+    let third = s.lease(&w, WAIT).await.unwrap().unwrap();
+    assert_eq!(third.job.id, "gpu-2");
+}

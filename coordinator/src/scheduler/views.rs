@@ -7,10 +7,15 @@ use super::Scheduler;
 use super::api::{ExperimentView, JobView, TeamScope, WorkerView};
 use super::error::{SchedulerError, SchedulerResult};
 use super::state::State;
+use super::waiting;
 use crate::store::{AuditEntry, ExperimentRecord, JobRecord, JobState, WorkerRecord, now_ms};
 
-/// An experiment with its jobs as `state` holds them now.
-fn experiment_view(state: &State, record: ExperimentRecord) -> ExperimentView {
+/// An experiment with its jobs as `state` holds them now; a ready job that no `live` worker could hold says why.
+fn experiment_view(
+    state: &State,
+    record: ExperimentRecord,
+    live: &[&WorkerRecord],
+) -> ExperimentView {
     let jobs = record
         .job_ids
         .iter()
@@ -19,6 +24,9 @@ fn experiment_view(state: &State, record: ExperimentRecord) -> ExperimentView {
             job: job.clone(),
             cached: record.cached_jobs.contains(&job.id),
             progress: state.progress.get(&job.id).cloned().unwrap_or_default(),
+            waiting_reason: (job.state == JobState::Ready)
+                .then(|| waiting::reason(&job.kind, &job.resources, live))
+                .flatten(),
         })
         .collect();
     ExperimentView {
@@ -47,6 +55,7 @@ impl Scheduler {
                     job: replay.clone(),
                     cached: false,
                     progress: state.progress.get(replay_id).cloned().unwrap_or_default(),
+                    waiting_reason: None,
                 },
                 original,
             ))
@@ -58,9 +67,16 @@ impl Scheduler {
         scope: TeamScope<'_>,
         experiment_id: &str,
     ) -> SchedulerResult<ExperimentView> {
+        let now = now_ms();
         self.read(|state| {
             let record = state.experiment_for(scope, experiment_id)?.clone();
-            Ok(experiment_view(state, record))
+            let live: Vec<&WorkerRecord> = state
+                .workers
+                .values()
+                .filter(|w| self.is_alive(&w.record, now))
+                .map(|w| &w.record)
+                .collect();
+            Ok(experiment_view(state, record, &live))
         })
     }
 
@@ -107,16 +123,21 @@ impl Scheduler {
         })
     }
 
+    /// Whether `worker` was seen recently enough (heartbeats or lease calls) to count as live at `now`.
+    fn is_alive(&self, worker: &WorkerRecord, now: u64) -> bool {
+        let alive_window = self.config.heartbeat_interval_ms * 3 + self.config.max_lease_wait_ms;
+        now.saturating_sub(worker.last_seen_ms) <= alive_window
+    }
+
     pub fn workers(&self) -> Vec<WorkerView> {
         let now = now_ms();
-        let alive_window = self.config.heartbeat_interval_ms * 3 + self.config.max_lease_wait_ms;
         self.read(|state| {
             let mut out: Vec<_> = state
                 .workers
                 .values()
                 .map(|w| WorkerView {
                     record: w.record.clone(),
-                    alive: now.saturating_sub(w.record.last_seen_ms) <= alive_window,
+                    alive: self.is_alive(&w.record, now),
                     jobs: {
                         let mut jobs: Vec<_> = w.leases.iter().cloned().collect();
                         jobs.sort();

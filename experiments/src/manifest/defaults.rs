@@ -16,6 +16,8 @@ pub const INPUT_PLACEHOLDER: &str = "{input}";
 
 pub const SEED: u64 = 42;
 pub const TEAM: &str = "default";
+/// The worker chooses: the CUDA engine when a job is given GPUs and its family has one, else the CPU.
+pub const DEVICE: DevicePreference = DevicePreference::Auto;
 
 pub fn lora() -> LoraSpec {
     LoraSpec {

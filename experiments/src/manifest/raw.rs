@@ -10,8 +10,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::Collector;
 use super::types::{
-    BadRows, ComputeDtype, DatasetFormat, LossMask, Metric, ModelFamily, Quantization, Stage,
-    SweepParameter,
+    BadRows, ComputeDtype, DatasetFormat, DevicePreference, LossMask, Metric, ModelFamily,
+    Quantization, Stage, SweepParameter,
 };
 
 pub(crate) type S<T> = Option<Spanned<T>>;
@@ -39,6 +39,7 @@ pub(crate) struct RawModel {
     pub path: S<String>,
     pub quantization: S<Quantization>,
     pub compute_dtype: S<ComputeDtype>,
+    pub device: S<DevicePreference>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -174,7 +174,8 @@ impl Resolver<'_> {
         let manifest_stages = [(Stage::Stage1, &stage1), (Stage::Stage2, &stage2)];
         let sweeps = self.sweeps(&raw.sweeps, &manifest_stages);
         let evaluation = self.evaluation(&raw.evaluation);
-        let resources = self.resources(&raw.resources);
+        let mut resources = self.resources(&raw.resources);
+        self.device(&raw, model.device, &mut resources);
         Manifest {
             name,
             seed: value(&raw.seed, defaults::SEED),
@@ -203,6 +204,7 @@ impl Resolver<'_> {
                 path: PathBuf::new(),
                 quantization: Quantization::Nf4,
                 compute_dtype: ComputeDtype::F16,
+                device: defaults::DEVICE,
             };
         };
         let whole = Some(table.span());
@@ -240,6 +242,58 @@ impl Resolver<'_> {
             path,
             quantization: value(&model.quantization, defaults::quantization(family)),
             compute_dtype: value(&model.compute_dtype, defaults::compute_dtype(family)),
+            device: value(&model.device, defaults::DEVICE),
+        }
+    }
+
+    /// Squares `model.device` with the train and eval resources: `cuda` needs jobs that ask for a GPU; `cpu`
+    /// plans them without GPUs (a GPU asked for explicitly is an error, not silently dropped).
+    fn device(
+        &mut self,
+        raw: &RawManifest,
+        device: DevicePreference,
+        resources: &mut ResourcesSpec,
+    ) {
+        let device_span = raw.model.as_ref().and_then(|m| span(&m.get_ref().device));
+        let raw_resources = raw.resources.as_ref().map(Spanned::get_ref);
+        let kinds = [
+            (
+                "train",
+                &mut resources.train,
+                raw_resources.and_then(|r| r.train.as_ref()),
+            ),
+            (
+                "eval",
+                &mut resources.eval,
+                raw_resources.and_then(|r| r.eval.as_ref()),
+            ),
+        ];
+        for (kind, request, raw_request) in kinds {
+            let gpus_field = raw_request.and_then(|r| r.get_ref().gpus.as_ref());
+            match device {
+                DevicePreference::Cuda if request.gpus == 0 => self.error(
+                    device_span.clone(),
+                    "model.device",
+                    format!("\"cuda\" needs a GPU, but resources.{kind}.gpus = 0"),
+                    &format!("resources.{kind}.gpus >= 1, or device = \"auto\" or \"cpu\""),
+                ),
+                DevicePreference::Cpu => match gpus_field.filter(|g| *g.get_ref() > 0) {
+                    Some(gpus) => self.error(
+                        Some(gpus.span()),
+                        &format!("resources.{kind}.gpus"),
+                        format!(
+                            "asks for {} GPU(s), but model.device = \"cpu\"",
+                            gpus.get_ref()
+                        ),
+                        "0, or leave it out, when model.device = \"cpu\"",
+                    ),
+                    None => {
+                        request.gpus = 0;
+                        request.gpu_memory_gb = 0;
+                    }
+                },
+                DevicePreference::Cuda | DevicePreference::Auto => {}
+            }
         }
     }
 

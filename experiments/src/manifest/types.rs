@@ -29,6 +29,40 @@ pub enum ModelFamily {
     T5,
 }
 
+/// Where a model's train and eval jobs compute: `auto` lets the worker choose (the CUDA engine when the job is
+/// given GPUs and the family has one, else the CPU), `cpu` keeps them on the CPU, `cuda` requires a GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePreference {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DevicePreference {
+    pub const ALL: [DevicePreference; 3] = [
+        DevicePreference::Auto,
+        DevicePreference::Cpu,
+        DevicePreference::Cuda,
+    ];
+
+    /// The name used in manifests: `auto`, `cpu`, `cuda`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevicePreference::Auto => "auto",
+            DevicePreference::Cpu => "cpu",
+            DevicePreference::Cuda => "cuda",
+        }
+    }
+
+    /// True for the default, which serialised forms leave out (so configs and hashes from before the field
+    /// existed stay the same).
+    pub fn is_auto(&self) -> bool {
+        *self == DevicePreference::Auto
+    }
+}
+
 /// How frozen base weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +90,9 @@ pub struct ModelSpec {
     pub path: PathBuf,
     pub quantization: Quantization,
     pub compute_dtype: ComputeDtype,
+    /// Where train and eval jobs compute; left out of the canonical form when `auto`.
+    #[serde(default, skip_serializing_if = "DevicePreference::is_auto")]
+    pub device: DevicePreference,
 }
 
 /// LoRA adapter settings (PEFT semantics: scale = alpha / r, bias none).

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::DropCounts;
 use crate::manifest::hash::sha256_hex;
 use crate::manifest::{
-    BadRows, ComputeDtype, DatasetFormat, EvalCell, GenerationSpec, LoraSpec, Metric, ModelFamily,
-    ModelStage, PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage, SweepParameter,
-    TrainingSpec,
+    BadRows, ComputeDtype, DatasetFormat, DevicePreference, EvalCell, GenerationSpec, LoraSpec,
+    Metric, ModelFamily, ModelStage, PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage,
+    SweepParameter, TrainingSpec,
 };
 
 /// The code version that job ids include. Bump it only when the engine's results for the same config change
@@ -148,6 +148,10 @@ pub struct ModelRef {
     pub sha256: String,
     pub quantization: Quantization,
     pub compute_dtype: ComputeDtype,
+    /// The manifest's `model.device`: where the worker computes. Left out of the config when `auto`, so the
+    /// bytes (and ids) of jobs planned before the field existed are unchanged.
+    #[serde(default, skip_serializing_if = "DevicePreference::is_auto")]
+    pub device: DevicePreference,
 }
 
 /// A stage's dataset, by content.

@@ -290,6 +290,7 @@ impl Builder<'_> {
             sha256: self.inputs.model.sha256.clone(),
             quantization: m.quantization,
             compute_dtype: m.compute_dtype,
+            device: m.device,
         }
     }
 

@@ -36,10 +36,11 @@ pub struct AgentArgs {
     /// CPU threads offered (default: all).
     #[arg(long)]
     pub threads: Option<u32>,
-    /// GPUs offered (at most the CUDA devices found; the engine computes on the CPU, so the default is 0).
-    #[arg(long, default_value_t = 0)]
-    pub gpus: u32,
-    /// Memory per GPU, MiB (default with --gpus: the smallest CUDA device found, else 0).
+    /// GPUs offered, ordinals 0..N, each to one job at a time (jobs run side by side, one per GPU) [default:
+    /// every CUDA device found, 0 without a driver]. At most the devices found; 0 offers none (CPU only).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Memory per GPU, MiB (default when GPUs are offered: the smallest CUDA device found, else 0).
     #[arg(long)]
     pub gpu_memory_mib: Option<u64>,
     /// Folder for downloads and scratch files.

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod devices;
+mod gpus;
 pub mod inputs;
 mod runner;
 pub mod runners;
@@ -53,9 +54,16 @@ pub enum AgentError {
     Refused(tonic::Status),
     #[error("the worker has no job kinds to offer")]
     NoKinds,
+    #[error("a lease slot ended unexpectedly: {0}")]
+    Slot(String),
 }
 
-/// Runs the agent until `shutdown` turns true (a running job is checkpointed and handed back first).
+/// Runs the agent until `shutdown` turns true (running jobs are checkpointed and handed back first).
+///
+/// The worker holds up to `max(1, gpus)` leases at once: one lease loop ("slot") per offered GPU, or one CPU
+/// slot on a worker that offers none (one job at a time). Each job takes the GPU ordinals its resources ask
+/// for from the worker's pool ([`gpus::GpuPool`]); the coordinator's per-worker accounting never leases more
+/// GPUs, CPU threads or GPU memory than the worker offers, so jobs that run side by side never share a GPU.
 pub async fn run(
     config: AgentConfig,
     registry: RunnerRegistry,
@@ -69,20 +77,110 @@ pub async fn run(
         config.token.as_deref(),
         config.ca_cert.as_deref(),
     )?;
-    let mut worker = Registration::new(&config, &registry, client.clone());
-    let Some(mut registered) = worker.register(&mut shutdown).await? else {
+    let mut registration = Registration::new(&config, &registry, client.clone());
+    let Some(registered) = registration.register(&mut shutdown).await? else {
         return Ok(());
     };
+    let slots = config.resources.gpus.max(1);
+    let agent = Arc::new(Agent {
+        gpus: gpus::GpuPool::new(config.resources.gpus),
+        config,
+        registry,
+        client,
+        registration: tokio::sync::Mutex::new(registration),
+        registered: Mutex::new(registered),
+    });
+    // The slots stop on the agent's shutdown, or when one of them fails (the others hand their leases back).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut running = tokio::task::JoinSet::new();
+    for slot in 0..slots {
+        running.spawn(lease_loop(agent.clone(), slot, stop_rx.clone()));
+    }
+    let mut first_error = None;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let result = joined.unwrap_or_else(|e| Err(AgentError::Slot(e.to_string())));
+                if let Err(error) = result {
+                    tracing::warn!(%error, "a lease slot failed; stopping the others");
+                    let _ = stop_tx.send(true);
+                    first_error.get_or_insert(error);
+                }
+            }
+            changed = shutdown.changed(), if !stopping => {
+                if changed.is_err() || *shutdown.borrow() {
+                    stopping = true;
+                    let _ = stop_tx.send(true);
+                }
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// What the lease slots of one agent share: settings, runners, connection, registration and GPUs.
+struct Agent {
+    config: AgentConfig,
+    registry: RunnerRegistry,
+    client: WorkerClient,
+    registration: tokio::sync::Mutex<Registration>,
+    /// The registration the slots lease under; replaced when the coordinator forgets the worker.
+    registered: Mutex<Registered>,
+    gpus: Arc<gpus::GpuPool>,
+}
+
+impl Agent {
+    fn registered(&self) -> Registered {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Registers again after the coordinator answered that it does not know worker `stale`. Done once for
+    /// all slots: a slot that finds the registration already renewed by another uses the new one. Returns
+    /// false when the agent shut down meanwhile.
+    async fn register_again(
+        &self,
+        stale: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, AgentError> {
+        let mut registration = self.registration.lock().await;
+        if self.registered().worker_id != stale {
+            return Ok(true);
+        }
+        tracing::warn!(
+            worker = stale,
+            "coordinator does not know this worker; registering again"
+        );
+        registration.known_id = None;
+        let Some(fresh) = registration.register(shutdown).await? else {
+            return Ok(false);
+        };
+        *self.registered.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(true)
+    }
+}
+
+/// One lease slot: long-polls for a job, runs it to its end, and again, until `shutdown` turns true.
+async fn lease_loop(
+    agent: Arc<Agent>,
+    slot: u32,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let mut delay = Duration::from_millis(50);
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
+        let registered = agent.registered();
         let request = pb::LeaseRequest {
             worker_id: registered.worker_id.clone(),
-            wait_ms: config.lease_wait.as_millis() as u64,
+            wait_ms: agent.config.lease_wait.as_millis() as u64,
         };
-        let mut lease_client = client.clone();
+        let mut lease_client = agent.client.clone();
         let reply = tokio::select! {
             reply = lease_client.lease_job(request) => reply,
             _ = shutdown.changed() => return Ok(()),
@@ -91,30 +189,24 @@ pub async fn run(
             Ok(reply) => {
                 delay = Duration::from_millis(50);
                 if let Some(lease) = reply.into_inner().lease {
-                    run_job(
-                        &config,
-                        &registry,
-                        &client,
-                        &registered,
-                        lease,
-                        shutdown.clone(),
-                    )
-                    .await;
+                    run_job(&agent, &registered, slot, lease, shutdown.clone()).await;
                 }
             }
             Err(status) if status.code() == tonic::Code::NotFound => {
-                tracing::warn!(
+                tracing::debug!(
+                    slot,
                     message = status.message(),
-                    "coordinator does not know this worker; registering again"
+                    "lease refused: unknown worker"
                 );
-                worker.known_id = None;
-                let Some(again) = worker.register(&mut shutdown).await? else {
+                if !agent
+                    .register_again(&registered.worker_id, &mut shutdown)
+                    .await?
+                {
                     return Ok(());
-                };
-                registered = again;
+                }
             }
             Err(status) if transfer::is_transient(&status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "lease call failed, retrying");
+                tracing::warn!(slot, code = ?status.code(), message = status.message(), "lease call failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -182,19 +274,20 @@ impl Registration {
 
 /// Runs one leased job to its end and reports the outcome.
 async fn run_job(
-    config: &AgentConfig,
-    registry: &RunnerRegistry,
-    client: &WorkerClient,
+    agent: &Agent,
     registered: &Registered,
+    slot: u32,
     lease: pb::Lease,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(job) = lease.job.clone() else { return };
+    let client = &agent.client;
     let worker_id = registered.worker_id.clone();
     let attempt = lease.attempt;
-    // The peak reported when the job finishes is the process's since this lease.
+    // The peak reported when the job finishes is the process's since this lease (with jobs side by side, the
+    // whole process's).
     crate::engine::alloc::reset_peak_resident();
-    tracing::info!(job = %job.id, kind = %job.kind, name = %job.name, attempt, "job leased");
+    tracing::info!(job = %job.id, kind = %job.kind, name = %job.name, attempt, slot, "job leased");
     let stop = Arc::new(StopFlag::default());
     let progress = Arc::new(Mutex::new((0u64, 0u64)));
 
@@ -250,9 +343,7 @@ async fn run_job(
     let sender = tokio::spawn(metric_sender(client.clone(), metrics_rx, stop.clone()));
 
     let outcome = prepare_and_run(
-        config,
-        registry,
-        client,
+        agent,
         &worker_id,
         &lease,
         &job,
@@ -334,12 +425,11 @@ async fn run_job(
     }
 }
 
-/// Downloads what the job reads, then runs its runner on a blocking thread.
-#[allow(clippy::too_many_arguments)]
+/// Downloads what the job reads, takes the GPU ordinals it asks for, then runs its runner on a blocking thread.
+/// The ordinals go back to the worker's pool when this returns, before the outcome is reported (on which the
+/// coordinator frees the job's GPUs).
 async fn prepare_and_run(
-    config: &AgentConfig,
-    registry: &RunnerRegistry,
-    client: &WorkerClient,
+    agent: &Agent,
     worker_id: &str,
     lease: &pb::Lease,
     job: &pb::JobSpec,
@@ -347,7 +437,8 @@ async fn prepare_and_run(
     stop: Arc<StopFlag>,
     progress: Arc<Mutex<(u64, u64)>>,
 ) -> Result<(), RunError> {
-    let Some(runner) = registry.get(&job.kind) else {
+    let (config, client) = (&agent.config, &agent.client);
+    let Some(runner) = agent.registry.get(&job.kind) else {
         return Err(RunError::permanent(format!(
             "this worker has no runner for job kind {:?}",
             job.kind
@@ -388,6 +479,13 @@ async fn prepare_and_run(
         }
         None => (None, 0),
     };
+    let gpus = agent
+        .gpus
+        .acquire(job.resources.map_or(0, |r| r.gpus), &stop)
+        .await?;
+    if !gpus.ordinals().is_empty() {
+        tracing::info!(job = %job.id, gpus = ?gpus.ordinals(), "job pinned to GPUs");
+    }
     let work_dir = config.work_dir.join("jobs").join(format!(
         "{}-{}",
         &job.id[..job.id.len().min(16)],
@@ -409,6 +507,7 @@ async fn prepare_and_run(
         metrics,
         stop,
         progress,
+        gpu_ordinals: gpus.ordinals().to_vec(),
     };
     let result = tokio::task::spawn_blocking(move || {
         let result = runner.run(&mut ctx);

@@ -148,6 +148,7 @@ pub struct JobContext {
     pub(crate) metrics: mpsc::UnboundedSender<MetricMsg>,
     pub(crate) stop: Arc<StopFlag>,
     pub(crate) progress: Arc<Mutex<(u64, u64)>>,
+    pub(crate) gpu_ordinals: Vec<u32>,
 }
 
 impl JobContext {
@@ -171,6 +172,12 @@ impl JobContext {
     /// The leased job as the coordinator sent it.
     pub fn job(&self) -> &pb::JobSpec {
         &self.job
+    }
+
+    /// The CUDA device ordinals this worker pinned the job to (as many as its resources ask for; empty for a
+    /// job that asks for no GPU). No other job of the worker uses them while this one runs.
+    pub fn gpu_ordinals(&self) -> &[u32] {
+        &self.gpu_ordinals
     }
 
     /// Attempt number (1-based; a resumed job has a higher number).

@@ -3,9 +3,12 @@
 //! It runs `steps` steps; each emits one metric batch of `points_per_step` points (values a pure function of
 //! seed and step), sleeps `step_ms`, and every `checkpoint_every` steps uploads a checkpoint. It resumes from
 //! its checkpoint, re-emitting the same batches with the same sequence numbers, and finally uploads
-//! `output.bin`, whose bytes depend only on the config, the inputs and the parents' outputs.
+//! `output.bin`, whose bytes depend only on the config, the inputs and the parents' outputs. With
+//! `report_placement` it also emits, last, where and when it ran (not deterministic): `placement/gpu` (one
+//! point per GPU ordinal the worker pinned it to, step = index) and `placement/started_ms` /
+//! `placement/ended_ms` (Unix milliseconds of its first and last step).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,6 +40,9 @@ struct TestEmitConfig {
     fail_attempts: u32,
     #[serde(default)]
     fail_permanent: bool,
+    /// Emit the GPU ordinals and the run's start and end times (see the module documentation).
+    #[serde(default)]
+    report_placement: bool,
 }
 
 fn default_steps() -> u64 {
@@ -92,6 +98,7 @@ impl JobRunner for TestEmitRunner {
             }
             None => (0, config.seed),
         };
+        let started_ms = unix_ms();
         while step < config.steps {
             match ctx.stop_requested() {
                 Some(StopReason::Shutdown) => {
@@ -130,6 +137,9 @@ impl JobRunner for TestEmitRunner {
                 save(ctx, step, acc)?;
             }
         }
+        if config.report_placement {
+            ctx.emit(placement_points(ctx.gpu_ordinals(), started_ms, unix_ms()));
+        }
         let mut hasher = Sha256::new();
         hasher.update(ctx.config());
         hasher.update(acc.to_le_bytes());
@@ -156,6 +166,28 @@ impl JobRunner for TestEmitRunner {
         ctx.put_artifact("output.bin", &path)?;
         Ok(())
     }
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64)
+}
+
+fn placement_points(ordinals: &[u32], started_ms: f64, ended_ms: f64) -> Vec<pb::MetricPoint> {
+    let point = |name: &str, step: usize, value: f64| pb::MetricPoint {
+        name: name.into(),
+        step: step as u64,
+        value,
+    };
+    let mut points: Vec<pb::MetricPoint> = ordinals
+        .iter()
+        .enumerate()
+        .map(|(index, &ordinal)| point("placement/gpu", index, f64::from(ordinal)))
+        .collect();
+    points.push(point("placement/started_ms", 0, started_ms));
+    points.push(point("placement/ended_ms", 0, ended_ms));
+    points
 }
 
 fn save(ctx: &mut JobContext, step: u64, acc: u64) -> Result<(), RunError> {

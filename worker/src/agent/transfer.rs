@@ -215,7 +215,10 @@ pub async fn download_to_cache(
     tokio::fs::create_dir_all(cache_dir)
         .await
         .map_err(io(cache_dir))?;
-    let tmp = cache_dir.join(format!(".{sha256}.{}.part", std::process::id()));
+    // Unique per download: jobs running side by side in this process may fetch the same blob at once.
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache_dir.join(format!(".{sha256}.{}.{n}.part", std::process::id()));
     let actual = match with_retry("download", || stream_to_file(client, sha256, &tmp)).await {
         Ok(actual) => actual,
         Err(err) => {

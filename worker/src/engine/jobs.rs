@@ -7,6 +7,7 @@ use tandem_experiments::data;
 use tandem_experiments::manifest::{self, Manifest, Stage};
 use tandem_experiments::planner;
 
+use super::backend::{Backend, cuda_unavailable};
 use super::error::{EngineError, Result};
 use super::generate::{self, GenerateConfig};
 use super::load::{LoadedModel, ModelOptions, load_model};
@@ -113,6 +114,8 @@ pub struct TrainJob {
     pub init_adapter: Option<PathBuf>,
     /// Continue from the newest checkpoint in `out_dir`.
     pub resume: bool,
+    /// Where it computes ([`choose`](super::backend::choose)).
+    pub backend: Backend,
 }
 
 /// Trains one stage (one fold) of `manifest`.
@@ -121,6 +124,9 @@ pub fn run_train(
     job: &TrainJob,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
+    if let Backend::Cuda { .. } = &job.backend {
+        return Err(cuda_unavailable(&job.backend));
+    }
     let stage = manifest.stage(job.stage);
     let rows = stage_rows(manifest, job.stage, job.fold)?;
     let mut loaded = load_base(manifest)?;
@@ -177,15 +183,20 @@ pub fn preprocess(text: &str) -> String {
         .to_lowercase()
 }
 
-/// Generates for `inputs` with `stage`'s inference prompt and decoding settings, with `adapter` applied.
+/// Generates for `inputs` with `stage`'s inference prompt and decoding settings, with `adapter` applied, on
+/// `backend` ([`choose`](super::backend::choose)).
 pub fn run_generate(
     manifest: &Manifest,
     stage: Stage,
     adapter: Option<&Path>,
     inputs: &[String],
     config: Option<GenerateConfig>,
+    backend: &Backend,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<Vec<String>> {
+    if let Backend::Cuda { .. } = backend {
+        return Err(cuda_unavailable(backend));
+    }
     let spec = manifest.stage(stage);
     let mut loaded = load_base(manifest)?;
     if let Some(dir) = adapter {

@@ -1,6 +1,7 @@
 //! The engine that runs one job: models (LLaMA, T5) with LoRA/QLoRA adapters, the training loop, generation.
 
 pub mod alloc;
+pub mod backend;
 pub mod error;
 pub mod lora;
 pub mod model;

@@ -15,10 +15,11 @@ use tandem_experiments::report::EvalResult;
 use tandem_proto as pb;
 
 use super::{
-    EVAL_RESULT_ARTIFACT, engine_error, fetch_adapter, io_error, job_spec, load_job_model,
-    read_prepared,
+    EVAL_RESULT_ARTIFACT, engine_error, fetch_adapter, io_error, job_backend, job_spec,
+    load_job_model, read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError};
+use crate::engine::backend::{Backend, cuda_unavailable};
 use crate::engine::generate::{self, GenerateConfig};
 use crate::engine::jobs::preprocess;
 use crate::engine::peft;
@@ -41,6 +42,10 @@ impl JobRunner for EvalRunner {
                 spec.config.kind()
             )));
         };
+        let backend = job_backend(ctx, &config.model)?;
+        if let Backend::Cuda { .. } = &backend {
+            return Err(engine_error(cuda_unavailable(&backend)));
+        }
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
         let part = prepared.part(config.data.fold)?;
         let mut rows = prepared.pick(&part.test)?;

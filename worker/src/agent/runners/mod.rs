@@ -17,6 +17,7 @@ use tandem_experiments::planner::{JobSpec, PartIndices, input_role, wire};
 
 use super::{JobContext, RunError, RunnerRegistry};
 use crate::engine::EngineError;
+use crate::engine::backend::{self, Backend};
 use crate::engine::load::{LoadedModel, ModelOptions, load_model};
 use crate::engine::qlora;
 
@@ -198,6 +199,18 @@ fn check_model_digest(job: &str, path: &Path, expected: &str) -> Result<(), RunE
         )));
     }
     Ok(())
+}
+
+/// Where a planned job computes: its manifest's `model.device`, its family and the GPUs this worker pinned it to
+/// ([`backend::choose`]).
+pub fn job_backend(
+    ctx: &JobContext,
+    model: &tandem_experiments::planner::ModelRef,
+) -> Result<Backend, RunError> {
+    let chosen =
+        backend::choose(model.device, model.family, ctx.gpu_ordinals()).map_err(engine_error)?;
+    tracing::info!(job = ctx.job_id(), backend = %chosen, "backend chosen");
+    Ok(chosen)
 }
 
 /// The leased job as the planner made it: decoded here, once per job (`planner::wire`).

@@ -8,10 +8,11 @@ use tandem_experiments::planner::JobConfig;
 use tandem_proto as pb;
 
 use super::{
-    ADAPTER_FILES, bundle, engine_error, fetch_adapter, io_error, job_spec, load_job_model,
-    read_prepared,
+    ADAPTER_FILES, bundle, engine_error, fetch_adapter, io_error, job_backend, job_spec,
+    load_job_model, read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError, StopReason};
+use crate::engine::backend::{Backend, cuda_unavailable};
 use crate::engine::lora::LoraConfig;
 use crate::engine::train::examples::{Overlong, build_examples};
 use crate::engine::train::{self, TrainConfig, TrainEvent};
@@ -37,6 +38,10 @@ impl JobRunner for TrainRunner {
                 spec.config.kind()
             )));
         };
+        let backend = job_backend(ctx, &config.model)?;
+        if let Backend::Cuda { .. } = &backend {
+            return Err(engine_error(cuda_unavailable(&backend)));
+        }
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
         let part = prepared.part(config.data.fold)?;
         let train_rows = prepared.pick(&part.train)?;
