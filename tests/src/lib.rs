@@ -248,6 +248,18 @@ impl Worker {
         dir: &Path,
         extra: &[&str],
     ) -> Worker {
+        Self::start_with_env(url, token, name, dir, extra, &[])
+    }
+
+    /// [`Worker::start_with`] with environment variables `env` set for the worker process.
+    pub fn start_with_env(
+        url: &str,
+        token: Option<&str>,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let log = dir.join(format!("{name}.log"));
         let stderr = File::create(&log).expect("worker log");
         let mut command = Command::new(&bins().worker);
@@ -270,6 +282,7 @@ impl Worker {
             .env("RUST_LOG", "info")
             .env_remove("TANDEM_TOKEN")
             .env_remove("TANDEM_CA_CERT")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr);
         if let Some(token) = token {

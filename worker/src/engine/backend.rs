@@ -5,7 +5,17 @@ use std::fmt;
 
 use tandem_experiments::manifest::{DevicePreference, ModelFamily};
 
+use std::path::Path;
+
+use tandem_experiments::manifest::Quantization;
+use tokenizers::Tokenizer;
+
 use super::error::{EngineError, Result};
+use super::kernel::{self, loaded::KernelModel};
+use super::load::{LoadedModel, ModelOptions, TextModel, load_model};
+use super::model::Decoder;
+use super::qlora;
+use super::train::trainable::{CpuModel, Trainable};
 
 /// Where a job's compute runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +85,62 @@ pub fn choose(
     }
 }
 
-/// What a job chosen for the CUDA engine gets while this build has none.
-// seam: the CUDA engine replaces each call of this function with `crate::engine::kernel::run_train_cuda(...)`
-// or `run_generate_cuda(...)` (engine/jobs.rs `run_train` / `run_generate`, agent/runners/train.rs and eval.rs).
-pub fn cuda_unavailable(backend: &Backend) -> EngineError {
-    EngineError::Input(format!(
-        "the CUDA engine is not available in this build (job pinned to GPU {:?})",
-        backend.ordinals()
-    ))
+/// A base model loaded on the engine its backend chose, with its tokenizer: what a job trains
+/// ([`EngineModel::trainable`]) and generates from ([`TextModel`]).
+pub enum EngineModel {
+    /// The candle engine on the CPU.
+    Cpu(LoadedModel),
+    /// The kernel engine (LLaMA family) on a device.
+    Kernel(KernelModel),
+}
+
+impl EngineModel {
+    /// Loads the model at `path` for `backend`: the candle engine on the CPU (a QLoRA model small enough held
+    /// dequantised), or the kernel engine on the first of the job's GPUs.
+    pub fn load(path: &Path, options: ModelOptions, backend: &Backend) -> Result<Self> {
+        match backend {
+            Backend::Cpu => {
+                let mut loaded = load_model(path, options)?;
+                qlora::hold_if_small(loaded.model.as_mut())?;
+                Ok(EngineModel::Cpu(loaded))
+            }
+            Backend::Cuda { ordinals } => {
+                if options.family == Some(ModelFamily::T5) {
+                    return Err(EngineError::Input(
+                        "the CUDA engine covers the LLaMA family; T5 runs on the CPU".into(),
+                    ));
+                }
+                let nf4 = options.quantization == Quantization::Nf4;
+                Ok(EngineModel::Kernel(kernel::loaded::load_on_gpus(
+                    ordinals, path, nf4,
+                )?))
+            }
+        }
+    }
+
+    /// The model as the training loop drives it.
+    pub fn trainable(&mut self) -> Box<dyn Trainable + '_> {
+        match self {
+            EngineModel::Cpu(loaded) => Box::new(CpuModel(loaded.model.as_mut())),
+            EngineModel::Kernel(k) => Box::new(k.trainable()),
+        }
+    }
+}
+
+impl TextModel for EngineModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        match self {
+            EngineModel::Cpu(m) => m.tokenizer(),
+            EngineModel::Kernel(m) => m.tokenizer(),
+        }
+    }
+
+    fn decoder(&self) -> &dyn Decoder {
+        match self {
+            EngineModel::Cpu(m) => m.decoder(),
+            EngineModel::Kernel(m) => m.decoder(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -145,18 +203,11 @@ mod tests {
     }
 
     #[test]
-    fn the_seam_names_the_pinned_ordinals() {
+    fn backends_print_their_ordinals() {
         let backend = Backend::Cuda {
             ordinals: vec![0, 3],
         };
         assert_eq!(backend.to_string(), "cuda:0,3");
         assert_eq!(Backend::Cpu.to_string(), "cpu");
-        let EngineError::Input(message) = cuda_unavailable(&backend) else {
-            panic!("an input error")
-        };
-        assert_eq!(
-            message,
-            "the CUDA engine is not available in this build (job pinned to GPU [0, 3])"
-        );
     }
 }

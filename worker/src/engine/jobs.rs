@@ -7,14 +7,13 @@ use tandem_experiments::data;
 use tandem_experiments::manifest::{self, Manifest, Stage};
 use tandem_experiments::planner;
 
-use super::backend::{Backend, cuda_unavailable};
+use super::backend::{Backend, EngineModel};
 use super::error::{EngineError, Result};
 use super::generate::{self, GenerateConfig};
-use super::load::{LoadedModel, ModelOptions, load_model};
+use super::load::ModelOptions;
 use super::lora::LoraConfig;
 use super::train::examples::{Overlong, build_examples};
 use super::train::{self, TrainConfig, TrainEvent, TrainSummary};
-use super::{model, peft};
 
 /// Reads and validates a manifest (files checked).
 pub fn load_manifest(path: &Path) -> Result<Manifest> {
@@ -22,17 +21,16 @@ pub fn load_manifest(path: &Path) -> Result<Manifest> {
         .map_err(|e| EngineError::Input(e.to_string()))
 }
 
-/// Loads the manifest's base model (QLoRA-quantised when it says nf4).
-pub fn load_base(manifest: &Manifest) -> Result<LoadedModel> {
-    let mut loaded = load_model(
+/// Loads the manifest's base model (QLoRA-quantised when it says nf4) on `backend`'s engine.
+pub fn load_base(manifest: &Manifest, backend: &Backend) -> Result<EngineModel> {
+    EngineModel::load(
         &manifest.model.path,
         ModelOptions {
             family: Some(manifest.model.family),
             quantization: manifest.model.quantization,
         },
-    )?;
-    super::qlora::hold_if_small(loaded.model.as_mut())?;
-    Ok(loaded)
+        backend,
+    )
 }
 
 /// The rows (input, target) of one stage's train, val and test parts (`fold` for k-fold stages).
@@ -124,17 +122,14 @@ pub fn run_train(
     job: &TrainJob,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    if let Backend::Cuda { .. } = &job.backend {
-        return Err(cuda_unavailable(&job.backend));
-    }
     let stage = manifest.stage(job.stage);
     let rows = stage_rows(manifest, job.stage, job.fold)?;
-    let mut loaded = load_base(manifest)?;
+    let mut loaded = load_base(manifest, &job.backend)?;
     let lora = LoraConfig::from(&manifest.lora);
     if let Some(dir) = &job.init_adapter {
-        peft::load(loaded.model.as_mut(), dir, Some(lora.r))?;
+        loaded.trainable().load_adapter(dir, Some(lora.r))?;
     } else {
-        model::add_lora(loaded.model.as_mut(), &lora, manifest.seed)?;
+        loaded.trainable().add_adapter(&lora, manifest.seed)?;
     }
     tracing::info!(
         stage = job.stage.as_str(),
@@ -165,13 +160,14 @@ pub fn run_train(
         seed: manifest.seed,
         resume: job.resume,
     };
-    train::train(
-        loaded.model.as_mut(),
+    train::run(
+        &mut *loaded.trainable(),
         &train_ex,
         &val_ex,
         &config,
         &job.out_dir,
         on_event,
+        &|| false,
     )
 }
 
@@ -194,13 +190,12 @@ pub fn run_generate(
     backend: &Backend,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<Vec<String>> {
-    if let Backend::Cuda { .. } = backend {
-        return Err(cuda_unavailable(backend));
-    }
     let spec = manifest.stage(stage);
-    let mut loaded = load_base(manifest)?;
+    let mut loaded = load_base(manifest, backend)?;
     if let Some(dir) = adapter {
-        peft::load(loaded.model.as_mut(), dir, Some(manifest.lora.r))?;
+        loaded
+            .trainable()
+            .load_adapter(dir, Some(manifest.lora.r))?;
     }
     let cfg = config.unwrap_or_else(|| GenerateConfig::from_spec(&spec.generation, manifest.seed));
     tracing::info!(

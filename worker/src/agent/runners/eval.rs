@@ -19,10 +19,8 @@ use super::{
     load_job_model, read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError};
-use crate::engine::backend::{Backend, cuda_unavailable};
 use crate::engine::generate::{self, GenerateConfig};
 use crate::engine::jobs::preprocess;
-use crate::engine::peft;
 
 /// The BERTScore encoder used when the manifest names none (fetched by scripts/fetch-models.sh).
 pub const DEFAULT_BERTSCORE_MODEL: &str = ".cache/models/all-MiniLM-L6-v2";
@@ -43,9 +41,6 @@ impl JobRunner for EvalRunner {
             )));
         };
         let backend = job_backend(ctx, &config.model)?;
-        if let Backend::Cuda { .. } = &backend {
-            return Err(engine_error(cuda_unavailable(&backend)));
-        }
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
         let part = prepared.part(config.data.fold)?;
         let mut rows = prepared.pick(&part.test)?;
@@ -58,11 +53,14 @@ impl JobRunner for EvalRunner {
                 spec.id
             )));
         }
-        let mut loaded = load_job_model(ctx, &spec, &config.model)?;
+        let mut loaded = load_job_model(ctx, &spec, &config.model, &backend)?;
         if let Some(parent) = &config.adapter {
             let dir = ctx.work_dir().join("adapter");
             fetch_adapter(ctx, parent, &dir)?;
-            peft::load(loaded.model.as_mut(), &dir, None).map_err(engine_error)?;
+            loaded
+                .trainable()
+                .load_adapter(&dir, None)
+                .map_err(engine_error)?;
         }
         let inputs: Vec<String> = rows
             .iter()

@@ -17,9 +17,8 @@ use tandem_experiments::planner::{JobSpec, PartIndices, input_role, wire};
 
 use super::{JobContext, RunError, RunnerRegistry};
 use crate::engine::EngineError;
-use crate::engine::backend::{self, Backend};
-use crate::engine::load::{LoadedModel, ModelOptions, load_model};
-use crate::engine::qlora;
+use crate::engine::backend::{self, Backend, EngineModel};
+use crate::engine::load::ModelOptions;
 
 pub use tandem_experiments::planner::artifacts::{
     ADAPTER_FILES, EVAL_RESULT as EVAL_RESULT_ARTIFACT, PREPARED as PREPARED_ARTIFACT,
@@ -94,23 +93,23 @@ type ModelKey = (PathBuf, String, String);
 
 /// The base model the worker's last job used, kept (without adapters) for the next job that needs the same one:
 /// loading SmolLM2 (GGUF decode, NF4 quantisation) costs seconds, a stage-2 eval matrix runs dozens of jobs.
-static MODEL_CACHE: Mutex<Option<(ModelKey, LoadedModel)>> = Mutex::new(None);
+static MODEL_CACHE: Mutex<Option<(ModelKey, EngineModel)>> = Mutex::new(None);
 
 /// A job's base model; returned to the worker's cache, adapters removed, when the job drops it.
 pub struct JobModel {
     key: ModelKey,
-    loaded: Option<LoadedModel>,
+    loaded: Option<EngineModel>,
 }
 
 impl std::ops::Deref for JobModel {
-    type Target = LoadedModel;
-    fn deref(&self) -> &LoadedModel {
+    type Target = EngineModel;
+    fn deref(&self) -> &EngineModel {
         self.loaded.as_ref().expect("present until dropped")
     }
 }
 
 impl std::ops::DerefMut for JobModel {
-    fn deref_mut(&mut self) -> &mut LoadedModel {
+    fn deref_mut(&mut self) -> &mut EngineModel {
         self.loaded.as_mut().expect("present until dropped")
     }
 }
@@ -120,28 +119,28 @@ impl Drop for JobModel {
         let Some(mut loaded) = self.loaded.take() else {
             return;
         };
-        for layer in loaded.model.linears_mut() {
-            layer.clear_lora();
-        }
+        loaded.trainable().clear_adapter();
         if let Ok(mut cache) = MODEL_CACHE.lock() {
             *cache = Some((self.key.clone(), loaded));
         }
     }
 }
 
-/// The job's base model from its planned local path (quantised as the manifest says), after checking that the
-/// worker's copy is the one the plan recorded; reused from the previous job when it loaded the same model.
+/// The job's base model from its planned local path (quantised as the manifest says) on `backend`'s engine,
+/// after checking that the worker's copy is the one the plan recorded; reused from the previous job when it
+/// loaded the same model on the same backend.
 pub fn load_job_model(
     ctx: &JobContext,
     spec: &JobSpec,
     model: &tandem_experiments::planner::ModelRef,
+    backend: &Backend,
 ) -> Result<JobModel, RunError> {
     let path = input_path(ctx, input_role::MODEL)?;
     check_model_digest(&spec.id, &path, &model.sha256)?;
     let key = (
         path.clone(),
         model.sha256.clone(),
-        format!("{:?}/{:?}", model.family, model.quantization),
+        format!("{:?}/{:?}/{backend}", model.family, model.quantization),
     );
     let cached = MODEL_CACHE.lock().ok().and_then(|mut cache| cache.take());
     if let Some((cached_key, loaded)) = cached
@@ -153,15 +152,15 @@ pub fn load_job_model(
             loaded: Some(loaded),
         });
     }
-    let mut loaded = load_model(
+    let loaded = EngineModel::load(
         &path,
         ModelOptions {
             family: Some(model.family),
             quantization: model.quantization,
         },
+        backend,
     )
     .map_err(engine_error)?;
-    qlora::hold_if_small(loaded.model.as_mut()).map_err(engine_error)?;
     Ok(JobModel {
         key,
         loaded: Some(loaded),

@@ -12,11 +12,10 @@ use super::{
     load_job_model, read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError, StopReason};
-use crate::engine::backend::{Backend, cuda_unavailable};
+use crate::engine::EngineError;
 use crate::engine::lora::LoraConfig;
 use crate::engine::train::examples::{Overlong, build_examples};
 use crate::engine::train::{self, TrainConfig, TrainEvent};
-use crate::engine::{EngineError, model, peft};
 
 pub struct TrainRunner;
 
@@ -39,21 +38,24 @@ impl JobRunner for TrainRunner {
             )));
         };
         let backend = job_backend(ctx, &config.model)?;
-        if let Backend::Cuda { .. } = &backend {
-            return Err(engine_error(cuda_unavailable(&backend)));
-        }
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
         let part = prepared.part(config.data.fold)?;
         let train_rows = prepared.pick(&part.train)?;
         let val_rows = prepared.pick(&part.val)?;
-        let mut loaded = load_job_model(ctx, &spec, &config.model)?;
+        let mut loaded = load_job_model(ctx, &spec, &config.model, &backend)?;
         let lora = LoraConfig::from(&config.lora);
         if let Some(parent) = &config.init_adapter {
             let dir = ctx.work_dir().join("init-adapter");
             fetch_adapter(ctx, parent, &dir)?;
-            peft::load(loaded.model.as_mut(), &dir, Some(lora.r)).map_err(engine_error)?;
+            loaded
+                .trainable()
+                .load_adapter(&dir, Some(lora.r))
+                .map_err(engine_error)?;
         } else {
-            model::add_lora(loaded.model.as_mut(), &lora, config.seed).map_err(engine_error)?;
+            loaded
+                .trainable()
+                .add_adapter(&lora, config.seed)
+                .map_err(engine_error)?;
         }
         let out_dir = ctx.work_dir().join("train");
         let resume = match ctx.checkpoint() {
@@ -138,8 +140,8 @@ impl JobRunner for TrainRunner {
                     TrainEvent::EarlyStop { .. } | TrainEvent::Finished(_) => {}
                 }
             };
-            train::train_until(
-                loaded.model.as_mut(),
+            train::run(
+                &mut *loaded.trainable(),
                 &train_ex,
                 &val_ex,
                 &train_config,

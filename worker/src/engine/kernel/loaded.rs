@@ -8,7 +8,8 @@ use tokenizers::Tokenizer;
 
 use super::device::Device;
 use super::model::KernelLlama;
-use crate::engine::error::Result;
+use super::reference::Reference;
+use crate::engine::error::{EngineError, Result};
 use crate::engine::llama;
 use crate::engine::load::TextModel;
 use crate::engine::model::Decoder;
@@ -70,4 +71,37 @@ impl TextModel for KernelModel {
     fn decoder(&self) -> &dyn Decoder {
         self.model.as_ref()
     }
+}
+
+/// Loads the model at `path` on the kernel engine for a job pinned to GPU `ordinals` (the first one computes;
+/// the engine does not split a job over several GPUs). `TANDEM_KERNEL_DEVICE=reference` runs such jobs on the
+/// reference device instead, on the CPU: how the GPU job path is tested on machines without a GPU.
+pub fn load_on_gpus(ordinals: &[u32], path: &Path, nf4: bool) -> Result<KernelModel> {
+    let Some(&first) = ordinals.first() else {
+        return Err(EngineError::Input(
+            "the kernel engine was given no GPU ordinal".into(),
+        ));
+    };
+    if ordinals.len() > 1 {
+        tracing::warn!(
+            ?ordinals,
+            "the kernel engine computes a job on one GPU; the others stay idle"
+        );
+    }
+    match std::env::var(DEVICE_VAR).ok().as_deref() {
+        None | Some("") | Some("cuda") => cuda_model(first, path, nf4),
+        Some("reference") => KernelModel::load(Arc::new(Reference), path, nf4),
+        Some(other) => Err(EngineError::Input(format!(
+            "{DEVICE_VAR}={other:?}: accepted: \"cuda\" (the default) or \"reference\""
+        ))),
+    }
+}
+
+/// The variable that picks the kernel engine's device for GPU jobs.
+pub const DEVICE_VAR: &str = "TANDEM_KERNEL_DEVICE";
+
+fn cuda_model(ordinal: u32, _path: &Path, _nf4: bool) -> Result<KernelModel> {
+    Err(EngineError::Input(format!(
+        "the CUDA device of the kernel engine is not in this build (job pinned to GPU {ordinal})"
+    )))
 }

@@ -93,4 +93,8 @@ impl<D: Device> Trainable for KernelLlama<D> {
         )?;
         self.set_adapters(&adapters, &lora)
     }
+
+    fn clear_adapter(&mut self) {
+        self.clear_adapters();
+    }
 }

@@ -288,6 +288,15 @@ impl<D: Device> KernelLlama<D> {
         Ok(())
     }
 
+    /// Removes every adapter.
+    pub fn clear_adapters(&mut self) {
+        for b in &mut self.blocks {
+            for l in b.linears_mut() {
+                l.adapter = None;
+            }
+        }
+    }
+
     /// The adapters' values, `[A, B]` per adapter layer in model order (the training loop's parameter list).
     pub fn adapter_values(&self) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::new();

@@ -40,6 +40,53 @@ pub trait Trainable {
     fn save_adapter(&self, config: &LoraConfig, dir: &Path) -> Result<()>;
     /// Replaces the adapter by the PEFT adapter in `dir`.
     fn load_adapter(&mut self, dir: &Path, expected_r: Option<usize>) -> Result<()>;
+    /// Removes every adapter (the base model again).
+    fn clear_adapter(&mut self);
+}
+
+impl<T: Trainable + ?Sized> Trainable for &mut T {
+    fn has_adapter(&self) -> bool {
+        (**self).has_adapter()
+    }
+
+    fn add_adapter(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
+        (**self).add_adapter(config, seed)
+    }
+
+    fn params(&self) -> Result<Vec<Vec<f32>>> {
+        (**self).params()
+    }
+
+    fn set_params(&mut self, params: &[Vec<f32>]) -> Result<()> {
+        (**self).set_params(params)
+    }
+
+    fn accumulate(
+        &mut self,
+        batch: &[TrainExample],
+        mask: LossMask,
+        ctx: &ForwardCtx,
+        n_micro: usize,
+        grads: &mut [Vec<f32>],
+    ) -> Result<Option<f64>> {
+        (**self).accumulate(batch, mask, ctx, n_micro, grads)
+    }
+
+    fn loss_sum(&self, batch: &[TrainExample], mask: LossMask) -> Result<(f64, usize)> {
+        (**self).loss_sum(batch, mask)
+    }
+
+    fn save_adapter(&self, config: &LoraConfig, dir: &Path) -> Result<()> {
+        (**self).save_adapter(config, dir)
+    }
+
+    fn load_adapter(&mut self, dir: &Path, expected_r: Option<usize>) -> Result<()> {
+        (**self).load_adapter(dir, expected_r)
+    }
+
+    fn clear_adapter(&mut self) {
+        (**self).clear_adapter()
+    }
 }
 
 /// The candle CPU engine, trained through autograd.
@@ -114,6 +161,12 @@ impl Trainable for CpuModel<'_> {
 
     fn load_adapter(&mut self, dir: &Path, expected_r: Option<usize>) -> Result<()> {
         peft::load(&mut *self.0, dir, expected_r).map(|_| ())
+    }
+
+    fn clear_adapter(&mut self) {
+        for layer in self.0.linears_mut() {
+            layer.clear_lora();
+        }
     }
 }
 
