@@ -63,17 +63,21 @@ impl Drop for Workers {
     }
 }
 
-/// Refuses a plan with jobs no local worker can take (they would wait forever): more CPU threads than a worker
-/// gets, or GPUs (the local workers are started without any).
-fn check_fit(jobs: &[pb::JobSpec], threads: u32, workers: usize) -> anyhow::Result<()> {
+/// Refuses a plan with jobs no local worker can take (they would wait forever): more GPUs, GPU memory or CPU
+/// threads than any of the registered local workers offers (the first worker offers the machine's GPUs).
+fn check_fit(
+    jobs: &[pb::JobSpec],
+    offers: &[tandem_coordinator::store::Resources],
+) -> anyhow::Result<()> {
+    use tandem_coordinator::grpc::resources_from_pb;
     let mut unfit: Vec<String> = jobs
         .iter()
         .filter_map(|j| {
-            let r = j.resources.unwrap_or_default();
-            (r.gpus > 0 || r.cpu_threads > threads).then(|| {
+            let r = resources_from_pb(j.resources.as_ref());
+            (!offers.iter().any(|o| o.fits(&r))).then(|| {
                 format!(
-                    "{} ({} GPU(s), {} CPU thread(s))",
-                    j.name, r.gpus, r.cpu_threads
+                    "{} ({} GPU(s) of {} MiB, {} CPU thread(s))",
+                    j.name, r.gpus, r.gpu_memory_mib, r.cpu_threads
                 )
             })
         })
@@ -83,9 +87,19 @@ fn check_fit(jobs: &[pb::JobSpec], threads: u32, workers: usize) -> anyhow::Resu
     }
     let count = unfit.len();
     unfit.truncate(3);
+    let offered: Vec<String> = offers
+        .iter()
+        .map(|o| {
+            format!(
+                "{} GPU(s) of {} MiB, {} thread(s)",
+                o.gpus, o.gpu_memory_mib, o.cpu_threads
+            )
+        })
+        .collect();
     anyhow::bail!(
-        "{count} job(s) ask for more than a local worker offers ({workers} worker(s), {threads} CPU thread(s) \
-         and no GPU each), e.g. {}: lower [resources] in the manifest, or use --workers / --threads",
+        "{count} job(s) ask for more than a local worker offers (the workers offer: {}), e.g. {}: lower \
+         [resources] in the manifest, set model.device = \"cpu\" to train on the CPU, or use --workers / --threads",
+        offered.join("; "),
         unfit.join(", ")
     )
 }
@@ -110,7 +124,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or((cores / args.workers.max(1) as u32).max(1));
-    check_fit(&request.jobs, threads, args.workers)?;
     let root = args
         .store
         .parent()
@@ -215,6 +228,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .filter(|w| w.alive && w.name.starts_with(&prefix))
                 .collect();
             if alive.len() >= args.workers || started.elapsed() > Duration::from_secs(30) {
+                let offers: Vec<tandem_coordinator::store::Resources> = alive
+                    .iter()
+                    .map(|w| tandem_coordinator::grpc::resources_from_pb(w.resources.as_ref()))
+                    .collect();
+                check_fit(&request.jobs, &offers)?;
                 break alive
                     .into_iter()
                     .flat_map(|w| w.kinds)

@@ -15,6 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 pub use client::ClientApi;
+pub use convert::resources_from_pb;
 pub use worker::WorkerApi;
 
 use crate::auth::{Auth, Principal};
