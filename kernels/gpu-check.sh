@@ -3,13 +3,16 @@
 # cuBLAS) on the machine, then runs the prebuilt release binaries from kernels/gpu-prepare.sh:
 #   1. the NVRTC compile check for every .cu file (and the CPU unit tests),
 #   2. the GPU parity tests (every kernel vs its CPU reference, fresh random inputs, poisoned outputs),
-#   3. the benchmark: `tandem-worker bench kernels` (table + JSON) when that subcommand is there, else the
+#   3. the kernel engine on the CUDA device vs the candle CPU engine (worker/tests/gpu_engine.rs; its figures go to
+#      engine.json; the fixtures are read from this checkout's worker/ folder),
+#   4. the benchmark: `tandem-worker bench kernels` (table + JSON) when that subcommand is there, else the
 #      benchmark test binary (table).
 # Usage: kernels/gpu-check.sh [BIN_DIR (default .cache/gpu-bin)] [STEP ...] ; output also lands in
-# ${OUT:-.cache/gpu-out} (one log per step plus kernels-bench.json: 8 files at most). STEPs (default: all, in this
-# order): unit parity ops-parity ops-bf16-parity attention-parity attention-tc-parity bench; naming some lets a
-# session split the run over two calls. TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first.
-# Whole run: expected well under 5 minutes on an H100; the step limits add up to 570 s, under one 600 s call.
+# ${OUT:-.cache/gpu-out}: gpu-check.log (every step's output under its `=== step` header), kernels-bench.json and
+# engine.json, 3 files (the device tool returns 8 at most). STEPs (default: all, in this order): unit parity
+# ops-parity ops-bf16-parity attention-parity attention-tc-parity engine bench; naming some lets a session split
+# the run over two calls. TANDEM_CUDA_LIB_DIRS (space-separated folders) is searched first.
+# Whole run: expected well under 5 minutes on an H100; the step limits add up to 580 s, under one 600 s call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-.cache/gpu-bin}"
@@ -37,26 +40,29 @@ echo "gpu-check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 status=0
+log="$out/gpu-check.log"
+: >"$log"
 step() { # name, time limit (s), command...
   local name=$1 limit=$2; shift 2
   if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then return 0; fi
-  echo "=== $name"
+  echo "=== $name" | tee -a "$log"
   local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
-  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  echo "=== $name: exit $rc after $((SECONDS - start)) s (limit $limit s)" | tee -a "$log"
   [ "$rc" -eq 0 ] || status=1
 }
 step unit 45 "$bin/kernels-unit" --include-ignored
-step parity 110 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
-step ops-parity 80 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
-step ops-bf16-parity 45 "$bin/gpu-ops-bf16" --include-ignored --nocapture --test-threads=1
-step attention-parity 80 "$bin/gpu-attention" --include-ignored --nocapture --test-threads=1
-step attention-tc-parity 60 "$bin/gpu-attention-tc" --include-ignored --nocapture --test-threads=1
+step parity 100 "$bin/gpu-parity" --include-ignored --nocapture --test-threads=1
+step ops-parity 70 "$bin/gpu-ops-parity" --include-ignored --nocapture --test-threads=1
+step ops-bf16-parity 40 "$bin/gpu-ops-bf16" --include-ignored --nocapture --test-threads=1
+step attention-parity 70 "$bin/gpu-attention" --include-ignored --nocapture --test-threads=1
+step attention-tc-parity 55 "$bin/gpu-attention-tc" --include-ignored --nocapture --test-threads=1
+step engine 75 env TANDEM_WORKER_DIR="$PWD/worker" TANDEM_GPU_JSON="$out/engine.json" "$bin/gpu-engine" --include-ignored --nocapture --test-threads=1
 if [ -x "$bin/tandem-worker" ] && "$bin/tandem-worker" bench kernels --help >/dev/null 2>&1; then
-  step bench 150 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
+  step bench 125 "$bin/tandem-worker" bench kernels --json "$out/kernels-bench.json"
 else
   echo "(tandem-worker with 'bench kernels' not in $bin: the benchmark runs from its test binary, table only)"
-  step bench 150 "$bin/gpu-bench" --include-ignored --nocapture
+  step bench 125 "$bin/gpu-bench" --include-ignored --nocapture
 fi
 exit $status

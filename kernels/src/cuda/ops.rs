@@ -240,26 +240,12 @@ pub fn rmsnorm_backward(
     dx: &mut CudaSlice<f32>,
     dw: &mut CudaSlice<f32>,
 ) -> Result<(), KernelError> {
-    need("x", x, rows * dim)?;
-    need("dy", dy, rows * dim)?;
-    need("dx", dx, rows * dim)?;
     need("dw", dw, dim)?;
-    need("rstd", rstd, rows)?;
+    rmsnorm_backward_dx(gpu, x, w, rstd, dy, rows, dim, dx)?;
     if rows == 0 || dim == 0 {
         return gpu.stream().memset_zeros(dw).map_err(cuda_err("zero dw"));
     }
     let d = i32_of(dim, "dim")?;
-    launch!(
-        gpu,
-        "rmsnorm_backward_dx",
-        per_row(rows, 256),
-        x,
-        w,
-        rstd,
-        dy,
-        &d,
-        dx
-    );
     let (per_chunk, chunks) = rmsnorm_dw_chunking(rows);
     let mut partial = gpu.zeros::<f32>(chunks * dim)?;
     let (rows64, per64, chunks32) = (rows as i64, per_chunk as i64, i32_of(chunks, "chunks")?);
@@ -288,6 +274,41 @@ pub fn rmsnorm_backward(
         &chunks32,
         &d,
         dw
+    );
+    Ok(())
+}
+
+/// The input gradient of the RMSNorm backward alone (one block per row), for a frozen norm weight.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward_dx(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    rstd: &CudaSlice<f32>,
+    dy: &CudaSlice<f32>,
+    rows: usize,
+    dim: usize,
+    dx: &mut CudaSlice<f32>,
+) -> Result<(), KernelError> {
+    need("x", x, rows * dim)?;
+    need("dy", dy, rows * dim)?;
+    need("dx", dx, rows * dim)?;
+    need("w", w, dim)?;
+    need("rstd", rstd, rows)?;
+    if rows == 0 || dim == 0 {
+        return Ok(());
+    }
+    let d = i32_of(dim, "dim")?;
+    launch!(
+        gpu,
+        "rmsnorm_backward_dx",
+        per_row(rows, 256),
+        x,
+        w,
+        rstd,
+        dy,
+        &d,
+        dx
     );
     Ok(())
 }

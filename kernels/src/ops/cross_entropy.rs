@@ -22,7 +22,8 @@ impl CrossEntropy {
     }
 }
 
-fn check_targets(targets: &[i32], vocab: usize, ignore_index: i32) -> Result<(), KernelError> {
+/// Every target is in `0..vocab` or the ignore index; the error names the first that is not.
+pub fn check_targets(targets: &[i32], vocab: usize, ignore_index: i32) -> Result<(), KernelError> {
     match targets
         .iter()
         .position(|&t| t != ignore_index && (t < 0 || t as usize >= vocab))

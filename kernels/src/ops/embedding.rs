@@ -3,7 +3,8 @@
 use super::check_len;
 use crate::error::KernelError;
 
-fn check_ids(ids: &[u32], vocab: usize) -> Result<(), KernelError> {
+/// Every id is below `vocab`; the error names the first that is not.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<(), KernelError> {
     match ids.iter().position(|&t| t as usize >= vocab) {
         None => Ok(()),
         Some(i) => Err(KernelError::invalid(

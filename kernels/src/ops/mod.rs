@@ -12,7 +12,7 @@ pub mod swiglu;
 use crate::error::KernelError;
 
 /// Checks that a buffer has `rows x cols` values, naming it otherwise.
-pub(crate) fn check_len(
+pub fn check_len(
     what: &'static str,
     got: usize,
     rows: usize,

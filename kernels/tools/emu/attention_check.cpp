@@ -9,14 +9,6 @@ struct Dims {
     int B, T, Hq, Hkv, D;
 };
 
-static std::vector<float> normal(uint64_t seed, size_t n) {
-    std::mt19937_64 g(seed);
-    std::normal_distribution<float> d(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-}
-
 struct Grads {
     std::vector<float> out, lse, dq, dk, dv;
 };
@@ -143,7 +135,7 @@ int main() {
     for (Dims d : cases) {
         std::printf("B=%d T=%d Hq=%d Hkv=%d D=%d\n", d.B, d.T, d.Hq, d.Hkv, d.D);
         size_t nq = (size_t)d.B * d.T * d.Hq * d.D, nk = (size_t)d.B * d.T * d.Hkv * d.D;
-        auto q = normal(seed++, nq), k = normal(seed++, nk), v = normal(seed++, nk), dout = normal(seed++, nq);
+        auto q = emu_normal(seed++, nq), k = emu_normal(seed++, nk), v = emu_normal(seed++, nk), dout = emu_normal(seed++, nq);
         Grads want = reference(d, q, k, v, dout);
         Grads got = run_flash(d, q, k, v, dout);
         ok &= close("out", got.out, want.out);

@@ -3,14 +3,14 @@
 # (cuda_emu.h: one std::thread per CUDA thread, barriers for __syncthreads and warp shuffles) and a checker that
 # compares the kernels' results with a float64 reference. Needs g++ with C++20 (std::barrier). Not part of CI
 # (slow: hundreds of threads per block on the CPU); run it after changing a kernel, before a GPU session.
-# Usage: kernels/tools/emu/check.sh [attention|attention_tc|ops|ops_bf16|lora|nf4 ...]  (default: all)
+# Usage: kernels/tools/emu/check.sh [attention|attention_tc|ops|ops_bf16|lora|nf4|engine ...]  (default: all)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cuda="$here/../../cuda"
 build="${TMPDIR:-/tmp}/tandem-cuda-emu"
 mkdir -p "$build"
 status=0
-for name in "${@:-attention attention_tc ops ops_bf16 lora nf4}"; do
+for name in "${@:-attention attention_tc ops ops_bf16 lora nf4 engine}"; do
   for n in $name; do
     src="$build/$n.cpp"
     {

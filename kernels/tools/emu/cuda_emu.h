@@ -15,6 +15,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -184,6 +185,15 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* p, bool trans) {
 }
 inline void ldmatrix_x4(unsigned* r, const unsigned short* p) { emu_ldmatrix_x4(r, p, false); }
 inline void ldmatrix_x4_trans(unsigned* r, const unsigned short* p) { emu_ldmatrix_x4(r, p, true); }
+
+// For the checkers: `n` draws of N(0, 1) in fp32 from a seeded std::mt19937_64 (the same values on every run).
+inline std::vector<float> emu_normal(uint64_t seed, size_t n) {
+    std::mt19937_64 g(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(g);
+    return v;
+}
 
 // Runs `kernel` (a callable taking no arguments that calls the kernel) over the grid, block after block.
 template <class F>

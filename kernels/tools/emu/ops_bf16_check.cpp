@@ -30,14 +30,6 @@ static Bf16 bf16_normal(uint64_t seed, size_t n, double scale = 1.0, size_t pad 
     return r;
 }
 
-static std::vector<float> f32_normal(uint64_t seed, size_t n) {
-    std::mt19937_64 g(seed);
-    std::normal_distribution<float> d(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-}
-
 static bits_t poisoned(size_t n) { return bits_t(n + GUARD, POISON); }
 
 static bool close_bf16(const std::string& what, const unsigned short* got, size_t n, const std::vector<double>& want,
@@ -128,7 +120,7 @@ static bool check_rmsnorm() {
                                           {300, 72, 64, 0}, {6, 64, 64, 1}, {3, 4096, 256, 0}}) {
         std::printf("rmsnorm rows=%d dim=%d threads=%d%s\n", rows, dim, threads, mis ? " (x misaligned)" : "");
         auto x = bf16_normal(3 + dim, (size_t)rows * dim, 1.0, mis), dy = bf16_normal(5 + dim, (size_t)rows * dim);
-        auto w = f32_normal(4 + dim, dim);
+        auto w = emu_normal(4 + dim, dim);
         const size_t n = (size_t)rows * dim;
         // float64 references on the bf16 values.
         std::vector<double> wy, wrstd, wdx, wdw(dim, 0.0);

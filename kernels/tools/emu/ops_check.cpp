@@ -8,14 +8,6 @@
 #include <random>
 #include <tuple>
 
-static std::vector<float> normal(uint64_t seed, size_t n) {
-    std::mt19937_64 g(seed);
-    std::normal_distribution<float> d(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(g);
-    return v;
-}
-
 static bool close(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
     double num = 0, den = 0;
     for (size_t i = 0; i < got.size(); ++i) {
@@ -127,7 +119,7 @@ int main() {
         std::mt19937_64 g(tokens);
         std::vector<uint32_t> ids(tokens);
         for (auto& t : ids) t = (uint32_t)(g() % vocab);
-        auto dy = normal(2, (size_t)tokens * dim);
+        auto dy = emu_normal(2, (size_t)tokens * dim);
         std::vector<double> want((size_t)vocab * dim, 0.0);
         for (int t = 0; t < tokens; ++t)
             for (int j = 0; j < dim; ++j) want[(size_t)ids[t] * dim + j] += dy[(size_t)t * dim + j];
@@ -149,7 +141,7 @@ int main() {
     // RMSNorm backward.
     for (auto [rows, dim] : {std::array<int, 2>{1, 5}, {7, 33}, {300, 70}}) {
         std::printf("rmsnorm rows=%d dim=%d\n", rows, dim);
-        auto x = normal(3, (size_t)rows * dim), w = normal(4, dim), dy = normal(5, (size_t)rows * dim);
+        auto x = emu_normal(3, (size_t)rows * dim), w = emu_normal(4, dim), dy = emu_normal(5, (size_t)rows * dim);
         std::vector<float> rstd(rows);
         std::vector<double> wdx, wdw(dim, 0.0);
         for (int r = 0; r < rows; ++r) {
@@ -179,7 +171,7 @@ int main() {
     }
     // Sum of squares over two tensors, two passes.
     {
-        std::vector<std::vector<float>> ts = {normal(6, 12345), normal(7, 77), normal(8, 300000)};
+        std::vector<std::vector<float>> ts = {emu_normal(6, 12345), emu_normal(7, 77), emu_normal(8, 300000)};
         double want = 0;
         size_t total = 0;
         for (auto& t : ts) {

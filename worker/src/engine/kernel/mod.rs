@@ -3,6 +3,7 @@
 //! CI it is [`Reference`], the kernels' CPU references, so the same engine code is checked against the candle
 //! CPU engine on every commit.
 
+pub mod cuda;
 pub mod decode;
 pub mod device;
 pub mod loaded;
