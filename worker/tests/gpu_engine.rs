@@ -24,7 +24,6 @@ use std::time::Instant;
 
 use common::{
     all_modules, batch, engines, fixture, gradient_check, loss_and_grads, prefill_ratio, smollm2,
-    worker_dir,
 };
 use serde_json::{Value, json};
 use tandem_experiments::manifest::LossMask;

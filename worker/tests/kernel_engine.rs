@@ -564,3 +564,27 @@ impl Device for Faulty {
         Reference.append_seq(o, n, r, ol, nl, w)
     }
 }
+
+#[test]
+fn a_gpu_job_opens_the_cuda_device_it_was_pinned_to_or_says_why_it_cannot() {
+    if std::env::var_os(tandem_worker::engine::kernel::loaded::DEVICE_VAR).is_some() {
+        eprintln!("skipped: TANDEM_KERNEL_DEVICE is set for this process");
+        return;
+    }
+    match tandem_worker::engine::kernel::loaded::load_on_gpus(&[0], &fixture("tiny-llama"), true) {
+        Ok(m) => assert!(
+            m.model.device_name().starts_with("cuda:0"),
+            "{}",
+            m.model.device_name()
+        ),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("cuda:0") && e.contains("open"), "{e}");
+        }
+    }
+    let e = tandem_worker::engine::kernel::loaded::load_on_gpus(&[], &fixture("tiny-llama"), true)
+        .err()
+        .expect("no ordinal")
+        .to_string();
+    assert!(e.contains("no GPU ordinal"), "{e}");
+}

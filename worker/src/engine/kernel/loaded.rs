@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
+use super::cuda::Cuda;
 use super::device::Device;
 use super::model::KernelLlama;
 use super::reference::Reference;
@@ -100,8 +101,6 @@ pub fn load_on_gpus(ordinals: &[u32], path: &Path, nf4: bool) -> Result<KernelMo
 /// The variable that picks the kernel engine's device for GPU jobs.
 pub const DEVICE_VAR: &str = "TANDEM_KERNEL_DEVICE";
 
-fn cuda_model(ordinal: u32, _path: &Path, _nf4: bool) -> Result<KernelModel> {
-    Err(EngineError::Input(format!(
-        "the CUDA device of the kernel engine is not in this build (job pinned to GPU {ordinal})"
-    )))
+fn cuda_model(ordinal: u32, path: &Path, nf4: bool) -> Result<KernelModel> {
+    KernelModel::load(Arc::new(Cuda::new(ordinal as usize)?), path, nf4)
 }
