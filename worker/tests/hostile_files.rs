@@ -184,5 +184,5 @@ fn a_damaged_gguf_header_is_refused_without_a_panic() {
         c.store.get("model.norm.weight", &[c.config.hidden_size])?;
         Ok(())
     };
-    survive(&gguf, &target, 2 << 20, 60, &open);
+    survive(&gguf, &target, 2 << 20, 40, &open);
 }

@@ -70,9 +70,12 @@ mod tests {
             during >= before + 32,
             "{before} -> {during} MiB with 64 MiB touched"
         );
+        // Read while the block is alive: another test thread may reset the peak (the agent does per job), and a
+        // reset sets it to the current resident size, which still holds the block.
+        let peak = peak_resident_mib().unwrap();
+        assert!(peak >= before + 32, "peak {peak} MiB, before {before} MiB");
         drop(block);
         release_free_memory();
         assert!(resident_mib().is_some());
-        assert!(peak_resident_mib().unwrap() >= during);
     }
 }
