@@ -8,13 +8,14 @@
 //! - Products run in fp32 on the tiled `gemm_f32` kernel (through `GpuLora` when the layer has an adapter): one
 //!   fixed summation order, so the same inputs give the same bits. cuBLAS is not used: its wrapper takes bf16.
 //! - An NF4 weight is quantised on the GPU (`GpuNf4::quantize`, the CPU reference's codes bit for bit) and
-//!   dequantised, before each product, into one fp32 scratch buffer per device, sized to the largest NF4 layer and
-//!   reused (no allocation per call once it exists).
+//!   dequantised, before each product, into an fp32 scratch buffer of exactly its size, one per distinct size and
+//!   reused (no allocation per call once each size has been seen; a scratch larger than the weight would fail the
+//!   products' exact shape checks).
 //! - Attention runs the flash kernels up to head size 128 and the naive ones beyond (whose backward sums with
 //!   atomics, so its last bits may change from run to run).
 //! - The device holds no empty buffer: an operation whose result would have 0 values is an error.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
@@ -41,9 +42,9 @@ pub struct Cuda {
     gpu: Arc<Gpu>,
     label: String,
     /// The dequantised copy of an NF4 weight, shared by every NF4 layer.
-    scratch: Mutex<Option<CudaSlice<f32>>>,
-    /// Values of the largest NF4 weight made on this device: the scratch's size.
-    largest_nf4: AtomicUsize,
+    /// One buffer per NF4 weight size (a LLaMA has four: q/o, k/v, gate/up, down), so every product gets a
+    /// weight of exactly its shape and no call allocates once each size has been seen.
+    scratch: Mutex<HashMap<usize, CudaSlice<f32>>>,
 }
 
 /// A frozen weight on the GPU: dense fp32, or NF4 with double quantisation.
@@ -83,8 +84,7 @@ impl Cuda {
         Ok(Cuda {
             label: format!("cuda:{} {}", gpu.ordinal(), gpu.name()),
             gpu,
-            scratch: Mutex::new(None),
-            largest_nf4: AtomicUsize::new(0),
+            scratch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -162,14 +162,10 @@ impl Cuda {
                 q.cols()
             )));
         }
-        let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_none_or(|s| s.len() < q.len()) {
-            *slot = None;
-            let size = q.len().max(self.largest_nf4.load(Ordering::Relaxed));
-            *slot = Some(self.zeros(at, size)?);
-        }
-        let Some(scratch) = slot.as_mut() else {
-            return Err(at.error("the NF4 scratch buffer is missing"));
+        let mut buffers = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let scratch = match buffers.entry(q.len()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.zeros(at, q.len())?),
         };
         q.dequantize_f32(&self.gpu, scratch).map_err(at.err())?;
         f(scratch)
@@ -267,7 +263,6 @@ impl Device for Cuda {
         KernelError::check_finite("weights", values).map_err(at.err())?;
         let dense = self.upload(values)?;
         let q = GpuNf4::quantize(&self.gpu, &dense, rows, cols, true).map_err(at.err())?;
-        self.largest_nf4.fetch_max(rows * cols, Ordering::Relaxed);
         Ok(CudaFrozen::Nf4(Box::new(q)))
     }
 
