@@ -95,8 +95,8 @@ pub enum EngineModel {
 }
 
 impl EngineModel {
-    /// Loads the model at `path` for `backend`: the candle engine on the CPU (a QLoRA model small enough held
-    /// dequantised), or the kernel engine on the first of the job's GPUs.
+    /// Loads the model at `path` for `backend` (as [`choose`] made it, so never T5 on CUDA): the candle engine on
+    /// the CPU (a QLoRA model small enough held dequantised), or the kernel engine on the first of the job's GPUs.
     pub fn load(path: &Path, options: ModelOptions, backend: &Backend) -> Result<Self> {
         match backend {
             Backend::Cpu => {
@@ -105,11 +105,6 @@ impl EngineModel {
                 Ok(EngineModel::Cpu(loaded))
             }
             Backend::Cuda { ordinals } => {
-                if options.family == Some(ModelFamily::T5) {
-                    return Err(EngineError::Input(
-                        "the CUDA engine covers the LLaMA family; T5 runs on the CPU".into(),
-                    ));
-                }
                 let nf4 = options.quantization == Quantization::Nf4;
                 Ok(EngineModel::Kernel(kernel::loaded::load_on_gpus(
                     ordinals, path, nf4,

@@ -50,9 +50,24 @@ impl LoraConfig {
     /// Whether the module at dotted `path` is targeted: PEFT's rule (the whole path, or its last components,
     /// equal a target).
     pub fn targets(&self, path: &str) -> bool {
-        self.target_modules
-            .iter()
-            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+        self.target_modules.iter().any(|t| module_matches(path, t))
+    }
+
+    /// Refuses a target that matches none of a model's module `paths`, naming it.
+    pub fn check_targets<'a>(&self, paths: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        let mut matched = vec![false; self.target_modules.len()];
+        for path in paths {
+            for (m, t) in matched.iter_mut().zip(&self.target_modules) {
+                *m |= module_matches(path, t);
+            }
+        }
+        match matched.iter().position(|m| !m) {
+            None => Ok(()),
+            Some(i) => Err(EngineError::Input(format!(
+                "lora.target_modules: `{}` matches no module of this model",
+                self.target_modules[i]
+            ))),
+        }
     }
 }
 
@@ -65,6 +80,11 @@ impl From<&tandem_experiments::manifest::LoraSpec> for LoraConfig {
             target_modules: spec.target_modules.clone(),
         }
     }
+}
+
+/// PEFT's rule: a module at dotted `path` is target `t` when the whole path, or its last components, equal `t`.
+fn module_matches(path: &str, t: &str) -> bool {
+    path == t || path.strip_suffix(t).is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// A fresh LoRA `A` (`r x fan_in`) of the module at `path`, as PEFT initialises it: Kaiming-uniform

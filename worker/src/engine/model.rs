@@ -98,24 +98,14 @@ pub fn lora_layers(model: &dyn LanguageModel) -> Vec<&LoraLinear> {
 /// Adds fresh LoRA updates to every targeted linear; errors when a target matches no module.
 pub fn add_lora(model: &mut dyn LanguageModel, config: &LoraConfig, seed: u64) -> Result<usize> {
     config.validate()?;
+    let paths: Vec<String> = model.linears().iter().map(|l| l.path.clone()).collect();
+    config.check_targets(paths.iter().map(String::as_str))?;
     let mut count = 0;
-    let mut matched = vec![false; config.target_modules.len()];
     for layer in model.linears_mut() {
-        for (i, t) in config.target_modules.iter().enumerate() {
-            if layer.path == *t || layer.path.ends_with(&format!(".{t}")) {
-                matched[i] = true;
-            }
-        }
         if config.targets(&layer.path) {
             layer.add_lora(config, seed)?;
             count += 1;
         }
-    }
-    if let Some(i) = matched.iter().position(|m| !m) {
-        return Err(super::error::EngineError::Input(format!(
-            "lora.target_modules: `{}` matches no module of this model",
-            config.target_modules[i]
-        )));
     }
     Ok(count)
 }

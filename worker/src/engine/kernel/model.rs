@@ -220,36 +220,20 @@ impl<D: Device> KernelLlama<D> {
     /// `config` targets; errors when a target matches no module.
     pub fn add_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<usize> {
         config.validate()?;
-        let mut matched = vec![false; config.target_modules.len()];
+        config.check_targets(self.linears().map(|l| l.path.as_str()))?;
         let mut count = 0;
         let device = self.device.clone();
         for b in &mut self.blocks {
-            for l in b.linears_mut() {
-                for (i, t) in config.target_modules.iter().enumerate() {
-                    if l.path == *t || l.path.ends_with(&format!(".{t}")) {
-                        matched[i] = true;
-                    }
-                }
-                if !config.targets(&l.path) {
-                    continue;
-                }
+            for l in b
+                .linears_mut()
+                .into_iter()
+                .filter(|l| config.targets(&l.path))
+            {
                 let a = initial_a(&l.path, config.r, l.in_features, seed);
                 let b = vec![0f32; l.out_features * config.r];
-                l.adapter = Some(Adapter {
-                    a: device.upload(&a)?,
-                    b: device.upload(&b)?,
-                    rank: config.r,
-                    scale: config.scale() as f32,
-                    dropout: config.dropout as f32,
-                });
+                l.adapter = Some(adapter(&*device, &a, &b, config)?);
                 count += 1;
             }
-        }
-        if let Some(i) = matched.iter().position(|m| !m) {
-            return Err(EngineError::Input(format!(
-                "lora.target_modules: `{}` matches no module of this model",
-                config.target_modules[i]
-            )));
         }
         Ok(count)
     }
@@ -276,13 +260,7 @@ impl<D: Device> KernelLlama<D> {
                         l.out_features
                     )));
                 }
-                l.adapter = Some(Adapter {
-                    a: device.upload(a)?,
-                    b: device.upload(bm)?,
-                    rank: config.r,
-                    scale: config.scale() as f32,
-                    dropout: config.dropout as f32,
-                });
+                l.adapter = Some(adapter(&*device, a, bm, config)?);
             }
         }
         Ok(())
@@ -366,4 +344,20 @@ impl<D: Device> KernelLlama<D> {
         }
         total
     }
+}
+
+/// An adapter on `device` from host values of `A` and `B`, with `config`'s scale and dropout.
+fn adapter<D: Device>(
+    device: &D,
+    a: &[f32],
+    b: &[f32],
+    config: &LoraConfig,
+) -> Result<Adapter<D::Buf>> {
+    Ok(Adapter {
+        a: device.upload(a)?,
+        b: device.upload(b)?,
+        rank: config.r,
+        scale: config.scale() as f32,
+        dropout: config.dropout as f32,
+    })
 }
