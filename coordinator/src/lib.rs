@@ -6,11 +6,13 @@
 //! - [`auth`]: bearer tokens (stored hashed) and who may do what; [`tokens`]: creating and revoking them.
 //! - [`results`]: metric series, placements and artifacts of an experiment or a replay.
 //! - [`audit`]: an experiment's content checks, job environments and audit log.
+//! - [`launch`]: workers started through Slurm (and rendered for Kubernetes): scripts, commands, elasticity.
 //! - [`grpc`]: thin tonic adapters over the above, and [`server`] which serves them.
 
 pub mod audit;
 pub mod auth;
 pub mod grpc;
+pub mod launch;
 pub mod planning;
 pub mod results;
 pub mod scheduler;

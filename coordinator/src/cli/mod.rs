@@ -10,6 +10,7 @@ mod cancel;
 mod client;
 mod data;
 mod export;
+mod launch;
 mod manifest;
 mod plan;
 mod plot;
@@ -81,6 +82,10 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
     Score(score::ScoreArgs),
+    /// Start workers through a cluster's resource manager: Slurm jobs (submit, watch, status, cancel), or the
+    /// Kubernetes Job rendered.
+    #[command(subcommand)]
+    Launch(launch::LaunchCommand),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
@@ -113,5 +118,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(command) => data::run(command),
         Command::Plan(args) => plan::run(args),
         Command::Score(args) => score::run(args),
+        Command::Launch(command) => launch::run(command),
     }
 }

@@ -1,11 +1,13 @@
-//! `tandem workers`: registered workers, their resources, the CUDA devices they found, liveness and current
-//! jobs.
+//! `tandem workers`: registered workers, their resources, the CUDA devices they found, liveness, current
+//! jobs, and where they run (host; the Slurm job, its GPUs and Slurm's state of it when Slurm started them).
 
 use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::json;
 use tandem_proto as pb;
+
+use tandem_coordinator::launch::slurm::Slurm;
 
 use super::client::{ClientArgs, block_on, rpc, utc};
 use super::status::StatusFormat;
@@ -26,6 +28,31 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(rpc)?
             .into_inner();
+        // Slurm's view of the workers' jobs, where this machine has squeue (a login node); "-" elsewhere.
+        let slurm_states: std::collections::BTreeMap<String, String> =
+            if reply.workers.iter().any(|w| {
+                w.cluster_job
+                    .as_ref()
+                    .is_some_and(|c| c.scheduler == "slurm")
+            }) {
+                Slurm::default()
+                    .queue()
+                    .map(|q| q.into_iter().map(|j| (j.id, j.state)).collect())
+                    .unwrap_or_default()
+            } else {
+                Default::default()
+            };
+        let slurm_state = |w: &pb::WorkerInfo| {
+            w.cluster_job
+                .as_ref()
+                .filter(|c| c.scheduler == "slurm")
+                .map(|c| {
+                    slurm_states
+                        .get(&c.job_id)
+                        .cloned()
+                        .unwrap_or_else(|| "not queued".into())
+                })
+        };
         if args.format == StatusFormat::Json {
             let rows: Vec<_> = reply
                 .workers
@@ -37,14 +64,25 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                            "version": w.version, "host": w.host, "last_seen_ms": w.last_seen_ms,
                            "devices": w.devices.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name,
                                "memory_mib": d.memory_mib, "compute_capability": d.compute_capability}))
-                               .collect::<Vec<_>>()})
+                               .collect::<Vec<_>>(),
+                           "cluster_job": w.cluster_job.as_ref().map(|c| json!({"scheduler": c.scheduler,
+                               "job_id": c.job_id, "node": c.node, "partition": c.partition, "gpus": c.gpus,
+                               "restarts": c.restarts, "state": slurm_state(w)}))})
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
             println!(
-                "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} devices found",
-                "worker", "alive", "gpus", "gpu MiB", "threads", "last seen (UTC)", "jobs"
+                "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} {:<16} {:<34} devices found",
+                "worker",
+                "alive",
+                "gpus",
+                "gpu MiB",
+                "threads",
+                "last seen (UTC)",
+                "jobs",
+                "host",
+                "cluster job"
             );
             for w in reply.workers {
                 let r = w.resources.unwrap_or_default();
@@ -53,8 +91,20 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     w.jobs.join(",")
                 };
+                let cluster = match &w.cluster_job {
+                    Some(c) => {
+                        let gpus = if c.gpus.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" gpus {}", c.gpus)
+                        };
+                        let state = slurm_state(&w).map(|s| format!(" {s}")).unwrap_or_default();
+                        format!("{} {}{gpus}{state}", c.scheduler, c.job_id)
+                    }
+                    None => "-".into(),
+                };
                 println!(
-                    "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} {}",
+                    "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} {:<16} {:<34} {}",
                     w.id,
                     if w.alive { "yes" } else { "no" },
                     r.gpus,
@@ -62,6 +112,8 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                     r.cpu_threads,
                     utc(w.last_seen_ms),
                     jobs,
+                    w.host,
+                    cluster,
                     pb::devices_summary(&w.devices)
                 );
             }

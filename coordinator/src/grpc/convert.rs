@@ -6,8 +6,8 @@ use crate::audit::{AuditCheck, JobEnvironment};
 use crate::results::{JobPlacement, MetricSeries};
 use crate::scheduler::{ExperimentView, JobView, WatchUpdate, WorkerView};
 use crate::store::{
-    ArtifactRecord, AuditEntry, DeviceRecord, ExperimentRecord, InputRef, JobRecord, JobState,
-    PlacementRecord, Resources, TokenRecord,
+    ArtifactRecord, AuditEntry, ClusterJobRecord, DeviceRecord, ExperimentRecord, InputRef,
+    JobRecord, JobState, PlacementRecord, Resources, TokenRecord,
 };
 
 pub fn resources_to_pb(r: &Resources) -> pb::Resources {
@@ -58,6 +58,49 @@ pub fn devices_from_pb(devices: &[pb::Device]) -> Result<Vec<DeviceRecord>, Stri
             })
         })
         .collect()
+}
+
+/// The longest cluster-job field accepted (Slurm's own names are far shorter).
+const MAX_CLUSTER_FIELD: usize = 256;
+
+/// The cluster job a registering worker reports, checked: each text field at most [`MAX_CLUSTER_FIELD`] bytes
+/// without control characters (they are printed in tables and logs). `None` when the worker reports none.
+pub fn cluster_job_from_pb(
+    job: Option<&pb::ClusterJob>,
+) -> Result<Option<ClusterJobRecord>, String> {
+    let Some(job) = job else { return Ok(None) };
+    for (field, value) in [
+        ("scheduler", &job.scheduler),
+        ("job_id", &job.job_id),
+        ("node", &job.node),
+        ("partition", &job.partition),
+        ("gpus", &job.gpus),
+    ] {
+        if value.len() > MAX_CLUSTER_FIELD || value.chars().any(char::is_control) {
+            return Err(format!(
+                "cluster_job.{field}: at most {MAX_CLUSTER_FIELD} bytes without control characters accepted"
+            ));
+        }
+    }
+    Ok(Some(ClusterJobRecord {
+        scheduler: job.scheduler.clone(),
+        job_id: job.job_id.clone(),
+        node: job.node.clone(),
+        partition: job.partition.clone(),
+        gpus: job.gpus.clone(),
+        restarts: job.restarts,
+    }))
+}
+
+pub fn cluster_job_to_pb(job: &ClusterJobRecord) -> pb::ClusterJob {
+    pb::ClusterJob {
+        scheduler: job.scheduler.clone(),
+        job_id: job.job_id.clone(),
+        node: job.node.clone(),
+        partition: job.partition.clone(),
+        gpus: job.gpus.clone(),
+        restarts: job.restarts,
+    }
 }
 
 pub fn devices_to_pb(devices: &[DeviceRecord]) -> Vec<pb::Device> {
@@ -195,6 +238,7 @@ pub fn worker_info(worker: WorkerView) -> pb::WorkerInfo {
     pb::WorkerInfo {
         resources: Some(resources_to_pb(&record.resources)),
         devices: devices_to_pb(&record.devices),
+        cluster_job: record.cluster_job.as_ref().map(cluster_job_to_pb),
         id: record.id,
         name: record.name,
         kinds: record.kinds,

@@ -10,7 +10,9 @@ use tandem_proto::worker_service_server::WorkerService;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{artifact_ref, devices_from_pb, job_spec_to_pb, resources_from_pb};
+use super::convert::{
+    artifact_ref, cluster_job_from_pb, devices_from_pb, job_spec_to_pb, resources_from_pb,
+};
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_worker, require_worker_identity, validate_name};
 use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
@@ -107,6 +109,8 @@ impl WorkerService for WorkerApi {
             registered_ms: 0,
             last_seen_ms: 0,
             devices,
+            cluster_job: cluster_job_from_pb(req.cluster_job.as_ref())
+                .map_err(Status::invalid_argument)?,
         };
         let worker_id = self.shared.scheduler.register_worker(known, record).await?;
         let config = self.shared.scheduler.config();

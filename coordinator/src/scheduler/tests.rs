@@ -74,6 +74,7 @@ fn worker(name: &str, threads: u32) -> WorkerRecord {
         registered_ms: 0,
         last_seen_ms: 0,
         devices: Vec::new(),
+        cluster_job: None,
     }
 }
 

@@ -44,5 +44,6 @@ pub fn worker_record(id: &str, name: &str) -> WorkerRecord {
         registered_ms: 0,
         last_seen_ms: 0,
         devices: vec![],
+        cluster_job: None,
     }
 }

@@ -208,6 +208,25 @@ pub struct WorkerRecord {
     /// in records stored before devices were reported.
     #[serde(default)]
     pub devices: Vec<DeviceRecord>,
+    /// The cluster scheduler's job the worker runs in (Slurm), when one started it. Absent in records stored
+    /// before workers reported it, and for workers started by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_job: Option<ClusterJobRecord>,
+}
+
+/// The cluster scheduler's job a worker reported at registration (see `ClusterJob` in the protocol).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterJobRecord {
+    /// `slurm`.
+    pub scheduler: String,
+    /// `1234`, or `1234_5` for an array element.
+    pub job_id: String,
+    pub node: String,
+    pub partition: String,
+    /// The GPUs the scheduler gave the job, as it names them (`0,1`).
+    pub gpus: String,
+    /// Times the job was requeued before this start.
+    pub restarts: u32,
 }
 
 /// One CUDA device a worker reported at registration.
@@ -294,6 +313,7 @@ mod tests {
         assert_eq!(record.name, "gpu1");
         assert_eq!(record.resources.gpus, 1);
         assert!(record.devices.is_empty());
+        assert!(record.cluster_job.is_none());
     }
 
     #[test]
@@ -315,6 +335,14 @@ mod tests {
                 memory_mib: 81559,
                 compute_capability: 90,
             }],
+            cluster_job: Some(ClusterJobRecord {
+                scheduler: "slurm".into(),
+                job_id: "41_2".into(),
+                node: "gpu7".into(),
+                partition: "a100".into(),
+                gpus: "2".into(),
+                restarts: 1,
+            }),
         };
         let json = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<WorkerRecord>(&json).unwrap(), record);

@@ -27,6 +27,14 @@ pub struct AgentArgs {
     /// Worker bearer token (`tandem token create --worker NAME`).
     #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the worker bearer token, readable only by its owner (mode 600 or 400); keeps the token
+    /// off the command line and out of the environment (what `tandem launch slurm` uses).
+    #[arg(long, env = "TANDEM_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Seconds a shutting-down worker (SIGTERM) waits for its checkpoint upload and lease hand-back before it
+    /// exits anyway.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
     /// PEM CA certificate to trust for an https coordinator.
     #[arg(long, env = "TANDEM_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
@@ -95,8 +103,29 @@ fn code_version() -> (String, String) {
     (commit, lock)
 }
 
-/// How long a shutting-down worker waits for its checkpoint upload and lease hand-back.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Reads a bearer token from `path`: a file readable by its owner only (mode 600 or 400), holding one token.
+/// The error names the path and what is wrong.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let metadata = std::fs::metadata(path).map_err(|err| format!("--token-file {shown}: {err}"))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "--token-file {shown}: readable by group or others (mode {mode:03o}); a token file must be \
+             readable by its owner only (chmod 600 {shown})"
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|err| format!("--token-file {shown}: {err}"))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "--token-file {shown}: expected one token on one line (`tandem token create --worker NAME`)"
+        ));
+    }
+    Ok(token.to_string())
+}
 
 /// Parses the agent flags from the process arguments and runs the agent until SIGTERM / Ctrl-C.
 pub fn main() -> ExitCode {
@@ -125,6 +154,16 @@ pub fn main() -> ExitCode {
     if args.enable_test_kinds {
         registry.register(TEST_EMIT_KIND, Arc::new(TestEmitRunner));
     }
+    let token = match &args.token_file {
+        Some(path) => match read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => args.token.clone(),
+    };
     let ca_cert = match &args.ca_cert {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
@@ -168,7 +207,7 @@ pub fn main() -> ExitCode {
     });
     let config = AgentConfig {
         coordinator: args.coordinator.clone(),
-        token: args.token.clone(),
+        token,
         ca_cert,
         name: args
             .name
@@ -190,7 +229,12 @@ pub fn main() -> ExitCode {
         cargo_lock_sha256,
         host,
         devices: detected.unwrap_or_default(),
+        cluster_job: super::cluster::cluster_job(|name| std::env::var(name).ok()),
     };
+    if let Some(job) = &config.cluster_job {
+        tracing::info!(scheduler = %job.scheduler, job = %job.job_id, node = %job.node, gpus = %job.gpus, restarts = job.restarts, "running in a cluster job");
+    }
+    let shutdown_grace = Duration::from_secs(args.shutdown_grace_s);
     runtime.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -208,8 +252,8 @@ pub fn main() -> ExitCode {
             // A coordinator that is gone cannot take the lease back: after the grace period the worker exits
             // anyway (the lease expires there and the job is requeued). A second signal exits at once.
             tokio::select! {
-                _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
-                    tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "coordinator did not take the lease back in time; exiting");
+                _ = tokio::time::sleep(shutdown_grace) => {
+                    tracing::warn!(grace_s = shutdown_grace.as_secs(), "coordinator did not take the lease back in time; exiting");
                 }
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -224,4 +268,49 @@ pub fn main() -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn token_file(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(format!("token-{mode:o}"));
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_private_token_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_file(dir.path(), "tdm_w_abc123\n", 0o600);
+        assert_eq!(read_token_file(&path).unwrap(), "tdm_w_abc123");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = token_file(dir.path(), "tdm_w_abc123\n", 0o644);
+        let err = read_token_file(&path).unwrap_err();
+        assert!(
+            err.contains("mode 644") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_empty_token_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = read_token_file(&missing).unwrap_err();
+        assert!(
+            err.starts_with(&format!("--token-file {}", missing.display())),
+            "{err}"
+        );
+        let empty = token_file(dir.path(), "\n", 0o600);
+        assert!(read_token_file(&empty).unwrap_err().contains("one token"));
+    }
 }

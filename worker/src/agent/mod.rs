@@ -4,6 +4,7 @@
 //! back-off when the coordinator goes away, and on shutdown (SIGTERM) checkpoints and hands its lease back.
 
 pub mod cli;
+pub mod cluster;
 pub mod devices;
 mod gpus;
 pub mod inputs;
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub host: String,
     /// CUDA devices found on this machine (reported facts, not what `resources` offers).
     pub devices: Vec<pb::Device>,
+    /// The cluster scheduler's job this worker runs in (Slurm), reported at registration.
+    pub cluster_job: Option<pb::ClusterJob>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +242,7 @@ impl Registration {
             host: config.host.clone(),
             worker_id: String::new(),
             devices: config.devices.clone(),
+            cluster_job: config.cluster_job.clone(),
         };
         Registration {
             request,
