@@ -5,6 +5,7 @@
 //! dependency's binaries for a test) and copied into a private folder, so a concurrent build cannot swap
 //! them mid-test. Set `TANDEM_TEST_BIN_DIR` to use prebuilt binaries instead.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -486,4 +487,114 @@ cpu_threads = 1
             .display(),
         stage2_training = TINY_STAGE1_TRAINING,
     )
+}
+
+/// `message` with `token` as its bearer credential.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A single-threaded runtime for one blocking gRPC exchange.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every stored metric series of an experiment, by (job name, series name).
+pub fn series(
+    url: &str,
+    token: &str,
+    experiment: &str,
+) -> BTreeMap<(String, String), Vec<(u64, f64)>> {
+    runtime().block_on(async {
+        let mut client =
+            tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
+                .await
+                .unwrap();
+        let reply = client
+            .results(with_token(
+                tandem_proto::ResultsRequest {
+                    experiment_id: experiment.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let names: BTreeMap<String, String> = reply
+            .status
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| (j.id, j.name))
+            .collect();
+        reply
+            .series
+            .into_iter()
+            .map(|s| {
+                (
+                    (names[&s.job_id].clone(), s.name),
+                    s.steps.into_iter().zip(s.values).collect(),
+                )
+            })
+            .collect()
+    })
+}
+
+pub fn artifacts(url: &str, token: &str, experiment: &str) -> Vec<tandem_proto::ArtifactRef> {
+    runtime().block_on(async {
+        let mut client =
+            tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
+                .await
+                .unwrap();
+        let reply = client
+            .results(with_token(
+                tandem_proto::ResultsRequest {
+                    experiment_id: experiment.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        reply.artifacts
+    })
+}
+
+pub fn job<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == name)
+        .unwrap()
+}
+
+/// The tiny two-stage manifest with QLoRA and a stage-1 training long enough to be killed (400 updates,
+/// a checkpoint every 10).
+pub fn long_training_manifest(dir: &Path) -> PathBuf {
+    training_manifest(dir, "crash-real", 400)
+}
+
+/// The tiny two-stage manifest named `name` with a QLoRA stage-1 training of `updates` updates, a checkpoint
+/// every 10, and one evaluation cell that needs the stage-1 adapter (the planner plans only what a cell needs).
+pub fn training_manifest(dir: &Path, name: &str, updates: u32) -> PathBuf {
+    let training = TINY_STAGE1_TRAINING
+        .replace("epochs = 1.0", "epochs = 100.0")
+        .replace("max_steps = 2", &format!("max_steps = {updates}"))
+        .replace("eval_every = 1", "eval_every = 100")
+        .replace("checkpoint_every = 1", "checkpoint_every = 10");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        tiny_manifest(name, "nf4", &training, r#""stage1:stage1""#),
+    )
+    .unwrap();
+    path
 }

@@ -2,96 +2,18 @@
 //! (and the raw gRPC API where a test needs to misbehave on purpose). Every test uses the deterministic
 //! `test.emit` job kind.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tandem_proto as pb;
-use tandem_proto::client_service_client::ClientServiceClient;
 use tandem_proto::worker_service_client::WorkerServiceClient;
 use tandem_tests::{
-    Coordinator, FAST, TINY_STAGE1_TRAINING, Worker, create_token, status_json, tandem, tandem_ok,
-    tiny_manifest, wait_for, write_manifest,
+    Coordinator, FAST, Worker, artifacts, create_token, job, long_training_manifest, runtime,
+    series, status_json, tandem, tandem_ok, wait_for, with_token, write_manifest,
 };
-use tonic::Request;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Every stored metric series of an experiment, by (job name, series name).
-fn series(url: &str, token: &str, experiment: &str) -> BTreeMap<(String, String), Vec<(u64, f64)>> {
-    runtime().block_on(async {
-        let mut client = ClientServiceClient::connect(url.to_string()).await.unwrap();
-        let reply = client
-            .results(with_token(
-                pb::ResultsRequest {
-                    experiment_id: experiment.into(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let names: BTreeMap<String, String> = reply
-            .status
-            .unwrap()
-            .jobs
-            .into_iter()
-            .map(|j| (j.id, j.name))
-            .collect();
-        reply
-            .series
-            .into_iter()
-            .map(|s| {
-                (
-                    (names[&s.job_id].clone(), s.name),
-                    s.steps.into_iter().zip(s.values).collect(),
-                )
-            })
-            .collect()
-    })
-}
-
-fn artifacts(url: &str, token: &str, experiment: &str) -> Vec<pb::ArtifactRef> {
-    runtime().block_on(async {
-        let mut client = ClientServiceClient::connect(url.to_string()).await.unwrap();
-        let reply = client
-            .results(with_token(
-                pb::ResultsRequest {
-                    experiment_id: experiment.into(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        reply.artifacts
-    })
-}
-
-fn job<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["name"] == name)
-        .unwrap()
-}
 
 /// Asserts each of the `steps` steps appears exactly once in a series.
 fn assert_each_step_once(points: &[(u64, f64)], steps: u64) {
@@ -785,24 +707,6 @@ fn tandem_run_drives_an_experiment_with_local_workers_and_refuses_unknown_kinds(
         stderr.contains("no local worker runs job kind(s) no.such.kind (workers offer: "),
         "{stderr}"
     );
-}
-
-/// The tiny two-stage manifest with QLoRA and a stage-1 training long enough to be killed (400 updates,
-/// a checkpoint every 10).
-fn long_training_manifest(dir: &std::path::Path) -> std::path::PathBuf {
-    let training = TINY_STAGE1_TRAINING
-        .replace("epochs = 1.0", "epochs = 100.0")
-        .replace("max_steps = 2", "max_steps = 400")
-        .replace("eval_every = 1", "eval_every = 100")
-        .replace("checkpoint_every = 1", "checkpoint_every = 10");
-    let path = dir.join("crash-real.toml");
-    std::fs::write(
-        &path,
-        // One cell that needs the stage-1 adapter: the planner plans only what a cell needs.
-        tiny_manifest("crash-real", "nf4", &training, r#""stage1:stage1""#),
-    )
-    .unwrap();
-    path
 }
 
 #[test]

@@ -153,6 +153,8 @@ impl SlurmRequest {
         }
         line(String::new());
         line("set -euo pipefail".into());
+        line("# The worker reads its token from --token-file only; no credential rides in the environment.".into());
+        line(format!("unset {}", super::slurm::SECRET_VARS.join(" ")));
         line(r#"element="${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_${SLURM_ARRAY_TASK_ID:-0}""#.into());
         line(r#"echo "tandem worker job $element on $(hostname) (restart ${SLURM_RESTART_COUNT:-0}) at $(date -u +%FT%TZ)""#.into());
         if w.gpus > 0 {

@@ -8,6 +8,9 @@ use std::process::Command;
 
 use super::LaunchError;
 
+/// Environment variables that hold the launching user's credentials: never passed into a worker job.
+pub const SECRET_VARS: &[&str] = &["TANDEM_TOKEN", "TANDEM_TOKEN_FILE"];
+
 /// Where Slurm's commands are found.
 #[derive(Clone, Debug, Default)]
 pub struct Slurm {
@@ -43,18 +46,28 @@ impl Slurm {
         args: &[String],
         culprit: impl Fn(&str) -> Option<String>,
     ) -> Result<String, LaunchError> {
+        self.run_with(name, args, |_| {}, culprit)
+    }
+
+    /// [`Slurm::run`] with the command adjusted by `adjust` first.
+    fn run_with(
+        &self,
+        name: &str,
+        args: &[String],
+        adjust: impl FnOnce(&mut Command),
+        culprit: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, LaunchError> {
         let shown = std::iter::once(name.to_string())
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
-        let output =
-            self.command(name)
-                .args(args)
-                .output()
-                .map_err(|source| LaunchError::Missing {
-                    command: name.to_string(),
-                    source,
-                })?;
+        let mut command = self.command(name);
+        command.args(args);
+        adjust(&mut command);
+        let output = command.output().map_err(|source| LaunchError::Missing {
+            command: name.to_string(),
+            source,
+        })?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
             let stderr = if stderr.is_empty() {
@@ -71,11 +84,17 @@ impl Slurm {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Submits `script`; returns the (array) job id Slurm gave it.
+    /// Submits `script`; returns the (array) job id Slurm gave it. sbatch passes the caller's environment to
+    /// the job, so the caller's own credentials are removed from it first: the workers use their token file.
     pub fn submit(&self, script: &Path) -> Result<String, LaunchError> {
-        let out = self.run(
+        let out = self.run_with(
             "sbatch",
             &["--parsable".into(), script.display().to_string()],
+            |command| {
+                for secret in SECRET_VARS {
+                    command.env_remove(secret);
+                }
+            },
             |stderr| sbatch_culprit(stderr).map(str::to_string),
         )?;
         parse_job_id(&out).ok_or_else(|| LaunchError::Output {

@@ -114,6 +114,13 @@ impl JobRunner for TrainRunner {
                         resumed_at,
                         ..
                     } => {
+                        if resumed_at > 0 {
+                            tracing::info!(
+                                resumed_at,
+                                total_steps,
+                                "training resumed at update {resumed_at}"
+                            );
+                        }
                         ctx.set_progress(resumed_at as u64, total_steps as u64);
                     }
                     TrainEvent::Step(m) => {
