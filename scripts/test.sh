@@ -9,4 +9,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 ./scripts/fetch-nvrtc.sh
 export LD_LIBRARY_PATH="$PWD/.cache/nvrtc/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TANDEM_REQUIRE_NVRTC=1
+# The Slurm tests start a one-node cluster (scripts/slurm/cluster.sh); stop its daemons when the tests end.
+trap 'scripts/slurm/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 cargo test --workspace
