@@ -266,6 +266,7 @@ impl Worker {
         let mut command = Command::new(&bins().worker);
         command
             .args([
+                "agent",
                 "--coordinator",
                 url,
                 "--name",
@@ -282,6 +283,7 @@ impl Worker {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("TANDEM_TOKEN")
+            .env_remove("TANDEM_WORKER_TOKEN")
             .env_remove("TANDEM_CA_CERT")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

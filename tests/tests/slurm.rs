@@ -448,7 +448,7 @@ fn scancel_term_hands_back_cleanly_and_a_killed_worker_s_lease_expires() {
         .args(["-KILL", "-f"])
         // The worker process itself (its command line starts with its path), not the srun that started it.
         .arg(format!(
-            "^{} .*name slurm-{second} ",
+            "^{} agent .*name slurm-{second} ",
             bins().worker.display()
         ))
         .status()
@@ -596,7 +596,12 @@ fn slurm_s_refusals_and_a_missing_slurm_name_the_cause_and_submit_nothing() {
     // A worker whose token file cannot be read exits naming it.
     let missing = lab.dir.path().join("no-token");
     let out = Command::new(&bins().worker)
-        .args(["--coordinator", &lab.coordinator.url, "--token-file"])
+        .args([
+            "agent",
+            "--coordinator",
+            &lab.coordinator.url,
+            "--token-file",
+        ])
         .arg(&missing)
         .output()
         .unwrap();

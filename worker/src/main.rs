@@ -29,6 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a coordinator: register, lease jobs, run them, stream metrics and artifacts back (until SIGTERM,
+    /// which checkpoints and hands the running jobs back).
+    Agent(Box<tandem_worker::agent::cli::AgentArgs>),
+    #[command(flatten)]
+    Local(LocalCommand),
+}
+
+/// The commands that run one piece of work on this machine and exit.
+#[derive(Subcommand)]
+enum LocalCommand {
     /// Train one stage (one fold) of a manifest; writes the adapter to OUT/adapter.
     Train(TrainArgs),
     /// Generate for the rows of a CSV with a stage's prompt and decoding settings.
@@ -161,20 +171,21 @@ struct LogitsArgs {
 
 fn main() -> std::process::ExitCode {
     engine::alloc::tune_for_tensors();
-    // Agent mode: `tandem-worker --coordinator URL ...` serves a coordinator (see `tandem_worker::agent`).
-    if tandem_worker::agent::cli::wants_agent_mode() {
-        return tandem_worker::agent::cli::main();
-    }
+    let cli = Cli::parse();
+    // Agent mode sets up its own logging, threads and runtime (see `tandem_worker::agent`).
+    let command = match cli.command {
+        Command::Agent(args) => return tandem_worker::agent::cli::main(*args, cli.threads),
+        Command::Local(command) => command,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = engine::threads::run_with_threads(cli.threads, || match cli.command {
-        Command::Train(args) => train(args),
-        Command::Generate(args) => generate(args),
-        Command::Logits(args) => logits(args),
-        Command::Bench(BenchCommand::Kernels(args)) => {
+    let result = engine::threads::run_with_threads(cli.threads, || match command {
+        LocalCommand::Train(args) => train(args),
+        LocalCommand::Generate(args) => generate(args),
+        LocalCommand::Logits(args) => logits(args),
+        LocalCommand::Bench(BenchCommand::Kernels(args)) => {
             bench::kernels::run_kernel_bench(&args).map(drop)
         }
     });

@@ -1,4 +1,4 @@
-//! `tandem-worker` agent mode as a user meets it: `--help` documents the token's variable but never prints a
+//! `tandem-worker agent` as a user meets it: `--help` documents the token's variable but never prints a
 //! token found in the environment.
 
 use std::process::Command;
@@ -6,12 +6,12 @@ use std::process::Command;
 #[test]
 fn agent_help_never_prints_the_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_tandem-worker"))
-        .args(["--coordinator", "http://127.0.0.1:1", "--help"])
-        .env("TANDEM_TOKEN", "secret-token-value")
+        .args(["agent", "--coordinator", "http://127.0.0.1:1", "--help"])
+        .env("TANDEM_WORKER_TOKEN", "secret-token-value")
         .output()
         .expect("tandem-worker runs");
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{help}");
-    assert!(help.contains("TANDEM_TOKEN"), "{help}");
+    assert!(help.contains("TANDEM_WORKER_TOKEN"), "{help}");
     assert!(!help.contains("secret-token-value"), "{help}");
 }

@@ -156,6 +156,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let mut command = Command::new(&worker_exe);
             command
                 .args([
+                    "agent",
                     "--coordinator",
                     &url,
                     "--name",
@@ -169,6 +170,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .arg("--cache-dir")
                 .arg(root.join("cache"))
                 .env_remove("TANDEM_TOKEN")
+                .env_remove("TANDEM_WORKER_TOKEN")
                 .stdout(Stdio::null())
                 .stderr(
                     std::fs::File::create(&log)

@@ -79,7 +79,11 @@ impl KubeRequest {
             ));
         }
 
-        let mut args: Vec<String> = vec!["--coordinator".into(), w.coordinator.clone()];
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--coordinator".into(),
+            w.coordinator.clone(),
+        ];
         if self.token_secret.is_some() {
             args.extend(["--token-file".into(), format!("{TOKEN_MOUNT}/token")]);
         }
@@ -261,6 +265,7 @@ mod tests {
         assert_eq!(after("--gpus"), "2");
         assert_eq!(after("--shutdown-grace-s"), "110");
         assert_eq!(after("--coordinator"), "https://coord.lab.example:7070");
+        assert_eq!(args[0], "agent");
         let volume = get(&format!("{pod}.volumes.0.secret"));
         assert_eq!(volume["secretName"].as_str(), Some("tandem-worker-token"));
         assert_eq!(volume["defaultMode"].as_u64(), Some(0o400));

@@ -188,7 +188,7 @@ impl SlurmRequest {
         }
         args.extend(w.worker_args.iter().map(|a| shell_word(a)));
         line(format!(
-            "exec srun --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" {} \\",
+            "exec srun --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" {} agent \\",
             shell_word(&self.worker_bin.to_string_lossy())
         ));
         let pairs: Vec<String> = args.chunks(2).map(|pair| pair.join(" ")).collect();
@@ -285,7 +285,7 @@ mod tests {
             "#SBATCH --output=/home/ana/.tandem/slurm/logs/%x-%A_%a.out\n",
             "#SBATCH --constraint=a100\n",
             "export CUDA_VISIBLE_DEVICES=\"${CUDA_VISIBLE_DEVICES:-${SLURM_JOB_GPUS:-}}\"\n",
-            "exec srun --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" /opt/tandem/bin/tandem-worker \\\n",
+            "exec srun --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" /opt/tandem/bin/tandem-worker agent \\\n",
             "    --coordinator https://coord.lab.example:7070 \\\n",
             "    --token-file /home/ana/.tandem/slurm/worker.token \\\n",
             "    --gpus 1 \\\n",

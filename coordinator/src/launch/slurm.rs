@@ -9,7 +9,7 @@ use std::process::Command;
 use super::LaunchError;
 
 /// Environment variables that hold the launching user's credentials: never passed into a worker job.
-pub const SECRET_VARS: &[&str] = &["TANDEM_TOKEN", "TANDEM_TOKEN_FILE"];
+pub const SECRET_VARS: &[&str] = &["TANDEM_TOKEN", "TANDEM_WORKER_TOKEN", "TANDEM_TOKEN_FILE"];
 
 /// Where Slurm's commands are found.
 #[derive(Clone, Debug, Default)]

@@ -1,4 +1,4 @@
-//! `tandem-worker --coordinator URL ...`: the agent mode of the worker binary (flags, environment facts
+//! `tandem-worker agent --coordinator URL ...`: the agent mode of the worker binary (flags, environment facts
 //! reported for audits, signal handling).
 
 use std::path::{Path, PathBuf};
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 
@@ -14,8 +14,7 @@ use super::test_runner::{TEST_EMIT_KIND, TestEmitRunner};
 use super::{AgentConfig, RunnerRegistry};
 
 /// Serve a Tandem coordinator as a worker.
-#[derive(Debug, Parser)]
-#[command(name = "tandem-worker", version)]
+#[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Coordinator URL (http://host:port, or https:// with --ca-cert).
     #[arg(
@@ -24,8 +23,9 @@ pub struct AgentArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
-    /// Worker bearer token (`tandem token create --worker NAME`).
-    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    /// Worker bearer token (`tandem token create --worker NAME`); prefer --token-file, which keeps it off the
+    /// command line.
+    #[arg(long, env = "TANDEM_WORKER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File holding the worker bearer token, readable only by its owner (mode 600 or 400); keeps the token
     /// off the command line and out of the environment (what `tandem launch slurm` uses).
@@ -41,9 +41,6 @@ pub struct AgentArgs {
     /// Worker name (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
-    /// CPU threads offered (default: all).
-    #[arg(long)]
-    pub threads: Option<u32>,
     /// GPUs offered, ordinals 0..N, each to one job at a time (jobs run side by side, one per GPU) [default:
     /// every CUDA device found, 0 without a driver]. At most the devices found; 0 offers none (CPU only).
     #[arg(long)]
@@ -61,11 +58,6 @@ pub struct AgentArgs {
     /// Also run the deterministic test job kind `test.emit` (tests and benchmarks).
     #[arg(long)]
     pub enable_test_kinds: bool,
-}
-
-/// True when the process arguments ask for agent mode (a `--coordinator` flag).
-pub fn wants_agent_mode() -> bool {
-    std::env::args().any(|a| a == "--coordinator" || a.starts_with("--coordinator="))
 }
 
 fn host_name() -> String {
@@ -127,13 +119,17 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
     Ok(token.to_string())
 }
 
-/// Parses the agent flags from the process arguments and runs the agent until SIGTERM / Ctrl-C.
-pub fn main() -> ExitCode {
-    let args = AgentArgs::parse();
+/// The default log filter: warnings, and the agent's one line per registration, lease, checkpoint resume and
+/// outcome.
+const DEFAULT_LOG: &str = "warn,tandem_worker::agent=info";
+
+/// Runs the agent with `args` until SIGTERM / Ctrl-C; `threads` is the worker's global `--threads` (CPU threads
+/// offered and used by its jobs' tensor work; default: all).
+pub fn main(args: AgentArgs, threads: Option<usize>) -> ExitCode {
     // The threads the worker advertises are the threads its jobs' tensor work uses.
-    crate::engine::threads::configure(args.threads.map(|n| n as usize));
+    crate::engine::threads::configure(threads);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -200,7 +196,7 @@ pub fn main() -> ExitCode {
     }
     let host = host_name();
     let (git_commit, cargo_lock_sha256) = code_version();
-    let threads = args.threads.unwrap_or_else(|| {
+    let threads = threads.map(|n| n as u32).unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1)
