@@ -62,10 +62,18 @@ impl ClientArgs {
             endpoint = endpoint
                 .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the coordinator at {}", self.coordinator))?;
+        let channel = endpoint.connect().await.map_err(|err| {
+            // The transport error's innermost cause says why (connection refused, no route, TLS).
+            let reason =
+                std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+                    .last()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+            super::exit::Unreachable {
+                url: self.coordinator.clone(),
+                reason,
+            }
+        })?;
         let header = match &self.token {
             Some(t) => Some(
                 format!("Bearer {t}")
@@ -136,7 +144,10 @@ pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> 
 
 /// A gRPC status as a one-line error.
 pub fn rpc(status: Status) -> anyhow::Error {
-    anyhow::anyhow!("coordinator: {:?}: {}", status.code(), status.message())
+    anyhow::Error::new(super::exit::RpcError {
+        code: status.code(),
+        message: status.message().to_string(),
+    })
 }
 
 /// `name` reduced to `[A-Za-z0-9._-]`, never starting with '.', never empty: safe as one file name.

@@ -9,6 +9,7 @@ mod audit;
 mod cancel;
 mod client;
 mod data;
+pub mod exit;
 mod export;
 mod launch;
 mod manifest;
