@@ -1,4 +1,5 @@
-//! Serving: open the store, resume the scheduler, and serve both gRPC services (plus reflection) on a
+//! Serving: open the store, resume the scheduler, and serve both gRPC services (plus reflection v1 and v1alpha
+//! and grpc.health.v1) on a
 //! listener, with optional TLS. Used by `tandem serve`, the end-to-end tests and the scale benchmark.
 
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ pub struct RunningCoordinator {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl RunningCoordinator {
@@ -74,6 +76,13 @@ impl RunningCoordinator {
     }
 
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        // Health checkers see the services go first, while in-flight calls finish.
+        self.health
+            .set_not_serving::<ClientServiceServer<ClientApi>>()
+            .await;
+        self.health
+            .set_not_serving::<WorkerServiceServer<WorkerApi>>()
+            .await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -112,10 +121,21 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
     let worker = WorkerServiceServer::new(WorkerApi::new(shared))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions (grpcurl and older clients speak v1alpha), and grpc.health.v1 per service.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ClientServiceServer<ClientApi>>().await;
+    health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
     let mut builder = Server::builder();
     if let Some((cert, key)) = &options.tls {
         let read = |path: &PathBuf| {
@@ -131,7 +151,9 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
     let router = builder
         .add_service(client)
         .add_service(worker)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(health_service);
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
         TcpListenerStream::new(listener),
         async {
@@ -146,5 +168,6 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
         shutdown: Some(tx),
         server,
         ticker,
+        health,
     })
 }
