@@ -1,6 +1,6 @@
-//! Serving: open the store, resume the scheduler, and serve both gRPC services (plus reflection v1 and v1alpha
-//! and grpc.health.v1) on a
-//! listener, with optional TLS. Used by `tandem serve`, the end-to-end tests and the scale benchmark.
+//! Serving: open the store, resume the scheduler, and serve both gRPC services (plus reflection v1 and v1alpha,
+//! and grpc.health.v1) on a listener, with optional TLS. Used by `tandem serve`, the end-to-end tests and the
+//! scale benchmark.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
