@@ -352,3 +352,74 @@ fn help_never_prints_the_token() {
     assert!(help.contains("TANDEM_TOKEN"), "{help}");
     assert!(!help.contains("secret-token-value"), "{help}");
 }
+
+#[test]
+fn set_overrides_a_value_typed_and_validated_like_the_file_and_changes_the_hash() {
+    let (_dir, manifest) = project();
+    let m = manifest.to_str().unwrap();
+    let hash = |extra: &[&str]| {
+        let mut args = vec!["manifest", "hash", m];
+        args.extend_from_slice(extra);
+        let out = tandem(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let plain = hash(&[]);
+    let overridden = hash(&["--set", "lora.r=64"]);
+    assert_ne!(
+        plain, overridden,
+        "an override is part of the manifest's identity"
+    );
+    assert_eq!(
+        overridden,
+        hash(&["--set", "lora.r=8", "--set", "lora.r=64"]),
+        "the last one wins"
+    );
+
+    let out = tandem(&[
+        "validate",
+        m,
+        "--set",
+        "lora.r=64",
+        "--set",
+        "stage1.training.lr=2e-5",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("LoRA r=64"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Typed and range-checked like the file, the field named; a malformed override exits 2 naming it.
+    for (set, expected) in [
+        ("lora.r=\"many\"", "lora.r"),
+        ("stage1.training.lr=-1", "stage1.training.lr: out of range"),
+        ("lora.rank=3", "lora.rank: unknown field"),
+        ("lora.r", "--set \"lora.r\": expected KEY=VALUE"),
+        (
+            "name.first=1",
+            "--set name.first: name is a value, not a table",
+        ),
+    ] {
+        let out = tandem(&["validate", m, "--set", set]);
+        assert_eq!(out.status.code(), Some(2), "{set}");
+        assert!(
+            text(&out.stderr).contains(expected),
+            "{set}: {}",
+            text(&out.stderr)
+        );
+    }
+    // The plan follows the override.
+    let out = tandem(&["plan", m, "--format", "json", "--set", "lora.r=64"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"r\": 64"),
+        "{}",
+        text(&out.stdout)
+    );
+}

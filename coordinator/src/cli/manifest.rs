@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use tandem_experiments::manifest::content_hash;
 
-use super::validate::load_or_report;
+use super::validate::{Overrides, load_or_report};
 
 #[derive(Debug, Subcommand)]
 pub enum ManifestCommand {
@@ -30,12 +30,14 @@ pub struct HashArgs {
     pub manifest: PathBuf,
     #[arg(long, value_enum, default_value_t = HashFormat::Plain)]
     pub format: HashFormat,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 pub fn run(command: ManifestCommand) -> anyhow::Result<ExitCode> {
     let ManifestCommand::Hash(args) = command;
-    let manifest = match load_or_report(&args.manifest, true) {
-        Ok(m) => m,
+    let manifest = match load_or_report(&args.manifest, &args.overrides, true) {
+        Ok((m, _)) => m,
         Err(code) => return Ok(code),
     };
     let hash =

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use tandem_experiments::planner;
 
-use super::validate::load_or_report;
+use super::validate::{Overrides, load_or_report};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {
@@ -19,11 +19,13 @@ pub struct PlanArgs {
     pub manifest: PathBuf,
     #[arg(long, value_enum, default_value_t = PlanFormat::Tree)]
     pub format: PlanFormat,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let manifest = match load_or_report(&args.manifest, true) {
-        Ok(m) => m,
+    let manifest = match load_or_report(&args.manifest, &args.overrides, true) {
+        Ok((m, _)) => m,
         Err(code) => return Ok(code),
     };
     let plan = match planner::plan(&manifest) {

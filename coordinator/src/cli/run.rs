@@ -26,6 +26,8 @@ pub struct RunArgs {
     /// Local worker processes to start.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    #[command(flatten)]
+    pub overrides: super::validate::Overrides,
     /// Store folder of the embedded coordinator (reused across runs: finished jobs come from the cache).
     #[arg(long, default_value = ".tandem/store")]
     pub store: PathBuf,
@@ -106,7 +108,7 @@ fn check_fit(
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let super::submit::Prepared { request, blobs } =
-        match super::submit::request(&args.manifest, None, &[], 0)? {
+        match super::submit::request(&args.manifest, None, &[], 0, &args.overrides)? {
             Ok(prepared) => prepared,
             Err(code) => return Ok(code),
         };

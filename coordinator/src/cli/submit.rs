@@ -30,6 +30,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub format: Option<String>,
     #[command(flatten)]
+    pub overrides: super::validate::Overrides,
+    #[command(flatten)]
     pub client: ClientArgs,
 }
 
@@ -100,17 +102,12 @@ fn file_input(role: String, path: &Path) -> anyhow::Result<(pb::InputRef, InputB
 /// manifest field and their blobs; `Err(code)` when the manifest is invalid (its problems were printed).
 type Planned = (String, Vec<pb::JobSpec>, Vec<pb::InputRef>, Vec<InputBlob>);
 
-fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
-    use tandem_experiments::manifest::{self, LoadOptions};
+fn plan_toml(
+    manifest: &tandem_experiments::manifest::Manifest,
+    path: &Path,
+) -> anyhow::Result<Planned> {
     use tandem_experiments::planner::wire;
-    let manifest = match manifest::load(path, LoadOptions::default()) {
-        Ok(m) => m,
-        Err(err) => {
-            eprintln!("{err}");
-            return Ok(Err(ExitCode::from(2)));
-        }
-    };
-    let plan = tandem_experiments::planner::plan(&manifest)
+    let plan = tandem_experiments::planner::plan(manifest)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let jobs = plan.jobs.iter().map(wire::encode).collect();
     let inputs = plan
@@ -118,33 +115,42 @@ fn plan_toml(path: &Path) -> anyhow::Result<Result<Planned, ExitCode>> {
         .iter()
         .map(|(role, input)| wire::input_to_pb(role, input))
         .collect();
-    Ok(Ok((plan.experiment, jobs, inputs, plan.blobs)))
+    Ok((plan.experiment, jobs, inputs, plan.blobs))
 }
 
-/// Reads `manifest` (planning a toml manifest here) into a submit request and the blobs behind its inputs;
-/// `Err(code)` when the manifest is invalid (its problems were printed).
+/// Reads `manifest` (planning a toml manifest here, with `overrides` written in) into a submit request and
+/// the blobs behind its inputs; `Err(code)` when the manifest is invalid (its problems were printed).
 pub fn request(
     manifest_path: &Path,
     format: Option<&str>,
     extra_inputs: &[PathBuf],
     priority: i32,
+    overrides: &super::validate::Overrides,
 ) -> anyhow::Result<Result<Prepared, ExitCode>> {
-    let manifest = std::fs::read(manifest_path)
+    let mut manifest = std::fs::read(manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
     let format = match format {
         Some(f) => f.to_string(),
         None => format_of(manifest_path)?,
     };
+    anyhow::ensure!(
+        overrides.sets.is_empty() || format == tandem_coordinator::planning::FORMAT_TOML,
+        "--set applies to TOML experiment manifests only; {} is {format}",
+        manifest_path.display()
+    );
     let (mut experiment_name, mut jobs, mut inputs, mut blobs) =
         (String::new(), Vec::new(), Vec::new(), Vec::new());
     let mut files = Vec::new();
     if format == tandem_coordinator::planning::FORMAT_JOBGRAPH {
         files = jobgraph_files(manifest_path, &manifest)?;
     } else if format == tandem_coordinator::planning::FORMAT_TOML {
-        match plan_toml(manifest_path)? {
-            Ok(planned) => (experiment_name, jobs, inputs, blobs) = planned,
+        let (loaded, text) = match super::validate::load_or_report(manifest_path, overrides, true) {
+            Ok(loaded) => loaded,
             Err(code) => return Ok(Err(code)),
-        }
+        };
+        // The text with the overrides written in is what the coordinator stores, re-plans and hashes.
+        manifest = text.into_bytes();
+        (experiment_name, jobs, inputs, blobs) = plan_toml(&loaded, manifest_path)?;
     }
     for path in extra_inputs {
         let name = path
@@ -182,6 +188,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         args.format.as_deref(),
         &args.inputs,
         args.priority,
+        &args.overrides,
     )? {
         Ok(prepared) => prepared,
         Err(code) => return Ok(code),

@@ -4,26 +4,57 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tandem_experiments::manifest::{self, LoadOptions, Manifest, SplitSpec};
+use tandem_experiments::manifest::{self, LoadOptions, Manifest, SplitSpec, overrides};
+
+/// `--set KEY=VALUE` overrides of manifest values.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// Override a manifest value, typed and validated like the file (e.g. --set stage1.training.lr=2e-5,
+    /// --set lora.r=64); repeat for several. The overridden manifest is what is planned, submitted and hashed.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The manifest (TOML).
     pub manifest: PathBuf,
+    #[command(flatten)]
+    pub overrides: Overrides,
     /// Check the schema and values only, not the referenced files (model weights, datasets).
     #[arg(long)]
     pub schema_only: bool,
 }
 
-/// Loads a manifest; on failure prints every problem to stderr and returns the exit code (2 when invalid).
-pub fn load_or_report(path: &std::path::Path, check_files: bool) -> Result<Manifest, ExitCode> {
-    match manifest::load(path, LoadOptions { check_files }) {
-        Ok(manifest) => Ok(manifest),
+/// Loads a manifest with `overrides` written in; on failure prints every problem to stderr and returns the
+/// exit code (2 when invalid). Returns the manifest and the text it was parsed from (what is submitted).
+pub fn load_or_report(
+    path: &std::path::Path,
+    overrides: &Overrides,
+    check_files: bool,
+) -> Result<(Manifest, String), ExitCode> {
+    let text = match overrides::read_with(path, &overrides.sets) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    match manifest::parse_str(&text, path, LoadOptions { check_files }) {
+        Ok(manifest) => Ok((manifest, text)),
         Err(error) => {
             let count = error.diagnostics().len();
             if count > 0 {
+                let with = if overrides.sets.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (with --set {}; positions are in the manifest with them written in)",
+                        overrides.sets.join(" --set ")
+                    )
+                };
                 eprintln!(
-                    "{}: {count} problem{}:",
+                    "{}{with}: {count} problem{}:",
                     path.display(),
                     if count == 1 { "" } else { "s" }
                 );
@@ -83,8 +114,8 @@ pub fn summary(m: &Manifest) -> String {
 }
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let manifest = match load_or_report(&args.manifest, !args.schema_only) {
-        Ok(m) => m,
+    let manifest = match load_or_report(&args.manifest, &args.overrides, !args.schema_only) {
+        Ok((m, _)) => m,
         Err(code) => return Ok(code),
     };
     let scope = if args.schema_only {

@@ -7,6 +7,7 @@
 pub mod defaults;
 pub mod diagnostic;
 pub mod hash;
+pub mod overrides;
 pub mod paths;
 mod raw;
 mod resolve;
