@@ -423,3 +423,36 @@ fn set_overrides_a_value_typed_and_validated_like_the_file_and_changes_the_hash(
         text(&out.stdout)
     );
 }
+
+#[test]
+fn bash_completion_completes_subcommands_and_flags() {
+    let out = tandem(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tandem.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    // Source it in a real bash and ask for completions as bash's completion machinery would.
+    let complete = |words: &str, cword: usize| {
+        let probe = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; COMP_POINT=${{#COMP_LINE}}; \
+             _tandem tandem \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let subcommands = complete("tandem lau", 1);
+    assert_eq!(subcommands.trim(), "launch", "{subcommands}");
+    let flags = complete("tandem launch slurm --gpu", 3);
+    assert!(
+        flags.contains("--gpus-per-worker") && flags.contains("--gpu-flag"),
+        "{flags}"
+    );
+    for shell in ["zsh", "fish"] {
+        let out = tandem(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains("launch"), "{shell}");
+    }
+}

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod cancel;
 mod client;
+mod completions;
 mod data;
 pub mod exit;
 mod export;
@@ -87,6 +88,8 @@ pub enum Command {
     /// Kubernetes Job rendered.
     #[command(subcommand)]
     Launch(launch::LaunchCommand),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` overrides the default level (warn).
@@ -120,5 +123,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(args),
         Command::Score(args) => score::run(args),
         Command::Launch(command) => launch::run(command),
+        Command::Completions(args) => completions::run(args),
     }
 }
