@@ -24,7 +24,11 @@ need_root() {
 install() {
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
         echo "cluster.sh: installing slurm-wlm and munge with apt-get" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; then
+            # Stale or missing package lists: refresh them once and try again.
+            apt-get update -q >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
+        fi
     fi
 }
 
