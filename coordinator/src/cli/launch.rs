@@ -440,44 +440,38 @@ async fn queued_jobs(client: &mut Client) -> anyhow::Result<(u32, u32)> {
     Ok((fit, unfit))
 }
 
-async fn watch(
-    args: &SlurmArgs,
-    slurm: &Slurm,
-    ledger: &Ledger,
-    submit: impl Fn(u32, &str) -> anyhow::Result<String>,
-) -> anyhow::Result<ExitCode> {
-    let policy = Policy {
-        max_workers: args.max_workers.max(1),
-        idle_timeout_ms: args.idle_timeout * 1000,
-    };
-    let interval = Duration::from_secs_f64(args.interval.max(0.2));
-    let mut elastic = Elastic::default();
-    let mut client = args.client.connect().await?;
-    println!(
-        "watching {} for queued work: at most {} worker job(s), idle ones cancelled after {} s (Ctrl-C stops \
-         watching; worker jobs keep running)",
-        args.client.coordinator, policy.max_workers, args.idle_timeout
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last_unfit = 0;
-    loop {
+/// State the watch loop carries from round to round.
+struct Watch<'a, F> {
+    args: &'a SlurmArgs,
+    slurm: &'a Slurm,
+    ledger: &'a Ledger,
+    submit: F,
+    policy: Policy,
+    elastic: Elastic,
+    last_unfit: u32,
+}
+
+impl<F: Fn(u32, &str) -> anyhow::Result<String>> Watch<'_, F> {
+    /// One look at the coordinator and Slurm, and what it decides.
+    async fn round(&mut self, client: &mut Client) -> anyhow::Result<()> {
         let workers = client
             .list_workers(pb::ListWorkersRequest {})
             .await
             .map_err(rpc)?
             .into_inner()
             .workers;
-        let (queued, unfit) = queued_jobs(&mut client).await?;
-        if unfit != last_unfit && unfit > 0 {
+        let (queued, unfit) = queued_jobs(client).await?;
+        if unfit != self.last_unfit && unfit > 0 {
             println!(
                 "{} {unfit} queued job(s) need more than any live worker offers (see tandem status); these \
                  workers would not fit them either unless launched with more GPUs, CPUs or memory",
                 utc(tandem_coordinator::store::now_ms())
             );
         }
-        last_unfit = unfit;
-        let ours = ledger::launched_elements(&ledger.read()?);
-        let held: Vec<QueuedJob> = slurm
+        self.last_unfit = unfit;
+        let ours = ledger::launched_elements(&self.ledger.read()?);
+        let held: Vec<QueuedJob> = self
+            .slurm
             .queue()?
             .into_iter()
             .filter(|j| slurm::is_active(&j.state) && ours.contains(&j.id))
@@ -504,17 +498,17 @@ async fn watch(
             })
             .count() as u32;
         let now_ms = tandem_coordinator::store::now_ms();
-        let decision = elastic.decide(
+        let decision = self.elastic.decide(
             &elastic::Observation {
                 now_ms,
                 queued_jobs: queued,
                 other_idle_workers,
                 elements,
             },
-            policy,
+            self.policy,
         );
         if decision.launch > 0 {
-            let job = submit(decision.launch, &decision.launch_reason)?;
+            let job = (self.submit)(decision.launch, &decision.launch_reason)?;
             println!(
                 "{} launch: Slurm job {job}, {} worker(s): {}",
                 utc(now_ms),
@@ -523,13 +517,57 @@ async fn watch(
             );
         }
         for (id, reason) in &decision.cancel {
-            slurm.cancel(std::slice::from_ref(id), None)?;
-            ledger.append(Event::Cancel {
+            self.slurm.cancel(std::slice::from_ref(id), None)?;
+            self.ledger.append(Event::Cancel {
                 jobs: vec![id.clone()],
                 reason: reason.clone(),
             })?;
             tracing::info!(job = %id, reason = %reason, "cancelled worker job");
             println!("{} cancel: Slurm job {id}: {reason}", utc(now_ms));
+        }
+        Ok(())
+    }
+}
+
+/// The elastic loop: a round every `--interval` until SIGTERM or Ctrl-C. A round that fails (the coordinator
+/// or Slurm briefly unreachable) is reported and retried at the next interval; the launched jobs are untouched.
+/// A coordinator that cannot be reached at the start is an error.
+async fn watch(
+    args: &SlurmArgs,
+    slurm: &Slurm,
+    ledger: &Ledger,
+    submit: impl Fn(u32, &str) -> anyhow::Result<String>,
+) -> anyhow::Result<ExitCode> {
+    let policy = Policy {
+        max_workers: args.max_workers.max(1),
+        idle_timeout_ms: args.idle_timeout * 1000,
+    };
+    let interval = Duration::from_secs_f64(args.interval.max(0.2));
+    let mut state = Watch {
+        args,
+        slurm,
+        ledger,
+        submit,
+        policy,
+        elastic: Elastic::default(),
+        last_unfit: 0,
+    };
+    println!(
+        "watching {} for queued work: at most {} worker job(s), idle ones cancelled after {} s (Ctrl-C stops \
+         watching; worker jobs keep running)",
+        state.args.client.coordinator, policy.max_workers, args.idle_timeout
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A wrong address fails at once; later outages are retried (the channel reconnects by itself).
+    let mut client = args.client.connect().await?;
+    loop {
+        if let Err(err) = state.round(&mut client).await {
+            println!(
+                "{} round failed, retrying in {:.1} s: {err:#}",
+                utc(tandem_coordinator::store::now_ms()),
+                interval.as_secs_f64()
+            );
+            tracing::warn!(error = %format!("{err:#}"), "elastic round failed");
         }
         let _ = std::io::stdout().flush();
         tokio::select! {

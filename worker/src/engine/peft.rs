@@ -229,8 +229,9 @@ fn last_component(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// Loads a PEFT adapter from `dir` into `model` (replacing any LoRA updates it has). The adapter must be for
-/// this base model (by name) and, when `expected_r` is given, have that rank. Returns its LoRA settings.
+/// Loads a PEFT adapter from `dir` into `model` (replacing any LoRA updates it has). The adapter must fit this
+/// model (task type, targeted modules and every tensor's shape; a differently named base only warns, as in PEFT)
+/// and, when `expected_r` is given, have that rank. Returns its LoRA settings.
 pub fn load(
     model: &mut dyn LanguageModel,
     dir: &Path,
@@ -283,9 +284,9 @@ pub struct ModuleAdapter {
     pub b: Vec<f32>,
 }
 
-/// Reads and checks a PEFT adapter in `dir` against a model's modules: the base model's name, the rank
-/// (`expected_r`), the task type, every targeted module's tensors and their shapes, and no stray tensor. Returns
-/// the adapter's LoRA settings and the values of every targeted module, in `modules` order.
+/// Reads and checks a PEFT adapter in `dir` against a model's modules (a differently named base only warns): the
+/// rank (`expected_r`), the task type, every targeted module's tensors and their shapes, and no stray tensor.
+/// Returns the adapter's LoRA settings and the values of every targeted module, in `modules` order.
 pub fn read_adapter(
     dir: &Path,
     expected_r: Option<usize>,
@@ -296,18 +297,20 @@ pub fn read_adapter(
     let cfg_path = dir.join(CONFIG_FILE);
     let config = read_config(dir)?;
     let lora = config.lora_config(&cfg_path)?;
+    // As PEFT does, a differently named base is no refusal (models are renamed, copied, converted to GGUF):
+    // the architecture and every tensor's shape below decide.
     if let Some(base) = config
         .base_model_name_or_path
         .as_deref()
         .filter(|b| !b.is_empty())
         && last_component(base) != last_component(base_name)
     {
-        return Err(EngineError::adapter(
-            &cfg_path,
-            format!(
-                "base_model_name_or_path is {base:?}, but the loaded base model is {base_name:?}"
-            ),
-        ));
+        tracing::warn!(
+            adapter = %cfg_path.display(),
+            adapter_base = base,
+            loaded_base = base_name,
+            "the adapter names another base model; it loads if every tensor's shape matches"
+        );
     }
     if let Some(r) = expected_r.filter(|&r| r != config.r) {
         return Err(EngineError::adapter(

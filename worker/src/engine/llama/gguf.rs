@@ -227,6 +227,16 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
     Ok(tok)
 }
 
+/// The Hugging Face model id a GGUF file names as its source (`general.source.huggingface.repository`), when it
+/// names one.
+pub fn source_id(store: &GgufStore) -> Option<String> {
+    store
+        .meta("general.source.huggingface.repository")
+        .and_then(|v| v.to_string().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| super::model::is_model_id(s))
+}
+
 /// Opens a GGUF LLaMA: store (with head counts set), config and tokenizer.
 pub fn open(path: &Path) -> Result<(GgufStore, LlamaConfig, Tokenizer)> {
     let mut store = GgufStore::open(path)?;

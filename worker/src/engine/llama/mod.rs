@@ -60,6 +60,7 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
     {
         let (store, config, tokenizer) = gguf::open(path)?;
         check_vocab(&tokenizer, &config, path)?;
+        let name = gguf::source_id(&store).unwrap_or(name);
         return Ok(Checkpoint {
             config,
             store: Box::new(store),

@@ -566,9 +566,34 @@ pub fn left_pad(prompts: &[Vec<u32>], pad_id: u32) -> (Vec<u32>, Vec<usize>, usi
     (ids, pad, longest)
 }
 
-/// The name of a model at `path` written into adapters: its directory or file name.
+/// What adapters record as their base model (`base_model_name_or_path`), as PEFT users expect: the model's id
+/// when the checkpoint names it (a Hugging Face folder's `config.json` `_name_or_path`; a GGUF's
+/// `general.source.huggingface.repository`, see `gguf::source_id`), else its folder or file name.
 pub fn base_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+    config_model_id(path).unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    })
+}
+
+/// Whether `name` reads as a Hugging Face model id (`org/name` or `name`), not a file-system path.
+pub fn is_model_id(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    !name.is_empty()
+        && parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+}
+
+/// The model id a Hugging Face folder's `config.json` records in `_name_or_path`, when it is an id.
+fn config_model_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let id = config.get("_name_or_path")?.as_str()?.trim();
+    is_model_id(id).then(|| id.to_string())
 }
