@@ -17,6 +17,20 @@ fn each_kind_of_failure_exits_with_its_code() {
 
     let ok = tandem(url, Some(&team), &["status"]);
     assert_eq!(code(&ok), 0, "{}", String::from_utf8_lossy(&ok.stderr));
+    // Every read command's --format: table (alias text), json, csv.
+    for (format, first_line) in [
+        ("csv", "id,name,team,state,done,created (UTC)"),
+        ("text", "id  name  team  state  done  created (UTC)"),
+        ("json", "[]"),
+    ] {
+        let out = tandem(url, Some(&team), &["status", "--format", format]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.lines().next(),
+            Some(first_line),
+            "{format}: {stdout}"
+        );
+    }
 
     let missing = tandem(url, Some(&team), &["status", "no-such-experiment"]);
     assert_eq!(

@@ -22,7 +22,7 @@ use tandem_coordinator::launch::worker::WorkerSpec;
 use tandem_proto as pb;
 
 use super::client::{Client, ClientArgs, block_on, rpc, utc};
-use super::status::StatusFormat;
+use super::output::{OutputFormat, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum LaunchCommand {
@@ -123,8 +123,9 @@ pub struct SlurmArgs {
 pub struct StatusArgs {
     #[arg(long, default_value = ".tandem/slurm")]
     pub state_dir: PathBuf,
-    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
-    pub format: StatusFormat,
+    /// table, json (one object per worker job: slurm_job, state, detail, worker) or csv.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -640,28 +641,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let rows = rows(&state_dir, &slurm, &workers)?;
-    if args.format == StatusFormat::Json {
-        let out: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({"slurm_job": r.id, "state": r.state, "detail": r.detail,
-                       "worker": r.worker.as_ref().map(|w| json!({"id": w.id, "alive": w.alive, "jobs": w.jobs,
-                           "host": w.host}))})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if rows.is_empty() {
+    if rows.is_empty() && args.format == OutputFormat::Table {
         println!("no worker jobs launched from {}", state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(0).max(9);
-    let state_width = rows.iter().map(|r| r.state.len()).max().unwrap_or(0).max(5);
-    println!(
-        "{:<width$}  {:<state_width$}  {:<16}  {:<28}  jobs",
-        "slurm job", "state", "node / reason", "worker"
-    );
+    let mut table = Table::new(&["slurm job", "state", "node / reason", "worker", "jobs"]);
     for r in &rows {
         let (worker, jobs) = match &r.worker {
             Some(w) => (
@@ -674,11 +658,21 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             ),
             None => ("-".into(), "-".into()),
         };
-        println!(
-            "{:<width$}  {:<state_width$}  {:<16}  {:<28}  {jobs}",
-            r.id, r.state, r.detail, worker
+        let json = json!({"slurm_job": r.id, "state": r.state, "detail": r.detail,
+               "worker": r.worker.as_ref().map(|w| json!({"id": w.id, "alive": w.alive, "jobs": w.jobs,
+                   "host": w.host}))});
+        table.row(
+            vec![
+                r.id.clone(),
+                r.state.clone(),
+                r.detail.clone(),
+                worker,
+                jobs,
+            ],
+            Some(json),
         );
     }
+    print!("{}", table.render(args.format));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,7 @@ pub mod exit;
 mod export;
 mod launch;
 mod manifest;
+mod output;
 mod plan;
 mod plot;
 mod results;

@@ -1,25 +1,21 @@
-//! `tandem status [ID] [--format json]`: experiments, or one experiment's jobs.
+//! `tandem status [ID] [--format table|json|csv]`: experiments, or one experiment's jobs.
 
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::json;
 use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, rpc, utc};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StatusFormat {
-    Text,
-    Json,
-}
+use super::output::{OutputFormat, Table};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Experiment id (omit to list your experiments).
     pub experiment: Option<String>,
-    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
-    pub format: StatusFormat,
+    /// table, json (a stable object per experiment, or the experiment with its jobs) or csv.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -62,32 +58,23 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                if args.format == StatusFormat::Json {
-                    let rows: Vec<_> = list
-                        .experiments
-                        .iter()
-                        .map(|e| json!({"id": e.id, "name": e.name, "team": e.team, "state": e.state,
-                                        "jobs": e.jobs, "jobs_done": e.jobs_done, "created_ms": e.created_ms}))
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                } else {
-                    println!(
-                        "{:<10} {:<24} {:<12} {:<10} {:>9}  created (UTC)",
-                        "id", "name", "team", "state", "done"
+                let mut table =
+                    Table::new(&["id", "name", "team", "state", "done", "created (UTC)"]);
+                for e in &list.experiments {
+                    table.row(
+                        vec![
+                            e.id.clone(),
+                            e.name.clone(),
+                            e.team.clone(),
+                            e.state.clone(),
+                            format!("{}/{}", e.jobs_done, e.jobs),
+                            utc(e.created_ms),
+                        ],
+                        Some(json!({"id": e.id, "name": e.name, "team": e.team, "state": e.state,
+                                    "jobs": e.jobs, "jobs_done": e.jobs_done, "created_ms": e.created_ms})),
                     );
-                    for e in list.experiments {
-                        println!(
-                            "{:<10} {:<24} {:<12} {:<10} {:>4}/{:<4}  {}",
-                            e.id,
-                            e.name,
-                            e.team,
-                            e.state,
-                            e.jobs_done,
-                            e.jobs,
-                            utc(e.created_ms)
-                        );
-                    }
                 }
+                print!("{}", table.render(args.format));
             }
             Some(id) => {
                 let status = client
@@ -97,41 +84,51 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                if args.format == StatusFormat::Json {
+                if args.format == OutputFormat::Json {
                     println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
-                } else {
+                    return anyhow::Ok(ExitCode::SUCCESS);
+                }
+                let mut table =
+                    Table::new(&["job", "name", "kind", "state", "attempts", "worker", "note"]);
+                for j in &status.jobs {
+                    let state = if j.cached {
+                        format!("{} (cached)", job_state(j))
+                    } else {
+                        job_state(j).to_string()
+                    };
+                    let note = if !j.last_error.is_empty() {
+                        format!("last error: {}", j.last_error)
+                    } else if !j.waiting_reason.is_empty() {
+                        format!("waiting: {}", j.waiting_reason)
+                    } else {
+                        String::new()
+                    };
+                    let id = if args.format == OutputFormat::Table {
+                        j.id[..j.id.len().min(16)].to_string()
+                    } else {
+                        j.id.clone()
+                    };
+                    table.row(
+                        vec![
+                            id,
+                            j.name.clone(),
+                            j.kind.clone(),
+                            state,
+                            j.attempts.to_string(),
+                            j.worker.clone(),
+                            note,
+                        ],
+                        None,
+                    );
+                }
+                if args.format == OutputFormat::Table {
                     let s = status.summary.clone().unwrap_or_default();
                     println!(
                         "experiment {} ({}) team {}: {} ({}/{} jobs done)",
                         s.id, s.name, s.team, s.state, s.jobs_done, s.jobs
                     );
-                    println!(
-                        "{:<16} {:<28} {:<12} {:<10} {:>8}  worker",
-                        "job", "name", "kind", "state", "attempts"
-                    );
-                    for j in &status.jobs {
-                        let state = if j.cached {
-                            format!("{} (cached)", job_state(j))
-                        } else {
-                            job_state(j).to_string()
-                        };
-                        println!(
-                            "{:<16} {:<28} {:<12} {:<10} {:>8}  {}",
-                            &j.id[..j.id.len().min(16)],
-                            j.name,
-                            j.kind,
-                            state,
-                            j.attempts,
-                            j.worker
-                        );
-                        if !j.last_error.is_empty() {
-                            println!("{:<16} last error: {}", "", j.last_error);
-                        }
-                        if !j.waiting_reason.is_empty() {
-                            println!("{:<16} waiting: {}", "", j.waiting_reason);
-                        }
-                    }
                 }
+                print!("{}", table.render(args.format));
             }
         }
         anyhow::Ok(ExitCode::SUCCESS)

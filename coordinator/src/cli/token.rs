@@ -11,6 +11,7 @@ use tandem_coordinator::store::{AuditEntry, SledStore, Store, TokenRole, now_ms}
 use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, rpc, utc};
+use super::output::{OutputFormat, Table};
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -41,6 +42,9 @@ pub enum TokenCommand {
     List {
         #[arg(long)]
         store: Option<PathBuf>,
+        /// table, json (id, role, name, created_ms, revoked per token) or csv.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -117,7 +121,11 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
-        TokenCommand::List { store, client } => {
+        TokenCommand::List {
+            store,
+            format,
+            client,
+        } => {
             let rows: Vec<(String, String, String, u64, bool)> = match store {
                 Some(dir) => SledStore::open(&dir)?
                     .tokens()?
@@ -148,16 +156,16 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                     )
                 })??,
             };
-            println!(
-                "{:<20} {:<7} {:<24} {:<20} revoked",
-                "id", "role", "name", "created (UTC)"
-            );
+            let mut table = Table::new(&["id", "role", "name", "created (UTC)", "revoked"]);
             for (id, role, name, created, revoked) in rows {
-                println!(
-                    "{id:<20} {role:<7} {name:<24} {:<20} {revoked}",
-                    utc(created)
+                let json = serde_json::json!({"id": id, "role": role, "name": name, "created_ms": created,
+                                              "revoked": revoked});
+                table.row(
+                    vec![id, role, name, utc(created), revoked.to_string()],
+                    Some(json),
                 );
             }
+            print!("{}", table.render(format));
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Revoke { token_id, client } => {

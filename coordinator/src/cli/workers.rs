@@ -10,12 +10,13 @@ use tandem_proto as pb;
 use tandem_coordinator::launch::slurm::Slurm;
 
 use super::client::{ClientArgs, block_on, rpc, utc};
-use super::status::StatusFormat;
+use super::output::{OutputFormat, Table};
 
 #[derive(Debug, Args)]
 pub struct WorkersArgs {
-    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
-    pub format: StatusFormat,
+    /// table, json (one object per worker, devices and cluster job included) or csv.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -53,71 +54,63 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
                         .unwrap_or_else(|| "not queued".into())
                 })
         };
-        if args.format == StatusFormat::Json {
-            let rows: Vec<_> = reply
-                .workers
-                .iter()
-                .map(|w| {
-                    let r = w.resources.unwrap_or_default();
-                    json!({"id": w.id, "name": w.name, "alive": w.alive, "jobs": w.jobs, "kinds": w.kinds,
-                           "gpus": r.gpus, "gpu_memory_mib": r.gpu_memory_mib, "cpu_threads": r.cpu_threads,
-                           "version": w.version, "host": w.host, "last_seen_ms": w.last_seen_ms,
-                           "devices": w.devices.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name,
-                               "memory_mib": d.memory_mib, "compute_capability": d.compute_capability}))
-                               .collect::<Vec<_>>(),
-                           "cluster_job": w.cluster_job.as_ref().map(|c| json!({"scheduler": c.scheduler,
-                               "job_id": c.job_id, "node": c.node, "partition": c.partition, "gpus": c.gpus,
-                               "restarts": c.restarts, "state": slurm_state(w)}))})
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        } else {
-            println!(
-                "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} {:<16} {:<34} devices found",
-                "worker",
-                "alive",
-                "gpus",
-                "gpu MiB",
-                "threads",
-                "last seen (UTC)",
-                "jobs",
-                "host",
-                "cluster job"
-            );
-            for w in reply.workers {
-                let r = w.resources.unwrap_or_default();
-                let jobs = if w.jobs.is_empty() {
-                    "-".to_string()
-                } else {
-                    w.jobs.join(",")
-                };
-                let cluster = match &w.cluster_job {
-                    Some(c) => {
-                        let gpus = if c.gpus.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" gpus {}", c.gpus)
-                        };
-                        let state = slurm_state(&w).map(|s| format!(" {s}")).unwrap_or_default();
-                        format!("{} {}{gpus}{state}", c.scheduler, c.job_id)
-                    }
-                    None => "-".into(),
-                };
-                println!(
-                    "{:<28} {:<6} {:>4} {:>8} {:>7}  {:<20} {:<20} {:<16} {:<34} {}",
-                    w.id,
-                    if w.alive { "yes" } else { "no" },
-                    r.gpus,
-                    r.gpu_memory_mib,
-                    r.cpu_threads,
+        let mut table = Table::new(&[
+            "worker",
+            "alive",
+            "gpus",
+            "gpu MiB",
+            "threads",
+            "last seen (UTC)",
+            "jobs",
+            "host",
+            "cluster job",
+            "devices found",
+        ]);
+        for w in &reply.workers {
+            let r = w.resources.unwrap_or_default();
+            let jobs = if w.jobs.is_empty() {
+                "-".to_string()
+            } else {
+                w.jobs.join(",")
+            };
+            let cluster = match &w.cluster_job {
+                Some(c) => {
+                    let gpus = if c.gpus.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" gpus {}", c.gpus)
+                    };
+                    let state = slurm_state(w).map(|s| format!(" {s}")).unwrap_or_default();
+                    format!("{} {}{gpus}{state}", c.scheduler, c.job_id)
+                }
+                None => "-".into(),
+            };
+            let json = json!({"id": w.id, "name": w.name, "alive": w.alive, "jobs": w.jobs, "kinds": w.kinds,
+                   "gpus": r.gpus, "gpu_memory_mib": r.gpu_memory_mib, "cpu_threads": r.cpu_threads,
+                   "version": w.version, "host": w.host, "last_seen_ms": w.last_seen_ms,
+                   "devices": w.devices.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name,
+                       "memory_mib": d.memory_mib, "compute_capability": d.compute_capability}))
+                       .collect::<Vec<_>>(),
+                   "cluster_job": w.cluster_job.as_ref().map(|c| json!({"scheduler": c.scheduler,
+                       "job_id": c.job_id, "node": c.node, "partition": c.partition, "gpus": c.gpus,
+                       "restarts": c.restarts, "state": slurm_state(w)}))});
+            table.row(
+                vec![
+                    w.id.clone(),
+                    if w.alive { "yes" } else { "no" }.into(),
+                    r.gpus.to_string(),
+                    r.gpu_memory_mib.to_string(),
+                    r.cpu_threads.to_string(),
                     utc(w.last_seen_ms),
                     jobs,
-                    w.host,
+                    w.host.clone(),
                     cluster,
-                    pb::devices_summary(&w.devices)
-                );
-            }
+                    pb::devices_summary(&w.devices),
+                ],
+                Some(json),
+            );
         }
+        print!("{}", table.render(args.format));
         anyhow::Ok(ExitCode::SUCCESS)
     })?
 }
