@@ -508,67 +508,58 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// An experiment's results (status, series, artifacts, manifest) as `token` sees them.
+pub fn results(url: &str, token: &str, experiment: &str) -> tandem_proto::ResultsReply {
+    runtime().block_on(async {
+        let mut client =
+            tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
+                .await
+                .unwrap();
+        client
+            .results(with_token(
+                tandem_proto::ResultsRequest {
+                    experiment_id: experiment.into(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    })
+}
+
 /// Every stored metric series of an experiment, by (job name, series name).
 pub fn series(
     url: &str,
     token: &str,
     experiment: &str,
 ) -> BTreeMap<(String, String), Vec<(u64, f64)>> {
-    runtime().block_on(async {
-        let mut client =
-            tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
-                .await
-                .unwrap();
-        let reply = client
-            .results(with_token(
-                tandem_proto::ResultsRequest {
-                    experiment_id: experiment.into(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let names: BTreeMap<String, String> = reply
-            .status
-            .unwrap()
-            .jobs
-            .into_iter()
-            .map(|j| (j.id, j.name))
-            .collect();
-        reply
-            .series
-            .into_iter()
-            .map(|s| {
-                (
-                    (names[&s.job_id].clone(), s.name),
-                    s.steps.into_iter().zip(s.values).collect(),
-                )
-            })
-            .collect()
-    })
+    let reply = results(url, token, experiment);
+    let names: BTreeMap<String, String> = reply
+        .status
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j.name))
+        .collect();
+    reply
+        .series
+        .into_iter()
+        .map(|s| {
+            (
+                (names[&s.job_id].clone(), s.name),
+                s.steps.into_iter().zip(s.values).collect(),
+            )
+        })
+        .collect()
 }
 
+/// An experiment's stored artifacts.
 pub fn artifacts(url: &str, token: &str, experiment: &str) -> Vec<tandem_proto::ArtifactRef> {
-    runtime().block_on(async {
-        let mut client =
-            tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
-                .await
-                .unwrap();
-        let reply = client
-            .results(with_token(
-                tandem_proto::ResultsRequest {
-                    experiment_id: experiment.into(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        reply.artifacts
-    })
+    results(url, token, experiment).artifacts
 }
 
+/// The job named `name` in `tandem status --format json` output.
 pub fn job<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["jobs"]
         .as_array()

@@ -537,12 +537,12 @@ fn elastic_mode_starts_workers_for_queued_work_and_cancels_them_when_idle() {
     assert!(output().contains("idle for "), "{}", output());
     lab.wait_all_ended();
     // SIGTERM ends the watch loop cleanly.
-    unsafe_free_terminate(&mut watch);
+    terminate(&mut watch);
     assert!(output().contains("stopped watching"), "{}", output());
 }
 
-/// Sends SIGTERM to `child` (through `kill`, no unsafe code) and waits for a clean exit.
-fn unsafe_free_terminate(child: &mut std::process::Child) {
+/// Sends SIGTERM to `child` (through the `kill` command) and waits for a clean exit.
+fn terminate(child: &mut std::process::Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

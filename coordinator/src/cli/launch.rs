@@ -443,7 +443,6 @@ async fn queued_jobs(client: &mut Client) -> anyhow::Result<(u32, u32)> {
 
 /// State the watch loop carries from round to round.
 struct Watch<'a, F> {
-    args: &'a SlurmArgs,
     slurm: &'a Slurm,
     ledger: &'a Ledger,
     submit: F,
@@ -545,7 +544,6 @@ async fn watch(
     };
     let interval = Duration::from_secs_f64(args.interval.max(0.2));
     let mut state = Watch {
-        args,
         slurm,
         ledger,
         submit,
@@ -556,7 +554,7 @@ async fn watch(
     println!(
         "watching {} for queued work: at most {} worker job(s), idle ones cancelled after {} s (Ctrl-C stops \
          watching; worker jobs keep running)",
-        state.args.client.coordinator, policy.max_workers, args.idle_timeout
+        args.client.coordinator, policy.max_workers, args.idle_timeout
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A wrong address fails at once; later outages are retried (the channel reconnects by itself).
@@ -597,6 +595,10 @@ fn rows(state_dir: &Path, slurm: &Slurm, workers: &[pb::WorkerInfo]) -> anyhow::
         .map(|j| (j.id.clone(), j))
         .collect();
     let by_job = workers_by_job(workers);
+    let arrays: Vec<String> = ledger::launches(&entries)
+        .map(|(job, _)| job.to_string())
+        .collect();
+    let ended = slurm.ended_states(&arrays);
     Ok(ledger::launched_elements(&entries)
         .into_iter()
         .map(|id| {
@@ -604,8 +606,9 @@ fn rows(state_dir: &Path, slurm: &Slurm, workers: &[pb::WorkerInfo]) -> anyhow::
                 Some(j) if j.state == "PENDING" => (j.state.clone(), j.reason.clone()),
                 Some(j) => (j.state.clone(), j.node.clone()),
                 None => (
-                    slurm
-                        .ended_state(&id)
+                    ended
+                        .get(&id)
+                        .cloned()
                         .unwrap_or_else(|| "ENDED (no longer known to Slurm)".into()),
                     String::new(),
                 ),

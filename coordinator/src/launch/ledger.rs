@@ -88,14 +88,17 @@ impl Ledger {
     }
 }
 
+/// Every array job the entries launched, with its element count, in launch order.
+pub fn launches(entries: &[Entry]) -> impl Iterator<Item = (&str, u32)> {
+    entries.iter().filter_map(|e| match &e.event {
+        Event::Launch { job, workers, .. } => Some((job.as_str(), *workers)),
+        Event::Cancel { .. } => None,
+    })
+}
+
 /// Every array element the entries launched (`1234_0`, `1234_1`, ...), in launch order.
 pub fn launched_elements(entries: &[Entry]) -> Vec<String> {
-    entries
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::Launch { job, workers, .. } => Some((job, *workers)),
-            Event::Cancel { .. } => None,
-        })
+    launches(entries)
         .flat_map(|(job, workers)| (0..workers).map(move |i| format!("{job}_{i}")))
         .collect()
 }

@@ -164,37 +164,36 @@ impl SlurmRequest {
                     .into(),
             );
         }
-        let mut args: Vec<String> = vec!["--coordinator".into(), shell_word(&w.coordinator)];
+        // One worker argument per line: a flag with its value, or an extra --worker-arg as given.
+        let path = |p: &std::path::Path| shell_word(&p.to_string_lossy());
+        let mut args: Vec<String> = vec![format!("--coordinator {}", shell_word(&w.coordinator))];
         if let Some(token) = &w.token_file {
-            args.extend(["--token-file".into(), shell_word(&token.to_string_lossy())]);
+            args.push(format!("--token-file {}", path(token)));
         }
         if let Some(ca) = &w.ca_cert {
-            args.extend(["--ca-cert".into(), shell_word(&ca.to_string_lossy())]);
+            args.push(format!("--ca-cert {}", path(ca)));
         }
         args.extend([
-            "--name".into(),
-            r#""slurm-$element""#.into(),
-            "--gpus".into(),
-            w.gpus.to_string(),
-            "--threads".into(),
-            r#""$SLURM_CPUS_PER_TASK""#.into(),
-            "--work-dir".into(),
-            format!(r#"{}"/$element""#, shell_word(&format!("{state}/work"))),
-            "--shutdown-grace-s".into(),
-            w.shutdown_grace_s().to_string(),
+            r#"--name "slurm-$element""#.to_string(),
+            format!("--gpus {}", w.gpus),
+            r#"--threads "$SLURM_CPUS_PER_TASK""#.to_string(),
+            format!(
+                r#"--work-dir {}"/$element""#,
+                shell_word(&format!("{state}/work"))
+            ),
+            format!("--shutdown-grace-s {}", w.shutdown_grace_s()),
         ]);
         if let Some(cache) = &self.cache_dir {
-            args.extend(["--cache-dir".into(), shell_word(&cache.to_string_lossy())]);
+            args.push(format!("--cache-dir {}", path(cache)));
         }
         args.extend(w.worker_args.iter().map(|a| shell_word(a)));
         line(format!(
             "exec srun --ntasks=1 --cpus-per-task=\"$SLURM_CPUS_PER_TASK\" {} agent \\",
-            shell_word(&self.worker_bin.to_string_lossy())
+            path(&self.worker_bin)
         ));
-        let pairs: Vec<String> = args.chunks(2).map(|pair| pair.join(" ")).collect();
-        let last = pairs.len() - 1;
-        for (i, pair) in pairs.iter().enumerate() {
-            line(format!("    {pair}{}", if i == last { "" } else { " \\" }));
+        let last = args.len() - 1;
+        for (i, arg) in args.iter().enumerate() {
+            line(format!("    {arg}{}", if i == last { "" } else { " \\" }));
         }
         Ok(s)
     }

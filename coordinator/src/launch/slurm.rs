@@ -118,9 +118,13 @@ impl Slurm {
         Ok(parse_queue(&out))
     }
 
-    /// The final state of a job that left the queue: `sacct` where accounting is kept, else `scontrol` while
-    /// Slurm still remembers the job (MinJobAge); `None` when neither knows.
-    pub fn ended_state(&self, id: &str) -> Option<String> {
+    /// The final states of worker jobs that left the queue, by element id (`1234_5`), for the array jobs
+    /// `arrays`: from one `sacct` call where accounting is kept, else from one `scontrol` call while Slurm still
+    /// remembers the jobs (MinJobAge). An element neither knows is absent.
+    pub fn ended_states(&self, arrays: &[String]) -> BTreeMap<String, String> {
+        if arrays.is_empty() {
+            return BTreeMap::new();
+        }
         let sacct = self.run(
             "sacct",
             &[
@@ -128,27 +132,28 @@ impl Slurm {
                 "--parsable2".into(),
                 "--allocations".into(),
                 "--format=JobID,State".into(),
-                format!("--jobs={id}"),
+                format!("--jobs={}", arrays.join(",")),
             ],
             |_| None,
         );
-        if let Ok(out) = sacct
-            && let Some(state) = out
+        let mut states: BTreeMap<String, String> = match sacct {
+            Ok(out) => out
                 .lines()
                 .filter_map(|l| l.split_once('|'))
-                .find(|(job, _)| *job == id)
-                .map(|(_, state)| state.trim().to_string())
-        {
-            return Some(state);
+                .map(|(job, state)| (job.trim().to_string(), state.trim().to_string()))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        if let Ok(out) = self.run(
+            "scontrol",
+            &["--oneliner".into(), "show".into(), "job".into()],
+            |_| None,
+        ) {
+            for (id, state) in scontrol_states(&out) {
+                states.entry(id).or_insert(state);
+            }
         }
-        let out = self
-            .run(
-                "scontrol",
-                &["--oneliner".into(), "show".into(), "job".into(), id.into()],
-                |_| None,
-            )
-            .ok()?;
-        scontrol_state(&out, id)
+        states
     }
 
     /// Cancels `ids` (array elements or whole arrays) with `scancel`, optionally with a signal only
@@ -191,23 +196,22 @@ pub fn parse_queue(out: &str) -> Vec<QueuedJob> {
         .collect()
 }
 
-/// `JobState=` of element `id` in `scontrol --oneliner show job` output (one line per array element).
-fn scontrol_state(out: &str, id: &str) -> Option<String> {
-    let (array, task) = id.split_once('_').unwrap_or((id, ""));
-    out.lines().find_map(|line| {
-        let fields: BTreeMap<&str, &str> = line
-            .split_whitespace()
-            .filter_map(|f| f.split_once('='))
-            .collect();
-        let matches = if task.is_empty() {
-            fields.get("JobId") == Some(&array)
-        } else {
-            fields.get("ArrayJobId") == Some(&array) && fields.get("ArrayTaskId") == Some(&task)
-        };
-        matches
-            .then(|| fields.get("JobState").map(|s| s.to_string()))
-            .flatten()
-    })
+/// `JobState=` of every job in `scontrol --oneliner show job` output (one line per job or array element), by
+/// element id: `ARRAYJOB_TASK` for an array element, else the job id.
+fn scontrol_states(out: &str) -> BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|line| {
+            let fields: BTreeMap<&str, &str> = line
+                .split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .collect();
+            let id = match (fields.get("ArrayJobId"), fields.get("ArrayTaskId")) {
+                (Some(array), Some(task)) => format!("{array}_{task}"),
+                _ => fields.get("JobId")?.to_string(),
+            };
+            Some((id, fields.get("JobState")?.to_string()))
+        })
+        .collect()
 }
 
 /// The `tandem launch slurm` flag an sbatch refusal points at, from Slurm's words.
@@ -284,12 +288,15 @@ mod tests {
     fn scontrol_finds_the_element_s_state() {
         let out = "JobId=14 ArrayJobId=12 ArrayTaskId=2 JobName=tandem-worker JobState=COMPLETED Reason=None\n\
                    JobId=13 ArrayJobId=12 ArrayTaskId=1 JobName=tandem-worker JobState=CANCELLED Reason=None\n";
-        assert_eq!(scontrol_state(out, "12_1"), Some("CANCELLED".into()));
-        assert_eq!(scontrol_state(out, "12_2"), Some("COMPLETED".into()));
-        assert_eq!(scontrol_state(out, "12_3"), None);
+        let states = scontrol_states(out);
+        assert_eq!(states.get("12_1").map(String::as_str), Some("CANCELLED"));
+        assert_eq!(states.get("12_2").map(String::as_str), Some("COMPLETED"));
+        assert_eq!(states.get("12_3"), None);
         assert_eq!(
-            scontrol_state("JobId=9 JobState=FAILED\n", "9"),
-            Some("FAILED".into())
+            scontrol_states("JobId=9 JobState=FAILED\n")
+                .get("9")
+                .map(String::as_str),
+            Some("FAILED")
         );
     }
 
