@@ -41,6 +41,8 @@ pub enum ServeError {
     Reflection(String),
     #[error("--insecure-local serves only loopback addresses, not {0}")]
     InsecureNotLoopback(SocketAddr),
+    #[error(transparent)]
+    CrashSpec(#[from] crate::chaos::BadCrashSpec),
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +96,13 @@ impl RunningCoordinator {
 pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeError> {
     if options.insecure_local && !options.listen.ip().is_loopback() {
         return Err(ServeError::InsecureNotLoopback(options.listen));
+    }
+    if let Some((point, at)) = crate::chaos::arm_from_env()? {
+        tracing::warn!(
+            point,
+            at,
+            "chaos: this coordinator will kill itself at a crash point"
+        );
     }
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.store_dir)?);
     let auth = Arc::new(Auth::new(store.tokens()?, options.insecure_local));

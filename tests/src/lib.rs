@@ -104,6 +104,74 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// How long end-to-end tests wait for an experiment.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// A coordinator with the FAST settings on a fresh store, a team token (team `radiology`) and a worker token.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Coordinator,
+    pub team: String,
+    pub worker_token: String,
+}
+
+impl Lab {
+    /// Starts the coordinator with the [`FAST`] settings.
+    pub fn start() -> Lab {
+        Self::start_with(FAST)
+    }
+
+    /// Starts the coordinator with `args` (e.g. a longer lease).
+    pub fn start_with(args: &[&str]) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let team = create_token(&store, "--team", Some("radiology"));
+        let worker_token = create_token(&store, "--worker", Some("node"));
+        let coordinator = Coordinator::start(&store, args);
+        Lab {
+            dir,
+            coordinator,
+            team,
+            worker_token,
+        }
+    }
+
+    /// A worker named `name` with the lab's worker token.
+    pub fn worker(&self, name: &str) -> Worker {
+        Worker::start(
+            &self.coordinator.url,
+            Some(&self.worker_token),
+            name,
+            self.dir.path(),
+        )
+    }
+
+    /// Submits a JSON job graph as `file`; returns the experiment id.
+    pub fn submit(&self, file: &str, graph: serde_json::Value) -> String {
+        let path = write_manifest(self.dir.path(), file, &graph);
+        tandem_ok(
+            &self.coordinator.url,
+            Some(&self.team),
+            &["submit", path.to_str().unwrap()],
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// `tandem status --format json` of an experiment.
+    pub fn status(&self, experiment: &str) -> serde_json::Value {
+        status_json(&self.coordinator.url, Some(&self.team), experiment)
+    }
+
+    /// Waits (up to [`LONG`]) for an experiment to reach `state`.
+    pub fn wait_state(&self, experiment: &str, state: &str) -> serde_json::Value {
+        wait_for(&format!("experiment {experiment} {state}"), LONG, || {
+            let status = self.status(experiment);
+            (status["state"] == state).then_some(status)
+        })
+    }
+}
+
 /// A `tandem serve` process.
 pub struct Coordinator {
     child: Option<Child>,
@@ -111,6 +179,8 @@ pub struct Coordinator {
     pub url: String,
     pub store: PathBuf,
     pub args: Vec<String>,
+    /// Environment variables set for the next start (e.g. `TANDEM_CRASH_AT` for the chaos suite).
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -133,10 +203,16 @@ impl Coordinator {
             store,
             "127.0.0.1:0",
             args.iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
         )
     }
 
-    fn start_on(store: &Path, listen: &str, args: Vec<String>) -> Coordinator {
+    fn start_on(
+        store: &Path,
+        listen: &str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Coordinator {
         let log = store.with_extension(format!("serve-{}.log", std::process::id()));
         let stderr = File::options()
             .create(true)
@@ -150,6 +226,8 @@ impl Coordinator {
             .args(["--listen", listen])
             .args(&args)
             .env("RUST_LOG", "info")
+            .env_remove("TANDEM_CRASH_AT")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -181,6 +259,7 @@ impl Coordinator {
             url,
             store: store.to_path_buf(),
             args,
+            env,
             log,
         }
     }
@@ -195,28 +274,45 @@ impl Coordinator {
 
     /// Starts again on the same store and address (workers reconnect to the same URL).
     pub fn restart(&mut self) {
+        assert!(
+            self.restart_with_env(&[]),
+            "the coordinator crashed while starting"
+        );
+    }
+
+    /// [`Coordinator::restart`] with `env` set for the new process. False when the process killed itself at
+    /// a crash point before it served (recovery at start-up writes to the store, so an armed point can be
+    /// reached there).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) -> bool {
         self.kill();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let addr = self.addr.clone();
-        let mut last = None;
         for _ in 0..40 {
+            let crashes_before = self.log().matches(CRASH_LINE).count();
             let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Self::start_on(&self.store, &addr, self.args.clone())
+                Self::start_on(&self.store, &addr, self.args.clone(), self.env.clone())
             }));
             match started {
                 Ok(mut fresh) => {
                     self.child = fresh.child.take();
-                    return;
+                    return true;
                 }
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                Err(_) if self.log().matches(CRASH_LINE).count() > crashes_before => return false,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
-        panic!(
-            "could not restart the coordinator on {addr}: {:?}",
-            last.map(|_| "start failed")
-        );
+        panic!("could not restart the coordinator on {addr}");
+    }
+
+    /// True once the process has exited (a crash point killed it), or when none runs.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            None => true,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -229,6 +325,9 @@ impl Drop for Coordinator {
         self.kill();
     }
 }
+
+/// What the coordinator logs when an armed crash point kills it.
+pub const CRASH_LINE: &str = "crash point reached";
 
 /// A `tandem-worker` process.
 pub struct Worker {
@@ -302,6 +401,16 @@ impl Worker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends `signal` (a `kill -s` name such as `STOP` or `CONT`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the worker is running");
+        let status = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -s {signal} failed");
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
@@ -510,12 +619,21 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// An experiment's results (status, series, artifacts, manifest) as `token` sees them.
 pub fn results(url: &str, token: &str, experiment: &str) -> tandem_proto::ResultsReply {
+    try_results(url, token, experiment).unwrap_or_else(|e| panic!("results of {experiment}: {e}"))
+}
+
+/// [`results`], or why the call failed (the coordinator may be down).
+pub fn try_results(
+    url: &str,
+    token: &str,
+    experiment: &str,
+) -> Result<tandem_proto::ResultsReply, String> {
     runtime().block_on(async {
         let mut client =
             tandem_proto::client_service_client::ClientServiceClient::connect(url.to_string())
                 .await
-                .unwrap();
-        client
+                .map_err(|e| e.to_string())?;
+        let reply = client
             .results(with_token(
                 tandem_proto::ResultsRequest {
                     experiment_id: experiment.into(),
@@ -523,18 +641,21 @@ pub fn results(url: &str, token: &str, experiment: &str) -> tandem_proto::Result
                 token,
             ))
             .await
-            .unwrap()
-            .into_inner()
+            .map_err(|e| e.to_string())?;
+        Ok(reply.into_inner())
     })
 }
 
 /// Every stored metric series of an experiment, by (job name, series name).
-pub fn series(
-    url: &str,
-    token: &str,
-    experiment: &str,
-) -> BTreeMap<(String, String), Vec<(u64, f64)>> {
-    let reply = results(url, token, experiment);
+pub fn series(url: &str, token: &str, experiment: &str) -> Series {
+    series_of(results(url, token, experiment))
+}
+
+/// Metric series by (job name, series name).
+pub type Series = BTreeMap<(String, String), Vec<(u64, f64)>>;
+
+/// The series of a results reply, by (job name, series name).
+pub fn series_of(reply: tandem_proto::ResultsReply) -> Series {
     let names: BTreeMap<String, String> = reply
         .status
         .unwrap()

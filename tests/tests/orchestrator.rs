@@ -9,11 +9,9 @@ use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 use tandem_proto::worker_service_client::WorkerServiceClient;
 use tandem_tests::{
-    Coordinator, FAST, Worker, artifacts, create_token, job, long_training_manifest, runtime,
+    Coordinator, FAST, LONG, Lab, artifacts, create_token, job, long_training_manifest, runtime,
     series, status_json, tandem, tandem_ok, wait_for, with_token, write_manifest,
 };
-
-const LONG: Duration = Duration::from_secs(60);
 
 /// Asserts each of the `steps` steps appears exactly once in a series.
 fn assert_each_step_once(points: &[(u64, f64)], steps: u64) {
@@ -24,60 +22,6 @@ fn assert_each_step_once(points: &[(u64, f64)], steps: u64) {
         (0..steps).collect::<Vec<_>>(),
         "every step exactly once"
     );
-}
-
-struct Lab {
-    dir: tempfile::TempDir,
-    coordinator: Coordinator,
-    team: String,
-    worker_token: String,
-}
-
-impl Lab {
-    fn start() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        let team = create_token(&store, "--team", Some("radiology"));
-        let worker_token = create_token(&store, "--worker", Some("node"));
-        let coordinator = Coordinator::start(&store, FAST);
-        Lab {
-            dir,
-            coordinator,
-            team,
-            worker_token,
-        }
-    }
-
-    fn worker(&self, name: &str) -> Worker {
-        Worker::start(
-            &self.coordinator.url,
-            Some(&self.worker_token),
-            name,
-            self.dir.path(),
-        )
-    }
-
-    fn submit(&self, file: &str, graph: serde_json::Value) -> String {
-        let path = write_manifest(self.dir.path(), file, &graph);
-        tandem_ok(
-            &self.coordinator.url,
-            Some(&self.team),
-            &["submit", path.to_str().unwrap()],
-        )
-        .trim()
-        .to_string()
-    }
-
-    fn status(&self, experiment: &str) -> serde_json::Value {
-        status_json(&self.coordinator.url, Some(&self.team), experiment)
-    }
-
-    fn wait_state(&self, experiment: &str, state: &str) -> serde_json::Value {
-        wait_for(&format!("experiment {experiment} {state}"), LONG, || {
-            let status = self.status(experiment);
-            (status["state"] == state).then_some(status)
-        })
-    }
 }
 
 /// How `tandem workers` should summarise a real worker's devices on this machine: "none" without CUDA.

@@ -42,6 +42,8 @@ pub fn status_json(status: &pb::ExperimentStatus) -> serde_json::Value {
             "attempts": j.attempts,
             "worker": j.worker,
             "cached": j.cached,
+            "progress_step": j.progress_step,
+            "progress_total": j.progress_total,
             "last_error": if j.last_error.is_empty() { serde_json::Value::Null } else { j.last_error.clone().into() },
             "waiting_reason": if j.waiting_reason.is_empty() { serde_json::Value::Null } else { j.waiting_reason.clone().into() },
         })).collect::<Vec<_>>(),

@@ -16,6 +16,7 @@ use super::convert::{
 };
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_admin, require_client};
+use crate::chaos::crash_point;
 use crate::scheduler::Submission;
 use crate::{audit, planning, results, tokens};
 
@@ -51,6 +52,7 @@ impl ClientService for ClientApi {
     ) -> Result<Response<pb::SubmitReply>, Status> {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
+        crash_point("submit.received");
         let manifest_name = if req.manifest_name.is_empty() {
             "manifest".to_string()
         } else {
@@ -86,6 +88,7 @@ impl ClientService for ClientApi {
                 jobs: plan.jobs,
             })
             .await?;
+        crash_point("submit.committed");
         Ok(Response::new(pb::SubmitReply {
             experiment_id: outcome.experiment_id,
             jobs: outcome.jobs as u32,

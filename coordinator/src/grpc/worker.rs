@@ -15,6 +15,7 @@ use super::convert::{
 };
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_worker, require_worker_identity, validate_name};
+use crate::chaos::crash_point;
 use crate::scheduler::{LeaseGrant, MetricBatchIn, ProgressReport};
 use crate::store::{ArtifactRecord, TokenRole, WorkerRecord, is_sha256_hex, now_ms};
 
@@ -133,6 +134,9 @@ impl WorkerService for WorkerApi {
             .scheduler
             .lease(&req.worker_id, Duration::from_millis(req.wait_ms))
             .await?;
+        if grant.is_some() {
+            crash_point("lease.committed");
+        }
         Ok(Response::new(pb::LeaseReply {
             lease: grant.map(Self::lease_to_pb),
         }))
@@ -167,6 +171,7 @@ impl WorkerService for WorkerApi {
             .scheduler
             .heartbeat(&req.worker_id, &reports)
             .await?;
+        crash_point("heartbeat.committed");
         Ok(Response::new(pb::HeartbeatReply {
             cancel: outcome.cancel,
             lease_deadline_ms: outcome.lease_deadline_ms,
@@ -225,11 +230,13 @@ impl WorkerService for WorkerApi {
         let Some(worker_id) = worker_id else {
             return Ok(Response::new(pb::MetricAck::default()));
         };
+        crash_point("metrics.received");
         let counts = self
             .shared
             .scheduler
             .ingest_metrics(&worker_id, batches)
             .await?;
+        crash_point("metrics.stored");
         Ok(Response::new(pb::MetricAck {
             batches: counts.batches,
             duplicates: counts.duplicates,
@@ -285,6 +292,7 @@ impl WorkerService for WorkerApi {
         while let Some(chunk) = stream.next().await {
             upload.write(&chunk?.data)?;
         }
+        crash_point("artifact.received");
         let size = upload.finish(header.size, &header.sha256)?;
         let record = ArtifactRecord {
             job_id: header.job_id.clone(),
@@ -299,6 +307,7 @@ impl WorkerService for WorkerApi {
         scheduler
             .record_artifact(&header.worker_id, record.clone())
             .await?;
+        crash_point("artifact.recorded");
         Ok(Response::new(pb::UploadArtifactReply {
             artifact: Some(artifact_ref(&record)),
         }))
@@ -327,6 +336,7 @@ impl WorkerService for WorkerApi {
             .scheduler
             .complete(&req.worker_id, &req.job_id, req.attempt)
             .await?;
+        crash_point("outcome.committed");
         Ok(Response::new(pb::CompleteReply {}))
     }
 
@@ -348,6 +358,7 @@ impl WorkerService for WorkerApi {
                 req.permanent,
             )
             .await?;
+        crash_point("outcome.committed");
         Ok(Response::new(pb::FailReply { will_retry }))
     }
 
@@ -362,6 +373,7 @@ impl WorkerService for WorkerApi {
             .scheduler
             .release(&req.worker_id, &req.job_id, req.attempt, &req.reason)
             .await?;
+        crash_point("outcome.committed");
         Ok(Response::new(pb::ReleaseReply {}))
     }
 }

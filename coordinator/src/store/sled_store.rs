@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use serde::Serialize;
+
+use crate::chaos::crash_point;
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -78,7 +80,12 @@ impl SledStore {
             blobs: BlobStore::open(dir)?,
             group: {
                 let flush_db = db.clone();
-                GroupCommit::start(move || flush_db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                GroupCommit::start(move || {
+                    crash_point("store.before_flush");
+                    let flushed = flush_db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    crash_point("store.after_flush");
+                    flushed
+                })
             },
             db,
         };

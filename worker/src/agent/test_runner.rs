@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 
+use super::runners::engine_error;
 use super::{JobContext, JobRunner, RunError, StopReason};
+use crate::engine::files;
 
 pub const TEST_EMIT_KIND: &str = "test.emit";
 
@@ -160,8 +162,7 @@ impl JobRunner for TestEmitRunner {
             .take(config.output_bytes)
             .collect();
         let path = ctx.work_dir().join("output.bin");
-        std::fs::write(&path, &output)
-            .map_err(|e| RunError::retryable(format!("writing output: {e}")))?;
+        files::write(&path, &output).map_err(engine_error)?;
         ctx.flush_metrics()?;
         ctx.put_artifact("output.bin", &path)?;
         Ok(())
@@ -194,8 +195,7 @@ fn save(ctx: &mut JobContext, step: u64, acc: u64) -> Result<(), RunError> {
     let path = ctx.work_dir().join("checkpoint.json");
     let bytes = serde_json::to_vec(&TestCheckpoint { step, acc })
         .map_err(|e| RunError::retryable(e.to_string()))?;
-    std::fs::write(&path, bytes)
-        .map_err(|e| RunError::retryable(format!("writing checkpoint: {e}")))?;
+    files::write(&path, &bytes).map_err(engine_error)?;
     ctx.save_checkpoint(&path)
 }
 

@@ -12,6 +12,12 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {bytes} bytes to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        bytes: u64,
+        source: std::io::Error,
+    },
     #[error("{path}: unsupported or invalid config: key `{key}`: {message}")]
     Config {
         path: PathBuf,

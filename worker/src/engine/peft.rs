@@ -207,7 +207,7 @@ pub fn save_tensors(
     };
     let json = serde_json::to_string_pretty(&adapter_config).expect("adapter config serialises");
     let cfg_path = dir.join(CONFIG_FILE);
-    std::fs::write(&cfg_path, json + "\n").map_err(|e| EngineError::io(&cfg_path, e))?;
+    super::files::write(&cfg_path, (json + "\n").as_bytes())?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     tensor_io::write_f32(&dir.join(WEIGHTS_FILE), tensors, Some(metadata))
 }

@@ -66,8 +66,9 @@ pub fn write_f32(
             .map_err(|e| EngineError::weights(path, format!("tensor `{name}`: {e}")))?;
         views.push((name.clone(), view));
     }
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| EngineError::weights(path, format!("cannot write: {e}")))
+    let encoded = safetensors::serialize(views, metadata)
+        .map_err(|e| EngineError::weights(path, format!("cannot encode: {e}")))?;
+    super::files::write(path, &encoded)
 }
 
 /// Tensors by name: shape and values.

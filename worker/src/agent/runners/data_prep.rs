@@ -7,8 +7,11 @@ use tandem_experiments::data::{CsvOptions, table};
 use tandem_experiments::planner::{self, JobConfig, input_role};
 use tandem_proto as pb;
 
-use super::{PREPARED_ARTIFACT, PreparedArtifact, PreparedRow, input_path, io_error, job_spec};
+use super::{
+    PREPARED_ARTIFACT, PreparedArtifact, PreparedRow, engine_error, input_path, io_error, job_spec,
+};
 use crate::agent::{JobContext, JobRunner, RunError};
+use crate::engine::files;
 
 pub struct DataPrepRunner;
 
@@ -79,7 +82,7 @@ impl JobRunner for DataPrepRunner {
         let path = out_dir.join(PREPARED_ARTIFACT);
         let bytes = serde_json::to_vec(&artifact)
             .map_err(|e| RunError::permanent(format!("{PREPARED_ARTIFACT}: {e}")))?;
-        std::fs::write(&path, bytes).map_err(|e| io_error(&path, e))?;
+        files::write(&path, &bytes).map_err(engine_error)?;
         ctx.put_artifact(PREPARED_ARTIFACT, &path)?;
         Ok(())
     }

@@ -19,6 +19,7 @@ use super::{
     load_job_model, read_prepared,
 };
 use crate::agent::{JobContext, JobRunner, RunError};
+use crate::engine::files;
 use crate::engine::generate::{self, GenerateConfig};
 use crate::engine::jobs::preprocess;
 
@@ -140,7 +141,7 @@ impl JobRunner for EvalRunner {
         let result_path = out.join(EVAL_RESULT_ARTIFACT);
         let bytes = serde_json::to_vec_pretty(&result)
             .map_err(|e| RunError::permanent(format!("{EVAL_RESULT_ARTIFACT}: {e}")))?;
-        std::fs::write(&result_path, bytes).map_err(|e| io_error(&result_path, e))?;
+        files::write(&result_path, &bytes).map_err(engine_error)?;
         ctx.put_artifact(EVAL_RESULT_ARTIFACT, &result_path)?;
         Ok(())
     }

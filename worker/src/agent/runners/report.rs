@@ -4,8 +4,9 @@
 use tandem_experiments::planner::JobConfig;
 use tandem_experiments::report::{EvalResult, Format, build_results, render};
 
-use super::{EVAL_RESULT_ARTIFACT, io_error, job_spec, parent_file};
+use super::{EVAL_RESULT_ARTIFACT, engine_error, io_error, job_spec, parent_file};
 use crate::agent::{JobContext, JobRunner, RunError};
+use crate::engine::files;
 
 pub struct ReportRunner;
 
@@ -37,7 +38,7 @@ impl JobRunner for ReportRunner {
         ] {
             let text = render(&results, format).map_err(|e| RunError::permanent(e.to_string()))?;
             let path = out.join(name);
-            std::fs::write(&path, text).map_err(|e| io_error(&path, e))?;
+            files::write(&path, text.as_bytes()).map_err(engine_error)?;
             ctx.put_artifact(name, &path)?;
         }
         tracing::info!(

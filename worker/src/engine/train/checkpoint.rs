@@ -131,7 +131,7 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
 /// Writes the loop state.
 pub fn save_state(state: &LoopState, path: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(state).expect("state serialises");
-    std::fs::write(path, json).map_err(|e| EngineError::io(path, e))
+    crate::engine::files::write(path, json.as_bytes())
 }
 
 /// Reads the loop state.
