@@ -122,6 +122,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
         scheduler: scheduler.clone(),
         auth,
         limits: options.limits,
+        streams: Default::default(),
     };
     let max = options.limits.max_message_bytes;
     let client = ClientServiceServer::new(ClientApi::new(shared.clone()))

@@ -112,6 +112,8 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub coordinator: Coordinator,
     pub team: String,
+    /// A second team's token (team `cardiology`), for isolation checks.
+    pub other_team: String,
     pub worker_token: String,
 }
 
@@ -126,12 +128,14 @@ impl Lab {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let team = create_token(&store, "--team", Some("radiology"));
+        let other_team = create_token(&store, "--team", Some("cardiology"));
         let worker_token = create_token(&store, "--worker", Some("node"));
         let coordinator = Coordinator::start(&store, args);
         Lab {
             dir,
             coordinator,
             team,
+            other_team,
             worker_token,
         }
     }
@@ -156,6 +160,16 @@ impl Lab {
         )
         .trim()
         .to_string()
+    }
+
+    /// `tandem ARGS` as the team.
+    pub fn tandem(&self, args: &[&str]) -> Output {
+        tandem(&self.coordinator.url, Some(&self.team), args)
+    }
+
+    /// `tandem ARGS` as the team; panics unless it succeeds.
+    pub fn tandem_ok(&self, args: &[&str]) -> String {
+        tandem_ok(&self.coordinator.url, Some(&self.team), args)
     }
 
     /// `tandem status --format json` of an experiment.
@@ -305,6 +319,29 @@ impl Coordinator {
             }
         }
         panic!("could not restart the coordinator on {addr}");
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the coordinator is running")
+            .id()
+    }
+
+    /// The process's peak and current resident memory (`VmHWM`, `VmRSS`), MiB.
+    pub fn resident_mib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the coordinator's /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+                / 1024
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     /// True once the process has exited (a crash point killed it), or when none runs.

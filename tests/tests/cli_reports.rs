@@ -5,19 +5,12 @@
 //! The results/plot test drives the coordinator with an in-test worker speaking the worker protocol, so the
 //! scores and curves are known exactly; the replay test uses real `tandem-worker` processes and `test.emit`.
 
-use std::time::Duration;
-
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 use tandem_proto::worker_service_client::WorkerServiceClient;
-use tandem_tests::{
-    Coordinator, FAST, Worker, create_token, status_json, tandem, tandem_ok, wait_for,
-    write_manifest,
-};
+use tandem_tests::{LONG, Lab, Worker, status_json, tandem, wait_for};
 use tonic::Request;
-
-const LONG: Duration = Duration::from_secs(60);
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -32,51 +25,6 @@ fn sha256(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-struct Lab {
-    dir: tempfile::TempDir,
-    coordinator: Coordinator,
-    team: String,
-    other_team: String,
-    worker_token: String,
-}
-
-impl Lab {
-    fn start() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        let team = create_token(&store, "--team", Some("radiology"));
-        let other_team = create_token(&store, "--team", Some("cardiology"));
-        let worker_token = create_token(&store, "--worker", Some("node"));
-        let coordinator = Coordinator::start(&store, FAST);
-        Lab {
-            dir,
-            coordinator,
-            team,
-            other_team,
-            worker_token,
-        }
-    }
-
-    fn submit(&self, file: &str, graph: serde_json::Value) -> String {
-        let path = write_manifest(self.dir.path(), file, &graph);
-        tandem_ok(
-            &self.coordinator.url,
-            Some(&self.team),
-            &["submit", path.to_str().unwrap()],
-        )
-        .trim()
-        .to_string()
-    }
-
-    fn tandem(&self, args: &[&str]) -> std::process::Output {
-        tandem(&self.coordinator.url, Some(&self.team), args)
-    }
-
-    fn tandem_ok(&self, args: &[&str]) -> String {
-        tandem_ok(&self.coordinator.url, Some(&self.team), args)
-    }
 }
 
 /// An in-test worker: runs `train` jobs by streaming the loss curves named in their config and `eval` jobs by
@@ -435,6 +383,15 @@ fn a_replay_matches_its_original_bitwise_and_a_tampered_record_fails() {
     // The original job is untouched: same attempts, same state; the replay is not one of its jobs.
     let after = status_json(&url, Some(&lab.team), &experiment);
     assert_eq!(before["jobs"], after["jobs"]);
+    let report = assert_audit_json_and_csv(&lab, &experiment, &after);
+    assert!(
+        report["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "team:radiology" && e["action"] == "replay"),
+        "{report:#}"
+    );
 
     // Tamper with the stored record of the original's output (a valid blob, but not what the job makes): the
     // hash checks pass, the replay does not.
@@ -480,4 +437,111 @@ fn a_replay_matches_its_original_bitwise_and_a_tampered_record_fails() {
             .any(|l| l.starts_with("PASS") && l.contains("artifact train/output.bin")),
         "the stored blob still matches its (forged) record: {stdout}"
     );
+    // The same failure as JSON: exit code 1, `ok` false, the replay named, the failing check in full.
+    let failed = lab.tandem(&[
+        "audit",
+        &experiment,
+        "--replay",
+        "train",
+        "--format",
+        "json",
+    ]);
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("audit JSON");
+    assert_eq!(report["ok"], false, "{report:#}");
+    assert!(
+        report["replay"]["replay_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("replay-")),
+        "{report:#}"
+    );
+    assert_eq!(report["replay"]["job_id"], train_id.as_str(), "{report:#}");
+    let failing: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert_eq!(failing.len(), 1, "{report:#}");
+    assert_eq!(failing[0]["subject"], "replay artifact output.bin");
+    assert_eq!(failing[0]["detail"], "different bytes");
+    assert!(is_sha256(&failing[0]["expected"]) && is_sha256(&failing[0]["actual"]));
+}
+
+fn is_sha256(value: &serde_json::Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `tandem audit ID --format json --log` and `--format csv` of a finished, untampered experiment whose
+/// status is `status`: every check passes, hashes are in full, the manifest hash is the recorded one, every
+/// job has its environment, and the CSV has one row per JSON check. Returns the JSON report.
+fn assert_audit_json_and_csv(
+    lab: &Lab,
+    experiment: &str,
+    status: &serde_json::Value,
+) -> serde_json::Value {
+    let json_out = lab.tandem_ok(&["audit", experiment, "--format", "json", "--log"]);
+    let report: serde_json::Value = serde_json::from_str(&json_out).expect("audit JSON");
+    assert_eq!(report["experiment_id"], experiment, "{report:#}");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert_eq!(report["replay"], serde_json::Value::Null, "{report:#}");
+    assert_eq!(report["manifest_sha256"], status["manifest_sha256"]);
+    assert!(is_sha256(&report["manifest_sha256"]), "{report:#}");
+    assert!(
+        report["coordinator_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    let checks = report["checks"].as_array().expect("checks");
+    for check in checks {
+        assert_eq!(check["ok"], true, "{check}");
+        assert!(is_sha256(&check["expected"]), "a full hash: {check}");
+        assert_eq!(check["expected"], check["actual"], "{check}");
+    }
+    for subject in [
+        "manifest ",
+        "input reports.csv",
+        "artifact train/output.bin",
+    ] {
+        assert!(
+            checks
+                .iter()
+                .any(|c| c["subject"].as_str().unwrap().starts_with(subject)),
+            "{subject}: {report:#}"
+        );
+    }
+    let environments = report["environments"].as_array().expect("environments");
+    for job in status["jobs"].as_array().unwrap() {
+        let environment = environments
+            .iter()
+            .find(|e| e["job_id"] == job["id"])
+            .unwrap_or_else(|| panic!("no environment for job {}: {report:#}", job["name"]));
+        assert!(
+            environment["worker"].as_str().unwrap().ends_with("-node"),
+            "{environment}"
+        );
+        assert!(environment["devices"].is_array(), "{environment}");
+    }
+    // Without --log there is no log.
+    let plain: serde_json::Value =
+        serde_json::from_str(&lab.tandem_ok(&["audit", experiment, "--format", "json"])).unwrap();
+    assert_eq!(plain["log"], serde_json::Value::Null);
+
+    let csv = lab.tandem_ok(&["audit", experiment, "--format", "csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "result,subject,expected,actual,detail", "{csv}");
+    assert_eq!(lines.len(), checks.len() + 1, "one row per check: {csv}");
+    let manifest = report["manifest_sha256"].as_str().unwrap();
+    assert!(lines[1..].iter().all(|l| l.starts_with("PASS,")), "{csv}");
+    assert!(
+        lines[1..]
+            .iter()
+            .any(|l| l.starts_with("PASS,manifest ")
+                && l.contains(&format!(",{manifest},{manifest},"))),
+        "{csv}"
+    );
+    report
 }

@@ -2,6 +2,9 @@
 //! was recorded, show the code version and worker environment each job ran with; with `--replay`, re-run one
 //! finished job on a worker and compare its outputs with the stored ones (every output artifact by SHA-256,
 //! every metric series value by value, bitwise; timing series skipped). Exit code 1 on any mismatch.
+//!
+//! `--format table` (the default) prints the report for people; `json` one object with every check (full
+//! hashes), the job environments, the replay and the log; `csv` one row per check.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -9,10 +12,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 
 use super::client::{Client, ClientArgs, block_on, rpc, utc};
+use super::output::{OutputFormat, Table};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -27,6 +32,10 @@ pub struct AuditArgs {
     /// Give up waiting for the replay after this many seconds (0: wait until it ends).
     #[arg(long, default_value_t = 0)]
     pub replay_timeout: u64,
+    /// table (the report for people), json (experiment_id, ok, manifest_sha256, coordinator_version, checks,
+    /// environments, replay, log) or csv (one row per check: result, subject, expected, actual, detail).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -318,76 +327,183 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         if let Some((_, comparison)) = &replay {
             checks.extend(comparison.checks.iter().cloned());
         }
-        println!(
-            "{:<6} {:<60} {:<18} {:<18} detail",
-            "result", "subject", "expected", "actual"
-        );
-        for c in &checks {
-            println!(
-                "{:<6} {:<60} {:<18} {:<18} {}",
-                if c.ok { "PASS" } else { "FAIL" },
-                c.subject,
-                short(&c.expected),
-                short(&c.actual),
-                c.detail
-            );
-        }
-        println!();
-        println!("coordinator version {}", reply.coordinator_version);
-        println!(
-            "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} devices found",
-            "job", "worker", "version", "git commit", "Cargo.lock", "host"
-        );
-        for e in &reply.environments {
-            print_environment(short(&e.job_id), e);
-        }
-        if let Some((status, comparison)) = &replay {
-            println!();
-            println!(
-                "replay {} of job {}:",
-                status.replay_id,
-                short(&status.job_id)
-            );
-            if let Some(e) = &status.original_environment {
-                print_environment("original", e);
+        let report = Report {
+            experiment: &args.experiment,
+            reply: &reply,
+            checks: &checks,
+            replay: replay.as_ref(),
+            log: args.log,
+        };
+        match args.format {
+            OutputFormat::Table => print_report(&report),
+            OutputFormat::Json => {
+                println!("{}", serde_json::to_string_pretty(&report_json(&report))?)
             }
-            match &status.replay_environment {
-                Some(e) => print_environment("replay", e),
-                None => println!("{:<18} (no worker ran the replay)", "replay"),
-            }
-            if !comparison.skipped.is_empty() {
-                println!(
-                    "skipped timing series (differ run to run by nature): {}",
-                    comparison.skipped.join(", ")
-                );
-            }
-        }
-        if args.log {
-            println!();
-            for entry in &reply.log {
-                println!(
-                    "{} {:<24} {:<12} {} {}",
-                    utc(entry.time_ms),
-                    entry.actor,
-                    entry.action,
-                    short(&entry.job_id),
-                    entry.detail
-                );
-            }
+            OutputFormat::Csv => print!("{}", checks_table(&checks).render(OutputFormat::Csv)),
         }
         let failed = checks.iter().filter(|c| !c.ok).count();
-        println!();
-        println!(
-            "{}: {} checks, {failed} failed",
-            if failed == 0 { "PASS" } else { "FAIL" },
-            checks.len()
-        );
         anyhow::Ok(if failed == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
         })
     })?
+}
+
+/// What one audit found: the coordinator's reply, every check (the replay's included) and the replay.
+struct Report<'a> {
+    experiment: &'a str,
+    reply: &'a pb::AuditReply,
+    checks: &'a [pb::AuditCheck],
+    replay: Option<&'a (pb::ReplayStatus, ReplayComparison)>,
+    /// Whether the log was asked for (`--log`).
+    log: bool,
+}
+
+fn result_label(check: &pb::AuditCheck) -> &'static str {
+    if check.ok { "PASS" } else { "FAIL" }
+}
+
+/// The checks for `--format csv`, hashes in full.
+fn checks_table(checks: &[pb::AuditCheck]) -> Table {
+    let mut table = Table::new(&["result", "subject", "expected", "actual", "detail"]);
+    for c in checks {
+        table.row(
+            vec![
+                result_label(c).into(),
+                c.subject.clone(),
+                c.expected.clone(),
+                c.actual.clone(),
+                c.detail.clone(),
+            ],
+            None,
+        );
+    }
+    table
+}
+
+fn environment_json(e: &pb::JobEnvironment) -> Value {
+    json!({
+        "job_id": e.job_id,
+        "worker": e.worker,
+        "worker_version": e.worker_version,
+        "git_commit": e.git_commit,
+        "cargo_lock_sha256": e.cargo_lock_sha256,
+        "host": e.host,
+        "devices": e.devices.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name,
+            "memory_mib": d.memory_mib, "compute_capability": d.compute_capability}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// `--format json`: stable keys, hashes in full; `replay` is null without `--replay`, `log` null without
+/// `--log`; `ok` is false when any check (the replay's included) failed.
+fn report_json(report: &Report<'_>) -> Value {
+    let reply = report.reply;
+    let manifest_sha256 = reply
+        .checks
+        .iter()
+        .find(|c| c.subject.starts_with("manifest"))
+        .map(|c| c.expected.clone());
+    let replay = report.replay.map(|(status, comparison)| {
+        json!({
+            "replay_id": status.replay_id,
+            "job_id": status.job_id,
+            "original_environment": status.original_environment.as_ref().map(environment_json),
+            "replay_environment": status.replay_environment.as_ref().map(environment_json),
+            "skipped_series": comparison.skipped,
+        })
+    });
+    let log = report.log.then(|| {
+        reply
+            .log
+            .iter()
+            .map(|e| {
+                json!({"time_ms": e.time_ms, "actor": e.actor, "action": e.action,
+                       "experiment_id": e.experiment_id, "job_id": e.job_id, "detail": e.detail})
+            })
+            .collect::<Vec<_>>()
+    });
+    json!({
+        "experiment_id": report.experiment,
+        "ok": report.checks.iter().all(|c| c.ok),
+        "manifest_sha256": manifest_sha256,
+        "coordinator_version": reply.coordinator_version,
+        "checks": report.checks.iter().map(|c| json!({"subject": c.subject, "expected": c.expected,
+            "actual": c.actual, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
+        "environments": reply.environments.iter().map(environment_json).collect::<Vec<_>>(),
+        "replay": replay,
+        "log": log,
+    })
+}
+
+/// `--format table`: the report for people (hashes shortened).
+fn print_report(report: &Report<'_>) {
+    let (reply, checks) = (report.reply, report.checks);
+    println!(
+        "{:<6} {:<60} {:<18} {:<18} detail",
+        "result", "subject", "expected", "actual"
+    );
+    for c in checks {
+        println!(
+            "{:<6} {:<60} {:<18} {:<18} {}",
+            result_label(c),
+            c.subject,
+            short(&c.expected),
+            short(&c.actual),
+            c.detail
+        );
+    }
+    println!();
+    println!("coordinator version {}", reply.coordinator_version);
+    println!(
+        "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} devices found",
+        "job", "worker", "version", "git commit", "Cargo.lock", "host"
+    );
+    for e in &reply.environments {
+        print_environment(short(&e.job_id), e);
+    }
+    if let Some((status, comparison)) = report.replay {
+        println!();
+        println!(
+            "replay {} of job {}:",
+            status.replay_id,
+            short(&status.job_id)
+        );
+        if let Some(e) = &status.original_environment {
+            print_environment("original", e);
+        }
+        match &status.replay_environment {
+            Some(e) => print_environment("replay", e),
+            None => println!("{:<18} (no worker ran the replay)", "replay"),
+        }
+        if !comparison.skipped.is_empty() {
+            println!(
+                "skipped timing series (differ run to run by nature): {}",
+                comparison.skipped.join(", ")
+            );
+        }
+    }
+    if report.log {
+        println!();
+        for entry in &reply.log {
+            println!(
+                "{} {:<24} {:<12} {} {}",
+                utc(entry.time_ms),
+                entry.actor,
+                entry.action,
+                short(&entry.job_id),
+                entry.detail
+            );
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    println!();
+    println!(
+        "{}: {} checks, {failed} failed",
+        if failed == 0 { "PASS" } else { "FAIL" },
+        checks.len()
+    );
 }
 
 #[cfg(test)]
@@ -522,6 +638,60 @@ mod tests {
         assert_eq!(c.checks.len(), 1);
         assert!(!c.checks[0].ok);
         assert_eq!(c.checks[0].detail, "input corrupted");
+    }
+
+    #[test]
+    fn json_and_csv_keep_full_hashes_and_every_check() {
+        let manifest = "ab".repeat(32);
+        let reply = pb::AuditReply {
+            checks: vec![
+                check(
+                    "manifest m.json".into(),
+                    manifest.clone(),
+                    manifest.clone(),
+                    String::new(),
+                ),
+                check(
+                    "input data, v2".into(),
+                    "cd".repeat(32),
+                    String::new(),
+                    "blob missing".into(),
+                ),
+            ],
+            environments: vec![pb::JobEnvironment {
+                job_id: "j1".into(),
+                worker: "w1-node".into(),
+                ..Default::default()
+            }],
+            coordinator_version: "0.1.0".into(),
+            ok: false,
+            ..Default::default()
+        };
+        let report = Report {
+            experiment: "e1",
+            reply: &reply,
+            checks: &reply.checks,
+            replay: None,
+            log: false,
+        };
+        let json = report_json(&report);
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["manifest_sha256"], manifest.as_str());
+        assert_eq!(json["checks"][1]["expected"], "cd".repeat(32).as_str());
+        assert_eq!(json["checks"][1]["detail"], "blob missing");
+        assert_eq!(json["environments"][0]["worker"], "w1-node");
+        assert_eq!(json["environments"][0]["devices"], serde_json::json!([]));
+        assert_eq!(json["replay"], Value::Null);
+        assert_eq!(json["log"], Value::Null);
+        let csv = checks_table(&reply.checks).render(OutputFormat::Csv);
+        assert_eq!(
+            csv,
+            format!(
+                "result,subject,expected,actual,detail\nPASS,manifest m.json,{manifest},{manifest},\n\
+                 FAIL,\"input data, v2\",{},,blob missing\n",
+                "cd".repeat(32)
+            )
+        );
     }
 
     #[test]

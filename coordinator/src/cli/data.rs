@@ -137,6 +137,9 @@ fn run_mimic(args: MimicArgs) -> anyhow::Result<ExitCode> {
             summary.other_files
         );
     }
+    for skipped in summary.describe_skipped() {
+        println!("  skipped {skipped}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

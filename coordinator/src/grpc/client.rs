@@ -14,6 +14,7 @@ use super::convert::{
     experiment_summary, job_status, placement_to_pb, series_to_pb, token_info, watch_event,
     worker_info,
 };
+use super::limits::Slotted;
 use super::{ChunkStream, Shared};
 use crate::auth::{Principal, require_admin, require_client};
 use crate::chaos::crash_point;
@@ -53,6 +54,7 @@ impl ClientService for ClientApi {
         let principal = self.caller(&request)?;
         let req = request.into_inner();
         crash_point("submit.received");
+        self.shared.limits.check_manifest(req.manifest.len())?;
         let manifest_name = if req.manifest_name.is_empty() {
             "manifest".to_string()
         } else {
@@ -132,12 +134,13 @@ impl ClientService for ClientApi {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let principal = self.caller(&request)?;
+        let slot = self.shared.stream_slot(&principal.actor())?;
         let experiment_id = request.into_inner().experiment_id;
         let team = principal.team_scope().map(str::to_string);
         let updates = self.shared.scheduler.watch(team, experiment_id.clone())?;
         let events =
             ReceiverStream::new(updates).map(move |update| Ok(watch_event(&experiment_id, update)));
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(Box::pin(Slotted::new(events, slot))))
     }
 
     async fn cancel(
@@ -303,7 +306,9 @@ impl ClientService for ClientApi {
                 "no artifact {sha256} in your team's experiments"
             )));
         }
-        Ok(Response::new(self.shared.stream_blob(&sha256)?))
+        let slot = self.shared.stream_slot(&principal.actor())?;
+        let chunks = self.shared.stream_blob(&sha256)?;
+        Ok(Response::new(Box::pin(Slotted::new(chunks, slot))))
     }
 
     async fn missing_blobs(
@@ -323,6 +328,7 @@ impl ClientService for ClientApi {
         request: Request<Streaming<pb::BlobChunk>>,
     ) -> Result<Response<pb::UploadBlobReply>, Status> {
         let principal = self.caller(&request)?;
+        let _slot = self.shared.stream_slot(&principal.actor())?;
         let mut stream = request.into_inner();
         let first = stream.next().await.ok_or_else(|| {
             Status::invalid_argument("empty upload: the first chunk must name the blob")

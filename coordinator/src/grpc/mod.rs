@@ -4,6 +4,7 @@
 
 mod client;
 mod convert;
+pub mod limits;
 mod status;
 mod worker;
 
@@ -16,34 +17,11 @@ use tonic::{Request, Status};
 
 pub use client::ClientApi;
 pub use convert::resources_from_pb;
+pub use limits::Limits;
 pub use worker::WorkerApi;
 
 use crate::auth::{Auth, Principal};
 use crate::scheduler::Scheduler;
-
-/// Size limits of the gRPC surface.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Largest single message (decoding and encoding), bytes.
-    pub max_message_bytes: usize,
-    /// Largest artifact upload, bytes.
-    pub max_upload_bytes: u64,
-    /// Largest input blob a client uploads (one model shard, GGUF file or dataset), bytes.
-    pub max_input_bytes: u64,
-    /// Largest number of metric batches in one `StreamMetrics` call.
-    pub max_batches_per_stream: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message_bytes: 64 << 20,
-            max_upload_bytes: 8 << 30,
-            max_input_bytes: 256 << 30,
-            max_batches_per_stream: 4096,
-        }
-    }
-}
 
 /// What both services share.
 #[derive(Clone)]
@@ -51,9 +29,15 @@ pub struct Shared {
     pub scheduler: Arc<Scheduler>,
     pub auth: Arc<Auth>,
     pub limits: Limits,
+    pub streams: Arc<limits::StreamSlots>,
 }
 
 impl Shared {
+    /// One of `principal`'s open-stream slots (see [`Limits::max_open_streams`]).
+    fn stream_slot(&self, caller: &str) -> Result<limits::StreamSlot, Status> {
+        self.streams.take(caller, self.limits.max_open_streams)
+    }
+
     /// The caller of `request`, from its `authorization` header.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let authorization = request

@@ -186,12 +186,19 @@ impl WorkerService for WorkerApi {
         let principal = self.caller(&request)?;
         let mut stream = request.into_inner();
         let mut worker_id: Option<String> = None;
+        let mut _slot = None;
         let mut batches = Vec::new();
+        let mut held_bytes = 0usize;
+        let limits = self.shared.limits;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             match &worker_id {
                 None => {
                     self.check_worker(&principal, &batch.worker_id)?;
+                    _slot = Some(
+                        self.shared
+                            .stream_slot(&format!("worker {}", batch.worker_id))?,
+                    );
                     worker_id = Some(batch.worker_id.clone());
                 }
                 Some(id) if *id != batch.worker_id => {
@@ -201,10 +208,19 @@ impl WorkerService for WorkerApi {
                 }
                 Some(_) => {}
             }
-            if batches.len() >= self.shared.limits.max_batches_per_stream {
+            if batches.len() >= limits.max_batches_per_stream {
                 return Err(Status::resource_exhausted(format!(
                     "more than {} batches in one stream",
-                    self.shared.limits.max_batches_per_stream
+                    limits.max_batches_per_stream
+                )));
+            }
+            if batch.points.len() > limits.max_points_per_batch {
+                return Err(Status::resource_exhausted(format!(
+                    "metric batch {} of job {} has {} points; the limit is {}",
+                    batch.seq,
+                    batch.job_id,
+                    batch.points.len(),
+                    limits.max_points_per_batch
                 )));
             }
             let last = batch
@@ -218,6 +234,13 @@ impl WorkerService for WorkerApi {
                 points: batch.points,
                 worker_id: String::new(),
             };
+            held_bytes += stored.encoded_len();
+            if held_bytes > limits.max_metric_stream_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "one metric stream carries more than {} bytes of batches; send them in several streams",
+                    limits.max_metric_stream_bytes
+                )));
+            }
             batches.push(MetricBatchIn {
                 job_id: batch.job_id,
                 attempt: batch.attempt,
@@ -260,6 +283,9 @@ impl WorkerService for WorkerApi {
             Status::invalid_argument("the first chunk of an upload must carry the header")
         })?;
         self.check_worker(&principal, &header.worker_id)?;
+        let _slot = self
+            .shared
+            .stream_slot(&format!("worker {}", header.worker_id))?;
         validate_artifact_name(&header.name)?;
         if ArtifactRole::parse(&header.role).is_none() {
             return Err(Status::invalid_argument(format!(

@@ -47,22 +47,97 @@ impl DropReason {
     }
 }
 
+/// Why an entry of a report folder was not read. Links are followed only to regular files inside the folder:
+/// a link out of it is not silently read (pass the folder it leads to instead), and a link to a folder would
+/// read that folder twice, or forever in a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum SkipReason {
+    LinkOutside,
+    BrokenLink,
+    LinkToFolder,
+    SpecialFile,
+    FolderNamedLikeReport,
+    TooDeep,
+}
+
+impl SkipReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SkipReason::LinkOutside => {
+                "symbolic links leading out of the folder (not followed; pass the folder they lead to)"
+            }
+            SkipReason::BrokenLink => "symbolic links that lead nowhere (dangling, or in a loop)",
+            SkipReason::LinkToFolder => {
+                "symbolic links to folders inside the folder (not followed: each folder is read once)"
+            }
+            SkipReason::SpecialFile => "special files (fifos, sockets, devices), not read",
+            SkipReason::FolderNamedLikeReport => {
+                "folders named like a report file (sNNNNNNNN.txt); read as folders"
+            }
+            SkipReason::TooDeep => "folders nested more than 32 levels deep (not read)",
+        }
+    }
+}
+
+/// Entries skipped for one reason: how many, and the first one met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub count: usize,
+    pub first: PathBuf,
+}
+
 /// What a conversion read, kept and dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MimicSummary {
-    /// Report files found (paths matching the layout).
+    /// Report files found (regular files, or links to regular files inside the folder, at paths matching the
+    /// layout).
     pub reports: usize,
     pub kept: usize,
     pub dropped: BTreeMap<DropReason, usize>,
     /// Files in the tree that are not reports of the layout (ignored).
     pub other_files: usize,
+    /// Entries of a folder tree that were not read as files, by reason.
+    pub skipped: BTreeMap<SkipReason, Skipped>,
 }
 
 impl MimicSummary {
     pub fn dropped_total(&self) -> usize {
         self.dropped.values().sum()
     }
+
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().map(|s| s.count).sum()
+    }
+
+    fn skip(&mut self, reason: SkipReason, path: &Path) {
+        self.skipped
+            .entry(reason)
+            .or_insert_with(|| Skipped {
+                count: 0,
+                first: path.to_path_buf(),
+            })
+            .count += 1;
+    }
+
+    /// One line per skip reason: count, description, first path.
+    pub fn describe_skipped(&self) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|(reason, s)| {
+                format!(
+                    "{} {} (first: {})",
+                    s.count,
+                    reason.describe(),
+                    s.first.display()
+                )
+            })
+            .collect()
+    }
 }
+
+/// The deepest folder read, in levels below the folder given; the layout needs 4
+/// (`files/pNN/pNNNNNNNN/sNNNNNNNN.txt`). `SkipReason::TooDeep` names the number.
+pub const MAX_DEPTH: usize = 32;
 
 /// The sections found in one report (whitespace already normalised).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -197,9 +272,7 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         source,
     };
     if path.is_dir() {
-        let mut files = Vec::new();
-        walk(path, &mut files).map_err(io)?;
-        for file in files {
+        for file in walk(path, &mut summary)? {
             let relative = file
                 .strip_prefix(path)
                 .unwrap_or(&file)
@@ -255,11 +328,17 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         )));
     }
     if raw.is_empty() {
+        let skipped = summary.describe_skipped();
         return Err(DataError::Layout {
             path: path.to_path_buf(),
-            message:
-                "no reports found (accepted: files laid out as files/pNN/pNNNNNNNN/sNNNNNNNN.txt)"
-                    .into(),
+            message: format!(
+                "no reports found (accepted: files laid out as files/pNN/pNNNNNNNN/sNNNNNNNN.txt){}",
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; skipped: {}", skipped.join("; "))
+                }
+            ),
         });
     }
     raw.sort_by(|a, b| a.0.cmp(&b.0));
@@ -299,23 +378,74 @@ pub fn read_reports(path: &Path) -> Result<(Vec<MimicReport>, MimicSummary), Dat
         reports = summary.reports,
         kept = summary.kept,
         dropped = summary.dropped_total(),
+        skipped = summary.skipped_total(),
         "read MIMIC-CXR reports"
     );
+    for line in summary.describe_skipped() {
+        tracing::warn!(path = %path.display(), "skipped {line}");
+    }
     Ok((reports, summary))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
+/// The files under the folder `root` to read: regular files, and links to regular files inside the folder.
+/// Everything else is counted in `summary.skipped` (see [`SkipReason`]). The walk keeps its own stack, so no
+/// nesting can overflow the thread's; a folder that cannot be listed is an error naming it.
+fn walk(root: &Path, summary: &mut MimicSummary) -> Result<Vec<PathBuf>, DataError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    let inside = std::fs::canonicalize(root).map_err(io(root))?;
+    let report_named = |path: &Path| {
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        ids_from_path(&relative.to_string_lossy()).is_some()
+    };
+    let mut files = Vec::new();
+    // Folders still to list, with their depth below `root`.
+    let mut folders = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = folders.pop() {
+        let mut entries = std::fs::read_dir(&dir)
+            .and_then(|listing| listing.collect::<Result<Vec<_>, _>>())
+            .map_err(io(&dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        let mut below = Vec::new();
+        for entry in entries {
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io(&path))?;
+            if kind.is_file() {
+                files.push(path);
+            } else if kind.is_dir() {
+                if report_named(&path) {
+                    summary.skip(SkipReason::FolderNamedLikeReport, &path);
+                }
+                if depth + 1 > MAX_DEPTH {
+                    summary.skip(SkipReason::TooDeep, &path);
+                } else {
+                    below.push(path);
+                }
+            } else if kind.is_symlink() {
+                let reason = match std::fs::canonicalize(&path) {
+                    Err(_) => Some(SkipReason::BrokenLink),
+                    Ok(target) if !target.starts_with(&inside) => Some(SkipReason::LinkOutside),
+                    Ok(target) => match std::fs::metadata(&target) {
+                        Ok(m) if m.is_file() => None,
+                        Ok(m) if m.is_dir() => Some(SkipReason::LinkToFolder),
+                        Ok(_) => Some(SkipReason::SpecialFile),
+                        Err(_) => Some(SkipReason::BrokenLink),
+                    },
+                };
+                match reason {
+                    None => files.push(path),
+                    Some(reason) => summary.skip(reason, &path),
+                }
+            } else {
+                summary.skip(SkipReason::SpecialFile, &path);
+            }
         }
+        // Listed last first: pushed in reverse so that folders are read in name order.
+        folders.extend(below.into_iter().rev().map(|d| (d, depth + 1)));
     }
-    Ok(())
+    Ok(files)
 }
 
 /// Writes the thesis's CSV: subject_id, study_id, findings, impression.

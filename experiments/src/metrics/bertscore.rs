@@ -161,8 +161,20 @@ impl BertScorer {
             message: e.to_string(),
         })?;
         let max_pos = model.config().max_position_embeddings;
+        // Truncation keeps the special tokens ([CLS], [SEP]); fewer positions than that cannot hold a text.
+        let specials = tokenizer
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        if max_pos <= specials {
+            return Err(MetricsError::Model {
+                path: dir.join("config.json"),
+                message: format!(
+                    "max_position_embeddings = {max_pos} leaves no room for text beside the {specials} special tokens"
+                ),
+            });
+        }
         let max_length = match tok_config.model_max_length {
-            Some(m) if m >= 2.0 && m < max_pos as f64 => m as usize,
+            Some(m) if m > specials as f64 && m < max_pos as f64 => m as usize,
             _ => max_pos,
         };
         tokenizer

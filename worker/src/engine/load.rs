@@ -65,6 +65,65 @@ impl TextModel for LoadedModel {
     }
 }
 
+/// Reads a model folder's `tokenizer.json` as transformers' `PreTrainedTokenizerFast` uses it by default: the
+/// file's padding and truncation settings are not applied. transformers turns them off unless a call asks for
+/// them; applied to every text here, a declared fixed length would pad each text to it (2^40 tokens is an
+/// allocation failure) and a length shorter than the special tokens would underflow.
+pub fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| EngineError::tokenizer(path, format!("cannot parse: {e}")))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| EngineError::tokenizer(path, format!("truncation: {e}")))?;
+    Ok(tokenizer)
+}
+
+/// Checks that every id `tokenizer` (read from `path`) can produce has a row among the model's `vocab_size`
+/// embeddings (`vocab` says where that size comes from): its token count, the largest id of its vocabulary
+/// (added tokens included) and the ids its post-processor puts around a text.
+pub fn check_tokenizer_fits(
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+    vocab: &str,
+    path: &Path,
+) -> Result<()> {
+    let tok_vocab = tokenizer.get_vocab_size(true);
+    if tok_vocab > vocab_size {
+        return Err(EngineError::tokenizer(
+            path,
+            format!(
+                "the tokenizer has {tok_vocab} tokens but {vocab} is {vocab_size}; they do not belong together"
+            ),
+        ));
+    }
+    let outside = |what: String| {
+        EngineError::tokenizer(
+            path,
+            format!("{what}, outside the model's embeddings ({vocab} {vocab_size})"),
+        )
+    };
+    if let Some((token, id)) = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .max_by_key(|&(_, id)| id)
+        .filter(|&(_, id)| id as usize >= vocab_size)
+    {
+        return Err(outside(format!("token {token:?} has id {id}")));
+    }
+    let probe = tokenizer
+        .encode("a", true)
+        .map_err(|e| EngineError::tokenizer(path, format!("cannot encode a probe text: {e}")))?;
+    if let Some(id) = probe
+        .get_ids()
+        .iter()
+        .find(|&&id| id as usize >= vocab_size)
+    {
+        return Err(outside(format!("the post-processor adds id {id}")));
+    }
+    Ok(())
+}
+
 /// The architecture of the model at `path`.
 pub fn detect_family(path: &Path) -> Result<ModelFamily> {
     if path

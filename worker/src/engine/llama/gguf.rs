@@ -58,6 +58,62 @@ fn strings(store: &GgufStore, key: &str) -> Result<Vec<String>> {
         .collect()
 }
 
+/// An integer metadata value of any integer type, widened.
+fn meta_int(v: &Value) -> Option<i128> {
+    Some(match *v {
+        Value::U8(x) => x.into(),
+        Value::I8(x) => x.into(),
+        Value::U16(x) => x.into(),
+        Value::I16(x) => x.into(),
+        Value::U32(x) => x.into(),
+        Value::I32(x) => x.into(),
+        Value::U64(x) => x.into(),
+        Value::I64(x) => x.into(),
+        _ => return None,
+    })
+}
+
+/// The token id stored under `key`, if any; it must name one of the `n_tokens` tokens of the vocabulary.
+fn token_id(store: &GgufStore, key: &str, n_tokens: usize) -> Result<Option<u32>> {
+    let Some(v) = store.meta(key) else {
+        return Ok(None);
+    };
+    let id = meta_int(v)
+        .ok_or_else(|| EngineError::config(&store.path, key, format!("{v:?} is not a token id")))?;
+    match u32::try_from(id) {
+        Ok(id) if (id as usize) < n_tokens => Ok(Some(id)),
+        _ => Err(EngineError::config(
+            &store.path,
+            key,
+            format!("{id} is outside the vocabulary of {n_tokens} tokens (tokenizer.ggml.tokens)"),
+        )),
+    }
+}
+
+/// The vocabulary, `tokenizer.ggml.tokens`. The GGUF reader reads bytes that are not UTF-8 as U+FFFD, which no
+/// byte-level BPE vocabulary holds; such a token, like a token listed twice, would leave ids that no text maps
+/// to, so both are refused.
+fn vocabulary(store: &GgufStore) -> Result<Vec<String>> {
+    let key = "tokenizer.ggml.tokens";
+    let tokens = strings(store, key)?;
+    let mut seen = std::collections::HashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        if t.contains('\u{fffd}') {
+            return Err(EngineError::tokenizer(
+                &store.path,
+                format!("`{key}`[{i}] = {t:?} is not valid UTF-8 (read as U+FFFD)"),
+            ));
+        }
+        if let Some(first) = seen.insert(t.as_str(), i) {
+            return Err(EngineError::tokenizer(
+                &store.path,
+                format!("`{key}`[{i}] = {t:?} repeats `{key}`[{first}]"),
+            ));
+        }
+    }
+    Ok(tokens)
+}
+
 /// The hyperparameters of a GGUF LLaMA.
 pub fn config(store: &GgufStore) -> Result<LlamaConfig> {
     let path = &store.path;
@@ -83,7 +139,7 @@ pub fn config(store: &GgufStore) -> Result<LlamaConfig> {
         meta_u(store, "llama.attention.head_count_kv")?.unwrap_or(num_attention_heads);
     let head_dim = meta_u(store, "llama.rope.dimension_count")?
         .unwrap_or(hidden_size / num_attention_heads.max(1));
-    if head_dim * num_attention_heads != hidden_size
+    if head_dim.checked_mul(num_attention_heads) != Some(hidden_size)
         && meta_u(store, "llama.attention.key_length")?.is_none()
     {
         // Partial rotary dimensions are not implemented.
@@ -95,7 +151,7 @@ pub fn config(store: &GgufStore) -> Result<LlamaConfig> {
             ));
         }
     }
-    let tokens = strings(store, "tokenizer.ggml.tokens")?;
+    let tokens = vocabulary(store)?;
     let vocab_size = meta_u(store, "llama.vocab_size")?.unwrap_or(tokens.len());
     let rope_scaling = match store
         .meta("llama.rope.scaling.type")
@@ -121,7 +177,7 @@ pub fn config(store: &GgufStore) -> Result<LlamaConfig> {
             ));
         }
     };
-    let token_id = |key: &str| -> Result<Option<u32>> { Ok(meta_u(store, key)?.map(|v| v as u32)) };
+    let token_id = |key: &str| token_id(store, key, tokens.len());
     let bos = token_id("tokenizer.ggml.bos_token_id")?;
     let eos = token_id("tokenizer.ggml.eos_token_id")?;
     let config = LlamaConfig {
@@ -161,7 +217,7 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
             format!("tokenizer.ggml.model is {model:?}; accepted: \"gpt2\" (byte-level BPE)"),
         ));
     }
-    let tokens = strings(store, "tokenizer.ggml.tokens")?;
+    let tokens = vocabulary(store)?;
     let merges_raw = strings(store, "tokenizer.ggml.merges")?;
     let mut merges = Vec::with_capacity(merges_raw.len());
     for (i, m) in merges_raw.iter().enumerate() {
@@ -182,9 +238,7 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
         .vocab_and_merges(vocab, merges)
         .fuse_unk(true)
         .byte_fallback(true);
-    if let Some(t) = store
-        .meta("tokenizer.ggml.unknown_token_id")
-        .and_then(|v| v.to_u32().ok())
+    if let Some(t) = token_id(store, "tokenizer.ggml.unknown_token_id", tokens.len())?
         .and_then(|unk| tokens.get(unk as usize))
     {
         builder = builder.unk_token(t.clone());
@@ -209,9 +263,7 @@ pub fn tokenizer(store: &GgufStore) -> Result<Tokenizer> {
     // transformers' GGUF tokenizer (LlamaTokenizerFast, add_bos_token true) prepends BOS when special tokens
     // are requested, whatever `tokenizer.ggml.add_bos_token` says; do the same so token ids agree.
     let add_bos = true;
-    let bos = store
-        .meta("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.to_u32().ok());
+    let bos = token_id(store, "tokenizer.ggml.bos_token_id", tokens.len())?;
     if let (true, Some(bos)) = (add_bos, bos)
         && let Some(bos_text) = tokens.get(bos as usize)
     {

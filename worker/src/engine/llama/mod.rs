@@ -38,21 +38,13 @@ pub fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
 /// that the tokenizer fits the model's vocabulary.
 pub fn open(path: &Path) -> Result<Checkpoint> {
     let name = model::base_name(path);
-    let check_vocab = |tokenizer: &Tokenizer,
-                       config: &LlamaConfig,
-                       tok_path: &Path|
-     -> Result<()> {
-        let tok_vocab = tokenizer.get_vocab_size(true);
-        if tok_vocab > config.vocab_size {
-            return Err(EngineError::tokenizer(
-                tok_path,
-                format!(
-                    "the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}; they do not belong together",
-                    config.vocab_size
-                ),
-            ));
-        }
-        Ok(())
+    let check_vocab = |tokenizer: &Tokenizer, config: &LlamaConfig, tok_path: &Path| {
+        crate::engine::load::check_tokenizer_fits(
+            tokenizer,
+            config.vocab_size,
+            "the model's vocab_size",
+            tok_path,
+        )
     };
     if path
         .extension()
@@ -88,8 +80,7 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
             "missing; a model directory needs tokenizer.json",
         ));
     }
-    let tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
+    let tokenizer = crate::engine::load::read_tokenizer_json(&tok_path)?;
     check_vocab(&tokenizer, &config, &tok_path)?;
     let store = weights::SafetensorsStore::open(path)?;
     Ok(Checkpoint {

@@ -163,21 +163,67 @@ impl GgufStore {
     /// Opens a GGUF file and reads its header (metadata and tensor table).
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| EngineError::weights(path, format!("not a readable GGUF file: {e}")))?;
-        let len = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
-        // A truncated file: the last tensor must end inside the file.
-        for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
-            if end > len {
+        // candle's reader panics on some malformed headers (a `general.alignment` of 0 divides by zero); such a
+        // file is refused like any other unreadable one.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gguf_file::Content::read(&mut file)
+        }));
+        let content = match read {
+            Ok(content) => content.map_err(|e| {
+                EngineError::weights(path, format!("not a readable GGUF file: {e}"))
+            })?,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
                 return Err(EngineError::weights(
                     path,
                     format!(
-                        "file is truncated: tensor `{name}` ends at byte {end}, the file has {len} bytes"
+                        "not a readable GGUF file: the header reader failed ({why}; a `general.alignment` of 0 does this)"
                     ),
                 ));
+            }
+        };
+        let len = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
+        // A truncated file: the last tensor must end inside the file. Shapes and offsets are the file's own
+        // numbers, so the arithmetic is checked.
+        for (name, info) in &content.tensor_infos {
+            let end = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| {
+                    (n / info.ggml_dtype.block_size()).checked_mul(info.ggml_dtype.type_size())
+                })
+                .and_then(|bytes| {
+                    content
+                        .tensor_data_offset
+                        .checked_add(info.offset)?
+                        .checked_add(bytes as u64)
+                });
+            match end {
+                Some(end) if end <= len => {}
+                Some(end) => {
+                    return Err(EngineError::weights(
+                        path,
+                        format!(
+                            "file is truncated: tensor `{name}` ends at byte {end}, the file has {len} bytes"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(EngineError::weights(
+                        path,
+                        format!(
+                            "tensor `{name}`: shape {:?} at offset {} does not fit in any file (the file has {len} bytes)",
+                            info.shape.dims(),
+                            info.offset
+                        ),
+                    ));
+                }
             }
         }
         Ok(Self {

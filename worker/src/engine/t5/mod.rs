@@ -45,18 +45,13 @@ pub fn load(dir: &Path) -> Result<(T5Model, Tokenizer)> {
             "missing; a T5 model directory needs tokenizer.json (convert spiece.model with transformers)",
         ));
     }
-    let tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| EngineError::tokenizer(&tok_path, format!("cannot parse: {e}")))?;
-    let tok_vocab = tokenizer.get_vocab_size(true);
-    if tok_vocab > model.config.vocab_size {
-        return Err(EngineError::tokenizer(
-            &tok_path,
-            format!(
-                "the tokenizer has {tok_vocab} tokens but config.json vocab_size is {}; they do not belong together",
-                model.config.vocab_size
-            ),
-        ));
-    }
+    let tokenizer = crate::engine::load::read_tokenizer_json(&tok_path)?;
+    crate::engine::load::check_tokenizer_fits(
+        &tokenizer,
+        model.config.vocab_size,
+        "config.json vocab_size",
+        &tok_path,
+    )?;
     Ok((model, tokenizer))
 }
 
