@@ -1,7 +1,7 @@
 //! End-to-end: models and datasets travel by digest. The submitter's copy of the tiny model and datasets is
 //! uploaded to the coordinator's blob store and then deleted; a worker with its own empty machine cache (and no
 //! access to the submitter's folder, which no longer exists) fetches them by digest and runs the experiment. A
-//! second submission of the same files uploads nothing.
+//! second submission of the same files uploads nothing; another team must send the bytes itself.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,5 +123,18 @@ fn a_worker_without_the_submitters_files_runs_from_the_digest_store() {
     let (second, summary) = submit(&coordinator.url, &team, &manifest);
     assert!(summary.contains("uploaded 0 (0 bytes)"), "{summary}");
     let status = status_json(&coordinator.url, Some(&team), &second);
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+
+    // Another team is not told the store has these blobs: a digest proves nothing, so it sends the bytes
+    // itself (which proves it holds them) before it may name them.
+    drop(coordinator);
+    let other = create_token(&store, "--team", Some("cardiology"));
+    let coordinator = Coordinator::start(&store, FAST);
+    let (third, summary) = submit(&coordinator.url, &other, &manifest);
+    assert!(
+        !summary.contains("uploaded 0 ") && summary.contains(", 0 already in the store"),
+        "{summary}"
+    );
+    let status = status_json(&coordinator.url, Some(&other), &third);
     assert_eq!(status["state"], "succeeded", "{status:#}");
 }

@@ -86,6 +86,7 @@ impl ClientService for ClientApi {
                 manifest_format: req.format,
                 manifest_name,
                 inputs,
+                inputs_held_by: principal.team_scope().map(str::to_string),
                 priority: req.priority,
                 jobs: plan.jobs,
             })
@@ -315,11 +316,11 @@ impl ClientService for ClientApi {
         &self,
         request: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsReply>, Status> {
-        self.caller(&request)?;
+        let principal = self.caller(&request)?;
         let sha256 = self
             .shared
             .scheduler
-            .missing_blobs(&request.get_ref().sha256)?;
+            .missing_blobs(principal.team_scope(), &request.get_ref().sha256)?;
         Ok(Response::new(pb::MissingBlobsReply { sha256 }))
     }
 
@@ -341,11 +342,12 @@ impl ClientService for ClientApi {
             )));
         }
         let scheduler = &self.shared.scheduler;
+        let holder = principal.team_scope();
         if scheduler
-            .missing_blobs(std::slice::from_ref(&first.sha256))?
+            .missing_blobs(holder, std::slice::from_ref(&first.sha256))?
             .is_empty()
         {
-            // Already stored (another upload won the race): nothing to write.
+            // Already stored and (for a team) already uploaded by it: nothing to write.
             return Ok(Response::new(pb::UploadBlobReply {
                 sha256: first.sha256,
                 size: first.size,
@@ -357,7 +359,12 @@ impl ClientService for ClientApi {
         while let Some(chunk) = stream.next().await {
             upload.write(&chunk?.data)?;
         }
+        // Stored under its verified hash (an identical file may already be there: the bytes prove the team
+        // holds them).
         let size = upload.finish(first.size, &first.sha256)?;
+        if let Some(team) = holder {
+            scheduler.add_blob_holder(&first.sha256, team).await?;
+        }
         tracing::info!(blob = %first.sha256, size, actor = %principal.actor(), "input blob stored");
         Ok(Response::new(pb::UploadBlobReply {
             sha256: first.sha256,

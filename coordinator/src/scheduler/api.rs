@@ -62,6 +62,9 @@ pub struct Submission {
     pub manifest_name: String,
     /// The experiment's inputs by digest; their blobs (and a folder's listed files) must be in the store.
     pub inputs: Vec<InputRef>,
+    /// The team that must have uploaded every input's bytes itself (a digest alone proves nothing); `None` for
+    /// an admin, who may name any stored blob.
+    pub inputs_held_by: Option<String>,
     pub priority: i32,
     pub jobs: Vec<PlannedJob>,
 }

@@ -90,17 +90,42 @@ impl Scheduler {
         Ok(false)
     }
 
-    /// The digests of `sha256s` the blob store lacks (each hash checked), in the order given.
-    pub fn missing_blobs(&self, sha256s: &[String]) -> SchedulerResult<Vec<String>> {
-        let blobs = self.store.blobs();
+    /// The digests of `sha256s` that `holder` must still upload (each hash checked), in the order given: those
+    /// the blob store lacks and, for a team, those it has not uploaded itself (another team's blob is not
+    /// revealed by its digest). `None` (an admin) asks about the store alone.
+    pub fn missing_blobs(
+        &self,
+        holder: Option<&str>,
+        sha256s: &[String],
+    ) -> SchedulerResult<Vec<String>> {
         let mut missing = Vec::new();
         for sha256 in sha256s {
-            blobs.path_of(sha256)?;
-            if !blobs.contains(sha256) && !missing.contains(sha256) {
+            self.store.blobs().path_of(sha256)?;
+            if !self.blob_held(holder, sha256)? && !missing.contains(sha256) {
                 missing.push(sha256.clone());
             }
         }
         Ok(missing)
+    }
+
+    /// Whether blob `sha256` is stored and, for a team `holder`, uploaded by that team.
+    fn blob_held(&self, holder: Option<&str>, sha256: &str) -> SchedulerResult<bool> {
+        if !self.store.blobs().contains(sha256) {
+            return Ok(false);
+        }
+        match holder {
+            None => Ok(true),
+            Some(team) => Ok(self.store.blob_held_by(sha256, team)?),
+        }
+    }
+
+    /// Records, durably, that `team` uploaded blob `sha256`'s bytes.
+    pub async fn add_blob_holder(&self, sha256: &str, team: &str) -> SchedulerResult<()> {
+        self.transact(|state| {
+            state.write().add_blob_holder(sha256, team)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Starts the upload of an input blob (a client's model file, dataset or folder listing); at most `limit`
@@ -113,16 +138,25 @@ impl Scheduler {
 
     /// Checks that every input's blob is stored and, for a folder, that its listing reads and every listed
     /// file is stored; an error names the input and what is missing.
-    pub fn check_input_blobs(&self, inputs: &[InputRef]) -> SchedulerResult<()> {
+    pub fn check_input_blobs(
+        &self,
+        holder: Option<&str>,
+        inputs: &[InputRef],
+    ) -> SchedulerResult<()> {
         let blobs = self.store.blobs();
         let missing = |input: &InputRef, what: String| {
+            let whose = if holder.is_some() {
+                "your team's uploads"
+            } else {
+                "the store"
+            };
             SchedulerError::FailedPrecondition(format!(
-                "input {} ({}): {what} is not in the store; upload it first (tandem submit does)",
+                "input {} ({}): {what} is not in {whose}; upload it first (tandem submit does)",
                 input.name, input.sha256
             ))
         };
         for input in inputs {
-            if !blobs.contains(&input.sha256) {
+            if !self.blob_held(holder, &input.sha256)? {
                 return Err(missing(input, "its blob".into()));
             }
             if input.folder {
@@ -133,8 +167,10 @@ impl Scheduler {
                         input.name, input.sha256
                     ))
                 })?;
-                if let Some(file) = files.iter().find(|f| !blobs.contains(&f.sha256)) {
-                    return Err(missing(input, format!("listed file {}", file.relative)));
+                for file in &files {
+                    if !self.blob_held(holder, &file.sha256)? {
+                        return Err(missing(input, format!("listed file {}", file.relative)));
+                    }
                 }
             }
         }

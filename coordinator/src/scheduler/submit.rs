@@ -17,9 +17,10 @@ impl Scheduler {
             self.read(|state| state.jobs.get(id).map(|j| j.state))
         })?;
         let manifest_sha256 = sha256_hex(&submission.manifest);
-        self.check_input_blobs(&submission.inputs)?;
+        let holder = submission.inputs_held_by.as_deref();
+        self.check_input_blobs(holder, &submission.inputs)?;
         for planned in &submission.jobs {
-            self.check_input_blobs(&planned.inputs)?;
+            self.check_input_blobs(holder, &planned.inputs)?;
         }
         let inputs = submission.inputs.clone();
         let experiment_id = format!("e{:06}", self.store.next_id()?);

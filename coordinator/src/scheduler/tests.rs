@@ -52,6 +52,7 @@ fn submission(team: &str, jobs: Vec<PlannedJob>) -> Submission {
         manifest_format: "jobgraph+json".into(),
         manifest_name: "m.json".into(),
         inputs: vec![],
+        inputs_held_by: None,
         priority: 0,
         jobs,
     }
@@ -586,7 +587,7 @@ async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
         "{err}"
     );
     assert_eq!(
-        s.missing_blobs(&[folder.sha256.clone(), config.clone()])
+        s.missing_blobs(None, &[folder.sha256.clone(), config.clone()])
             .unwrap(),
         vec![folder.sha256.clone(), config.clone()]
     );
@@ -599,7 +600,50 @@ async fn a_submission_needs_its_input_blobs_and_every_file_a_folder_lists() {
     );
     s.store().blobs().put_bytes(b"weights").unwrap();
     assert!(
-        s.missing_blobs(&[folder.sha256.clone(), weights])
+        s.missing_blobs(None, &[folder.sha256.clone(), weights])
+            .unwrap()
+            .is_empty()
+    );
+    s.submit(sub).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_team_may_name_only_blobs_it_uploaded_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    // Another team's blob is in the store; this team knows its digest but never sent the bytes.
+    let sha256 = s.store().blobs().put_bytes(b"radiology's reports").unwrap();
+    s.add_blob_holder(&sha256, "radiology").await.unwrap();
+    let input = InputRef {
+        name: "dataset".into(),
+        sha256: sha256.clone(),
+        size: 19,
+        folder: false,
+        file_name: "reports.csv".into(),
+    };
+    let mut sub = submission("cardiology", vec![job("j1", &[])]);
+    sub.inputs = vec![input];
+    sub.inputs_held_by = Some("cardiology".into());
+    let err = s.submit(sub.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, SchedulerError::FailedPrecondition(m) if m.contains("input dataset") && m.contains("your team's uploads")),
+        "{err}"
+    );
+    // The store does not reveal it either: to this team it is missing until it uploads the bytes.
+    let digests = [sha256.clone()];
+    assert_eq!(
+        s.missing_blobs(Some("cardiology"), &digests).unwrap(),
+        digests
+    );
+    assert!(
+        s.missing_blobs(Some("radiology"), &digests)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.missing_blobs(None, &digests).unwrap().is_empty());
+    s.add_blob_holder(&sha256, "cardiology").await.unwrap();
+    assert!(
+        s.missing_blobs(Some("cardiology"), &digests)
             .unwrap()
             .is_empty()
     );

@@ -83,6 +83,11 @@ pub trait Store: Send + Sync + 'static {
     fn put_token(&self, record: &TokenRecord) -> StoreResult<()>;
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
 
+    /// Records that `team` proved it holds blob `sha256` (it sent the bytes, which hashed to the name).
+    fn add_blob_holder(&self, sha256: &str, team: &str) -> StoreResult<()>;
+    /// Whether `team` proved it holds blob `sha256`.
+    fn blob_held_by(&self, sha256: &str, team: &str) -> StoreResult<bool>;
+
     /// A fresh, never-reused number (experiment and worker ids).
     fn next_id(&self) -> StoreResult<u64>;
     /// Resolves once every write made before this call is durable.

@@ -24,6 +24,8 @@ pub struct SledStore {
     artifacts: sled::Tree,
     audit: sled::Tree,
     tokens: sled::Tree,
+    /// `<sha256>/<team>` for each team that uploaded a blob's bytes (a digest alone proves nothing).
+    blob_holders: sled::Tree,
     blobs: BlobStore,
     group: GroupCommit,
 }
@@ -77,6 +79,7 @@ impl SledStore {
             artifacts: tree("artifacts")?,
             audit: tree("audit")?,
             tokens: tree("tokens")?,
+            blob_holders: tree("blob_holders")?,
             blobs: BlobStore::open(dir)?,
             group: {
                 let flush_db = db.clone();
@@ -226,6 +229,19 @@ impl Store for SledStore {
 
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
         decode_all("tokens", &self.tokens)
+    }
+
+    fn add_blob_holder(&self, sha256: &str, team: &str) -> StoreResult<()> {
+        let key = format!("{sha256}/{team}");
+        self.blob_holders
+            .insert(key.as_bytes(), &super::now_ms().to_be_bytes())?;
+        Ok(())
+    }
+
+    fn blob_held_by(&self, sha256: &str, team: &str) -> StoreResult<bool> {
+        Ok(self
+            .blob_holders
+            .contains_key(format!("{sha256}/{team}").as_bytes())?)
     }
 
     /// Dense ids from a counter in the store (sled's own `generate_id` jumps by a million after every
