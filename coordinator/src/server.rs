@@ -123,6 +123,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
         auth,
         limits: options.limits,
         streams: Default::default(),
+        metric_points: Default::default(),
     };
     let max = options.limits.max_message_bytes;
     let client = ClientServiceServer::new(ClientApi::new(shared.clone()))

@@ -8,7 +8,7 @@ use serde_json::json;
 use tandem_proto as pb;
 use tandem_proto::client_service_client::ClientServiceClient;
 use tandem_proto::worker_service_client::WorkerServiceClient;
-use tandem_tests::{LONG, Lab, wait_for, with_token};
+use tandem_tests::{FAST, LONG, Lab, job, series, wait_for, with_token};
 use tonic::transport::Channel;
 
 /// Streams each worker sends at once, and the bytes each would carry unrefused (100 batches of ~1.2 MB).
@@ -17,6 +17,11 @@ const BATCHES: u64 = 100;
 const POINTS: usize = 60_000;
 /// The coordinator's default open-stream limit per caller.
 const MAX_OPEN_STREAMS: usize = 64;
+
+/// The FAST settings with `extra` added.
+fn with_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    FAST.iter().copied().chain(extra.iter().copied()).collect()
+}
 
 fn batch(worker_id: &str, seq: u64, points: usize) -> pb::MetricBatch {
     pb::MetricBatch {
@@ -62,7 +67,13 @@ async fn open_watch(
 
 #[test]
 fn floods_of_metrics_streams_and_manifests_are_refused_with_memory_bounded() {
-    let lab = Lab::start();
+    // No per-job rate here (it would refuse the flood first): this test is about what a stream may hold.
+    let lab = Lab::start_with(&with_args(&[
+        "--metric-points-per-s",
+        "1e12",
+        "--metric-points-burst",
+        "1e12",
+    ]));
     let url = lab.coordinator.url.clone();
     // Queued work nobody runs (no worker serves it): something to watch.
     let experiment = lab.submit(
@@ -186,5 +197,54 @@ fn floods_of_metrics_streams_and_manifests_are_refused_with_memory_bounded() {
     assert!(
         peak_mib < before_mib + 256,
         "peak resident memory {peak_mib} MiB (from {before_mib} MiB) under the flood"
+    );
+}
+
+#[test]
+fn a_job_sending_points_faster_than_its_rate_is_slowed_down_and_loses_nothing() {
+    // 20,000 points per second and per burst; the job sends 10 batches of 10,000 points as fast as it can,
+    // so at least 4 s pass before the last point is read.
+    let lab = Lab::start_with(&with_args(&[
+        "--metric-points-per-s",
+        "20000",
+        "--metric-points-burst",
+        "20000",
+    ]));
+    let _worker = lab.worker("fast");
+    let started = std::time::Instant::now();
+    let experiment = lab.submit(
+        "fast.json",
+        json!({"name": "fast", "jobs": [{"name": "chatty", "kind": "test.emit",
+            "config": {"steps": 10, "points_per_step": 10000}}]}),
+    );
+    let status = lab.wait_state(&experiment, "succeeded");
+    let took = started.elapsed();
+    assert_eq!(job(&status, "chatty")["attempts"], 1, "{status}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "the rate did not hold: {took:?}"
+    );
+    let series = series(&lab.coordinator.url, &lab.team, &experiment);
+    let points: usize = series.values().map(Vec::len).sum();
+    assert_eq!(points, 10 * 10_000, "every point stored once");
+}
+
+#[test]
+fn a_job_over_its_artifact_bytes_fails_once_naming_the_sizes() {
+    let lab = Lab::start_with(&with_args(&["--max-job-artifact-mib", "1"]));
+    let _worker = lab.worker("w1");
+    let experiment = lab.submit(
+        "big.json",
+        json!({"name": "big", "jobs": [{"name": "big", "kind": "test.emit",
+            "config": {"steps": 2, "output_bytes": 2_000_000}}]}),
+    );
+    let status = lab.wait_state(&experiment, "failed");
+    let big = job(&status, "big");
+    assert_eq!(big["attempts"], 1, "a size limit is not retried: {big}");
+    let error = big["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("2000000 more bytes for output.bin")
+            && error.contains("per-job limit of 1048576"),
+        "{error}"
     );
 }

@@ -47,6 +47,15 @@ pub struct ServeArgs {
     /// Largest artifact upload, MiB.
     #[arg(long, default_value_t = 8192)]
     pub max_upload_mib: u64,
+    /// Artifacts one job may hold in the store (outputs and checkpoints), MiB.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_job_artifact_mib: u64,
+    /// Metric points per second one job may send on average (a faster worker's stream is read more slowly).
+    #[arg(long, default_value_t = 20_000.0)]
+    pub metric_points_per_s: f64,
+    /// Metric points one job may send in a burst.
+    #[arg(long, default_value_t = 200_000.0)]
+    pub metric_points_burst: f64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +76,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         limits: Limits {
             max_message_bytes: args.max_message_mib << 20,
             max_upload_bytes: args.max_upload_mib << 20,
+            max_job_artifact_bytes: args.max_job_artifact_mib << 20,
+            metric_points_per_s: positive("--metric-points-per-s", args.metric_points_per_s)?,
+            metric_points_burst: positive("--metric-points-burst", args.metric_points_burst)?,
             ..Limits::default()
         },
     };
@@ -91,4 +103,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         running.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })?
+}
+
+/// A rate or burst must be a positive number.
+fn positive(flag: &str, value: f64) -> anyhow::Result<f64> {
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        anyhow::bail!("{flag} {value}: expected a positive number")
+    }
 }

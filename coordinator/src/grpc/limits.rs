@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio_stream::Stream;
 use tonic::Status;
@@ -29,6 +30,12 @@ pub struct Limits {
     pub max_metric_stream_bytes: usize,
     /// Streams (watches, downloads, uploads, metric streams) one caller may hold open at once.
     pub max_open_streams: usize,
+    /// Metric points per second one job may send, on average (a faster sender is read more slowly) ...
+    pub metric_points_per_s: f64,
+    /// ... and in one burst.
+    pub metric_points_burst: f64,
+    /// Bytes of artifacts (outputs and the latest checkpoint of each name) one job may hold in the store.
+    pub max_job_artifact_bytes: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +49,9 @@ impl Default for Limits {
             max_points_per_batch: 65_536,
             max_metric_stream_bytes: 16 << 20,
             max_open_streams: 64,
+            metric_points_per_s: 20_000.0,
+            metric_points_burst: 200_000.0,
+            max_job_artifact_bytes: 64 << 30,
         }
     }
 }
@@ -56,6 +66,35 @@ impl Limits {
             )));
         }
         Ok(())
+    }
+}
+
+/// Token buckets of metric points, one per job. A job over its rate is slowed down, not refused: its stream
+/// is read only once the bucket has refilled, so HTTP/2 flow control holds the sender back and nothing is lost.
+#[derive(Debug, Default)]
+pub struct PointBuckets {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl PointBuckets {
+    /// Charges `points` to `job`'s bucket (refilled at `rate` per second up to `burst`) and returns how long to
+    /// wait before reading more of its stream: zero while the bucket holds enough, else the time its debt
+    /// takes to refill.
+    pub fn charge(&self, job: &str, points: usize, rate: f64, burst: f64) -> Duration {
+        if rate.is_infinite() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = buckets.entry(job.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        *tokens -= points as f64;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / rate)
+        }
     }
 }
 
@@ -148,6 +187,20 @@ mod tests {
         drop(held);
         assert_eq!(slots.open("team:a"), 0);
         let _again = slots.take("team:a", 3).unwrap();
+    }
+
+    #[test]
+    fn a_job_over_its_point_rate_waits_for_its_debt_and_others_do_not() {
+        let buckets = PointBuckets::default();
+        assert_eq!(buckets.charge("j1", 100, 10.0, 100.0), Duration::ZERO);
+        // 50 points over an empty bucket at 10 per second: about 5 s of debt.
+        let wait = buckets.charge("j1", 50, 10.0, 100.0);
+        assert!((4.9..=5.0).contains(&wait.as_secs_f64()), "{wait:?}");
+        assert_eq!(buckets.charge("j2", 100, 10.0, 100.0), Duration::ZERO);
+        assert_eq!(
+            buckets.charge("j3", 1, f64::INFINITY, f64::INFINITY),
+            Duration::ZERO
+        );
     }
 
     #[test]

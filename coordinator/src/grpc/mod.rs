@@ -30,6 +30,7 @@ pub struct Shared {
     pub auth: Arc<Auth>,
     pub limits: Limits,
     pub streams: Arc<limits::StreamSlots>,
+    pub metric_points: Arc<limits::PointBuckets>,
 }
 
 impl Shared {

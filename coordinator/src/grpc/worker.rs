@@ -234,6 +234,15 @@ impl WorkerService for WorkerApi {
                 points: batch.points,
                 worker_id: String::new(),
             };
+            let wait = self.shared.metric_points.charge(
+                &batch.job_id,
+                stored.points.len(),
+                limits.metric_points_per_s,
+                limits.metric_points_burst,
+            );
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             held_bytes += stored.encoded_len();
             if held_bytes > limits.max_metric_stream_bytes {
                 return Err(Status::resource_exhausted(format!(
@@ -308,6 +317,19 @@ impl WorkerService for WorkerApi {
             )));
         }
         let scheduler = &self.shared.scheduler;
+        let held: u64 = scheduler
+            .artifacts(&header.job_id)?
+            .iter()
+            .filter(|a| a.name != header.name)
+            .map(|a| a.size)
+            .sum();
+        let job_limit = self.shared.limits.max_job_artifact_bytes;
+        if held.saturating_add(header.size) > job_limit {
+            return Err(Status::resource_exhausted(format!(
+                "job {} holds {held} bytes of artifacts; {} more bytes for {} would pass the per-job limit of {job_limit}",
+                header.job_id, header.size, header.name
+            )));
+        }
         let mut upload = scheduler.begin_artifact_upload(
             &header.worker_id,
             &header.job_id,

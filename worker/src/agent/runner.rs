@@ -297,6 +297,15 @@ impl JobContext {
                 self.stop.request(StopReason::LeaseLost);
                 Err(RunError::Stopped(StopReason::LeaseLost))
             }
+            // A size limit (the artifact's or the job's) does not get better on retry.
+            Err(transfer::TransferError::Rpc(status))
+                if status.code() == tonic::Code::ResourceExhausted =>
+            {
+                Err(RunError::permanent(format!(
+                    "uploading {name}: {}",
+                    status.message()
+                )))
+            }
             Err(err) => Err(RunError::retryable(format!("uploading {name}: {err}"))),
         }
     }
