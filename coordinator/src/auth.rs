@@ -128,6 +128,9 @@ impl Auth {
             ));
         };
         let secret = header.strip_prefix("Bearer ").unwrap_or(header).trim();
+        // Only SHA-256 digests are stored and compared: the table lookup and its string comparison see the
+        // digest of what the caller sent, never the secret, so how long they take tells an attacker nothing
+        // about any stored secret (finding a secret from digest prefixes is a preimage search).
         let table = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
         match table.get(&sha256_hex(secret.as_bytes())) {
             Some(record) if !record.revoked => Ok(Principal {
