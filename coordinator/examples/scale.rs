@@ -303,6 +303,7 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
                                 })
                                 .collect(),
                             worker_id: worker_id.clone(),
+                            time_ms: 0,
                         };
                         seq += 1;
                         batch

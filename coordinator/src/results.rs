@@ -22,6 +22,8 @@ pub struct MetricSeries {
     pub name: String,
     pub steps: Vec<u64>,
     pub values: Vec<f64>,
+    /// When each point's batch was emitted, Unix ms (0 where the worker did not record it).
+    pub times_ms: Vec<u64>,
 }
 
 /// Where a training job sits in its experiment, read from its config.
@@ -60,26 +62,25 @@ pub fn series_from_batches(
     job_id: &str,
     batches: Vec<(u64, Vec<u8>)>,
 ) -> SchedulerResult<Vec<MetricSeries>> {
-    let mut by_name: BTreeMap<String, (Vec<u64>, Vec<f64>)> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, MetricSeries> = BTreeMap::new();
     for (_, encoded) in batches {
         let batch = pb::MetricBatch::decode(encoded.as_slice()).map_err(|e| {
             SchedulerError::DataLoss(format!("stored metric batch of {job_id} undecodable: {e}"))
         })?;
         for point in batch.points {
-            let entry = by_name.entry(point.name).or_default();
-            entry.0.push(point.step);
-            entry.1.push(point.value);
+            let series = by_name
+                .entry(point.name)
+                .or_insert_with_key(|name| MetricSeries {
+                    job_id: job_id.to_string(),
+                    name: name.clone(),
+                    ..MetricSeries::default()
+                });
+            series.steps.push(point.step);
+            series.values.push(point.value);
+            series.times_ms.push(batch.time_ms);
         }
     }
-    Ok(by_name
-        .into_iter()
-        .map(|(name, (steps, values))| MetricSeries {
-            job_id: job_id.to_string(),
-            name,
-            steps,
-            values,
-        })
-        .collect())
+    Ok(by_name.into_values().collect())
 }
 
 /// Every stored metric series of `job_id`.
@@ -148,8 +149,9 @@ pub fn replay_comparison(
 mod tests {
     use super::*;
 
-    fn batch(points: &[(&str, u64, f64)]) -> Vec<u8> {
+    fn batch(time_ms: u64, points: &[(&str, u64, f64)]) -> Vec<u8> {
         pb::MetricBatch {
+            time_ms,
             points: points
                 .iter()
                 .map(|&(name, step, value)| pb::MetricPoint {
@@ -166,8 +168,8 @@ mod tests {
     #[test]
     fn series_gather_each_metric_across_batches_in_batch_order() {
         let batches = vec![
-            (0, batch(&[("loss", 1, 2.0), ("lr", 1, 0.1)])),
-            (1, batch(&[("loss", 2, 1.5)])),
+            (0, batch(1000, &[("loss", 1, 2.0), ("lr", 1, 0.1)])),
+            (1, batch(1001, &[("loss", 2, 1.5)])),
         ];
         let series = series_from_batches("j", batches).unwrap();
         assert_eq!(
@@ -178,12 +180,14 @@ mod tests {
                     name: "loss".into(),
                     steps: vec![1, 2],
                     values: vec![2.0, 1.5],
+                    times_ms: vec![1000, 1001],
                 },
                 MetricSeries {
                     job_id: "j".into(),
                     name: "lr".into(),
                     steps: vec![1],
                     values: vec![0.1],
+                    times_ms: vec![1000],
                 },
             ]
         );

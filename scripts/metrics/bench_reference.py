@@ -3,7 +3,7 @@ the two throughputs compare on the same text and machine.
 
 Pinned (requirements): sacrebleu==2.6.0 rouge-score==0.1.2 nltk==3.10.4 bert-score==0.3.13 transformers==4.57.3
 torch==2.9.1. Run from the repository root after `cargo bench -p tandem-experiments --bench metrics`:
-  /work/pyenv/bin/python scripts/metrics/bench_reference.py [--pairs-file F] [--threads 2] [--bertscore-pairs 512]
+  .cache/metrics/venv/bin/python scripts/metrics/bench_reference.py [--pairs-file F] [--threads 2] [--bertscore-pairs 512]
 """
 
 import argparse

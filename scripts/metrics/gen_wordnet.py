@@ -1,7 +1,7 @@
 """Generates experiments/data/wordnet/synonyms.txt: the part of WordNet 3.0 that nltk's METEOR reads.
 
 Pinned: nltk==3.10.4, WordNet 3.0 from Debian wordnet-base 1:3.0-37 (see wordnet_setup.py).
-Run: /work/pyenv/bin/python scripts/metrics/gen_wordnet.py  (from the repository root)
+Run: .cache/metrics/venv/bin/python scripts/metrics/gen_wordnet.py  (from the repository root)
 
 METEOR's synonym stage calls `wordnet.synsets(word)` and keeps every lemma name without "_". `synsets` runs morphy
 for each part of speech (n, v, a, r): exception lists first, else one round of suffix rules, keeping the forms the

@@ -2,7 +2,7 @@
 
 Pinned reference packages (requirements): sacrebleu==2.6.0 rouge-score==0.1.2 nltk==3.10.4 bert-score==0.3.13
 transformers==4.57.3 torch==2.9.1; WordNet 3.0 from Debian wordnet-base 1:3.0-37 (see wordnet_setup.py).
-Run from the repository root:  /work/pyenv/bin/python scripts/metrics/make_fixtures.py
+Run from the repository root:  .cache/metrics/venv/bin/python scripts/metrics/make_fixtures.py
 Deterministic: a fixed seed for the pairs and for the tiny random BERT.
 
 Writes:

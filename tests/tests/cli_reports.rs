@@ -91,6 +91,7 @@ fn fake_worker(url: &str, token: &str, name: &str, kinds: &[&str]) -> usize {
                     seq: 0,
                     points,
                     worker_id: worker_id.clone(),
+                    time_ms: 0,
                 };
                 worker
                     .stream_metrics(with_token(tokio_stream::iter(vec![batch]), token))

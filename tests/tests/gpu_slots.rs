@@ -27,8 +27,8 @@ fn placements(csv: &str) -> BTreeMap<String, Placement> {
     let mut out: BTreeMap<String, Placement> = BTreeMap::new();
     for line in csv.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let [_, job, series, _, value] = fields[..] else {
-            panic!("a metrics.csv line has five fields: {line}")
+        let [_, job, series, _, value, _] = fields[..] else {
+            panic!("a metrics.csv line has six fields: {line}")
         };
         let value: f64 = value.parse().unwrap();
         let placement = out.entry(job.to_string()).or_default();

@@ -36,6 +36,7 @@ fn batch(worker_id: &str, seq: u64, points: usize) -> pb::MetricBatch {
                 value: i as f64,
             })
             .collect(),
+        time_ms: 0,
     }
 }
 

@@ -145,6 +145,15 @@ fn two_workers_run_an_experiment_with_folds_to_the_end() {
     );
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 + 8 + 8 + 1);
+    // Each point carries the wall-clock time its batch was emitted (Unix ms, within this test's run).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for line in csv.lines().skip(1) {
+        let time_ms: u64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(time_ms > now_ms - 600_000 && time_ms <= now_ms, "{line}");
+    }
     assert_eq!(
         std::fs::read_to_string(out.join("inputs").join("reports.csv")).unwrap(),
         "id,text\n1,clear lungs\n"

@@ -70,7 +70,7 @@ fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
                 .filter(|l| l.starts_with(id.as_str()))
                 .find_map(|l| {
                     let f: Vec<&str> = l.split(',').collect();
-                    (f.len() >= 5 && f[f.len() - 3] == key).then(|| f[f.len() - 1].parse().unwrap())
+                    (f.len() == 6 && f[2] == key).then(|| f[4].parse().unwrap())
                 })
                 .unwrap_or_else(|| panic!("{name}: no {key} in metrics.csv:\n{metrics}"));
             assert!((0.0..=1.0).contains(&value), "{name}: {key} = {value}");

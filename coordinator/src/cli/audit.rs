@@ -526,6 +526,7 @@ mod tests {
             name: name.into(),
             steps: (0..values.len() as u64).collect(),
             values: values.to_vec(),
+            times_ms: vec![0; values.len()],
         }
     }
 

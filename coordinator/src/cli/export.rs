@@ -76,16 +76,22 @@ pub async fn export(client: &mut Client, experiment: &str, out: &Path) -> anyhow
         .iter()
         .map(|j| (j.id.as_str(), j.name.as_str()))
         .collect();
-    let mut csv = String::from("job_id,job_name,series,step,value\n");
+    let mut csv = String::from("job_id,job_name,series,step,value,time_ms\n");
     for s in &reply.series {
         let job_name = names
             .get(s.job_id.as_str())
             .copied()
             .unwrap_or("")
             .replace(['"', ','], "_");
-        for (step, value) in s.steps.iter().zip(&s.values) {
+        for (i, (step, value)) in s.steps.iter().zip(&s.values).enumerate() {
+            // An empty time where the worker did not record one (points stored before times were kept).
+            let time = s
+                .times_ms
+                .get(i)
+                .filter(|t| **t > 0)
+                .map_or(String::new(), u64::to_string);
             csv.push_str(&format!(
-                "{},{job_name},{},{step},{value}\n",
+                "{},{job_name},{},{step},{value},{time}\n",
                 s.job_id,
                 s.name.replace(',', "_")
             ));

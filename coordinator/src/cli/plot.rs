@@ -148,6 +148,7 @@ mod tests {
             name: name.into(),
             steps: steps.to_vec(),
             values: values.to_vec(),
+            times_ms: vec![0; values.len()],
         }
     }
 

@@ -343,6 +343,7 @@ mod tests {
                 name: "train_loss".into(),
                 steps: vec![1, 2],
                 values: vec![2.5, 2.0],
+                times_ms: vec![0, 0],
             }],
             ..Default::default()
         }

@@ -286,6 +286,7 @@ pub fn series_to_pb(series: Vec<MetricSeries>) -> Vec<pb::MetricSeries> {
             name: s.name,
             steps: s.steps,
             values: s.values,
+            times_ms: s.times_ms,
         })
         .collect()
 }

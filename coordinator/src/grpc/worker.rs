@@ -233,6 +233,7 @@ impl WorkerService for WorkerApi {
                 seq: batch.seq,
                 points: batch.points,
                 worker_id: String::new(),
+                time_ms: batch.time_ms,
             };
             let wait = self.shared.metric_points.charge(
                 &batch.job_id,

@@ -224,6 +224,9 @@ impl JobContext {
             seq: self.next_seq,
             points,
             worker_id: self.worker_id.clone(),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         self.next_seq += 1;
         let _ = self.metrics.send(MetricMsg::Batch(batch));
