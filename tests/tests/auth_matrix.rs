@@ -112,6 +112,7 @@ const TABLE: &[(&str, [Outcome; 7])] = &[
     ("WorkerService/CompleteJob", [U, U, U, D, A, D, A]),
     ("WorkerService/FailJob", [U, U, U, D, A, D, A]),
     ("WorkerService/ReleaseJob", [U, U, U, D, A, D, A]),
+    ("WorkerService/ReportRung", [U, U, U, D, A, D, A]),
 ];
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -280,7 +280,10 @@ fn the_training_loop_runs_on_the_kernel_engine_and_its_adapter_loads_in_the_cpu_
                 }
                 events.push(e)
             },
-            &|| stop_after.is_some_and(|s| steps.get() >= s),
+            &|| match stop_after.is_some_and(|s| steps.get() >= s) {
+                true => train::Control::Suspend,
+                false => train::Control::Continue,
+            },
         );
         (r, m)
     };

@@ -425,6 +425,32 @@ impl WorkerService for WorkerApi {
         crash_point("outcome.committed");
         Ok(Response::new(pb::ReleaseReply {}))
     }
+
+    async fn report_rung(
+        &self,
+        request: Request<pb::RungRequest>,
+    ) -> Result<Response<pb::RungReply>, Status> {
+        let principal = self.caller(&request)?;
+        let req = request.into_inner();
+        self.check_worker(&principal, &req.worker_id)?;
+        let decision = self
+            .shared
+            .scheduler
+            .report_rung(
+                &req.worker_id,
+                &req.job_id,
+                req.attempt,
+                req.rung,
+                req.step,
+                req.value,
+            )
+            .await?;
+        Ok(Response::new(pb::RungReply {
+            stop: decision.stop,
+            cutoff: decision.cutoff,
+            recorded: decision.recorded,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod lease;
 pub mod order;
 mod outcome;
 pub mod placement;
+mod rungs;
 mod state;
 mod stored;
 mod submit;
@@ -38,6 +39,7 @@ pub use api::{
 };
 pub use error::{SchedulerError, SchedulerResult};
 pub use graph::validate_graph;
+pub use rungs::RungDecision;
 pub use stored::ArtifactUpload;
 pub use watch::WatchUpdate;
 

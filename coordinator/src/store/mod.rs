@@ -88,6 +88,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `team` proved it holds blob `sha256`.
     fn blob_held_by(&self, sha256: &str, team: &str) -> StoreResult<bool>;
 
+    /// Records sweep point `record.job_id`'s value at ASHA rung `record.rung` of `group`.
+    fn put_rung(&self, group: &str, record: &RungRecord) -> StoreResult<()>;
+    /// Every value recorded at `rung` of `group`, in job id order.
+    fn rungs(&self, group: &str, rung: u32) -> StoreResult<Vec<RungRecord>>;
+
     /// A fresh, never-reused number (experiment and worker ids).
     fn next_id(&self) -> StoreResult<u64>;
     /// Resolves once every write made before this call is durable.

@@ -281,6 +281,19 @@ impl TokenRole {
     }
 }
 
+/// A training-sweep point's value at an ASHA rung, and what was decided (kept so a retried attempt gets the
+/// same answer and `tandem results --sweep` can show where a point stopped).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RungRecord {
+    pub job_id: String,
+    pub rung: u32,
+    pub step: u64,
+    pub value: f64,
+    pub stop: bool,
+    pub cutoff: f64,
+    pub at_ms: u64,
+}
+
 /// A bearer token, stored by the SHA-256 of its secret only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {

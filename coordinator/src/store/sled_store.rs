@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ArtifactRecord, AuditEntry, BlobStore, CommitWait, ExperimentRecord, GroupCommit, JobRecord,
-    Store, StoreError, StoreResult, TokenRecord, WorkerRecord,
+    RungRecord, Store, StoreError, StoreResult, TokenRecord, WorkerRecord,
 };
 
 pub struct SledStore {
@@ -26,6 +26,8 @@ pub struct SledStore {
     tokens: sled::Tree,
     /// `<sha256>/<team>` for each team that uploaded a blob's bytes (a digest alone proves nothing).
     blob_holders: sled::Tree,
+    /// `<group> \0 <rung, big-endian> \0 <job id>` -> [`RungRecord`] (ASHA).
+    rungs: sled::Tree,
     blobs: BlobStore,
     group: GroupCommit,
 }
@@ -47,6 +49,15 @@ fn decode_all<T: DeserializeOwned>(tree: &'static str, t: &sled::Tree) -> StoreR
 
 /// Key of the id counter in sled's default tree.
 const NEXT_ID_KEY: &[u8] = b"next_id";
+
+fn rung_prefix(group: &str, rung: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + 6);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&rung.to_be_bytes());
+    key.push(0);
+    key
+}
 
 fn metric_key(job_id: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(job_id.len() + 9);
@@ -80,6 +91,7 @@ impl SledStore {
             audit: tree("audit")?,
             tokens: tree("tokens")?,
             blob_holders: tree("blob_holders")?,
+            rungs: tree("rungs")?,
             blobs: BlobStore::open(dir)?,
             group: {
                 let flush_db = db.clone();
@@ -236,6 +248,27 @@ impl Store for SledStore {
         self.blob_holders
             .insert(key.as_bytes(), &super::now_ms().to_be_bytes())?;
         Ok(())
+    }
+
+    fn put_rung(&self, group: &str, record: &RungRecord) -> StoreResult<()> {
+        let mut key = rung_prefix(group, record.rung);
+        key.extend_from_slice(record.job_id.as_bytes());
+        self.rungs.insert(key, encode("rungs", record)?)?;
+        Ok(())
+    }
+
+    fn rungs(&self, group: &str, rung: u32) -> StoreResult<Vec<RungRecord>> {
+        let mut out = Vec::new();
+        for item in self.rungs.scan_prefix(rung_prefix(group, rung)) {
+            let (_, value) = item?;
+            out.push(
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "rungs",
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     fn blob_held_by(&self, sha256: &str, team: &str) -> StoreResult<bool> {

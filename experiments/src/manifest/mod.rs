@@ -11,9 +11,13 @@ pub mod overrides;
 pub mod paths;
 mod raw;
 mod resolve;
+pub mod training_sweep;
 pub mod types;
 
 pub use diagnostic::{Diagnostic, Diagnostics, ManifestError};
 pub use hash::{ContentHash, FileHash, HashError, content_hash};
 pub use resolve::{LoadOptions, load, parse_str};
+pub use training_sweep::{
+    AshaSpec, FieldValue, SearchMethod, Selection, TrainField, TrainPoint, TrainingSweep,
+};
 pub use types::*;

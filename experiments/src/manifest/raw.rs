@@ -2,6 +2,7 @@
 //! spanned, unknown keys denied), and a parser that keeps going after a schema error so that every unknown key
 //! and wrong type is reported, not only the first.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -9,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::diagnostic::Collector;
+use super::training_sweep::SearchMethod;
 use super::types::{
     BadRows, ComputeDtype, DatasetFormat, DevicePreference, LossMask, Metric, ModelFamily,
     Quantization, Stage, SweepParameter,
@@ -28,6 +30,7 @@ pub(crate) struct RawManifest {
     pub stage1: S<RawStage>,
     pub stage2: S<RawStage>,
     pub sweeps: S<Vec<Spanned<RawSweep>>>,
+    pub training_sweep: S<RawTrainingSweep>,
     pub evaluation: S<RawEvaluation>,
     pub resources: S<RawResources>,
 }
@@ -140,6 +143,30 @@ pub(crate) struct RawSweep {
     pub stage: S<Stage>,
     pub parameter: S<SweepParameter>,
     pub values: S<Vec<Spanned<f64>>>,
+}
+
+/// `[training_sweep]`: values stay TOML values here (a list, a `{ min, max, log }` range, module lists); the
+/// resolver checks each against the field it is for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrainingSweep {
+    pub stage: S<Stage>,
+    pub method: S<SearchMethod>,
+    pub samples: S<usize>,
+    pub seed: S<u64>,
+    pub select: S<String>,
+    pub feed: S<bool>,
+    pub max_points: S<usize>,
+    pub space: S<BTreeMap<String, Spanned<toml::Value>>>,
+    pub points: S<Vec<Spanned<BTreeMap<String, Spanned<toml::Value>>>>>,
+    pub asha: S<RawAsha>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAsha {
+    pub grace_period: S<usize>,
+    pub reduction_factor: S<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,8 @@ use super::paths;
 use super::raw::{self, RawManifest, RawSplitKind, S};
 use super::types::*;
 
+mod training_sweep;
+
 /// How much of a manifest to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -174,11 +176,19 @@ impl Resolver<'_> {
         let manifest_stages = [(Stage::Stage1, &stage1), (Stage::Stage2, &stage2)];
         let sweeps = self.sweeps(&raw.sweeps, &manifest_stages);
         let evaluation = self.evaluation(&raw.evaluation);
+        let seed = value(&raw.seed, defaults::SEED);
+        let training_sweep = self.training_sweep(
+            &raw.training_sweep,
+            seed,
+            model.family,
+            &manifest_stages,
+            &evaluation,
+        );
         let mut resources = self.resources(&raw.resources);
         self.device(&raw, model.device, &mut resources);
         Manifest {
             name,
-            seed: value(&raw.seed, defaults::SEED),
+            seed,
             team,
             description: value(&raw.description, String::new()),
             model,
@@ -186,6 +196,7 @@ impl Resolver<'_> {
             stage1,
             stage2,
             sweeps,
+            training_sweep,
             evaluation,
             resources,
         }

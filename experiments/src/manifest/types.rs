@@ -17,6 +17,10 @@ pub struct Manifest {
     pub stage1: StageSpec,
     pub stage2: StageSpec,
     pub sweeps: Vec<SweepSpec>,
+    /// A sweep over one stage's LoRA and training settings; left out of the canonical form when absent (so
+    /// manifests and hashes from before it existed stay the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_sweep: Option<super::training_sweep::TrainingSweep>,
     pub evaluation: EvaluationSpec,
     pub resources: ResourcesSpec,
 }

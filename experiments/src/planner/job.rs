@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DropCounts;
 use crate::manifest::hash::sha256_hex;
+use crate::manifest::{AshaSpec, Selection, TrainPoint};
 use crate::manifest::{
     BadRows, ComputeDtype, DatasetFormat, DevicePreference, EvalCell, GenerationSpec, LoraSpec,
     Metric, ModelFamily, ModelStage, PromptSpec, Quantization, ResourceRequest, SplitSpec, Stage,
@@ -30,14 +31,17 @@ pub enum JobKind {
     Train,
     Eval,
     Report,
+    /// Picks the best point of a training sweep and hands its adapter on.
+    Select,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::DataPrep,
         JobKind::Train,
         JobKind::Eval,
         JobKind::Report,
+        JobKind::Select,
     ];
 
     /// The kind named `text` (`data-prep`, `train`, `eval`, `report`).
@@ -51,6 +55,7 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::Eval => "eval",
             JobKind::Report => "report",
+            JobKind::Select => "select",
         }
     }
 }
@@ -138,6 +143,7 @@ pub enum JobConfig {
     Train(TrainConfig),
     Eval(EvalConfig),
     Report(ReportConfig),
+    Select(SelectConfig),
 }
 
 /// The base model, by content.
@@ -242,6 +248,50 @@ pub struct TrainConfig {
     pub data: DataSlice,
     /// The train job whose adapter initialises this one (stage 2 starts from stage 1).
     pub init_adapter: Option<String>,
+    /// The ASHA rule of the training sweep this job is a point of; left out of the config when absent (so
+    /// the ids of jobs planned before sweeps existed are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asha: Option<AshaRule>,
+}
+
+/// How a sweep point's train job reports at ASHA rungs: the coordinator compares its validation loss with the
+/// other points of `group` that reached the same rung.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AshaRule {
+    /// The points that compete: SHA-256 over the sweep, its stage and fold, data and model.
+    pub group: String,
+    pub grace_period: usize,
+    pub reduction_factor: usize,
+}
+
+impl AshaRule {
+    pub fn spec(&self) -> AshaSpec {
+        AshaSpec {
+            grace_period: self.grace_period,
+            reduction_factor: self.reduction_factor,
+        }
+    }
+}
+
+/// Choose the best point of a training sweep (of one stage, and one fold for stage 2) and hand its adapter on
+/// as this job's output, with `selection.json` recording every point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectConfig {
+    pub stage: Stage,
+    pub fold: Option<usize>,
+    pub select: Selection,
+    pub candidates: Vec<Candidate>,
+}
+
+/// One point of a sweep as the select job sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The point's number in the sweep (0-based).
+    pub point: usize,
+    pub values: TrainPoint,
+    pub train_job: String,
+    /// The evaluation on the validation rows that scores the point, when selecting by a score.
+    pub val_eval_job: Option<String>,
 }
 
 /// Generate on a test part with a model stage and score it.
@@ -283,6 +333,7 @@ impl JobConfig {
             JobConfig::Train(_) => JobKind::Train,
             JobConfig::Eval(_) => JobKind::Eval,
             JobConfig::Report(_) => JobKind::Report,
+            JobConfig::Select(_) => JobKind::Select,
         }
     }
 }

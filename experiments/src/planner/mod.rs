@@ -23,7 +23,10 @@ use serde::Serialize;
 
 use crate::data::{self, split};
 use crate::manifest::hash::{self, HashError, sha256_hex};
-use crate::manifest::{DatasetFormat, EvalCell, Manifest, ModelStage, SplitSpec, Stage, SweepSpec};
+use crate::manifest::{
+    DatasetFormat, EvalCell, Manifest, ModelStage, Selection, SplitSpec, Stage, SweepSpec,
+    TrainPoint, TrainingSweep,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -261,7 +264,7 @@ impl Builder<'_> {
             JobKind::DataPrep => &self.manifest.resources.data_prep,
             JobKind::Train => &self.manifest.resources.train,
             JobKind::Eval => &self.manifest.resources.eval,
-            JobKind::Report => &self.manifest.resources.report,
+            JobKind::Report | JobKind::Select => &self.manifest.resources.report,
         }
         .clone();
         self.jobs.push(JobSpec {
@@ -371,23 +374,45 @@ impl Builder<'_> {
         prep: &str,
         init: Option<&str>,
     ) -> String {
+        self.train_variant(stage, fold, prep, init, None)
+    }
+
+    /// A train job with the manifest's settings, or (`point`) with a sweep point's values and its ASHA rule.
+    fn train_variant(
+        &mut self,
+        stage: Stage,
+        fold: Option<usize>,
+        prep: &str,
+        init: Option<&str>,
+        point: Option<(usize, &TrainPoint, Option<AshaRule>)>,
+    ) -> String {
         let spec = self.manifest.stage(stage);
+        let (lora, training) = match point {
+            Some((_, values, _)) => values.apply(&self.manifest.lora, &spec.training),
+            None => (self.manifest.lora.clone(), spec.training.clone()),
+        };
         let config = JobConfig::Train(TrainConfig {
             stage,
             fold,
             seed: self.manifest.seed,
             model: self.model_ref(),
-            lora: self.manifest.lora.clone(),
+            lora,
             prompt: spec.prompt.clone(),
-            training: spec.training.clone(),
+            training,
             data: self.slice(stage, prep, fold, "train"),
             init_adapter: init.map(str::to_owned),
+            asha: point.as_ref().and_then(|(_, _, asha)| asha.clone()),
         });
         let mut deps = vec![prep.to_owned()];
         deps.extend(init.map(str::to_owned));
-        let label = match fold {
-            Some(k) => format!("train({}, fold {k})", stage.as_str()),
-            None => format!("train({})", stage.as_str()),
+        let fold_text = fold.map_or_else(String::new, |k| format!(", fold {k}"));
+        let label = match point {
+            Some((index, values, _)) => format!(
+                "train({}{fold_text}, point {index}: {})",
+                stage.as_str(),
+                values.describe()
+            ),
+            None => format!("train({}{fold_text})", stage.as_str()),
         };
         let labels = Labels {
             stage: Some(stage),
@@ -397,6 +422,141 @@ impl Builder<'_> {
         let mut inputs = self.model_inputs();
         inputs.remove(input_role::BERTSCORE_MODEL);
         self.push(label, deps, config, labels, inputs)
+    }
+
+    /// The stage's training sweep, when the manifest has one for `stage`: a train job per point (from `init`),
+    /// an evaluation on the validation rows per point when a score selects, and the select job. Returns the
+    /// adapter job the stage's tables and next stage use: the select job when the sweep feeds, else `None`
+    /// (the caller trains the manifest's own settings).
+    fn training_sweep(
+        &mut self,
+        stage: Stage,
+        fold: Option<usize>,
+        prep: &str,
+        init: Option<&str>,
+    ) -> Option<String> {
+        let sweep = self
+            .manifest
+            .training_sweep
+            .as_ref()
+            .filter(|s| s.stage == stage)?;
+        let asha = sweep.asha.map(|a| AshaRule {
+            group: self.asha_group(sweep, fold, prep),
+            grace_period: a.grace_period,
+            reduction_factor: a.reduction_factor,
+        });
+        let mut candidates = Vec::new();
+        let mut deps = Vec::new();
+        for (index, point) in sweep.points.iter().enumerate() {
+            let train =
+                self.train_variant(stage, fold, prep, init, Some((index, point, asha.clone())));
+            deps.push(train.clone());
+            let val_eval_job = match &sweep.select {
+                Selection::ValLoss => None,
+                Selection::Score(_) => {
+                    let id = self.val_eval(stage, fold, prep, &train, index);
+                    deps.push(id.clone());
+                    Some(id)
+                }
+            };
+            candidates.push(Candidate {
+                point: index,
+                values: point.clone(),
+                train_job: train,
+                val_eval_job,
+            });
+        }
+        let config = JobConfig::Select(SelectConfig {
+            stage,
+            fold,
+            select: sweep.select.clone(),
+            candidates,
+        });
+        let fold_text = fold.map_or_else(String::new, |k| format!(", fold {k}"));
+        let labels = Labels {
+            stage: Some(stage),
+            fold,
+            ..Labels::default()
+        };
+        let id = self.push(
+            format!(
+                "select({}{fold_text}, best of {} by {})",
+                stage.as_str(),
+                sweep.points.len(),
+                sweep.select.name()
+            ),
+            deps,
+            config,
+            labels,
+            BTreeMap::new(),
+        );
+        sweep.feed.then_some(id)
+    }
+
+    /// What identifies the points that compete at ASHA rungs: the sweep, its stage and fold, data and model.
+    fn asha_group(&self, sweep: &TrainingSweep, fold: Option<usize>, prep: &str) -> String {
+        // Only what changes how points train and compete (not `select`, `feed` or `max_points`).
+        let identity = serde_json::json!({
+            "stage": sweep.stage,
+            "points": sweep.points,
+            "asha": sweep.asha,
+            "fold": fold,
+            "prep": prep,
+            "model": self.inputs.model.sha256,
+            "seed": self.manifest.seed,
+        });
+        sha256_hex(hash::canonical_json(&identity).as_bytes())
+    }
+
+    /// A sweep point's adapter evaluated on the stage's validation rows with the configured generation.
+    fn val_eval(
+        &mut self,
+        stage: Stage,
+        fold: Option<usize>,
+        prep: &str,
+        train: &str,
+        index: usize,
+    ) -> String {
+        let spec = self.manifest.stage(stage);
+        let model_stage = match stage {
+            Stage::Stage1 => ModelStage::Stage1,
+            Stage::Stage2 => ModelStage::TwoStage,
+        };
+        let config = JobConfig::Eval(EvalConfig {
+            model_stage,
+            task: stage,
+            fold,
+            seed: self.manifest.seed,
+            model: self.model_ref(),
+            adapter: Some(train.to_owned()),
+            prompt: spec.prompt.inference.clone(),
+            generation: spec.generation.clone(),
+            data: self.slice(stage, prep, fold, "val"),
+            metrics: self.manifest.evaluation.metrics.clone(),
+            preprocess: self.manifest.evaluation.preprocess,
+            bertscore_model: self
+                .inputs
+                .bertscore_model
+                .as_ref()
+                .map(|b| b.sha256.clone()),
+            bertscore_layer: self.manifest.evaluation.bertscore_layer,
+            radgraph_command: self.manifest.evaluation.radgraph_command.clone(),
+        });
+        let fold_text = fold.map_or_else(String::new, |k| format!(" fold {k}"));
+        let labels = Labels {
+            fold,
+            model_stage: Some(model_stage),
+            task: Some(stage),
+            ..Labels::default()
+        };
+        let inputs = self.model_inputs();
+        self.push(
+            format!("eval(point {index}, {}{fold_text} val)", stage.as_str()),
+            vec![prep.to_owned(), train.to_owned()],
+            config,
+            labels,
+            inputs,
+        )
     }
 
     /// One evaluation per generation setting: the configured one and each sweep point of this task (sweeps
@@ -538,7 +698,10 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
     }
     let train1 = match &prep1 {
         Some(prep1) if stage1_model => {
-            let train1 = b.train(Stage::Stage1, None, prep1, None);
+            let train1 = match b.training_sweep(Stage::Stage1, None, prep1, None) {
+                Some(selected) => selected,
+                None => b.train(Stage::Stage1, None, prep1, None),
+            };
             b.evals(
                 ModelStage::Stage1,
                 Stage::Stage1,
@@ -579,7 +742,10 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         }
         if let (true, Some(train1)) = (two_stage, &train1) {
             for &fold in &folds {
-                let train2 = b.train(Stage::Stage2, fold, &prep2, Some(train1));
+                let train2 = match b.training_sweep(Stage::Stage2, fold, &prep2, Some(train1)) {
+                    Some(selected) => selected,
+                    None => b.train(Stage::Stage2, fold, &prep2, Some(train1)),
+                };
                 // The forgetting check (the two-stage model of this fold on the stage-1 test set) first: it
                 // decodes the longer stage-1 outputs, and the scheduler breaks ties in plan order, so the
                 // longest evaluation of a fold starts first and the last worker is not left with it alone.

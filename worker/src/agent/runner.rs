@@ -312,6 +312,47 @@ impl JobContext {
             Err(err) => Err(RunError::retryable(format!("uploading {name}: {err}"))),
         }
     }
+
+    /// ASHA: reports the job's validation loss `value` at `rung` (optimizer step `step`) once every metric
+    /// emitted so far is stored, and returns the coordinator's answer: `(stop, cutoff)`.
+    pub fn report_rung(
+        &mut self,
+        rung: u32,
+        step: usize,
+        value: f64,
+    ) -> Result<(bool, f64), RunError> {
+        self.flush_metrics()?;
+        let request = pb::RungRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job.id.clone(),
+            attempt: self.lease.attempt,
+            rung,
+            step: step as u64,
+            value,
+        };
+        let mut client = self.client.clone();
+        match self.handle.block_on(client.report_rung(request)) {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                Ok((reply.stop, reply.cutoff))
+            }
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                self.stop.request(StopReason::Cancelled);
+                Err(RunError::Stopped(StopReason::Cancelled))
+            }
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                self.stop.request(StopReason::LeaseLost);
+                Err(RunError::Stopped(StopReason::LeaseLost))
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => Err(
+                RunError::permanent(format!("ASHA rung {rung}: {}", status.message())),
+            ),
+            Err(status) => Err(RunError::retryable(format!(
+                "ASHA rung {rung}: {}",
+                status.message()
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ pub fn run_train(
         &config,
         &job.out_dir,
         on_event,
-        &|| false,
+        &|| train::Control::Continue,
     )
 }
 

@@ -10,6 +10,7 @@ use tandem_experiments::manifest::Metric;
 use tandem_experiments::metrics::bertscore::{BertScoreConfig, BertScorer};
 use tandem_experiments::metrics::radgraph::{CommandExtractor, GraphExtractor};
 use tandem_experiments::metrics::{MetricSet, Pair, ScoreConfig, score_pairs};
+use tandem_experiments::planner::artifacts::VAL_RESULT;
 use tandem_experiments::planner::{EvalConfig, JobConfig, input_role};
 use tandem_experiments::report::EvalResult;
 use tandem_proto as pb;
@@ -44,7 +45,12 @@ impl JobRunner for EvalRunner {
         let backend = job_backend(ctx, &config.model)?;
         let prepared = read_prepared(ctx, &config.data.prep_job)?;
         let part = prepared.part(config.data.fold)?;
-        let mut rows = prepared.pick(&part.test)?;
+        // The test rows for a table cell; the validation rows to score a training-sweep point.
+        let indices = match config.data.part.as_str() {
+            "val" => &part.val,
+            _ => &part.test,
+        };
+        let mut rows = prepared.pick(indices)?;
         if let Some(max) = config.generation.max_eval_rows {
             rows.truncate(max);
         }
@@ -125,7 +131,7 @@ impl JobRunner for EvalRunner {
         let out = ctx.work_dir().join("eval");
         std::fs::create_dir_all(&out).map_err(|e| io_error(&out, e))?;
         let csv_path = out.join("predictions.csv");
-        write_predictions(&csv_path, &part.test, &pairs)?;
+        write_predictions(&csv_path, indices, &pairs)?;
         ctx.put_artifact("predictions.csv", &csv_path)?;
         let result = EvalResult {
             family: config.model.family,
@@ -138,11 +144,16 @@ impl JobRunner for EvalRunner {
             configured: spec.configured,
             scores,
         };
-        let result_path = out.join(EVAL_RESULT_ARTIFACT);
+        // A sweep point scored on the validation rows is no table cell: its result has its own name.
+        let name = match config.data.part.as_str() {
+            "val" => VAL_RESULT,
+            _ => EVAL_RESULT_ARTIFACT,
+        };
+        let result_path = out.join(name);
         let bytes = serde_json::to_vec_pretty(&result)
-            .map_err(|e| RunError::permanent(format!("{EVAL_RESULT_ARTIFACT}: {e}")))?;
+            .map_err(|e| RunError::permanent(format!("{name}: {e}")))?;
         files::write(&result_path, &bytes).map_err(engine_error)?;
-        ctx.put_artifact(EVAL_RESULT_ARTIFACT, &result_path)?;
+        ctx.put_artifact(name, &result_path)?;
         Ok(())
     }
 }

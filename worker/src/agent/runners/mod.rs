@@ -1,10 +1,11 @@
-//! The planner's job kinds (`data-prep`, `train`, `eval`, `report`) as worker runners, and the helpers they
+//! The planner's job kinds (`data-prep`, `train`, `eval`, `report`, `select`) as worker runners, and the helpers they
 //! share: decoding the planned job spec, finding parents' artifacts, bundling checkpoint folders.
 
 pub mod bundle;
 pub mod data_prep;
 pub mod eval;
 pub mod report;
+pub mod select;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -24,12 +25,13 @@ pub use tandem_experiments::planner::artifacts::{
     ADAPTER_FILES, EVAL_RESULT as EVAL_RESULT_ARTIFACT, PREPARED as PREPARED_ARTIFACT,
 };
 
-/// Registers the four planner kinds.
+/// Registers the planner's kinds.
 pub fn register_all(registry: &mut RunnerRegistry) {
     registry.register("data-prep", Arc::new(data_prep::DataPrepRunner));
     registry.register("train", Arc::new(train::TrainRunner));
     registry.register("eval", Arc::new(eval::EvalRunner));
     registry.register("report", Arc::new(report::ReportRunner));
+    registry.register("select", Arc::new(select::SelectRunner));
 }
 
 /// One usable row of a prepared dataset.

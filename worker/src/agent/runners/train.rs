@@ -2,6 +2,7 @@
 //! data-prep parent, stage 2 starting from the stage-1 parent's adapter), streams the training curves, uploads
 //! checkpoints and resumes from the last one, and uploads the final adapter one file per artifact.
 
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 
 use tandem_experiments::planner::JobConfig;
@@ -13,9 +14,11 @@ use super::{
 };
 use crate::agent::{JobContext, JobRunner, RunError, StopReason};
 use crate::engine::EngineError;
+use crate::engine::files;
 use crate::engine::lora::LoraConfig;
 use crate::engine::train::examples::{Overlong, build_examples};
-use crate::engine::train::{self, TrainConfig, TrainEvent};
+use crate::engine::train::{self, Control, TrainConfig, TrainEvent};
+use tandem_experiments::planner::artifacts::{RungStop, TRAIN_SUMMARY, TrainOutcome};
 
 pub struct TrainRunner;
 
@@ -101,6 +104,20 @@ impl JobRunner for TrainRunner {
         };
         let mut failure: Option<RunError> = None;
         let should_stop = ctx.stop_check();
+        // ASHA: the coordinator's answer at the last rung; a stop ends the run with the best adapter so far.
+        let asha = config.asha.as_ref().map(|rule| rule.spec());
+        let rung_stop: RefCell<Option<RungStop>> = RefCell::new(None);
+        // Set with `failure`: the loop suspends instead of training on after a failed upload or rung report.
+        let failure_seen = Cell::new(false);
+        let control = || {
+            if should_stop() || failure_seen.get() {
+                Control::Suspend
+            } else if rung_stop.borrow().is_some() {
+                Control::Finish
+            } else {
+                Control::Continue
+            }
+        };
         let summary = {
             let ctx = &mut *ctx;
             let failure = &mut failure;
@@ -138,9 +155,42 @@ impl JobRunner for TrainRunner {
                             point("val_loss", m.step, m.val_loss),
                             point("val_perplexity", m.step, m.perplexity),
                         ]);
+                        if let Some(rung) = asha.and_then(|a| a.rung_of(m.step)) {
+                            match ctx.report_rung(rung, m.step, m.val_loss) {
+                                Ok((true, cutoff)) => {
+                                    tracing::info!(
+                                        rung,
+                                        step = m.step,
+                                        val_loss = m.val_loss,
+                                        cutoff,
+                                        "ASHA stops this point"
+                                    );
+                                    *rung_stop.borrow_mut() = Some(RungStop {
+                                        rung,
+                                        step: m.step,
+                                        val_loss: m.val_loss,
+                                        cutoff,
+                                    });
+                                }
+                                Ok((false, cutoff)) => {
+                                    tracing::info!(
+                                        rung,
+                                        step = m.step,
+                                        val_loss = m.val_loss,
+                                        cutoff,
+                                        "ASHA: point goes on"
+                                    );
+                                }
+                                Err(e) => {
+                                    failure_seen.set(true);
+                                    *failure = Some(e);
+                                }
+                            }
+                        }
                     }
                     TrainEvent::Checkpoint { step, path } => {
                         if let Err(e) = upload_checkpoint(ctx, step, &path) {
+                            failure_seen.set(true);
                             *failure = Some(e);
                         }
                     }
@@ -154,7 +204,7 @@ impl JobRunner for TrainRunner {
                 &train_config,
                 &out_dir,
                 &mut on_event,
-                &should_stop,
+                &control,
             )
         };
         if let Some(e) = failure {
@@ -176,6 +226,19 @@ impl JobRunner for TrainRunner {
         for name in ADAPTER_FILES {
             ctx.put_artifact(name, &summary.adapter_dir.join(name))?;
         }
+        let outcome = TrainOutcome {
+            steps: summary.steps,
+            best_step: summary.best_step,
+            best_val_loss: summary.best_val_loss,
+            last_val_loss: summary.last_val_loss,
+            stopped_early: summary.stopped_early,
+            asha_stop: rung_stop.take().filter(|_| summary.finished_by_caller),
+        };
+        let path = out_dir.join(TRAIN_SUMMARY);
+        let bytes = serde_json::to_vec_pretty(&outcome)
+            .map_err(|e| RunError::permanent(format!("{TRAIN_SUMMARY}: {e}")))?;
+        files::write(&path, &bytes).map_err(engine_error)?;
+        ctx.put_artifact(TRAIN_SUMMARY, &path)?;
         tracing::info!(
             steps = summary.steps,
             best_val_loss = summary.best_val_loss,

@@ -81,6 +81,16 @@ pub enum TrainEvent {
     Finished(TrainSummary),
 }
 
+/// What the loop's caller says after each optimizer update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Write a checkpoint and return [`EngineError::Stopped`] (the job is handed back or cancelled).
+    Suspend,
+    /// End the run now as if it were done: the best adapter so far is the result (ASHA stopped the point).
+    Finish,
+}
+
 /// The result of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
@@ -91,6 +101,8 @@ pub struct TrainSummary {
     pub last_val_loss: Option<f64>,
     pub final_train_loss: Option<f64>,
     pub stopped_early: bool,
+    /// Ended early because the caller said [`Control::Finish`].
+    pub finished_by_caller: bool,
     /// The adapter written at the end (the best one when validation ran).
     pub adapter_dir: PathBuf,
     /// Training loss of every update.
@@ -261,11 +273,15 @@ pub fn train_until(
         config,
         out_dir,
         on_event,
-        should_stop,
+        &|| match should_stop() {
+            true => Control::Suspend,
+            false => Control::Continue,
+        },
     )
 }
 
-/// The training loop over any engine ([`Trainable`]): [`train_until`] for the kernel engine as for the CPU one.
+/// The training loop over any engine ([`Trainable`]): [`train_until`] for the kernel engine as for the CPU one,
+/// asking `control` after every update whether to go on, suspend or finish now.
 pub fn run(
     model: &mut dyn Trainable,
     train: &[TrainExample],
@@ -273,7 +289,7 @@ pub fn run(
     config: &TrainConfig,
     out_dir: &Path,
     on_event: &mut dyn FnMut(TrainEvent),
-    should_stop: &dyn Fn() -> bool,
+    control: &dyn Fn() -> Control,
 ) -> Result<TrainSummary> {
     let spec = &config.training;
     validate(spec, &config.lora, train)?;
@@ -327,6 +343,7 @@ pub fn run(
     });
     let mut window = (0f64, 0usize, 0usize, Instant::now());
     let mut stopped_early = false;
+    let mut finished_by_caller = false;
     let mut last = (0f64, 0f64);
     while state.step < total {
         let order = epoch_order(train.len(), config.seed, state.epoch);
@@ -433,7 +450,15 @@ pub fn run(
         if stopped_early {
             break;
         }
-        if state.step < total && should_stop() {
+        let decision = match state.step < total {
+            true => control(),
+            false => Control::Continue,
+        };
+        if decision == Control::Finish {
+            finished_by_caller = true;
+            break;
+        }
+        if decision == Control::Suspend {
             let checkpoint = match saved {
                 Some(dir) => dir,
                 None => {
@@ -466,6 +491,7 @@ pub fn run(
         last_val_loss: state.last_val_loss,
         final_train_loss: state.losses.last().copied(),
         stopped_early,
+        finished_by_caller,
         adapter_dir,
         losses: state.losses.clone(),
     };
