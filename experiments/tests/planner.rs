@@ -416,7 +416,12 @@ fn a_mimic_data_prep_converts_the_tree_and_splits_it() {
 fn every_job_kind_round_trips_through_the_wire_contract() {
     use tandem_experiments::planner::wire;
     let project = Project::new();
-    let plan = plan_of(&project, &Project::base_text());
+    // With a training sweep (scored on the validation rows), so select jobs are planned too.
+    let text = format!(
+        "{}\n[training_sweep]\nfeed = false\nselect = \"rouge1\"\n[training_sweep.space]\n\"lora.r\" = [4, 8]\n",
+        Project::base_text()
+    );
+    let plan = plan_of(&project, &text);
     let mut kinds = BTreeSet::new();
     for job in &plan.jobs {
         let sent = wire::encode(job);

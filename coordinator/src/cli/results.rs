@@ -1,8 +1,9 @@
-//! `tandem results ID [--format md|csv|json] [--series]`: the thesis's tables for an experiment (Tables 4.1,
+//! `tandem results ID [--format md|csv|json] [--series | --sweep]`: the thesis's tables for an experiment (Tables 4.1,
 //! 4.3 and 4.4, rows model x stage, columns B-1..RG, mean and std over folds, relative change against the base
 //! row, and the sweep tables), built from the `eval_result.json` artifact each eval job uploads. A partial
 //! experiment shows what is there and names the evaluations still missing. `--series` (and any experiment
-//! without evaluation results, e.g. one of generic job kinds) shows the per-job metric-series summary instead.
+//! without evaluation results, e.g. one of generic job kinds) shows the per-job metric-series summary instead;
+//! `--sweep` shows the training sweep's points from each select job's `selection.json`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -10,8 +11,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use tandem_experiments::planner::artifacts::ArtifactRole;
-use tandem_experiments::report::{EvalResult, Format, build_results, render as render_tables};
+use tandem_experiments::planner::artifacts::{ArtifactRole, SELECTION, SelectionRecord};
+use tandem_experiments::report::{
+    EvalResult, Format, build_results, render as render_tables, render_sweep,
+};
 use tandem_proto as pb;
 
 use super::client::{Client, ClientArgs, block_on, download, fetch_results};
@@ -21,6 +24,8 @@ use super::status::job_state;
 pub use tandem_experiments::planner::artifacts::EVAL_RESULT as EVAL_RESULT_ARTIFACT;
 /// The planner's evaluation job kind.
 pub const EVAL_KIND: &str = "eval";
+/// The planner's job kind that picks a training sweep's best point.
+pub const SELECT_KIND: &str = "select";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ResultsFormat {
@@ -47,6 +52,10 @@ pub struct ResultsArgs {
     /// Show the per-job metric-series summary (final value and length of every series) instead of the tables.
     #[arg(long)]
     pub series: bool,
+    /// Show the training sweep instead: one row per point (swept values, selection metric, updates run, how it
+    /// ended, which was chosen), per stage and fold.
+    #[arg(long, conflicts_with = "series")]
+    pub sweep: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -185,12 +194,61 @@ pub async fn fetch_report(
     report(reply, &evals, &missing, format)
 }
 
+/// The training-sweep tables from every select job's `selection.json`, with notes naming the selections that
+/// have not finished.
+pub async fn fetch_sweep(
+    client: &mut Client,
+    reply: &pb::ResultsReply,
+    format: ResultsFormat,
+) -> anyhow::Result<Report> {
+    let status = reply.status.clone().unwrap_or_default();
+    let mut records = Vec::new();
+    let mut notes = Vec::new();
+    for job in status.jobs.iter().filter(|j| j.kind == SELECT_KIND) {
+        let artifact = reply.artifacts.iter().find(|a| {
+            a.job_id == job.id && a.name == SELECTION && a.role == ArtifactRole::Output.as_str()
+        });
+        let Some(artifact) = artifact else {
+            notes.push(format!(
+                "{} has not finished ({})",
+                job.name,
+                job_state(job)
+            ));
+            continue;
+        };
+        let bytes = download(client, &artifact.sha256)
+            .await
+            .with_context(|| format!("downloading {SELECTION} of job {}", job.name))?;
+        let record: SelectionRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{SELECTION} of job {}: line {} column {}: {e}",
+                job.name,
+                e.line(),
+                e.column()
+            )
+        })?;
+        records.push(record);
+    }
+    if records.is_empty() && notes.is_empty() {
+        notes.push("this experiment has no training sweep".into());
+    }
+    records.sort_by_key(|r| (r.stage, r.fold));
+    Ok(Report {
+        text: render_sweep(&records, format.table_format()),
+        notes,
+    })
+}
+
 pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = fetch_results(&mut client, &args.experiment).await?;
         if args.series {
             print!("{}", render(&reply, args.format)?);
+        } else if args.sweep {
+            fetch_sweep(&mut client, &reply, args.format)
+                .await?
+                .print(args.format);
         } else {
             fetch_report(&mut client, &reply, args.format)
                 .await?

@@ -28,6 +28,9 @@ pub struct RunArgs {
     pub workers: usize,
     #[command(flatten)]
     pub overrides: super::validate::Overrides,
+    /// Queue a training sweep larger than its `max_points`.
+    #[arg(long)]
+    pub yes: bool,
     /// Store folder of the embedded coordinator (reused across runs: finished jobs come from the cache).
     #[arg(long, default_value = ".tandem/store")]
     pub store: PathBuf,
@@ -108,7 +111,7 @@ fn check_fit(
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let super::submit::Prepared { request, blobs } =
-        match super::submit::request(&args.manifest, None, &[], 0, &args.overrides)? {
+        match super::submit::request(&args.manifest, None, &[], 0, &args.overrides, args.yes)? {
             Ok(prepared) => prepared,
             Err(code) => return Ok(code),
         };

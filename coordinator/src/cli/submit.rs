@@ -29,6 +29,9 @@ pub struct SubmitArgs {
     /// Manifest format (default: from the file extension).
     #[arg(long)]
     pub format: Option<String>,
+    /// Queue a training sweep larger than its `max_points`.
+    #[arg(long)]
+    pub yes: bool,
     #[command(flatten)]
     pub overrides: super::validate::Overrides,
     #[command(flatten)]
@@ -126,6 +129,7 @@ pub fn request(
     extra_inputs: &[PathBuf],
     priority: i32,
     overrides: &super::validate::Overrides,
+    yes: bool,
 ) -> anyhow::Result<Result<Prepared, ExitCode>> {
     let mut manifest = std::fs::read(manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -148,6 +152,10 @@ pub fn request(
             Ok(loaded) => loaded,
             Err(code) => return Ok(Err(code)),
         };
+        if let Err(message) = check_sweep_size(&loaded, yes) {
+            eprintln!("{}: {message}", manifest_path.display());
+            return Ok(Err(ExitCode::from(2)));
+        }
         // The text with the overrides written in is what the coordinator stores, re-plans and hashes.
         manifest = text.into_bytes();
         (experiment_name, jobs, inputs, blobs) = plan_toml(&loaded, manifest_path)?;
@@ -182,6 +190,33 @@ pub fn request(
     }))
 }
 
+/// Refuses a training sweep with more points than its `max_points` unless `yes`: a grid grows fast, and each
+/// point is a training run (times the folds for stage 2).
+pub fn check_sweep_size(
+    manifest: &tandem_experiments::manifest::Manifest,
+    yes: bool,
+) -> Result<(), String> {
+    let Some(sweep) = &manifest.training_sweep else {
+        return Ok(());
+    };
+    let points = sweep.points.len();
+    if points <= sweep.max_points || yes {
+        return Ok(());
+    }
+    let runs = match (sweep.stage, &manifest.stage2.split) {
+        (
+            tandem_experiments::manifest::Stage::Stage2,
+            tandem_experiments::manifest::SplitSpec::Kfold { folds, .. },
+        ) => points * folds,
+        _ => points,
+    };
+    Err(format!(
+        "training_sweep: {points} points ({runs} training runs) is more than max_points = {}; pass --yes to \
+         queue them all, or raise training_sweep.max_points",
+        sweep.max_points
+    ))
+}
+
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let Prepared { request, blobs } = match request(
         &args.manifest,
@@ -189,6 +224,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         &args.inputs,
         args.priority,
         &args.overrides,
+        args.yes,
     )? {
         Ok(prepared) => prepared,
         Err(code) => return Ok(code),

@@ -9,12 +9,14 @@ pub mod plot;
 pub mod png;
 pub mod render;
 pub mod table;
+pub mod training_sweep;
 
 pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series};
 pub use plot::{curves_svg, series_svg};
 pub use png::{curves_png, series_png};
 pub use render::{Format, render, render_csv, render_json, render_markdown};
 pub use table::{Cell, Results, ResultsTable, SweepRow, SweepTable, TableRow, build_results};
+pub use training_sweep::render_sweep;
 
 use crate::manifest::{ModelFamily, ModelStage, Stage, SweepParameter};
 
