@@ -269,10 +269,7 @@ fn points_keep_their_ids_when_only_the_selection_changes() {
     let val_evals: Vec<_> = by_rouge
         .jobs
         .iter()
-        .filter_map(|j| match &j.config {
-            JobConfig::Eval(e) if e.data.part == "val" => Some(j),
-            _ => None,
-        })
+        .filter(|j| matches!(&j.config, JobConfig::Eval(e) if e.data.part == "val"))
         .collect();
     assert_eq!(val_evals.len(), 6);
     assert!(

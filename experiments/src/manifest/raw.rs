@@ -157,10 +157,13 @@ pub(crate) struct RawTrainingSweep {
     pub select: S<String>,
     pub feed: S<bool>,
     pub max_points: S<usize>,
-    pub space: S<BTreeMap<String, Spanned<toml::Value>>>,
-    pub points: S<Vec<Spanned<BTreeMap<String, Spanned<toml::Value>>>>>,
+    pub space: S<RawValues>,
+    pub points: S<Vec<Spanned<RawValues>>>,
     pub asha: S<RawAsha>,
 }
+
+/// `field = value` entries of a sweep's space or of one listed point.
+pub(crate) type RawValues = BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

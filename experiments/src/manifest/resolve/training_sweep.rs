@@ -7,7 +7,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::super::defaults;
-use super::super::raw::{RawAsha, RawTrainingSweep, S};
+use super::super::raw::{RawAsha, RawTrainingSweep, RawValues, S};
 use super::super::training_sweep::{
     AshaSpec, DEFAULT_MAX_POINTS, Dimension, FieldKind, FieldValue, SearchMethod, Selection,
     TrainField, TrainPoint, TrainingSweep, grid_points, sample_points,
@@ -129,11 +129,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn space_entries(
-        &mut self,
-        space: &S<BTreeMap<String, Spanned<toml::Value>>>,
-        whole: Option<Range<usize>>,
-    ) -> Entries {
+    fn space_entries(&mut self, space: &S<RawValues>, whole: Option<Range<usize>>) -> Entries {
         let Some(space) = space else {
             self.error(
                 whole,
@@ -301,13 +297,9 @@ impl Resolver<'_> {
             }
         };
         let kind = field.kind();
-        if !(kind.accepts(min)
-            || matches!(kind, FieldKind::Integer { .. }) && kind.accepts(min.round()))
-            || !kind.accepts(max)
-                && !(matches!(kind, FieldKind::Integer { .. }) && kind.accepts(max.round()))
-            || min >= max
-            || log && min <= 0.0
-        {
+        let integer = matches!(kind, FieldKind::Integer { .. });
+        let valid = |v: f64| kind.accepts(v) || integer && kind.accepts(v.round());
+        if !valid(min) || !valid(max) || min >= max || log && min <= 0.0 {
             let why = if log && min <= 0.0 {
                 "a log range needs min > 0"
             } else {
@@ -326,7 +318,7 @@ impl Resolver<'_> {
 
     fn list_points(
         &mut self,
-        points: &S<Vec<Spanned<BTreeMap<String, Spanned<toml::Value>>>>>,
+        points: &S<Vec<Spanned<RawValues>>>,
         whole: Option<Range<usize>>,
         family: ModelFamily,
     ) -> (Vec<TrainField>, Vec<TrainPoint>) {
