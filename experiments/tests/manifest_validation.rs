@@ -90,7 +90,7 @@ fn an_unknown_table_is_reported() {
     let text = with("[optimizer]\nname = \"adamw\"\n");
     let errors = errors(&text);
     assert_eq!(errors.len(), 1, "{errors:#?}");
-    assert!(errors[0].contains(": optimizer: unknown field `optimizer` (accepted: name, seed, team, description, model, lora, stage1, stage2, sweeps, evaluation, resources)"), "{errors:#?}");
+    assert!(errors[0].contains(": optimizer: unknown field `optimizer` (accepted: name, seed, team, description, model, lora, stage1, stage2, sweeps, training_sweep, evaluation, resources)"), "{errors:#?}");
 }
 
 #[test]

@@ -422,8 +422,29 @@ fn every_job_kind_round_trips_through_the_wire_contract() {
         Project::base_text()
     );
     let plan = plan_of(&project, &text);
+    // And a summarize graph on top of it (one job per patient).
+    let histories = project.root().join("data/histories.csv");
+    std::fs::write(
+        &histories,
+        "subject_id,study_id,date,findings,impression\nP1,S1,2020-01-02,Clear.,\nP1,S2,2021-01-02,,Stable.\n",
+    )
+    .unwrap();
+    let m = manifest::load(
+        &project.root().join("manifests/m.toml"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let patients = tandem_experiments::data::patients::load_histories(&histories).unwrap();
+    let summaries =
+        planner::summarize::plan_summaries(&m, &plan, &histories, &patients, None).unwrap();
+    assert_eq!(summaries.count(JobKind::Summarize), 1);
     let mut kinds = BTreeSet::new();
-    for job in &plan.jobs {
+    for job in plan.jobs.iter().chain(
+        summaries
+            .jobs
+            .iter()
+            .filter(|j| j.kind == JobKind::Summarize),
+    ) {
         let sent = wire::encode(job);
         assert_eq!(sent.kind, job.kind.as_str());
         assert!(

@@ -18,6 +18,32 @@ pub enum DataCommand {
     Split(SplitArgs),
     /// Seeded k-fold cross-validation of a CSV; every row is tested exactly once.
     Kfold(KfoldArgs),
+    /// Chain reports (IU X-ray by default) into SYNTHETIC multi-visit patient histories for `tandem summarize`:
+    /// subject_id, study_id, date, findings, impression (some left empty for stage 1 to write).
+    Chain(ChainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChainArgs {
+    /// A CSV of reports; IU X-ray has no patient ids, so the patients and dates made here are invented.
+    pub reports: PathBuf,
+    #[arg(long, default_value = "findings")]
+    pub input_column: String,
+    #[arg(long, default_value = "impression")]
+    pub target_column: String,
+    #[arg(long, default_value_t = 10)]
+    pub patients: usize,
+    #[arg(long, default_value_t = 2)]
+    pub min_visits: usize,
+    #[arg(long, default_value_t = 4)]
+    pub max_visits: usize,
+    /// Fraction of later visits whose impression is left empty (stage 1 writes it from the findings).
+    #[arg(long, default_value_t = 0.25)]
+    pub blank_impressions: f64,
+    #[arg(long)]
+    pub seed: u64,
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +131,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Synth(args) => run_synth(args),
         DataCommand::Split(args) => run_split(args),
         DataCommand::Kfold(args) => run_kfold(args),
+        DataCommand::Chain(args) => run_chain(args),
     }
 }
 
@@ -165,6 +192,48 @@ fn run_synth(args: SynthArgs) -> anyhow::Result<ExitCode> {
         args.seed,
         ned,
         100.0 * ned as f64 / rows.len().max(1) as f64,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_chain(args: ChainArgs) -> anyhow::Result<ExitCode> {
+    let options = data::CsvOptions {
+        input_column: args.input_column.clone(),
+        target_column: args.target_column.clone(),
+        group_column: None,
+        bad_rows: tandem_experiments::manifest::BadRows::Drop,
+    };
+    let reports = match data::table::load_csv(&args.reports, &options) {
+        Ok(d) => d,
+        Err(e) => return user_error(e),
+    };
+    let chain = data::patients::ChainOptions {
+        patients: args.patients,
+        min_visits: args.min_visits,
+        max_visits: args.max_visits,
+        blank_impressions: args.blank_impressions,
+        seed: args.seed,
+    };
+    let histories = match data::patients::chain_reports(&reports.examples, &chain) {
+        Ok(h) => h,
+        Err(e) => return user_error(format!("{}: {e}", args.reports.display())),
+    };
+    let text = data::patients::histories_csv(&histories);
+    if let Err(e) = std::fs::write(&args.output, text) {
+        return user_error(format!("{}: {e}", args.output.display()));
+    }
+    let visits: usize = histories.iter().map(|h| h.visits.len()).sum();
+    let blank = histories
+        .iter()
+        .flat_map(|h| &h.visits)
+        .filter(|v| v.impression.is_none())
+        .count();
+    println!(
+        "SYNTHETIC: {} made-up patients, {visits} visits ({blank} without an impression) chained from {} (seed {}) -> {}",
+        histories.len(),
+        args.reports.display(),
+        args.seed,
         args.output.display()
     );
     Ok(ExitCode::SUCCESS)

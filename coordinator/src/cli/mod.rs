@@ -23,6 +23,7 @@ mod score;
 mod serve;
 mod status;
 mod submit;
+mod summarize;
 mod token;
 mod upload;
 mod validate;
@@ -85,6 +86,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Score candidate/reference pairs (BLEU, ROUGE, METEOR, BERTScore, F1-RadGraph).
     Score(score::ScoreArgs),
+    /// Summarise patient histories through a manifest's stage-1 and two-stage models, one job per patient.
+    Summarize(summarize::SummarizeArgs),
     /// Start workers through a cluster's resource manager: Slurm jobs (submit, watch, status, cancel), or the
     /// Kubernetes Job rendered.
     #[command(subcommand)]
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(command) => data::run(command),
         Command::Plan(args) => plan::run(args),
         Command::Score(args) => score::run(args),
+        Command::Summarize(args) => summarize::run(args),
         Command::Launch(command) => launch::run(command),
         Command::Completions(args) => completions::run(args),
     }

@@ -1,7 +1,7 @@
-//! `tandem plot ID --out DIR`: training loss, validation loss and validation perplexity curves of an
+//! `tandem plot ID --out DIR [--sweep]`: training loss, validation loss and validation perplexity curves of an
 //! experiment's training jobs as SVG and PNG (stage 2 drawn as mean ± std bands over folds by the report code).
 //! Points come from the train jobs' metric series; a job's stage and fold from its config (the coordinator
-//! sends them as placements with the results).
+//! sends them as placements with the results). `--sweep` draws the training sweep instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,11 +11,12 @@ use anyhow::Context;
 use clap::Args;
 use tandem_experiments::manifest::Stage;
 use tandem_experiments::report::{
-    CurvePoint, Series, curves_png, curves_svg, series_png, series_svg,
+    CurvePoint, Series, curves_png, curves_svg, series_png, series_svg, sweep_svg,
 };
 use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, fetch_results};
+use super::results::fetch_selections;
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
@@ -23,6 +24,9 @@ pub struct PlotArgs {
     /// Folder to write curves.svg, curves.png and one SVG and PNG per series into.
     #[arg(long)]
     pub out: PathBuf,
+    /// Draw the training sweep instead: the selection metric against each swept field (sweep-<stage>.svg).
+    #[arg(long)]
+    pub sweep: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -105,7 +109,21 @@ pub fn write_plots(points: &[CurvePoint], dir: &Path) -> anyhow::Result<Vec<Path
 
 /// The experiment's curve points, or an error saying why there are none.
 pub fn experiment_points(reply: &pb::ResultsReply) -> anyhow::Result<Vec<CurvePoint>> {
-    let (points, notes) = curve_points(&reply.series, &reply.placements);
+    // A training sweep's points are drawn by `--sweep`; here only the stages' own training runs are curves.
+    let points_jobs: std::collections::HashSet<&str> = reply
+        .status
+        .iter()
+        .flat_map(|s| &s.jobs)
+        .filter(|j| j.name.contains(", point "))
+        .map(|j| j.id.as_str())
+        .collect();
+    let series: Vec<pb::MetricSeries> = reply
+        .series
+        .iter()
+        .filter(|s| !points_jobs.contains(s.job_id.as_str()))
+        .cloned()
+        .collect();
+    let (points, notes) = curve_points(&series, &reply.placements);
     for note in &notes {
         eprintln!("{note}");
     }
@@ -130,6 +148,34 @@ pub fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = fetch_results(&mut client, &args.experiment).await?;
+        if args.sweep {
+            let (records, notes) = fetch_selections(&mut client, &reply).await?;
+            for note in &notes {
+                eprintln!("{note}");
+            }
+            anyhow::ensure!(
+                !records.is_empty(),
+                "experiment {} has no finished training-sweep selection to plot",
+                args.experiment
+            );
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            for stage in Stage::ALL {
+                let of_stage: Vec<_> = records
+                    .iter()
+                    .filter(|r| r.stage == stage)
+                    .cloned()
+                    .collect();
+                if of_stage.is_empty() {
+                    continue;
+                }
+                let path = args.out.join(format!("sweep-{}.svg", stage.as_str()));
+                std::fs::write(&path, sweep_svg(&of_stage))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            return anyhow::Ok(ExitCode::SUCCESS);
+        }
         let points = experiment_points(&reply)?;
         for path in write_plots(&points, &args.out)? {
             println!("{}", path.display());

@@ -201,6 +201,21 @@ pub async fn fetch_sweep(
     reply: &pb::ResultsReply,
     format: ResultsFormat,
 ) -> anyhow::Result<Report> {
+    let (records, mut notes) = fetch_selections(client, reply).await?;
+    if records.is_empty() && notes.is_empty() {
+        notes.push("this experiment has no training sweep".into());
+    }
+    Ok(Report {
+        text: render_sweep(&records, format.table_format()),
+        notes,
+    })
+}
+
+/// Every finished select job's `selection.json` (by stage and fold), and notes naming those not finished.
+pub async fn fetch_selections(
+    client: &mut Client,
+    reply: &pb::ResultsReply,
+) -> anyhow::Result<(Vec<SelectionRecord>, Vec<String>)> {
     let status = reply.status.clone().unwrap_or_default();
     let mut records = Vec::new();
     let mut notes = Vec::new();
@@ -229,14 +244,8 @@ pub async fn fetch_sweep(
         })?;
         records.push(record);
     }
-    if records.is_empty() && notes.is_empty() {
-        notes.push("this experiment has no training sweep".into());
-    }
     records.sort_by_key(|r| (r.stage, r.fold));
-    Ok(Report {
-        text: render_sweep(&records, format.table_format()),
-        notes,
-    })
+    Ok((records, notes))
 }
 
 pub fn run(args: ResultsArgs) -> anyhow::Result<ExitCode> {

@@ -17,7 +17,6 @@ use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, fetch_results, rpc};
 use super::results::{ResultsFormat, fetch_report};
-use super::upload::upload_missing;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -247,12 +246,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        upload_missing(&mut client, &blobs).await?;
-        let reply = client
-            .submit_experiment(request)
-            .await
-            .map_err(rpc)?
-            .into_inner();
+        let reply = super::submit::send(&mut client, request, &blobs).await?;
         let experiment = reply.experiment_id;
         eprintln!(
             "experiment {experiment}: {} jobs ({} from the cache)",

@@ -11,7 +11,7 @@ use tandem_proto as pb;
 use tandem_experiments::manifest::hash::sha256_file;
 use tandem_experiments::planner::inputs::{BlobSource, InputBlob};
 
-use super::client::{ClientArgs, block_on, rpc};
+use super::client::{Client, ClientArgs, block_on, rpc};
 use super::upload::upload_missing;
 
 #[derive(Debug, Args)]
@@ -217,6 +217,20 @@ pub fn check_sweep_size(
     ))
 }
 
+/// Uploads the blobs the coordinator lacks, then submits `request`.
+pub async fn send(
+    client: &mut Client,
+    request: pb::SubmitRequest,
+    blobs: &[InputBlob],
+) -> anyhow::Result<pb::SubmitReply> {
+    upload_missing(client, blobs).await?;
+    Ok(client
+        .submit_experiment(request)
+        .await
+        .map_err(rpc)?
+        .into_inner())
+}
+
 pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let Prepared { request, blobs } = match request(
         &args.manifest,
@@ -231,14 +245,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let reply = block_on(async move {
         let mut client = args.client.connect().await?;
-        upload_missing(&mut client, &blobs).await?;
-        anyhow::Ok(
-            client
-                .submit_experiment(request)
-                .await
-                .map_err(rpc)?
-                .into_inner(),
-        )
+        send(&mut client, request, &blobs).await
     })??;
     eprintln!(
         "submitted {} jobs ({} served from the cache)",

@@ -795,3 +795,107 @@ async fn a_worker_whose_gpus_are_all_leased_gets_only_cpu_jobs() {
     let third = s.lease(&w, WAIT).await.unwrap().unwrap();
     assert_eq!(third.job.id, "gpu-2");
 }
+
+/// A train job config of an ASHA sweep point (group `g`, grace 1, reduction factor 2), as the planner writes it.
+fn asha_point(id: &str) -> PlannedJob {
+    use tandem_experiments::manifest::{
+        ComputeDtype, DevicePreference, ModelFamily, PromptSpec, Quantization, Stage, defaults,
+    };
+    use tandem_experiments::planner::{
+        AshaRule, DataSlice, JobConfig, ModelRef, TrainConfig, wire,
+    };
+    let config = JobConfig::Train(TrainConfig {
+        stage: Stage::Stage1,
+        fold: None,
+        seed: 1,
+        model: ModelRef {
+            family: ModelFamily::Llama,
+            sha256: "sha256:00".into(),
+            quantization: Quantization::None,
+            compute_dtype: ComputeDtype::F32,
+            device: DevicePreference::Auto,
+        },
+        lora: defaults::lora(),
+        prompt: PromptSpec {
+            train: "{input}".into(),
+            inference: "{input}".into(),
+        },
+        training: defaults::training(Stage::Stage1),
+        data: DataSlice {
+            prep_job: "prep".into(),
+            fold: None,
+            part: "train".into(),
+            indices_sha256: None,
+        },
+        init_adapter: None,
+        asha: Some(AshaRule {
+            group: "g".into(),
+            grace_period: 1,
+            reduction_factor: 2,
+        }),
+    });
+    PlannedJob {
+        config: wire::config_bytes(&config),
+        kind: "train".into(),
+        ..job(id, &[])
+    }
+}
+
+#[tokio::test]
+async fn asha_rungs_are_decided_against_the_group_and_answered_the_same_on_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), config());
+    s.submit(submission(
+        "a",
+        vec![
+            asha_point("p0"),
+            asha_point("p1"),
+            asha_point("p2"),
+            job("plain", &[]),
+        ],
+    ))
+    .await
+    .unwrap();
+    let mut w = worker("w", 8);
+    w.kinds.push("train".into());
+    let w = s.register_worker(None, w).await.unwrap();
+    let mut attempts = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let lease = s.lease(&w, WAIT).await.unwrap().expect("four ready jobs");
+        attempts.insert(lease.job.id.clone(), lease.attempt);
+    }
+    let at = |id: &str| attempts[id];
+    // The first value at a rung goes on; a worse one than the best half stops; a middling one goes on.
+    let first = s.report_rung(&w, "p0", at("p0"), 0, 1, 1.0).await.unwrap();
+    assert!(!first.stop);
+    let worse = s.report_rung(&w, "p1", at("p1"), 0, 1, 3.0).await.unwrap();
+    assert_eq!((worse.stop, worse.cutoff, worse.recorded), (true, 2.0, 2));
+    let middle = s.report_rung(&w, "p2", at("p2"), 0, 1, 1.5).await.unwrap();
+    assert_eq!((middle.stop, middle.cutoff), (false, 1.5));
+    // Asked again (a retried attempt after a crash), p1 hears the stored answer, whatever it reports now.
+    let again = s.report_rung(&w, "p1", at("p1"), 0, 1, 0.1).await.unwrap();
+    assert!(again.stop);
+    // A step that is no rung, a job without ASHA, and a stale attempt are refused.
+    let err = s
+        .report_rung(&w, "p0", at("p0"), 1, 3, 1.0)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("step 3 is not rung 1"), "{err}");
+    let err = s
+        .report_rung(&w, "plain", at("plain"), 0, 1, 1.0)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a sweep point with ASHA"),
+        "{err}"
+    );
+    let err = s
+        .report_rung(&w, "p2", at("p2") + 1, 0, 1, 1.0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SchedulerError::LeaseLost { .. }), "{err}");
+    // The decisions are in the store, for `results --sweep` and for a coordinator that restarts.
+    let stored = s.store().rungs("g", 0).unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored.iter().filter(|r| r.stop).count(), 1);
+}

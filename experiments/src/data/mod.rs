@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod mimic;
+pub mod patients;
 pub mod split;
 pub mod synth;
 pub mod table;

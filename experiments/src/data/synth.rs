@@ -214,7 +214,7 @@ const MONTHS: [&str; 12] = [
 ];
 
 /// (year, month 1-12, day) of a day count since 1970-01-01 (proleptic Gregorian; Hinnant's algorithm).
-fn civil(days: i64) -> (i64, usize, i64) {
+pub(crate) fn civil(days: i64) -> (i64, usize, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

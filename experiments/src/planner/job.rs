@@ -33,15 +33,18 @@ pub enum JobKind {
     Report,
     /// Picks the best point of a training sweep and hands its adapter on.
     Select,
+    /// Summarises one patient's history through the stage-1 and stage-2 adapters (`tandem summarize`).
+    Summarize,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::DataPrep,
         JobKind::Train,
         JobKind::Eval,
         JobKind::Report,
         JobKind::Select,
+        JobKind::Summarize,
     ];
 
     /// The kind named `text` (`data-prep`, `train`, `eval`, `report`).
@@ -56,6 +59,7 @@ impl JobKind {
             JobKind::Eval => "eval",
             JobKind::Report => "report",
             JobKind::Select => "select",
+            JobKind::Summarize => "summarize",
         }
     }
 }
@@ -101,6 +105,8 @@ pub mod input_role {
     pub const MODEL: &str = "model";
     pub const DATASET: &str = "dataset";
     pub const BERTSCORE_MODEL: &str = "bertscore_model";
+    /// The patient-history CSV of a summarize job.
+    pub const HISTORIES: &str = "histories";
 }
 
 /// One job of an experiment's graph.
@@ -144,6 +150,7 @@ pub enum JobConfig {
     Eval(EvalConfig),
     Report(ReportConfig),
     Select(SelectConfig),
+    Summarize(SummarizeConfig),
 }
 
 /// The base model, by content.
@@ -283,6 +290,32 @@ pub struct SelectConfig {
     pub candidates: Vec<Candidate>,
 }
 
+/// Summarise one patient's history: stage 1 writes the impressions the CSV leaves empty (from the findings),
+/// then the impressions are folded in date order through the stage-2 adapter, each step's input being the
+/// running summary and the next impression ([`SummarizeConfig::chain_template`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummarizeConfig {
+    pub subject_id: String,
+    /// Digest of the history CSV (input role [`input_role::HISTORIES`]).
+    pub histories_sha256: String,
+    pub seed: u64,
+    pub model: ModelRef,
+    /// The job whose adapter is the stage-1 model (a train or select job).
+    pub stage1_adapter: String,
+    /// The job whose adapter is the two-stage model used to summarise (one fold's).
+    pub stage2_adapter: String,
+    /// Stage 1's inference prompt; `{input}` = the findings.
+    pub stage1_prompt: String,
+    /// Stage 2's inference prompt; `{input}` = the first impression, then the chain template filled in.
+    pub stage2_prompt: String,
+    pub stage1_generation: GenerationSpec,
+    pub stage2_generation: GenerationSpec,
+    /// Lower-case and collapse whitespace of model inputs (the manifest's `evaluation.preprocess`).
+    pub preprocess: bool,
+    /// The stage-2 input for every visit after the first: `{summary}` (so far), `{date}`, `{impression}`.
+    pub chain_template: String,
+}
+
 /// One point of a sweep as the select job sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -334,6 +367,7 @@ impl JobConfig {
             JobConfig::Eval(_) => JobKind::Eval,
             JobConfig::Report(_) => JobKind::Report,
             JobConfig::Select(_) => JobKind::Select,
+            JobConfig::Summarize(_) => JobKind::Summarize,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod inputs;
 pub mod job;
 pub mod prep;
 mod render;
+pub mod summarize;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,17 @@ pub struct Plan {
     pub inputs: BTreeMap<String, InputRef>,
     #[serde(skip)]
     pub blobs: Vec<inputs::InputBlob>,
+    /// The jobs whose adapters are the stage models: what `tandem summarize` builds on.
+    #[serde(skip)]
+    pub stage_models: StageModels,
+}
+
+/// The adapter jobs of an experiment's fine-tuned models (a train job, or a sweep's select job).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageModels {
+    pub stage1: Option<String>,
+    /// The two-stage model per stage-2 fold (`None` = a holdout stage 2).
+    pub stage2: BTreeMap<Option<usize>, String>,
 }
 
 impl Plan {
@@ -263,7 +275,7 @@ impl Builder<'_> {
         let resources = match config.kind() {
             JobKind::DataPrep => &self.manifest.resources.data_prep,
             JobKind::Train => &self.manifest.resources.train,
-            JobKind::Eval => &self.manifest.resources.eval,
+            JobKind::Eval | JobKind::Summarize => &self.manifest.resources.eval,
             JobKind::Report | JobKind::Select => &self.manifest.resources.report,
         }
         .clone();
@@ -677,6 +689,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         jobs: Vec::new(),
     };
     let mut evals = Vec::new();
+    let mut stage_models = StageModels::default();
     // Only the work some table cell needs is planned: a manifest without two-stage cells trains no folds.
     let cells = &manifest.evaluation.cells;
     let wants = |f: &dyn Fn(&EvalCell) -> bool| cells.iter().any(f);
@@ -714,6 +727,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         }
         _ => None,
     };
+    stage_models.stage1 = train1.clone();
     if stage2_data {
         let prep2 = b.data_prep(Stage::Stage2);
         let folds: Vec<Option<usize>> = match manifest.stage2.split {
@@ -746,6 +760,7 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
                     Some(selected) => selected,
                     None => b.train(Stage::Stage2, fold, &prep2, Some(train1)),
                 };
+                stage_models.stage2.insert(fold, train2.clone());
                 // The forgetting check (the two-stage model of this fold on the stage-1 test set) first: it
                 // decodes the longer stage-1 outputs, and the scheduler breaks ties in plan order, so the
                 // longest evaluation of a fold starts first and the last worker is not left with it alone.
@@ -790,5 +805,6 @@ pub fn expand(manifest: &Manifest, inputs: &PlanInputs) -> Plan {
         jobs: b.jobs,
         inputs: BTreeMap::new(),
         blobs: Vec::new(),
+        stage_models,
     }
 }

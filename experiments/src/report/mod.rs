@@ -8,6 +8,7 @@ pub mod input;
 pub mod plot;
 pub mod png;
 pub mod render;
+pub mod sweep_plot;
 pub mod table;
 pub mod training_sweep;
 
@@ -15,6 +16,7 @@ pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series};
 pub use plot::{curves_svg, series_svg};
 pub use png::{curves_png, series_png};
 pub use render::{Format, render, render_csv, render_json, render_markdown};
+pub use sweep_plot::sweep_svg;
 pub use table::{Cell, Results, ResultsTable, SweepRow, SweepTable, TableRow, build_results};
 pub use training_sweep::render_sweep;
 

@@ -82,7 +82,7 @@ fn traces(points: &[CurvePoint], series: Series) -> (Vec<Trace>, usize) {
 }
 
 /// Tick positions 1, 2 or 5 x 10^k apart covering [lo, hi], and the decimals to print them with.
-fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
+pub(crate) fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
     let span = (hi - lo).max(f64::MIN_POSITIVE);
     let raw = span / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
@@ -102,7 +102,7 @@ fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
     (ticks, decimals)
 }
 
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

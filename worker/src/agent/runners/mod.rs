@@ -1,11 +1,13 @@
-//! The planner's job kinds (`data-prep`, `train`, `eval`, `report`, `select`) as worker runners, and the helpers they
-//! share: decoding the planned job spec, finding parents' artifacts, bundling checkpoint folders.
+//! The planner's job kinds (`data-prep`, `train`, `eval`, `report`, `select`, `summarize`) as worker runners,
+//! and the helpers they share: decoding the planned job spec, finding parents' artifacts, bundling checkpoint
+//! folders.
 
 pub mod bundle;
 pub mod data_prep;
 pub mod eval;
 pub mod report;
 pub mod select;
+pub mod summarize;
 pub mod train;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ pub fn register_all(registry: &mut RunnerRegistry) {
     registry.register("eval", Arc::new(eval::EvalRunner));
     registry.register("report", Arc::new(report::ReportRunner));
     registry.register("select", Arc::new(select::SelectRunner));
+    registry.register("summarize", Arc::new(summarize::SummarizeRunner));
 }
 
 /// One usable row of a prepared dataset.
