@@ -21,3 +21,4 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod tracking;

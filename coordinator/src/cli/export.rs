@@ -1,23 +1,36 @@
-//! `tandem export ID --out DIR`: the manifest, the status, every metric series as CSV, the inputs and every
+//! `tandem export ID --out DIR [--format files|mlflow|tensorboard]`: the manifest, the status, every metric series as CSV, the inputs and every
 //! output artifact (verified against its hash), the results tables (results.md/.csv/.json) and the training
-//! curves (plots/), in plain files.
+//! curves (plots/), in plain files; or the runs for MLflow or TensorBoard (`export_tracking`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::client::{Client, ClientArgs, block_on, download, fetch_results, safe_file_name};
+use super::export_tracking::Tracking;
 use super::plot::{curve_points, write_plots};
 use super::results::{self, ResultsFormat, fetch_evals};
 use super::status::status_json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Plain files: manifest, status, metrics.csv, inputs, artifacts, tables, plots.
+    Files,
+    /// An MLflow file store (DIR/mlruns): one run per job with params, tags, metrics and artifacts.
+    Mlflow,
+    /// TensorBoard event files (DIR/tensorboard): one run folder per job, a scalar per metric point.
+    Tensorboard,
+}
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     pub experiment: String,
     #[arg(long)]
     pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Files)]
+    pub format: ExportFormat,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -41,6 +54,18 @@ async fn download_to(client: &mut Client, sha256: &str, dest: &Path) -> anyhow::
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
+        let tracking = match args.format {
+            ExportFormat::Files => None,
+            ExportFormat::Mlflow => Some(Tracking::Mlflow),
+            ExportFormat::Tensorboard => Some(Tracking::Tensorboard),
+        };
+        if let Some(format) = tracking {
+            let line =
+                super::export_tracking::export(&mut client, &args.experiment, &args.out, format)
+                    .await?;
+            println!("{line}");
+            return anyhow::Ok(ExitCode::SUCCESS);
+        }
         let done = export(&mut client, &args.experiment, &args.out).await?;
         println!(
             "exported {} to {} ({} series, {} artifacts, {} table files, {} plots)",

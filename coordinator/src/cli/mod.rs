@@ -12,6 +12,7 @@ mod completions;
 mod data;
 pub mod exit;
 mod export;
+mod export_tracking;
 mod launch;
 mod manifest;
 mod output;

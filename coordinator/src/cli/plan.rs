@@ -36,7 +36,12 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         }
     };
     match args.format {
-        PlanFormat::Tree => print!("{}", planner::render_tree(&plan)),
+        PlanFormat::Tree => {
+            print!("{}", planner::render_tree(&plan));
+            if let Some(sweep) = &manifest.training_sweep {
+                println!("{}", sweep.describe());
+            }
+        }
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
     Ok(ExitCode::SUCCESS)

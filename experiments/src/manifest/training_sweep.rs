@@ -416,6 +416,35 @@ pub struct TrainingSweep {
     pub max_points: usize,
 }
 
+impl TrainingSweep {
+    /// One line for `tandem plan`: what is swept, how points are chosen and stopped.
+    pub fn describe(&self) -> String {
+        let fields: Vec<&str> = self.fields.iter().map(|f| f.as_str()).collect();
+        let asha = self.asha.map_or_else(
+            || "no early stopping of points".to_owned(),
+            |a| {
+                format!(
+                    "ASHA rungs at {} x {}^k updates",
+                    a.grace_period, a.reduction_factor
+                )
+            },
+        );
+        let feed = if self.feed {
+            "the chosen adapter is the stage's model"
+        } else {
+            "a side study (the stage's model keeps the manifest's settings)"
+        };
+        format!(
+            "training sweep of {}: {} of {} points over {}; selected by {}; {asha}; {feed}",
+            self.stage.as_str(),
+            self.method.as_str(),
+            self.points.len(),
+            fields.join(", "),
+            self.select.name()
+        )
+    }
+}
+
 /// The default of `max_points`.
 pub const DEFAULT_MAX_POINTS: usize = 32;
 

@@ -4,21 +4,23 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{JobKind, Plan};
+use super::{JobConfig, JobKind, Plan};
 
 /// Renders the plan as an indented tree (ids shortened to 12 hex digits).
 pub fn render_tree(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "experiment {} (manifest sha256 {}): {} jobs: {} data-prep, {} train, {} eval, {} report",
+        "experiment {} (manifest sha256 {}): {} jobs: {}",
         plan.experiment,
         &plan.manifest_sha256[..plan.manifest_sha256.len().min(12)],
         plan.jobs.len(),
-        plan.count(JobKind::DataPrep),
-        plan.count(JobKind::Train),
-        plan.count(JobKind::Eval),
-        plan.count(JobKind::Report),
+        JobKind::ALL
+            .into_iter()
+            .filter(|&k| plan.count(k) > 0 || k != JobKind::Select && k != JobKind::Summarize)
+            .map(|k| format!("{} {}", plan.count(k), k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mut children: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut roots = Vec::new();
@@ -46,6 +48,8 @@ fn write_job(
     let mut line = format!("{} {}", &job.id[..12], job.label);
     if job.kind == JobKind::Report {
         line.push_str(&format!("  <- all {} evals", job.deps.len()));
+    } else if let JobConfig::Select(select) = &job.config {
+        line.push_str(&format!("  <- all {} points", select.candidates.len()));
     } else if job.deps.len() > 1 {
         let others: Vec<String> = job.deps[..job.deps.len() - 1]
             .iter()
