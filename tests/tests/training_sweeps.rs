@@ -124,3 +124,34 @@ fn asha_chooses_the_grids_point_with_fewer_updates() {
         stopped.len()
     );
 }
+
+#[test]
+fn a_sweep_larger_than_max_points_is_queued_only_with_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    let big = SWEEP.replace("stage = \"stage1\"", "stage = \"stage1\"\nmax_points = 3");
+    std::fs::write(
+        &path,
+        tiny_manifest("big", "none", TRAINING, r#""stage1:stage1""#) + &big,
+    )
+    .unwrap();
+    // No coordinator listens here: the size check comes first, and with --yes the command gets as far as
+    // connecting (exit 5, unreachable).
+    let url = "http://127.0.0.1:9";
+    let refused = tandem_tests::tandem(url, Some("t"), &["submit", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "training_sweep: 4 points (4 training runs) is more than max_points = 3; pass --yes"
+        ),
+        "{stderr}"
+    );
+    let yes = tandem_tests::tandem(url, Some("t"), &["submit", path.to_str().unwrap(), "--yes"]);
+    assert_eq!(
+        yes.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&yes.stderr)
+    );
+}
