@@ -98,6 +98,7 @@ fn options(store: &Path) -> ServeOptions {
             metric_points_burst: f64::INFINITY,
             ..Limits::default()
         },
+        http: None,
     }
 }
 

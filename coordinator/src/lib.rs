@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod auth;
 pub mod chaos;
+pub mod dashboard;
 pub mod grpc;
 pub mod launch;
 pub mod planning;

@@ -54,11 +54,15 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub scheduler: SchedulerConfig,
     pub limits: Limits,
+    /// Where the web dashboard listens (HTTP, same tokens, read-only); `None` = no dashboard.
+    pub http: Option<SocketAddr>,
 }
 
 /// A coordinator serving in this process.
 pub struct RunningCoordinator {
     pub addr: SocketAddr,
+    /// The dashboard's address, when it serves one.
+    pub http_addr: Option<SocketAddr>,
     pub scheduler: Arc<Scheduler>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -92,6 +96,32 @@ impl RunningCoordinator {
     }
 }
 
+/// Binds the dashboard's listener and serves it until the process ends (it holds no state of its own).
+async fn start_dashboard(
+    http: SocketAddr,
+    options: &ServeOptions,
+    scheduler: Arc<Scheduler>,
+    auth: Arc<Auth>,
+) -> Result<SocketAddr, ServeError> {
+    if options.insecure_local && !http.ip().is_loopback() {
+        return Err(ServeError::InsecureNotLoopback(http));
+    }
+    let listener = TcpListener::bind(http)
+        .await
+        .map_err(|source| ServeError::Listen { addr: http, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr: http, source })?;
+    let state = Arc::new(crate::dashboard::Dashboard { scheduler, auth });
+    tokio::spawn(async move {
+        if let Err(e) = crate::dashboard::serve(listener, state, std::future::pending()).await {
+            tracing::error!(error = %e, "dashboard stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "dashboard serving");
+    Ok(bound)
+}
+
 /// Opens the store at `options.store_dir`, resumes it and starts serving.
 pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeError> {
     if options.insecure_local && !options.listen.ip().is_loopback() {
@@ -106,6 +136,7 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
     }
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&options.store_dir)?);
     let auth = Arc::new(Auth::new(store.tokens()?, options.insecure_local));
+    let dashboard_auth = auth.clone();
     let scheduler = Scheduler::open(store, options.scheduler.clone())?;
     let listener =
         TcpListener::bind(options.listen)
@@ -172,9 +203,16 @@ pub async fn start(options: ServeOptions) -> Result<RunningCoordinator, ServeErr
         },
     ));
     let ticker = tokio::spawn(scheduler.clone().run_ticker());
+    let http_addr = match options.http {
+        Some(http) => {
+            Some(start_dashboard(http, &options, scheduler.clone(), dashboard_auth).await?)
+        }
+        None => None,
+    };
     tracing::info!(%addr, tls = options.tls.is_some(), insecure_local = options.insecure_local, "coordinator serving");
     Ok(RunningCoordinator {
         addr,
+        http_addr,
         scheduler,
         shutdown: Some(tx),
         server,

@@ -23,6 +23,7 @@ async fn coordinator(dir: &std::path::Path) -> tandem_coordinator::server::Runni
         tls: None,
         scheduler: Default::default(),
         limits: Default::default(),
+        http: None,
     })
     .await
     .unwrap()

@@ -145,12 +145,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 ..SchedulerConfig::default()
             },
             limits: Limits::default(),
+            // The dashboard on a free loopback port (no token needed: this coordinator is local).
+            http: Some("127.0.0.1:0".parse()?),
         };
         let coordinator = start(options)
             .await
             .with_context(|| format!("starting the coordinator on {}", args.store.display()))?;
         let url = format!("http://{}", coordinator.addr);
         eprintln!("coordinator on {url}, store {}", args.store.display());
+        if let Some(http) = coordinator.http_addr {
+            eprintln!("dashboard on http://{http}/");
+        }
         let mut children = Vec::new();
         // Names unique to this run, so workers of earlier runs on the same store are not counted.
         let prefix = format!("local-{}-", std::process::id());

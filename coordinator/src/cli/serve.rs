@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Also serve the web dashboard here (HTTP; the same tokens, read-only), e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     /// No tokens needed (every caller is the admin "local"); loopback addresses only.
     #[arg(long)]
     pub insecure_local: bool,
@@ -81,6 +84,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             metric_points_burst: positive("--metric-points-burst", args.metric_points_burst)?,
             ..Limits::default()
         },
+        http: args.http,
     };
     block_on(async move {
         let running = start(options).await?;
@@ -93,6 +97,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "tandem coordinator listening on {scheme}://{}",
             running.addr
         );
+        // On stderr: stdout's one line is what scripts read the gRPC address from.
+        if let Some(http) = running.http_addr {
+            eprintln!("dashboard on http://{http}/");
+        }
         let _ = std::io::stdout().flush();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

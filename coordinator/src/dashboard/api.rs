@@ -1,0 +1,267 @@
+//! The dashboard's handlers: each authenticates the caller from its `Authorization: Bearer` header (401 without
+//! a valid token, 403 for a worker token), reads the scheduler's views for the caller's team, and answers JSON.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{Dashboard, PAGE, min_max_buckets};
+use crate::auth::{AuthError, Principal, require_client};
+use crate::results::metric_series;
+use crate::scheduler::{ExperimentView, JobView, SchedulerError};
+
+type Shared = State<Arc<Dashboard>>;
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Why a caller is turned away: 401 or 403 with the reason.
+pub struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+/// The caller, or why it is refused.
+fn caller(dashboard: &Dashboard, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let principal = dashboard
+        .auth
+        .authenticate(header)
+        .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    require_client(&principal).map_err(|e| match e {
+        AuthError::Unauthenticated(m) => Refusal(StatusCode::UNAUTHORIZED, m),
+        other => Refusal(StatusCode::FORBIDDEN, other.to_string()),
+    })?;
+    Ok(principal)
+}
+
+fn scheduler_error(e: SchedulerError) -> Response {
+    refusal(e).into_response()
+}
+
+fn refusal(e: SchedulerError) -> Refusal {
+    match e {
+        SchedulerError::NotFound(m) => Refusal(StatusCode::NOT_FOUND, m),
+        SchedulerError::PermissionDenied(m) => Refusal(StatusCode::FORBIDDEN, m),
+        other => Refusal(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// Experiment `id` as the caller may see it (another team's is not found).
+fn visible(d: &Dashboard, headers: &HeaderMap, id: &str) -> Result<ExperimentView, Refusal> {
+    let principal = caller(d, headers)?;
+    d.scheduler
+        .experiment(principal.team_scope(), id)
+        .map_err(refusal)
+}
+
+pub async fn page() -> Response {
+    (
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(PAGE),
+    )
+        .into_response()
+}
+
+pub async fn experiments(State(d): Shared, headers: HeaderMap) -> Response {
+    let principal = match caller(&d, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let list: Vec<Value> = d
+        .scheduler
+        .experiments(principal.team_scope())
+        .into_iter()
+        .map(|(record, state, done)| {
+            json!({
+                "id": record.id,
+                "name": record.name,
+                "team": record.team,
+                "submitter": record.submitter,
+                "state": state,
+                "created_ms": record.created_ms,
+                "manifest_sha256": record.manifest_sha256,
+                "jobs": record.job_ids.len(),
+                "jobs_done": done,
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+fn job_json(view: &JobView) -> Value {
+    let job = &view.job;
+    let started = job.attempt_log.first().map(|a| a.started_ms);
+    let ended = job.attempt_log.last().and_then(|a| a.ended_ms);
+    let placement = job.placement.as_deref();
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "kind": job.kind,
+        "state": job.state.label(),
+        "worker": job.worker,
+        "attempts": job.attempts,
+        "deps": job.deps,
+        "cached": view.cached,
+        "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
+        "fold": placement.and_then(|p| p.fold),
+        "duration_ms": started.zip(ended).map(|(s, e)| e.saturating_sub(s)),
+        "last_error": job.last_error,
+        "progress_step": view.progress.step,
+        "progress_total": view.progress.total,
+        "waiting_reason": view.waiting_reason,
+    })
+}
+
+pub async fn experiment(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match visible(&d, &headers, &id) {
+        Ok(view) => Json(json!({
+            "id": view.record.id,
+            "name": view.record.name,
+            "team": view.record.team,
+            "submitter": view.record.submitter,
+            "state": view.state,
+            "created_ms": view.record.created_ms,
+            "manifest_sha256": view.record.manifest_sha256,
+            "jobs": view.jobs.iter().map(job_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The metric names the experiment's jobs have logged, for the page to choose its panels.
+pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for job in &view.jobs {
+        match metric_series(&d.scheduler, &job.job.id) {
+            Ok(series) => names.extend(series.into_iter().map(|s| s.name)),
+            Err(e) => return scheduler_error(e),
+        }
+    }
+    Json(names).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CurveQuery {
+    /// The metric name (`train_loss`, `val_loss`, ...).
+    series: String,
+    /// Pixel columns of the plot: each keeps its minimum and maximum.
+    #[serde(default = "default_buckets")]
+    buckets: usize,
+}
+
+fn default_buckets() -> usize {
+    600
+}
+
+pub async fn curves(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<CurveQuery>,
+) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let buckets = query.buckets.clamp(1, 4096);
+    let mut jobs = Vec::new();
+    for job in &view.jobs {
+        let series = match metric_series(&d.scheduler, &job.job.id) {
+            Ok(s) => s,
+            Err(e) => return scheduler_error(e),
+        };
+        for s in series.into_iter().filter(|s| s.name == query.series) {
+            let points: Vec<(u64, f64)> = s
+                .steps
+                .iter()
+                .copied()
+                .zip(s.values.iter().copied())
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            let total = points.len();
+            let kept = min_max_buckets(&points, buckets);
+            let placement = job.job.placement.as_deref();
+            jobs.push(json!({
+                "job_id": job.job.id,
+                "name": job.job.name,
+                "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
+                "fold": placement.and_then(|p| p.fold),
+                "points_total": total,
+                "points": kept.iter().map(|(s, v)| json!([s, v])).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Json(json!({ "series": query.series, "jobs": jobs })).into_response()
+}
+
+pub async fn workers(State(d): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&d, &headers) {
+        return r.into_response();
+    }
+    let list: Vec<Value> = d
+        .scheduler
+        .workers()
+        .into_iter()
+        .map(|w| {
+            json!({
+                "id": w.record.id,
+                "name": w.record.name,
+                "host": w.record.host,
+                "alive": w.alive,
+                "gpus": w.record.resources.gpus,
+                "cpu_threads": w.record.resources.cpu_threads,
+                "devices": w.record.devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+                "jobs": w.jobs,
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// Server-sent events: one `job` event per change to a job of the experiment (state changes and metric points,
+/// as `tandem watch` sees them); the page refetches what changed.
+pub async fn events(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = visible(&d, &headers, &id) {
+        return r.into_response();
+    }
+    let stream = BroadcastStream::new(d.scheduler.subscribe()).filter_map(move |event| {
+        let event = event.ok()?;
+        event.experiments.contains(&id).then(|| {
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event("job")
+                    .data(json!({ "job_id": event.job_id }).to_string()),
+            )
+        })
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
