@@ -91,6 +91,8 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
         format!("/api/experiments/{id}"),
         format!("/api/experiments/{id}/curves?series=train/loss"),
         format!("/api/experiments/{id}/events"),
+        format!("/api/experiments/{id}/series"),
+        format!("/api/experiments/{id}/tables"),
         "/api/workers".to_string(),
     ] {
         let (status, _, body) = get(&http, &path, None);
@@ -170,6 +172,11 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
     let detail = json_of(&http, &format!("/api/experiments/{id}"), &lab.team);
     assert_eq!(detail["jobs"][0]["name"], "<script>alert(1)</script>");
     assert_eq!(detail["jobs"][0]["state"], "succeeded");
+    // No evaluation jobs, so no tables (a two-stage run shows Tables 4.1/4.3 there: docs/dashboard).
+    let tables = json_of(&http, &format!("/api/experiments/{id}/tables"), &lab.team);
+    assert_eq!(tables, json!({"results": null, "missing": []}));
+    let series = json_of(&http, &format!("/api/experiments/{id}/series"), &lab.team);
+    assert_eq!(series, json!(["train/loss"]));
     let workers = json_of(&http, "/api/workers", &lab.team);
     assert!(
         workers

@@ -18,6 +18,9 @@ use super::{Dashboard, PAGE, min_max_buckets};
 use crate::auth::{AuthError, Principal, require_client};
 use crate::results::metric_series;
 use crate::scheduler::{ExperimentView, JobView, SchedulerError};
+use crate::store::sha256_hex;
+use tandem_experiments::planner::artifacts::EVAL_RESULT;
+use tandem_experiments::report::{EvalResult, build_results};
 
 type Shared = State<Arc<Dashboard>>;
 
@@ -165,6 +168,64 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
         }
     }
     Json(names).into_response()
+}
+
+/// The thesis's tables (4.1, 4.3 with 4.4, and the sweep tables) from the experiment's evaluation results, built by
+/// the same code as `tandem results`, and the evaluations still missing.
+pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let mut evals = Vec::new();
+    let mut missing = Vec::new();
+    for job in view.jobs.iter().filter(|j| j.job.kind == "eval") {
+        let artifacts = match d.scheduler.artifacts(&job.job.id) {
+            Ok(a) => a,
+            Err(e) => return scheduler_error(e),
+        };
+        let Some(artifact) = artifacts
+            .iter()
+            .find(|a| a.name == EVAL_RESULT && a.role == "output")
+        else {
+            missing.push(job.job.name.clone());
+            continue;
+        };
+        let bytes = match d
+            .scheduler
+            .blob_file(&artifact.sha256)
+            .and_then(|(path, _)| {
+                std::fs::read(&path).map_err(|e| SchedulerError::DataLoss(e.to_string()))
+            }) {
+            Ok(bytes) => bytes,
+            Err(e) => return scheduler_error(e),
+        };
+        if sha256_hex(&bytes) != artifact.sha256 {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!(
+                    "{EVAL_RESULT} of {}: the stored blob is corrupt",
+                    job.job.name
+                ),
+            );
+        }
+        match serde_json::from_slice::<EvalResult>(&bytes) {
+            Ok(result) => evals.push(result),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{EVAL_RESULT} of {}: {e}", job.job.name),
+                );
+            }
+        }
+    }
+    if evals.is_empty() {
+        return Json(json!({ "results": null, "missing": missing })).into_response();
+    }
+    match build_results(&evals) {
+        Ok(results) => Json(json!({ "results": results, "missing": missing })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

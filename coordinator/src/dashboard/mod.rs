@@ -35,6 +35,7 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/experiments/{id}", get(api::experiment))
         .route("/api/experiments/{id}/curves", get(api::curves))
         .route("/api/experiments/{id}/series", get(api::series))
+        .route("/api/experiments/{id}/tables", get(api::tables))
         .route("/api/experiments/{id}/events", get(api::events))
         .route("/api/workers", get(api::workers))
         .with_state(state)
