@@ -93,6 +93,7 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
         format!("/api/experiments/{id}/events"),
         format!("/api/experiments/{id}/series"),
         format!("/api/experiments/{id}/tables"),
+        format!("/api/experiments/{id}/selections"),
         "/api/workers".to_string(),
     ] {
         let (status, _, body) = get(&http, &path, None);
@@ -175,6 +176,12 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
     // No evaluation jobs, so no tables (a two-stage run shows Tables 4.1/4.3 there: docs/dashboard).
     let tables = json_of(&http, &format!("/api/experiments/{id}/tables"), &lab.team);
     assert_eq!(tables, json!({"results": null, "missing": []}));
+    let selections = json_of(
+        &http,
+        &format!("/api/experiments/{id}/selections"),
+        &lab.team,
+    );
+    assert_eq!(selections, json!([]));
     let series = json_of(&http, &format!("/api/experiments/{id}/series"), &lab.team);
     assert_eq!(series, json!(["train/loss"]));
     let workers = json_of(&http, "/api/workers", &lab.team);

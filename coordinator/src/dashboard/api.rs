@@ -19,7 +19,7 @@ use crate::auth::{AuthError, Principal, require_client};
 use crate::results::metric_series;
 use crate::scheduler::{ExperimentView, JobView, SchedulerError};
 use crate::store::sha256_hex;
-use tandem_experiments::planner::artifacts::EVAL_RESULT;
+use tandem_experiments::planner::artifacts::{EVAL_RESULT, SELECTION, SelectionRecord};
 use tandem_experiments::report::{EvalResult, build_results};
 
 type Shared = State<Arc<Dashboard>>;
@@ -170,6 +170,57 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
     Json(names).into_response()
 }
 
+/// The bytes of output artifact `name` of `job`, checked against its digest; `None` when the job has none yet.
+fn read_output(d: &Dashboard, job: &str, name: &str) -> Result<Option<Vec<u8>>, Refusal> {
+    let artifacts = d.scheduler.artifacts(job).map_err(refusal)?;
+    let Some(artifact) = artifacts
+        .iter()
+        .find(|a| a.name == name && a.role == "output")
+    else {
+        return Ok(None);
+    };
+    let (path, _) = d.scheduler.blob_file(&artifact.sha256).map_err(refusal)?;
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name} of job {job}: {e}"),
+        )
+    })?;
+    if sha256_hex(&bytes) != artifact.sha256 {
+        return Err(Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{name} of job {job}: the stored blob is corrupt"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// Every finished training-sweep selection (`selection.json` of each select job): one row per point.
+pub async fn selections(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let mut records = Vec::new();
+    for job in view.jobs.iter().filter(|j| j.job.kind == "select") {
+        match read_output(&d, &job.job.id, SELECTION) {
+            Ok(Some(bytes)) => match serde_json::from_slice::<SelectionRecord>(&bytes) {
+                Ok(record) => records.push(record),
+                Err(e) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("{SELECTION} of {}: {e}", job.job.name),
+                    );
+                }
+            },
+            Ok(None) => {}
+            Err(r) => return r.into_response(),
+        }
+    }
+    records.sort_by_key(|r| (r.stage, r.fold));
+    Json(records).into_response()
+}
+
 /// The thesis's tables (4.1, 4.3 with 4.4, and the sweep tables) from the experiment's evaluation results, built by
 /// the same code as `tandem results`, and the evaluations still missing.
 pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -180,35 +231,14 @@ pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
     let mut evals = Vec::new();
     let mut missing = Vec::new();
     for job in view.jobs.iter().filter(|j| j.job.kind == "eval") {
-        let artifacts = match d.scheduler.artifacts(&job.job.id) {
-            Ok(a) => a,
-            Err(e) => return scheduler_error(e),
+        let bytes = match read_output(&d, &job.job.id, EVAL_RESULT) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                missing.push(job.job.name.clone());
+                continue;
+            }
+            Err(r) => return r.into_response(),
         };
-        let Some(artifact) = artifacts
-            .iter()
-            .find(|a| a.name == EVAL_RESULT && a.role == "output")
-        else {
-            missing.push(job.job.name.clone());
-            continue;
-        };
-        let bytes = match d
-            .scheduler
-            .blob_file(&artifact.sha256)
-            .and_then(|(path, _)| {
-                std::fs::read(&path).map_err(|e| SchedulerError::DataLoss(e.to_string()))
-            }) {
-            Ok(bytes) => bytes,
-            Err(e) => return scheduler_error(e),
-        };
-        if sha256_hex(&bytes) != artifact.sha256 {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!(
-                    "{EVAL_RESULT} of {}: the stored blob is corrupt",
-                    job.job.name
-                ),
-            );
-        }
         match serde_json::from_slice::<EvalResult>(&bytes) {
             Ok(result) => evals.push(result),
             Err(e) => {

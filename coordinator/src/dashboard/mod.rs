@@ -36,6 +36,7 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/experiments/{id}/curves", get(api::curves))
         .route("/api/experiments/{id}/series", get(api::series))
         .route("/api/experiments/{id}/tables", get(api::tables))
+        .route("/api/experiments/{id}/selections", get(api::selections))
         .route("/api/experiments/{id}/events", get(api::events))
         .route("/api/workers", get(api::workers))
         .with_state(state)
