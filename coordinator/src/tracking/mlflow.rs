@@ -138,7 +138,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("mlruns");
         let experiment = Experiment {
-            id: "00000000000000ab".into(),
+            id: "e000001".into(),
             name: "demo".into(),
             created_ms: 5,
             runs: vec![Run {
@@ -162,8 +162,8 @@ mod tests {
             }],
         };
         let number = write_store(&root, &experiment).unwrap();
-        assert_eq!(number, "171");
-        let run = root.join("171").join("f".repeat(32));
+        assert_eq!(number, "234881025", "0xe000001");
+        let run = root.join(&number).join("f".repeat(32));
         assert_eq!(
             std::fs::read_to_string(run.join("metrics/eval/bleu4")).unwrap(),
             "7 0.25 3\n"
