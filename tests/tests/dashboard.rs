@@ -94,6 +94,7 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
         format!("/api/experiments/{id}/series"),
         format!("/api/experiments/{id}/tables"),
         format!("/api/experiments/{id}/selections"),
+        format!("/api/experiments/{id}/audit"),
         "/api/workers".to_string(),
     ] {
         let (status, _, body) = get(&http, &path, None);

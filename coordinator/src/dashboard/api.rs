@@ -170,6 +170,39 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
     Json(names).into_response()
 }
 
+/// The experiment's audit log: every state change with who made it (submit, leases, outcomes, ASHA decisions,
+/// cancellations, replays), oldest first.
+pub async fn audit(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let names: std::collections::HashMap<&str, &str> = view
+        .jobs
+        .iter()
+        .map(|j| (j.job.id.as_str(), j.job.name.as_str()))
+        .collect();
+    match d.scheduler.audit_log(&view.record) {
+        Ok(entries) => Json(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "time_ms": e.time_ms,
+                        "actor": e.actor,
+                        "action": e.action,
+                        "job_id": e.job_id,
+                        "job": e.job_id.as_deref().and_then(|j| names.get(j).copied()),
+                        "detail": e.detail,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => scheduler_error(e),
+    }
+}
+
 /// The bytes of output artifact `name` of `job`, checked against its digest; `None` when the job has none yet.
 fn read_output(d: &Dashboard, job: &str, name: &str) -> Result<Option<Vec<u8>>, Refusal> {
     let artifacts = d.scheduler.artifacts(job).map_err(refusal)?;

@@ -37,6 +37,7 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/experiments/{id}/series", get(api::series))
         .route("/api/experiments/{id}/tables", get(api::tables))
         .route("/api/experiments/{id}/selections", get(api::selections))
+        .route("/api/experiments/{id}/audit", get(api::audit))
         .route("/api/experiments/{id}/events", get(api::events))
         .route("/api/workers", get(api::workers))
         .with_state(state)
