@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::data::{self, split};
 use crate::manifest::hash::{self, HashError, sha256_hex};
 use crate::manifest::{
-    DatasetFormat, EvalCell, Manifest, ModelStage, Selection, SplitSpec, Stage, SweepSpec,
-    TrainPoint, TrainingSweep,
+    DatasetFormat, EvalCell, GenerationSpec, Manifest, ModelStage, Selection, SplitSpec, Stage,
+    SweepSpec, TrainPoint, TrainingSweep,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -520,6 +520,39 @@ impl Builder<'_> {
         sha256_hex(hash::canonical_json(&identity).as_bytes())
     }
 
+    /// An evaluation of `model_stage` (with `adapter`) on `task`'s rows `data`, scored as the manifest says.
+    fn eval_config(
+        &self,
+        model_stage: ModelStage,
+        task: Stage,
+        fold: Option<usize>,
+        adapter: Option<&str>,
+        generation: GenerationSpec,
+        data: DataSlice,
+    ) -> EvalConfig {
+        let evaluation = &self.manifest.evaluation;
+        EvalConfig {
+            model_stage,
+            task,
+            fold,
+            seed: self.manifest.seed,
+            model: self.model_ref(),
+            adapter: adapter.map(str::to_owned),
+            prompt: self.manifest.stage(task).prompt.inference.clone(),
+            generation,
+            data,
+            metrics: evaluation.metrics.clone(),
+            preprocess: evaluation.preprocess,
+            bertscore_model: self
+                .inputs
+                .bertscore_model
+                .as_ref()
+                .map(|b| b.sha256.clone()),
+            bertscore_layer: evaluation.bertscore_layer,
+            radgraph_command: evaluation.radgraph_command.clone(),
+        }
+    }
+
     /// A sweep point's adapter evaluated on the stage's validation rows with the configured generation.
     fn val_eval(
         &mut self,
@@ -534,26 +567,14 @@ impl Builder<'_> {
             Stage::Stage1 => ModelStage::Stage1,
             Stage::Stage2 => ModelStage::TwoStage,
         };
-        let config = JobConfig::Eval(EvalConfig {
+        let config = JobConfig::Eval(self.eval_config(
             model_stage,
-            task: stage,
+            stage,
             fold,
-            seed: self.manifest.seed,
-            model: self.model_ref(),
-            adapter: Some(train.to_owned()),
-            prompt: spec.prompt.inference.clone(),
-            generation: spec.generation.clone(),
-            data: self.slice(stage, prep, fold, "val"),
-            metrics: self.manifest.evaluation.metrics.clone(),
-            preprocess: self.manifest.evaluation.preprocess,
-            bertscore_model: self
-                .inputs
-                .bertscore_model
-                .as_ref()
-                .map(|b| b.sha256.clone()),
-            bertscore_layer: self.manifest.evaluation.bertscore_layer,
-            radgraph_command: self.manifest.evaluation.radgraph_command.clone(),
-        });
+            Some(train),
+            spec.generation.clone(),
+            self.slice(stage, prep, fold, "val"),
+        ));
         let fold_text = fold.map_or_else(String::new, |k| format!(" fold {k}"));
         let labels = Labels {
             fold,
@@ -618,27 +639,16 @@ impl Builder<'_> {
         }
         // With sweeps, the configured setting is the sweep point equal to it (or its own job when none is).
         for (generation, sweep) in settings {
-            let config = JobConfig::Eval(EvalConfig {
+            // A two-stage model (trained on one stage-2 fold) evaluated on a holdout task reads its one part.
+            let data = self.slice(task, prep, data_fold, "test");
+            let config = JobConfig::Eval(self.eval_config(
                 model_stage,
                 task,
                 fold,
-                seed: self.manifest.seed,
-                model: self.model_ref(),
-                adapter: adapter.map(str::to_owned),
-                prompt: spec.prompt.inference.clone(),
+                adapter,
                 generation,
-                // A two-stage model (trained on one stage-2 fold) evaluated on a holdout task reads its one part.
-                data: self.slice(task, prep, data_fold, "test"),
-                metrics: self.manifest.evaluation.metrics.clone(),
-                preprocess: self.manifest.evaluation.preprocess,
-                bertscore_model: self
-                    .inputs
-                    .bertscore_model
-                    .as_ref()
-                    .map(|b| b.sha256.clone()),
-                bertscore_layer: self.manifest.evaluation.bertscore_layer,
-                radgraph_command: self.manifest.evaluation.radgraph_command.clone(),
-            });
+                data,
+            ));
             let model = match (model_stage, fold) {
                 (ModelStage::TwoStage, Some(k)) => format!("two-stage fold {k}"),
                 (m, _) => m.as_str().to_owned(),
