@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tandem_proto as pb;
 
 use super::client::{Client, ClientArgs, block_on, rpc, utc};
-use super::output::{OutputFormat, Table};
+use super::output::{OutputFormat, Table, aligned};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -290,17 +290,27 @@ async fn run_replay(
     }
 }
 
-fn print_environment(label: &str, e: &pb::JobEnvironment) {
-    println!(
-        "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} {}",
-        label,
-        e.worker,
-        e.worker_version,
-        &e.git_commit[..e.git_commit.len().min(12)],
-        short(&e.cargo_lock_sha256),
-        e.host,
-        pb::devices_summary(&e.devices)
-    );
+/// The columns of a job environment in the report.
+const ENVIRONMENT: [&str; 7] = [
+    "job",
+    "worker",
+    "version",
+    "git commit",
+    "Cargo.lock",
+    "host",
+    "devices found",
+];
+
+fn environment_row(label: &str, e: &pb::JobEnvironment) -> Vec<String> {
+    vec![
+        label.to_owned(),
+        e.worker.clone(),
+        e.worker_version.clone(),
+        e.git_commit[..e.git_commit.len().min(12)].to_owned(),
+        short(&e.cargo_lock_sha256).to_owned(),
+        e.host.clone(),
+        pb::devices_summary(&e.devices),
+    ]
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
@@ -437,73 +447,91 @@ fn report_json(report: &Report<'_>) -> Value {
     })
 }
 
-/// `--format table`: the report for people (hashes shortened).
+/// `--format table`: the report for people (hashes shortened), in columns sized to their contents.
 fn print_report(report: &Report<'_>) {
+    print!("{}", report_text(report));
+}
+
+fn report_text(report: &Report<'_>) -> String {
     let (reply, checks) = (report.reply, report.checks);
-    println!(
-        "{:<6} {:<60} {:<18} {:<18} detail",
-        "result", "subject", "expected", "actual"
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| {
+            vec![
+                result_label(c).to_owned(),
+                c.subject.clone(),
+                short(&c.expected).to_owned(),
+                short(&c.actual).to_owned(),
+                c.detail.clone(),
+            ]
+        })
+        .collect();
+    let mut out = aligned(
+        &["result", "subject", "expected", "actual", "detail"],
+        &rows,
     );
-    for c in checks {
-        println!(
-            "{:<6} {:<60} {:<18} {:<18} {}",
-            result_label(c),
-            c.subject,
-            short(&c.expected),
-            short(&c.actual),
-            c.detail
-        );
-    }
-    println!();
-    println!("coordinator version {}", reply.coordinator_version);
-    println!(
-        "{:<18} {:<28} {:<10} {:<14} {:<18} {:<20} devices found",
-        "job", "worker", "version", "git commit", "Cargo.lock", "host"
-    );
-    for e in &reply.environments {
-        print_environment(short(&e.job_id), e);
-    }
+    out.push_str(&format!(
+        "\ncoordinator version {}\n",
+        reply.coordinator_version
+    ));
+    let environments: Vec<Vec<String>> = reply
+        .environments
+        .iter()
+        .map(|e| environment_row(short(&e.job_id), e))
+        .collect();
+    out.push_str(&aligned(&ENVIRONMENT, &environments));
     if let Some((status, comparison)) = report.replay {
-        println!();
-        println!(
-            "replay {} of job {}:",
+        out.push_str(&format!(
+            "\nreplay {} of job {}:\n",
             status.replay_id,
             short(&status.job_id)
-        );
+        ));
+        let mut rows = Vec::new();
         if let Some(e) = &status.original_environment {
-            print_environment("original", e);
+            rows.push(environment_row("original", e));
         }
-        match &status.replay_environment {
-            Some(e) => print_environment("replay", e),
-            None => println!("{:<18} (no worker ran the replay)", "replay"),
-        }
+        rows.push(match &status.replay_environment {
+            Some(e) => environment_row("replay", e),
+            None => vec!["replay".to_owned(), "(no worker ran the replay)".to_owned()]
+                .into_iter()
+                .chain(std::iter::repeat_n(String::new(), ENVIRONMENT.len() - 2))
+                .collect(),
+        });
+        out.push_str(&aligned(&ENVIRONMENT, &rows));
         if !comparison.skipped.is_empty() {
-            println!(
-                "skipped timing series (differ run to run by nature): {}",
+            out.push_str(&format!(
+                "skipped timing series (differ run to run by nature): {}\n",
                 comparison.skipped.join(", ")
-            );
+            ));
         }
     }
     if report.log {
-        println!();
-        for entry in &reply.log {
-            println!(
-                "{} {:<24} {:<12} {} {}",
-                utc(entry.time_ms),
-                entry.actor,
-                entry.action,
-                short(&entry.job_id),
-                entry.detail
-            );
-        }
+        let rows: Vec<Vec<String>> = reply
+            .log
+            .iter()
+            .map(|entry| {
+                vec![
+                    utc(entry.time_ms),
+                    entry.actor.clone(),
+                    entry.action.clone(),
+                    short(&entry.job_id).to_owned(),
+                    entry.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&aligned(
+            &["time", "actor", "action", "job", "detail"],
+            &rows,
+        ));
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    println!();
-    println!(
-        "{}: {} checks, {failed} failed",
+    out.push_str(&format!(
+        "\n{}: {} checks, {failed} failed\n",
         if failed == 0 { "PASS" } else { "FAIL" },
         checks.len()
-    );
+    ));
+    out
 }
 
 #[cfg(test)]
@@ -736,5 +764,88 @@ mod tests {
                 .contains("no job")
         );
         assert!(resolve_job(&jobs, "").is_err());
+    }
+
+    #[test]
+    fn the_report_aligns_long_subjects_and_keeps_its_line_starts() {
+        let long = format!(
+            "artifact train(stage2, fold 3)/{}",
+            "adapter_model".repeat(4)
+        );
+        assert!(long.len() > 60);
+        let check = |subject: &str, ok: bool, actual: &str, detail: &str| pb::AuditCheck {
+            subject: subject.into(),
+            expected: "ab".repeat(32),
+            actual: actual.into(),
+            ok,
+            detail: detail.into(),
+        };
+        let checks = vec![
+            check(&long, true, &"ab".repeat(32), "same bytes"),
+            check("input data", false, "", "blob missing"),
+        ];
+        let device = pb::Device {
+            name: "NVIDIA H100".into(),
+            memory_mib: 81_559,
+            ..Default::default()
+        };
+        let environment = pb::JobEnvironment {
+            job_id: "j1".into(),
+            worker: "w1-node".into(),
+            host: "gpu-host".into(),
+            devices: vec![device],
+            ..Default::default()
+        };
+        let devices = pb::devices_summary(&environment.devices);
+        let reply = pb::AuditReply {
+            checks: checks.clone(),
+            environments: vec![environment],
+            log: vec![pb::AuditLogEntry {
+                time_ms: 0,
+                actor: "team:radiology-with-a-long-name".into(),
+                action: "replay".into(),
+                job_id: "j1".into(),
+                detail: "asked".into(),
+                ..Default::default()
+            }],
+            coordinator_version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let report = Report {
+            experiment: "e1",
+            reply: &reply,
+            checks: &checks,
+            replay: None,
+            log: true,
+        };
+        let text = report_text(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("result  subject "), "{text}");
+        assert!(
+            lines[1].starts_with("PASS    artifact") && lines[1].contains(&long),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("FAIL    input data "), "{text}");
+        // The long subject widens its column; every column after it still starts at one offset.
+        let detail = lines[0].find("detail").expect("detail header");
+        assert_eq!(lines[1].find("same bytes"), Some(detail), "{text}");
+        assert_eq!(lines[2].find("blob missing"), Some(detail), "{text}");
+        assert!(detail > long.len(), "{text}");
+        // The environments: a header ending in the devices column, one row per job ending in its devices.
+        let header = lines
+            .iter()
+            .position(|l| l.ends_with("devices found"))
+            .expect("environment header");
+        assert!(lines[header].starts_with("job "), "{text}");
+        assert!(lines[header + 1].starts_with("j1 "), "{text}");
+        assert!(lines[header + 1].ends_with(&devices), "{text}");
+        assert_eq!(lines[header + 2], "", "{text}");
+        let log = lines
+            .iter()
+            .find(|l| l.contains("team:radiology-with-a-long-name"))
+            .expect("log line");
+        assert!(log.starts_with("1970-01-01 00:00:00  team:"), "{text}");
+        assert_eq!(lines.last(), Some(&"FAIL: 2 checks, 1 failed"), "{text}");
+        assert!(!lines.iter().any(|l| l.ends_with(' ')), "{text}");
     }
 }

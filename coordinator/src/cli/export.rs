@@ -1,16 +1,18 @@
 //! `tandem export ID --out DIR [--format files|mlflow|tensorboard]`: the manifest, the status, every metric series as CSV, the inputs and every
-//! output artifact (verified against its hash), the results tables (results.md/.csv/.json) and the training
-//! curves (plots/), in plain files; or the runs for MLflow or TensorBoard (`export_tracking`).
+//! output artifact (verified against its hash), the results tables (results.md/.csv/.json) and the figures
+//! (plots/: training curves, generation sweeps; SVG and PNG), in plain files; or the runs for MLflow or
+//! TensorBoard (`export_tracking`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use tandem_experiments::report::build_results;
 
 use super::client::{Client, ClientArgs, block_on, download, fetch_results, safe_file_name};
 use super::export_tracking::Tracking;
-use super::plot::{curve_points, write_plots};
+use super::plot::{curve_points, write_generation_sweeps, write_plots};
 use super::results::{self, ResultsFormat, fetch_evals};
 use super::status::status_json;
 
@@ -42,7 +44,7 @@ pub struct Exported {
     pub artifacts: usize,
     /// The results tables (results.md, .csv, .json), when the experiment has evaluation results.
     pub tables: Vec<PathBuf>,
-    /// The training-curve plots, when the experiment has training curves.
+    /// The figures: training curves when the experiment has any, generation sweeps when it swept one.
     pub plots: Vec<PathBuf>,
 }
 
@@ -181,6 +183,12 @@ pub async fn export(client: &mut Client, experiment: &str, out: &Path) -> anyhow
     let (points, _) = curve_points(&reply.series, &reply.placements);
     if !points.is_empty() {
         done.plots = write_plots(&points, &out.join("plots"))?;
+    }
+    if !evals.is_empty() {
+        // The tables above were built from the same evaluations, so this cannot fail where they did not.
+        let results = build_results(&evals).context("building the generation sweeps")?;
+        done.plots
+            .extend(write_generation_sweeps(&results, &out.join("plots"))?);
     }
     Ok(done)
 }

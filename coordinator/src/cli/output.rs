@@ -1,5 +1,6 @@
-//! How read commands print what they show: `--format table` (columns sized to their contents), `json` (stable
-//! keys, documented per command) or `csv` (RFC 4180 quoting). One [`Table`] serves all three.
+//! How read commands print what they show: `--format table` (columns sized to their contents, by comfy-table),
+//! `json` (stable keys, documented per command) or `csv` (RFC 4180 quoting). One [`Table`] serves all three;
+//! [`aligned`] prints any rows as such columns.
 
 use clap::ValueEnum;
 use serde_json::{Map, Value};
@@ -59,37 +60,8 @@ impl Table {
         }
     }
 
-    /// Columns as wide as their widest cell (in characters), two spaces apart; the last is not padded.
     fn aligned(&self) -> String {
-        let widths: Vec<usize> = (0..self.headers.len())
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .map(|r| r[i].chars().count())
-                    .chain([self.headers[i].chars().count()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &mut dyn Iterator<Item = &str>| {
-            let mut out = String::new();
-            for (i, cell) in cells.enumerate() {
-                if i + 1 == widths.len() {
-                    out.push_str(cell);
-                } else {
-                    out.push_str(cell);
-                    out.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
-                }
-            }
-            out.truncate(out.trim_end().len());
-            out.push('\n');
-            out
-        };
-        let mut out = line(&mut self.headers.iter().copied());
-        for row in &self.rows {
-            out.push_str(&line(&mut row.iter().map(String::as_str)));
-        }
-        out
+        aligned(&self.headers, &self.rows)
     }
 
     fn csv(&self) -> String {
@@ -114,6 +86,26 @@ impl Table {
         }
         out
     }
+}
+
+/// `rows` under `headers` in columns as wide as their widest cell (display width: a wide character counts
+/// two), two spaces apart, without borders; the last column is not padded and no line ends in spaces. Plain
+/// text: no colours or other terminal codes, whatever stdout is.
+pub fn aligned<H: AsRef<str>>(headers: &[H], rows: &[Vec<String>]) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(headers.iter().map(AsRef::as_ref).collect::<Vec<&str>>());
+    for row in rows {
+        table.add_row(row);
+    }
+    let last = table.column_count().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
+    }
+    let mut out = table.trim_fmt();
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -146,6 +138,47 @@ mod tests {
         assert_eq!(lines[0], "id   name                         state");
         assert_eq!(lines[1], "e1   a very long experiment name  running");
         assert_eq!(lines[2], "e22  short, with \"quotes\"         ok");
+    }
+
+    /// Display width of the test's strings: the CJK characters below take two columns.
+    fn display_width(line: &str) -> usize {
+        line.chars()
+            .map(|c| {
+                if ('\u{3000}'..='\u{9fff}').contains(&c) {
+                    2
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn long_and_wide_cells_keep_every_line_the_same_width() {
+        let long = format!("train {}", "fold-0 lr=1e-4 ".repeat(4))
+            .trim_end()
+            .to_owned();
+        assert_eq!(long.chars().count(), 65);
+        let mut t = Table::new(&["id", "job", "state"]);
+        for (id, job, state) in [
+            ("e1", long.as_str(), "ready"),
+            ("e000022", "評価ジョブ", "stale"),
+            ("e3", "eval", "fails"),
+        ] {
+            t.row(vec![id.into(), job.into(), state.into()], None);
+        }
+        let text = t.render(OutputFormat::Table);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        // Every last cell is five columns wide, so aligned columns make every line equally wide.
+        let widths: Vec<usize> = lines.iter().map(|l| display_width(l)).collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{widths:?}\n{text}");
+        assert_eq!(widths[0], 7 + 2 + 65 + 2 + 5);
+        for (line, state) in lines.iter().zip(["state", "ready", "stale", "fails"]) {
+            let at = line.find(state).expect("the last column");
+            assert_eq!(display_width(&line[..at]), 7 + 2 + 65 + 2, "{text}");
+        }
+        assert!(!text.contains('\x1b'), "no terminal codes: {text:?}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! `tandem plot ID --out DIR [--sweep]`: training loss, validation loss and validation perplexity curves of an
-//! experiment's training jobs as SVG and PNG (stage 2 drawn as mean ± std bands over folds by the report code).
-//! Points come from the train jobs' metric series; a job's stage and fold from its config (the coordinator
-//! sends them as placements with the results). `--sweep` draws the training sweep instead.
+//! `tandem plot ID --out DIR [--sweep]`: the experiment's figures as SVG and PNG, titles, axis labels, ticks and
+//! legends included: the training loss, validation loss and validation perplexity curves of its training jobs
+//! (stage 2 drawn as mean ± std bands over folds by the report code), and for every swept generation parameter
+//! each metric (x100) against the parameter's value. Points come from the train jobs' metric series; a job's
+//! stage and fold from its config (the coordinator sends them as placements with the results); the generation
+//! sweeps from the eval jobs' results, the tables of `tandem results`. `--sweep` draws the training sweep
+//! instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,21 +13,24 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use tandem_experiments::manifest::Stage;
+use tandem_experiments::planner::artifacts::SelectionRecord;
 use tandem_experiments::report::{
-    CurvePoint, Series, curves_png, curves_svg, series_png, series_svg, sweep_svg,
+    CurvePoint, EvalResult, Results, Series, build_results, curves_png, curves_svg,
+    generation_sweep_png, generation_sweep_svg, series_png, series_svg, sweep_png, sweep_svg,
 };
 use tandem_proto as pb;
 
 use super::client::{ClientArgs, block_on, fetch_results};
-use super::results::fetch_selections;
+use super::results::{fetch_evals, fetch_selections};
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
     pub experiment: String,
-    /// Folder to write curves.svg, curves.png and one SVG and PNG per series into.
+    /// Folder to write curves.svg/.png, one SVG and PNG per series and per swept generation parameter
+    /// (sweep-<parameter>.svg/.png) into.
     #[arg(long)]
     pub out: PathBuf,
-    /// Draw the training sweep instead: the selection metric against each swept field (sweep-<stage>.svg).
+    /// Draw the training sweep instead: the selection metric against each swept field (sweep-<stage>.svg/.png).
     #[arg(long)]
     pub sweep: bool,
     #[command(flatten)]
@@ -79,37 +85,85 @@ pub fn curve_points(
     (points, notes)
 }
 
+/// The files written into one folder, in order.
+struct Written<'a> {
+    dir: &'a Path,
+    paths: Vec<PathBuf>,
+}
+
+impl<'a> Written<'a> {
+    fn into(dir: &'a Path) -> anyhow::Result<Written<'a>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Written {
+            dir,
+            paths: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, name: String, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        self.paths.push(path);
+        Ok(())
+    }
+}
+
 /// Writes `curves.svg`, `curves.png` and, per series with points, `<series>.svg` and `<series>.png` into
 /// `dir`; returns the paths written.
 pub fn write_plots(points: &[CurvePoint], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = Vec::new();
-    let mut write = |name: String, bytes: &[u8]| -> anyhow::Result<()> {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        written.push(path);
-        Ok(())
-    };
-    write("curves.svg".into(), curves_svg(points).as_bytes())?;
-    write("curves.png".into(), &curves_png(points))?;
+    let mut out = Written::into(dir)?;
+    out.write("curves.svg".into(), curves_svg(points).as_bytes())?;
+    out.write("curves.png".into(), &curves_png(points))?;
     for series in Series::ALL {
         if points.iter().any(|p| p.series == series) {
-            write(
-                format!("{}.svg", series.as_str()),
-                series_svg(points, series).as_bytes(),
-            )?;
-            write(
-                format!("{}.png", series.as_str()),
-                &series_png(points, series),
-            )?;
+            let name = series.as_str();
+            out.write(format!("{name}.svg"), series_svg(points, series).as_bytes())?;
+            out.write(format!("{name}.png"), &series_png(points, series))?;
         }
     }
-    Ok(written)
+    Ok(out.paths)
 }
 
-/// The experiment's curve points, or an error saying why there are none.
-pub fn experiment_points(reply: &pb::ResultsReply) -> anyhow::Result<Vec<CurvePoint>> {
-    // A training sweep's points are drawn by `--sweep`; here only the stages' own training runs are curves.
+/// Writes one `sweep-<parameter>.svg` and `.png` per swept generation parameter of `results` into `dir`
+/// (nothing when nothing was swept); returns the paths written.
+pub fn write_generation_sweeps(results: &Results, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let svgs = generation_sweep_svg(results);
+    if svgs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Written::into(dir)?;
+    for ((stem, svg), (_, png)) in svgs.iter().zip(generation_sweep_png(results)) {
+        out.write(format!("{stem}.svg"), svg.as_bytes())?;
+        out.write(format!("{stem}.png"), &png)?;
+    }
+    Ok(out.paths)
+}
+
+/// Writes `sweep-<stage>.svg` and `.png` per stage with a training-sweep selection into `dir`.
+pub fn write_training_sweeps(
+    records: &[SelectionRecord],
+    dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Written::into(dir)?;
+    for stage in Stage::ALL {
+        let of_stage: Vec<_> = records
+            .iter()
+            .filter(|r| r.stage == stage)
+            .cloned()
+            .collect();
+        if of_stage.is_empty() {
+            continue;
+        }
+        let name = format!("sweep-{}", stage.as_str());
+        out.write(format!("{name}.svg"), sweep_svg(&of_stage).as_bytes())?;
+        out.write(format!("{name}.png"), &sweep_png(&of_stage))?;
+    }
+    Ok(out.paths)
+}
+
+/// The experiment's curve points: the training series of its stages' own training runs (a training sweep's
+/// points are drawn by `--sweep`). Notes about series that cannot be placed go to stderr.
+pub fn experiment_points(reply: &pb::ResultsReply) -> Vec<CurvePoint> {
     let points_jobs: std::collections::HashSet<&str> = reply
         .status
         .iter()
@@ -127,6 +181,26 @@ pub fn experiment_points(reply: &pb::ResultsReply) -> anyhow::Result<Vec<CurvePo
     for note in &notes {
         eprintln!("{note}");
     }
+    points
+}
+
+/// Writes every figure of an experiment into `dir`: its training curves (when a train job streamed any) and
+/// its generation sweeps (when `evals` has any; evaluation results that make no tables are reported on
+/// stderr and leave the curves alone). An error when there is nothing to draw.
+pub fn write_experiment_plots(
+    reply: &pb::ResultsReply,
+    evals: &[EvalResult],
+    dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let points = experiment_points(reply);
+    let results = match build_results(evals) {
+        Ok(results) => Some(results),
+        Err(err) => {
+            eprintln!("generation sweeps not drawn: {err}");
+            None
+        }
+    };
+    let swept = results.as_ref().is_some_and(|r| !r.sweeps.is_empty());
     let experiment = reply
         .status
         .as_ref()
@@ -134,21 +208,28 @@ pub fn experiment_points(reply: &pb::ResultsReply) -> anyhow::Result<Vec<CurvePo
         .map(|s| s.id.as_str())
         .unwrap_or("");
     anyhow::ensure!(
-        !points.is_empty(),
+        !points.is_empty() || swept,
         "experiment {experiment} has no training curves yet: no train job (with a stage in its config) has \
-         streamed {}, {} or {}",
+         streamed {}, {} or {}; nor a generation sweep with evaluation results",
         Series::TrainLoss.as_str(),
         Series::ValLoss.as_str(),
         Series::ValPerplexity.as_str()
     );
-    Ok(points)
+    let mut written = Vec::new();
+    if !points.is_empty() {
+        written.extend(write_plots(&points, dir)?);
+    }
+    if let Some(results) = results.filter(|_| swept) {
+        written.extend(write_generation_sweeps(&results, dir)?);
+    }
+    Ok(written)
 }
 
 pub fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let mut client = args.client.connect().await?;
         let reply = fetch_results(&mut client, &args.experiment).await?;
-        if args.sweep {
+        let written = if args.sweep {
             let (records, notes) = fetch_selections(&mut client, &reply).await?;
             for note in &notes {
                 eprintln!("{note}");
@@ -158,26 +239,19 @@ pub fn run(args: PlotArgs) -> anyhow::Result<ExitCode> {
                 "experiment {} has no finished training-sweep selection to plot",
                 args.experiment
             );
-            std::fs::create_dir_all(&args.out)
-                .with_context(|| format!("creating {}", args.out.display()))?;
-            for stage in Stage::ALL {
-                let of_stage: Vec<_> = records
-                    .iter()
-                    .filter(|r| r.stage == stage)
-                    .cloned()
-                    .collect();
-                if of_stage.is_empty() {
-                    continue;
+            write_training_sweeps(&records, &args.out)?
+        } else {
+            // The curves are drawn even when an evaluation result cannot be read; the sweeps are not.
+            let evals = match fetch_evals(&mut client, &reply).await {
+                Ok((evals, _)) => evals,
+                Err(err) => {
+                    eprintln!("generation sweeps not drawn: {err:#}");
+                    Vec::new()
                 }
-                let path = args.out.join(format!("sweep-{}.svg", stage.as_str()));
-                std::fs::write(&path, sweep_svg(&of_stage))
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("{}", path.display());
-            }
-            return anyhow::Ok(ExitCode::SUCCESS);
-        }
-        let points = experiment_points(&reply)?;
-        for path in write_plots(&points, &args.out)? {
+            };
+            write_experiment_plots(&reply, &evals, &args.out)?
+        };
+        for path in written {
             println!("{}", path.display());
         }
         anyhow::Ok(ExitCode::SUCCESS)
@@ -285,12 +359,8 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let written = write_plots(&points, dir.path()).unwrap();
-        let names: Vec<String> = written
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            names,
+            names(&written),
             [
                 "curves.svg",
                 "curves.png",
@@ -307,22 +377,114 @@ mod tests {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
 
-    #[test]
-    fn no_curves_is_an_error_naming_the_experiment() {
-        let reply = pb::ResultsReply {
+    fn reply(
+        id: &str,
+        series: Vec<pb::MetricSeries>,
+        placements: Vec<pb::JobPlacement>,
+    ) -> pb::ResultsReply {
+        pb::ResultsReply {
             status: Some(pb::ExperimentStatus {
                 summary: Some(pb::ExperimentSummary {
-                    id: "e000042".into(),
+                    id: id.into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            series,
+            placements,
             ..Default::default()
-        };
-        let err = experiment_points(&reply).unwrap_err().to_string();
+        }
+    }
+
+    /// A temperature sweep of the two-stage LLaMA: one evaluation per value, 0.6 the configured one.
+    fn temperature_evals(bleu1: f64) -> Vec<EvalResult> {
+        [0.2, 0.6, 1.0]
+            .into_iter()
+            .map(|t| EvalResult {
+                family: tandem_experiments::manifest::ModelFamily::Llama,
+                model: tandem_experiments::manifest::ModelStage::TwoStage,
+                task: Stage::Stage2,
+                fold: None,
+                sweep: Some((tandem_experiments::manifest::SweepParameter::Temperature, t)),
+                configured: t == 0.6,
+                scores: [("bleu1".to_owned(), Some(bleu1 * t))]
+                    .into_iter()
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn names(written: &[PathBuf]) -> Vec<String> {
+        written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn generation_sweeps_are_drawn_beside_the_curves() {
+        let reply = reply(
+            "e000007",
+            vec![series("s1", "val_loss", &[1, 2], &[3.0, 2.5])],
+            vec![placement("s1", "stage1", None)],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_experiment_plots(&reply, &temperature_evals(0.5), dir.path()).unwrap();
+        assert_eq!(
+            names(&written),
+            [
+                "curves.svg",
+                "curves.png",
+                "val_loss.svg",
+                "val_loss.png",
+                "sweep-temperature.svg",
+                "sweep-temperature.png"
+            ]
+        );
+        let svg = std::fs::read_to_string(dir.path().join("sweep-temperature.svg")).unwrap();
+        assert!(
+            svg.contains("Generation sweep of temperature"),
+            "{svg:.400}"
+        );
+        let png = std::fs::read(dir.path().join("sweep-temperature.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+        // A sweep without curves is still something to draw; results that make no tables leave the curves be.
+        let no_curves = reply_without_series("e000008");
+        let dir = tempfile::tempdir().unwrap();
+        let written =
+            write_experiment_plots(&no_curves, &temperature_evals(0.5), dir.path()).unwrap();
+        assert_eq!(
+            names(&written),
+            ["sweep-temperature.svg", "sweep-temperature.png"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_experiment_plots(&reply, &temperature_evals(3.0), dir.path()).unwrap();
+        assert_eq!(names(&written)[..2], ["curves.svg", "curves.png"]);
+        assert!(!dir.path().join("sweep-temperature.svg").exists());
+    }
+
+    fn reply_without_series(id: &str) -> pb::ResultsReply {
+        reply(id, Vec::new(), Vec::new())
+    }
+
+    #[test]
+    fn no_curves_and_no_sweep_is_an_error_naming_the_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_experiment_plots(&reply_without_series("e000042"), &[], dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("experiment e000042 has no training curves"),
             "{err}"
         );
+        // Evaluations without a sweep draw nothing either.
+        let mut evals = temperature_evals(0.5);
+        evals.retain(|e| e.configured);
+        evals[0].sweep = None;
+        assert!(
+            write_experiment_plots(&reply_without_series("e000042"), &evals, dir.path()).is_err()
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

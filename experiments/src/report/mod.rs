@@ -1,22 +1,25 @@
 //! Result tables and training curves of an experiment, as the thesis shows them: Tables 4.1, 4.3 and 4.4
 //! (rows model x stage, columns B-1..B-4, R-1, R-2, R-L, M, BS, RG, x100, mean and sample std over folds,
-//! relative change against the base row), the sweep tables, and loss/perplexity plots as SVG. Pure functions over
-//! plain inputs; the CLI fetches [`EvalResult`]s and [`CurvePoint`]s and calls [`build_results`],
-//! [`render_markdown`] / [`render_csv`] / [`render_json`], and [`curves_svg`] / [`curves_png`].
+//! relative change against the base row), the sweep tables, and the figures as SVG and PNG with their text
+//! (loss/perplexity curves, training sweeps, generation sweeps; drawn with plotters from an embedded font). Pure
+//! functions over plain inputs; the CLI fetches [`EvalResult`]s and [`CurvePoint`]s and calls [`build_results`],
+//! [`render_markdown`] / [`render_csv`] / [`render_json`], [`curves_svg`] / [`curves_png`], [`sweep_svg`] /
+//! [`sweep_png`] and [`generation_sweep_svg`] / [`generation_sweep_png`].
 
+mod figure;
+pub mod generation_plot;
 pub mod input;
 pub mod plot;
-pub mod png;
 pub mod render;
 pub mod sweep_plot;
 pub mod table;
 pub mod training_sweep;
 
+pub use generation_plot::{generation_sweep_png, generation_sweep_svg};
 pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series};
-pub use plot::{curves_svg, series_svg};
-pub use png::{curves_png, series_png};
+pub use plot::{curves_png, curves_svg, series_png, series_svg};
 pub use render::{Format, render, render_csv, render_json, render_markdown};
-pub use sweep_plot::sweep_svg;
+pub use sweep_plot::{sweep_png, sweep_svg};
 pub use table::{Cell, Results, ResultsTable, SweepRow, SweepTable, TableRow, build_results};
 pub use training_sweep::render_sweep;
 

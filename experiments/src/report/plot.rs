@@ -1,38 +1,56 @@
-//! Training curves as hand-written SVG: one panel per series (training loss, validation loss, validation
-//! perplexity) against the optimizer step; a stage without folds (stage 1) is a line, a stage with folds
-//! (stage 2) is the mean over the folds that logged each step with a band of +- one sample standard deviation.
-//! Output is deterministic: same points (in any order) -> same bytes.
+//! Training curves: one panel per series (training loss, validation loss, validation perplexity) against the
+//! optimizer step, each with its title, axis labels, ticks and legend. A stage without folds (stage 1) is a
+//! line; a stage with folds (stage 2) is the mean over the folds that logged each step with a shaded band of
+//! +- one sample standard deviation. Non-finite points are left out and counted under the panel's title. SVG
+//! and PNG are the same drawing; output is deterministic: same points (in any order) -> same bytes.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::figure::{self, Axis, BAND_OPACITY, DrawResult, Figure, Glyph};
 use super::input::{CurvePoint, Series};
 use super::table::mean_std;
 use crate::manifest::Stage;
 
-pub(crate) const PANEL_W: f64 = 380.0;
-pub(crate) const PANEL_H: f64 = 280.0;
-pub(crate) const LEGEND_H: f64 = 34.0;
-const MARGIN_L: f64 = 64.0;
-const MARGIN_R: f64 = 14.0;
-const MARGIN_T: f64 = 28.0;
-const MARGIN_B: f64 = 44.0;
+const PANEL_W: u32 = 520;
+const PANEL_H: u32 = 420;
 
-fn colour(stage: Stage) -> &'static str {
+fn colour(stage: Stage) -> RGBColor {
     match stage {
-        Stage::Stage1 => "#1f77b4",
-        Stage::Stage2 => "#d62728",
+        Stage::Stage1 => figure::BLUE,
+        Stage::Stage2 => figure::RED,
+    }
+}
+
+/// The y-axis label of a series' panel.
+fn y_label(series: Series) -> &'static str {
+    match series {
+        Series::TrainLoss | Series::ValLoss => "cross-entropy loss",
+        Series::ValPerplexity => "perplexity",
     }
 }
 
 /// What one stage draws in one panel: per step the mean, the sample std over folds (`None`: a single curve or
-/// a single fold at that step) and how many folds logged it.
+/// a single fold at that step), and how many curves (folds) it has.
 #[derive(Debug, Clone, PartialEq)]
 struct Trace {
     stage: Stage,
     has_folds: bool,
     folds: usize,
     points: Vec<(u64, f64, Option<f64>)>,
+}
+
+impl Trace {
+    fn label(&self) -> String {
+        let name = self.stage.as_str().replace("stage", "stage ");
+        if self.has_folds {
+            format!("{name}: mean ± std over {} folds", self.folds)
+        } else {
+            name
+        }
+    }
 }
 
 /// Groups the finite points of `series` per stage; the last of duplicate (stage, fold, step) points wins.
@@ -81,341 +99,128 @@ fn traces(points: &[CurvePoint], series: Series) -> (Vec<Trace>, usize) {
     (traces, skipped)
 }
 
-/// Tick positions 1, 2 or 5 x 10^k apart covering [lo, hi], and the decimals to print them with.
-pub(crate) fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
-    let span = (hi - lo).max(f64::MIN_POSITIVE);
-    let raw = span / 5.0;
-    let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * magnitude)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
-    let decimals = if step >= 1.0 {
-        0
-    } else {
-        (-step.log10()).ceil() as usize
-    };
-    let first = (lo / step).ceil() as i64;
-    let last = (hi / step).floor() as i64;
-    let ticks = (first..=last).map(|i| i as f64 * step).collect();
-    (ticks, decimals)
+/// The panels of `series` side by side.
+struct Curves<'a> {
+    points: &'a [CurvePoint],
+    series: &'a [Series],
 }
 
-pub(crate) fn esc(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+impl Figure for Curves<'_> {
+    fn size(&self) -> (u32, u32) {
+        (PANEL_W * self.series.len().max(1) as u32, PANEL_H)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let areas = root.split_evenly((1, self.series.len().max(1)));
+        for (area, series) in areas.iter().zip(self.series) {
+            panel(area, self.points, *series)?;
+        }
+        Ok(())
+    }
 }
 
-/// Where everything of one panel goes, in figure coordinates (SVG and PNG draw the same geometry).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PanelGeometry {
-    pub series: Series,
-    pub x0: f64,
-    pub y0: f64,
-    /// The plot area: x, y, width, height.
-    pub frame: (f64, f64, f64, f64),
-    /// Tick positions along the x axis with their labels.
-    pub x_ticks: Vec<(f64, String)>,
-    /// Tick positions along the y axis with their labels.
-    pub y_ticks: Vec<(f64, String)>,
-    /// Closed mean +- std outlines of the stages with folds.
-    pub bands: Vec<(Stage, Vec<(f64, f64)>)>,
-    /// Mean (or single) curves.
-    pub lines: Vec<(Stage, Vec<(f64, f64)>)>,
-    /// Non-finite points left out.
-    pub skipped: usize,
-}
-
-pub(crate) fn geometry(points: &[CurvePoint], series: Series, x0: f64, y0: f64) -> PanelGeometry {
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    points: &[CurvePoint],
+    series: Series,
+) -> DrawResult<DB> {
     let (traces, skipped) = traces(points, series);
-    let plot_x = x0 + MARGIN_L;
-    let plot_y = y0 + MARGIN_T;
-    let plot_w = PANEL_W - MARGIN_L - MARGIN_R;
-    let plot_h = PANEL_H - MARGIN_T - MARGIN_B;
-    let mut geometry = PanelGeometry {
-        series,
-        x0,
-        y0,
-        frame: (plot_x, plot_y, plot_w, plot_h),
-        x_ticks: Vec::new(),
-        y_ticks: Vec::new(),
-        bands: Vec::new(),
-        lines: Vec::new(),
-        skipped,
+    let note = match skipped {
+        0 => String::new(),
+        1 => "1 non-finite point left out".to_owned(),
+        n => format!("{n} non-finite points left out"),
     };
-    let all = traces.iter().flat_map(|t| t.points.iter());
-    let (mut xmin, mut xmax, mut ymin, mut ymax) =
-        (u64::MAX, 0u64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(step, mean, std) in all {
-        xmin = xmin.min(step);
-        xmax = xmax.max(step);
-        let s = std.unwrap_or(0.0);
-        ymin = ymin.min(mean - s);
-        ymax = ymax.max(mean + s);
-    }
-    if xmin > xmax {
-        return geometry;
-    }
-    let (xlo, xhi) = if xmin == xmax {
-        (xmin as f64 - 0.5, xmax as f64 + 0.5)
-    } else {
-        (xmin as f64, xmax as f64)
+    let area = figure::panel(area, series.title(), &note)?;
+    let all = traces.iter().flat_map(|t| &t.points);
+    let (Some((x_lo, x_hi)), Some((y_lo, y_hi))) = (
+        figure::extent(all.clone().map(|&(step, _, _)| step as f64)),
+        figure::extent(all.flat_map(|&(_, mean, std)| {
+            let s = std.unwrap_or(0.0);
+            [mean - s, mean + s]
+        })),
+    ) else {
+        return figure::no_points(&area);
     };
-    let pad = if ymax > ymin {
-        (ymax - ymin) * 0.05
-    } else {
-        ymin.abs().max(1.0) * 0.05
-    };
-    let (ylo, yhi) = (ymin - pad, ymax + pad);
-    let sx = |x: f64| plot_x + (x - xlo) / (xhi - xlo) * plot_w;
-    let sy = |y: f64| plot_y + plot_h - (y - ylo) / (yhi - ylo) * plot_h;
-    let (xt, xd) = ticks(xlo, xhi);
-    geometry.x_ticks = xt
-        .into_iter()
-        .map(|t| (sx(t), format!("{t:.xd$}")))
-        .collect();
-    let (yt, yd) = ticks(ylo, yhi);
-    geometry.y_ticks = yt
-        .into_iter()
-        .map(|t| (sy(t), format!("{t:.yd$}")))
-        .collect();
+    let x = Axis::linear(x_lo, x_hi, 0.0, true);
+    let y = Axis::linear(y_lo, y_hi, 0.05, false);
+    let mut chart = figure::chart(&area, &x, &y, "optimizer step", y_label(series))?;
+    // Bands first, lines on top.
     for t in traces.iter().filter(|t| t.has_folds) {
         let upper = t
             .points
             .iter()
-            .map(|&(s, m, d)| (sx(s as f64), sy(m + d.unwrap_or(0.0))));
+            .map(|&(step, mean, std)| (step as f64, mean + std.unwrap_or(0.0)));
         let lower = t
             .points
             .iter()
             .rev()
-            .map(|&(s, m, d)| (sx(s as f64), sy(m - d.unwrap_or(0.0))));
-        geometry.bands.push((t.stage, upper.chain(lower).collect()));
+            .map(|&(step, mean, std)| (step as f64, mean - std.unwrap_or(0.0)));
+        chart.draw_series(std::iter::once(Polygon::new(
+            upper.chain(lower).collect::<Vec<_>>(),
+            colour(t.stage).mix(BAND_OPACITY).filled(),
+        )))?;
     }
     for t in &traces {
-        let line = t.points.iter().map(|&(s, m, _)| (sx(s as f64), sy(m)));
-        geometry.lines.push((t.stage, line.collect()));
-    }
-    geometry
-}
-
-fn coords(points: &[(f64, f64)]) -> String {
-    let all: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{x:.2},{y:.2}"))
-        .collect();
-    all.join(" ")
-}
-
-/// Draws one panel with its top-left corner at (`x0`, `y0`).
-fn panel(out: &mut String, points: &[CurvePoint], series: Series, x0: f64, y0: f64) {
-    let g = geometry(points, series, x0, y0);
-    let (plot_x, plot_y, plot_w, plot_h) = g.frame;
-    let _ = writeln!(
-        out,
-        r#"<g class="panel" data-series="{}">"#,
-        series.as_str()
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.2}" y="{:.2}" font-size="14" text-anchor="middle" font-weight="bold">{}</text>"#,
-        plot_x + plot_w / 2.0,
-        y0 + 18.0,
-        esc(series.title())
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect x="{plot_x:.2}" y="{plot_y:.2}" width="{plot_w:.2}" height="{plot_h:.2}" fill="none" stroke="#444" stroke-width="1"/>"##
-    );
-    if g.lines.is_empty() {
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.2}" y="{:.2}" font-size="12" text-anchor="middle" fill="#666">no data</text>"##,
-            plot_x + plot_w / 2.0,
-            plot_y + plot_h / 2.0
-        );
-        out.push_str("</g>\n");
-        return;
-    }
-    for (x, label) in &g.x_ticks {
-        let _ = writeln!(
-            out,
-            r##"<line class="tick" x1="{x:.2}" y1="{:.2}" x2="{x:.2}" y2="{:.2}" stroke="#444" stroke-width="1"/>"##,
-            plot_y + plot_h,
-            plot_y + plot_h + 5.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{x:.2}" y="{:.2}" font-size="11" text-anchor="middle">{label}</text>"#,
-            plot_y + plot_h + 17.0
-        );
-    }
-    for (y, label) in &g.y_ticks {
-        let _ = writeln!(
-            out,
-            r##"<line class="grid" x1="{plot_x:.2}" y1="{y:.2}" x2="{:.2}" y2="{y:.2}" stroke="#ddd" stroke-width="1"/>"##,
-            plot_x + plot_w
-        );
-        let _ = writeln!(
-            out,
-            r##"<line class="tick" x1="{:.2}" y1="{y:.2}" x2="{plot_x:.2}" y2="{y:.2}" stroke="#444" stroke-width="1"/>"##,
-            plot_x - 5.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.2}" y="{:.2}" font-size="11" text-anchor="end">{label}</text>"#,
-            plot_x - 8.0,
-            y + 4.0
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.2}" y="{:.2}" font-size="12" text-anchor="middle">optimizer step</text>"#,
-        plot_x + plot_w / 2.0,
-        y0 + PANEL_H - 8.0
-    );
-    let (lx, ly) = (x0 + 14.0, plot_y + plot_h / 2.0);
-    let _ = writeln!(
-        out,
-        r#"<text x="{lx:.2}" y="{ly:.2}" font-size="12" text-anchor="middle" transform="rotate(-90 {lx:.2} {ly:.2})">{}</text>"#,
-        esc(series.as_str())
-    );
-    // Bands first, lines on top.
-    for (stage, outline) in &g.bands {
-        let _ = writeln!(
-            out,
-            r#"<polygon class="band" data-stage="{}" points="{}" fill="{}" fill-opacity="0.2" stroke="none"/>"#,
-            stage.as_str(),
-            coords(outline),
-            colour(*stage)
-        );
-    }
-    for (stage, line) in &g.lines {
-        let _ = writeln!(
-            out,
-            r#"<polyline class="line" data-stage="{}" points="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
-            stage.as_str(),
-            coords(line),
-            colour(*stage)
-        );
-    }
-    if g.skipped > 0 {
-        let _ = writeln!(
-            out,
-            r##"<text x="{:.2}" y="{:.2}" font-size="10" text-anchor="end" fill="#a00">{} non-finite point(s) left out</text>"##,
-            plot_x + plot_w - 4.0,
-            plot_y + 12.0,
-            g.skipped
-        );
-    }
-    out.push_str("</g>\n");
-}
-
-/// The legend's entries: where each starts, its stage, whether it has folds (a band), and its label.
-fn legend_items(points: &[CurvePoint]) -> Vec<(f64, Stage, bool, String)> {
-    let mut stages: BTreeMap<Stage, Vec<Option<usize>>> = BTreeMap::new();
-    for p in points {
-        let folds = stages.entry(p.stage).or_default();
-        if !folds.contains(&p.fold) {
-            folds.push(p.fold);
-        }
-    }
-    let mut x = MARGIN_L;
-    let mut out = Vec::new();
-    for (stage, folds) in stages {
-        let has_folds = folds.iter().any(Option::is_some);
-        let name = stage.as_str().replace("stage", "stage ");
-        let label = if has_folds {
-            format!("{name}: mean ± std over {} folds", folds.len())
+        let c = colour(t.stage);
+        let line = t.points.iter().map(|&(step, mean, _)| (step as f64, mean));
+        // A single step has no line to draw: a marker shows it.
+        let marker = if t.points.len() == 1 { 4 } else { 0 };
+        let glyph = if t.has_folds {
+            Glyph::Band(c)
         } else {
-            name
+            Glyph::Line(c)
         };
-        let width = 40.0 + 7.0 * label.chars().count() as f64;
-        out.push((x, stage, has_folds, label));
-        x += width;
+        chart
+            .draw_series(LineSeries::new(line, c.filled().stroke_width(2)).point_size(marker))?
+            .label(t.label())
+            .legend(move |at| glyph.element(at));
     }
-    out
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .margin(8)
+        .legend_area_size(30)
+        .label_font(figure::text(figure::TICK_SIZE, figure::INK))
+        .background_style(WHITE.mix(0.85))
+        .border_style(figure::MUTED)
+        .draw()
 }
 
-/// The legend's swatches (x, stage, band) for the PNG.
-pub(crate) fn legend_entries(points: &[CurvePoint]) -> Vec<(f64, Stage, bool)> {
-    legend_items(points)
-        .into_iter()
-        .map(|(x, stage, band, _)| (x, stage, band))
-        .collect()
-}
-
-fn legend(out: &mut String, points: &[CurvePoint]) {
-    out.push_str("<g class=\"legend\">\n");
-    for (x, stage, has_folds, label) in legend_items(points) {
-        let c = colour(stage);
-        if has_folds {
-            let _ = writeln!(
-                out,
-                r#"<rect x="{x:.2}" y="10.00" width="24.00" height="12.00" fill="{c}" fill-opacity="0.2"/>"#
-            );
-        }
-        let _ = writeln!(
-            out,
-            r#"<line x1="{x:.2}" y1="16.00" x2="{:.2}" y2="16.00" stroke="{c}" stroke-width="1.5"/>"#,
-            x + 24.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.2}" y="20.00" font-size="12">{}</text>"#,
-            x + 30.0,
-            esc(&label)
-        );
-    }
-    out.push_str("</g>\n");
-}
-
-fn svg(points: &[CurvePoint], series: &[Series]) -> String {
-    let width = PANEL_W * series.len() as f64;
-    let height = PANEL_H + LEGEND_H;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(
-        out,
-        r#"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#
-    );
-    legend(&mut out, points);
-    for (i, s) in series.iter().enumerate() {
-        panel(&mut out, points, *s, PANEL_W * i as f64, LEGEND_H);
-    }
-    out.push_str("</svg>\n");
-    out
-}
-
-/// The three panels side by side (training loss, validation loss, validation perplexity) with one legend.
+/// The three panels side by side (training loss, validation loss, validation perplexity), as SVG.
 pub fn curves_svg(points: &[CurvePoint]) -> String {
-    svg(points, &Series::ALL)
+    figure::svg(&Curves {
+        points,
+        series: &Series::ALL,
+    })
 }
 
-/// One panel for `series`, with the legend.
+/// One panel for `series`, as SVG.
 pub fn series_svg(points: &[CurvePoint], series: Series) -> String {
-    svg(points, &[series])
+    figure::svg(&Curves {
+        points,
+        series: &[series],
+    })
+}
+
+/// The three panels side by side as PNG: the same drawing as [`curves_svg`], text included.
+pub fn curves_png(points: &[CurvePoint]) -> Vec<u8> {
+    figure::png(&Curves {
+        points,
+        series: &Series::ALL,
+    })
+}
+
+/// One panel for `series`, as PNG.
+pub fn series_png(points: &[CurvePoint], series: Series) -> Vec<u8> {
+    figure::png(&Curves {
+        points,
+        series: &[series],
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_are_round_and_inside() {
-        let (t, d) = ticks(0.0, 10.0);
-        assert_eq!(t, vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
-        assert_eq!(d, 0);
-        let (t, d) = ticks(1.03, 1.97);
-        assert_eq!(d, 1);
-        assert!(t.iter().all(|v| (1.03..=1.97).contains(v)), "{t:?}");
-        assert!(t.len() >= 3);
-    }
 
     #[test]
     fn folds_make_mean_and_sample_std_per_step() {
@@ -436,10 +241,27 @@ mod tests {
         assert_eq!(skipped, 1);
         assert_eq!(traces.len(), 1);
         assert!(traces[0].has_folds);
+        assert_eq!(traces[0].label(), "stage 2: mean ± std over 2 folds");
         assert_eq!(traces[0].points[0].0, 10);
         assert_eq!(traces[0].points[0].1, 2.0);
         let std = traces[0].points[0].2.expect("two folds");
         assert!((std - 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(traces[0].points[1], (20, 0.5, None));
+    }
+
+    #[test]
+    fn the_last_duplicate_point_wins() {
+        let p = |value| CurvePoint {
+            stage: Stage::Stage1,
+            fold: None,
+            step: 5,
+            series: Series::TrainLoss,
+            value,
+        };
+        let (traces, skipped) = traces(&[p(1.0), p(2.0)], Series::TrainLoss);
+        assert_eq!(skipped, 0);
+        assert_eq!(traces[0].points, vec![(5, 2.0, None)]);
+        assert!(!traces[0].has_folds);
+        assert_eq!(traces[0].label(), "stage 1");
     }
 }
