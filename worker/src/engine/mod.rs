@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod backend;
 pub mod error;
 pub mod files;
+pub mod fused;
 pub mod lora;
 pub mod model;
 pub mod ops;

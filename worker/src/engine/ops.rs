@@ -28,20 +28,6 @@ struct FrozenMatmul {
     weight: Arc<dyn WeightSource>,
 }
 
-fn cpu_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &'static str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("{op}: expected f32 input")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: input must be contiguous")
-    };
-    Ok(&values[start..end])
-}
-
 impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
@@ -52,7 +38,7 @@ impl CustomOp1 for FrozenMatmul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(storage, layout, "frozen-matmul")?;
+        let x = super::fused::slice(storage, layout, "frozen-matmul")?;
         let w = self.weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;
         let dims = layout.dims();
@@ -148,22 +134,11 @@ impl CustomOp1 for SoftmaxLast {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(storage, layout, "softmax-last")?;
+        let x = super::fused::slice(storage, layout, "softmax-last")?;
         let dim = *layout.dims().last().unwrap_or(&1);
-        let mut out = vec![0f32; x.len()];
-        for (row, dst) in x
-            .chunks_exact(dim.max(1))
-            .zip(out.chunks_exact_mut(dim.max(1)))
-        {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (d, &v) in dst.iter_mut().zip(row) {
-                *d = (v - max).exp();
-                sum += *d;
-            }
-            let inv = 1.0 / sum;
-            dst.iter_mut().for_each(|d| *d *= inv);
-        }
+        let mut out = x.to_vec();
+        out.chunks_exact_mut(dim.max(1))
+            .for_each(super::fused::softmax_in_place);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 

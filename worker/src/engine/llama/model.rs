@@ -5,12 +5,13 @@ use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use tandem_experiments::manifest::LossMask;
 
 use super::config::LlamaConfig;
 use super::weights::WeightStore;
 use crate::engine::error::{EngineError, Result};
+use crate::engine::fused;
 use crate::engine::lora::{ForwardCtx, LoraLinear};
 use crate::engine::model::{
     Architecture, DecodeState, Decoder, LanguageModel, LossOutput, SpecialTokens, TrainExample,
@@ -183,8 +184,8 @@ impl Llama {
         total
     }
 
-    /// cos and sin tables `[rows, 1, t, head_dim / 2]` for absolute positions `positions[row][i]`.
-    fn rope_tables(&self, positions: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+    /// cos and sin tables `[rows, t, head_dim / 2]` (row-major) for absolute positions `positions[row][i]`.
+    fn rope_tables(&self, positions: &[Vec<u32>]) -> (Arc<Vec<f32>>, Arc<Vec<f32>>) {
         let (rows, t, half) = (positions.len(), positions[0].len(), self.inv_freq.len());
         let mut cos = Vec::with_capacity(rows * t * half);
         let mut sin = Vec::with_capacity(rows * t * half);
@@ -197,10 +198,7 @@ impl Llama {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (rows, 1, t, half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (rows, 1, t, half), &Device::Cpu)?,
-        ))
+        (Arc::new(cos), Arc::new(sin))
     }
 
     /// Runs the blocks over `ids` (`[rows, t]`) at `positions`, with an optional additive mask
@@ -217,7 +215,12 @@ impl Llama {
         let c = &self.config;
         let (h, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = h / kvh;
-        let (cos, sin) = self.rope_tables(positions)?;
+        let (cos, sin) = self.rope_tables(positions);
+        // The additive mask as the values the fused softmax reads, once for every layer.
+        let mask = match mask {
+            Some(m) => Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?)),
+            None => None,
+        };
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
@@ -225,7 +228,7 @@ impl Llama {
         let scale = 1.0 / (d as f64).sqrt();
         for (li, b) in self.blocks.iter().enumerate() {
             let residual = x.clone();
-            let hx = ops::rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
+            let hx = fused::rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
             let q = b
                 .q_proj
                 .forward(&hx, ctx)?
@@ -244,8 +247,8 @@ impl Llama {
                 .reshape((rows, t, kvh, d))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let q = rope(&q, &cos, &sin)?;
-            let mut k = rope(&k, &cos, &sin)?;
+            let q = fused::rope(&q, &cos, &sin)?;
+            let mut k = fused::rope(&k, &cos, &sin)?;
             let mut v = v;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some(prev) = &cache[li] {
@@ -260,32 +263,30 @@ impl Llama {
             let s = k.dim(2)?;
             // Grouped-query attention without copying K/V: the `rep` query heads of one KV head share rows.
             let qg = q.reshape((rows, kvh, rep * t, d))?;
-            let scores = (qg.matmul(&k.t()?)? * scale)?;
-            let scores = match mask {
-                Some(m) => scores
-                    .reshape((rows, kvh, rep, t, s))?
-                    .broadcast_add(m)?
-                    .reshape((rows, kvh, rep * t, s))?,
-                None => scores,
-            };
-            let probs = ops::softmax_last(&scores)?;
+            let scores = qg.matmul(&k.t()?)?.reshape((rows, kvh * rep, t, s))?;
+            let probs = fused::masked_softmax(&scores, scale, mask.as_ref())?.reshape((
+                rows,
+                kvh,
+                rep * t,
+                s,
+            ))?;
             let attn = probs
                 .matmul(&v)?
                 .reshape((rows, h, t, d))?
                 .transpose(1, 2)?
                 .reshape((rows, t, h * d))?;
             let x1 = (residual + b.o_proj.forward(&attn, ctx)?)?;
-            let hx = ops::rms_norm(&x1, &b.post_norm, c.rms_norm_eps)?;
-            let gate = ops::silu(&b.gate_proj.forward(&hx, ctx)?)?;
+            let hx = fused::rms_norm(&x1, &b.post_norm, c.rms_norm_eps)?;
+            let gate = b.gate_proj.forward(&hx, ctx)?;
             let up = b.up_proj.forward(&hx, ctx)?;
-            x = (x1 + b.down_proj.forward(&(gate * up)?, ctx)?)?;
+            x = (x1 + b.down_proj.forward(&fused::swiglu(&gate, &up)?, ctx)?)?;
         }
         Ok(x)
     }
 
     /// Logits `[n, vocab]` of hidden rows `[n, hidden]`.
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let normed = ops::rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
+        let normed = fused::rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
         ops::frozen_matmul(&normed, &self.lm_head)
     }
 
@@ -340,17 +341,6 @@ impl Llama {
             .reshape((rows, self.config.hidden_size))?;
         self.head(&last)
     }
-}
-
-/// Rotary embedding (Hugging Face's rotate-half layout) of `x` `[rows, heads, t, d]`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let half = d / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Ok(Tensor::cat(&[&a, &b], D::Minus1)?)
 }
 
 /// Additive mask `[rows, 1, 1, t, past + t]`: causal, and the left padding of each row masked. `None` when
@@ -485,7 +475,7 @@ impl LanguageModel for Llama {
         let kept_labels: Vec<i64> = keep.iter().map(|&i| labels[i as usize]).collect();
         let rows = flat.index_select(&Tensor::new(keep.as_slice(), &Device::Cpu)?, 0)?;
         let logits = self.head(&rows)?;
-        let (loss_sum, tokens) = ops::cross_entropy_sum(&logits, &kept_labels)?;
+        let (loss_sum, tokens) = fused::cross_entropy_sum(&logits, &kept_labels)?;
         Ok(LossOutput { loss_sum, tokens })
     }
 }
