@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor, Var};
 use tandem_kernels::dropout;
 
 use super::error::{EngineError, Result};
+use super::fused;
 use super::ops::{self, DenseWeight, WeightSource};
 use super::rng::{self, Purpose, Stream};
 
@@ -314,25 +315,32 @@ impl LoraLinear {
 
     /// `x W^T + scale * dropout(x) A^T B^T` for `x` of shape `[..., in]`.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let base = ops::frozen_matmul(x, &self.source)?;
         let Some(lora) = &self.lora else {
-            return Ok(base);
+            return ops::frozen_matmul(x, &self.source);
         };
-        let x_in = if ctx.training && lora.dropout > 0.0 {
-            self.dropout(x, lora.dropout, ctx)?
-        } else {
-            x.clone()
-        };
-        let dims = x_in.dims().to_vec();
-        let rows = x_in.elem_count() / self.in_features;
-        let flat = x_in.reshape((rows, self.in_features))?;
+        if ctx.training {
+            // One autograd node for the whole layer (see `LoraMatmul`).
+            let mask = if lora.dropout > 0.0 {
+                Some(self.dropout_mask(x, lora.dropout, ctx)?)
+            } else {
+                None
+            };
+            let op = LoraMatmul {
+                weight: Arc::clone(&self.source),
+                scale: lora.scale,
+                mask,
+            };
+            return Ok(x
+                .contiguous()?
+                .apply_op3(lora.a.as_tensor(), lora.b.as_tensor(), op)?);
+        }
+        let base = ops::frozen_matmul(x, &self.source)?;
+        let dims = x.dims().to_vec();
+        let rows = x.elem_count() / self.in_features;
+        let flat = x.reshape((rows, self.in_features))?;
         // Outside training the update is a constant: detached, nothing downstream records autograd ops (and
         // the frozen matmuls take their inference path).
-        let (a, b) = if ctx.training {
-            (lora.a.as_tensor().clone(), lora.b.as_tensor().clone())
-        } else {
-            (lora.a.as_detached_tensor(), lora.b.as_detached_tensor())
-        };
+        let (a, b) = (lora.a.as_detached_tensor(), lora.b.as_detached_tensor());
         let down = flat.matmul(&a.t()?)?;
         let up = down.matmul(&b.t()?)?;
         let mut out_dims = dims;
@@ -344,7 +352,13 @@ impl LoraLinear {
     /// Inverted dropout: element `i` of `x` (row-major) is kept when element `i` of the layer's keep mask is 1,
     /// and then scaled by `1 / (1 - p)`. The mask is `tandem_kernels::dropout::keep_mask` of the stream
     /// `training_stream(update, micro, layer, site)`, `(layer, site)` read off the module path.
+    #[cfg(test)]
     fn dropout(&self, x: &Tensor, p: f64, ctx: &ForwardCtx) -> Result<Tensor> {
+        Ok((x * self.dropout_mask(x, p, ctx)?)?)
+    }
+
+    /// The values [`LoraLinear::dropout`] multiplies `x` by: `1 / (1 - p)` where kept, 0 where dropped.
+    fn dropout_mask(&self, x: &Tensor, p: f64, ctx: &ForwardCtx) -> Result<Tensor> {
         let p = p as f32;
         let keep = dropout::locate(&self.path)
             .and_then(|(layer, site)| dropout::training_stream(ctx.step, ctx.micro, layer, site))
@@ -355,8 +369,100 @@ impl LoraLinear {
             .into_iter()
             .map(|k| if k == 1 { scale } else { 0.0 })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        Ok((x * mask)?)
+        Ok(Tensor::from_vec(mask, x.shape(), x.device())?)
+    }
+}
+
+/// A training forward of a LoRA layer, `y = x W^T + scale * ((x * mask) A^T) B^T` with the frozen `W` and the
+/// dropout mask held by the op, as one autograd node over `(x, A, B)`. As separate candle ops the layer was
+/// nine nodes, each keeping its output for the backward and summing its gradient into a fresh zero tensor; here
+/// the backward recomputes the rank-`r` product `(x * mask) A^T` (cheap) and returns `dx`, `dA` and `dB`
+/// directly. The forward runs the same products in the same order as the separate ops, so its values are
+/// those of [`LoraLinear::forward`] outside training.
+struct LoraMatmul {
+    weight: Arc<dyn WeightSource>,
+    scale: f64,
+    /// The dropout multipliers (shape of `x`), or `None` without dropout.
+    mask: Option<Tensor>,
+}
+
+impl LoraMatmul {
+    /// `x * mask` (or `x`) as `[rows, in]`.
+    fn dropped(&self, x: &Tensor, rows: usize, in_f: usize) -> candle_core::Result<Tensor> {
+        let x = match &self.mask {
+            Some(m) => (x * m)?,
+            None => x.clone(),
+        };
+        x.reshape((rows, in_f))
+    }
+}
+
+impl CustomOp3 for LoraMatmul {
+    fn name(&self) -> &'static str {
+        "lora-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let w = self.weight.matrix()?;
+        let (out_f, in_f) = w.dims2()?;
+        let rows = l1.shape().elem_count() / in_f.max(1);
+        let x = Tensor::from_slice(fused::slice(s1, l1, name)?, l1.shape(), &Device::Cpu)?;
+        let a = Tensor::from_slice(fused::slice(s2, l2, name)?, l2.shape(), &Device::Cpu)?;
+        let b = Tensor::from_slice(fused::slice(s3, l3, name)?, l3.shape(), &Device::Cpu)?;
+        let base = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+        let up = self
+            .dropped(&x, rows, in_f)?
+            .matmul(&a.t()?)?
+            .matmul(&b.t()?)?;
+        let y = (base + (up * self.scale)?)?;
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = out_f;
+        Ok((
+            CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
+            Shape::from(dims),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x_tracked = x.track_op();
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let w = self.weight.matrix()?;
+        let (out_f, in_f) = w.dims2()?;
+        let rows = x.elem_count() / in_f.max(1);
+        let dy = dy.detach().contiguous()?.reshape((rows, out_f))?;
+        let xd = self.dropped(&x, rows, in_f)?;
+        let down = xd.matmul(&a.t()?)?;
+        let dys = (&dy * self.scale)?;
+        let db = dys.t()?.matmul(&down)?;
+        let d_down = dys.matmul(&b)?;
+        let da = d_down.t()?.matmul(&xd)?;
+        if !x_tracked {
+            // The first block's input: nothing upstream needs its gradient.
+            return Ok((None, Some(da), Some(db)));
+        }
+        let dxd = d_down.matmul(&a)?.reshape(x.shape())?;
+        let dx_lora = match &self.mask {
+            Some(m) => (dxd * m)?,
+            None => dxd,
+        };
+        let dx = (dy.matmul(&w)?.reshape(x.shape())? + dx_lora)?;
+        Ok((Some(dx), Some(da), Some(db)))
     }
 }
 
@@ -563,6 +669,73 @@ mod tests {
             .unwrap();
         assert!(gb.to_scalar::<f32>().unwrap() > 0.0);
         assert!(grads.get(lora.a.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn the_fused_training_forward_matches_the_separate_ops_in_values_and_gradients() {
+        let (rows, in_f, out_f, r) = (5, 12, 7, 3);
+        let vals = |n: usize, k: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| {
+                    ((i.wrapping_mul(2_654_435_761).wrapping_add(k) >> 8) % 1000) as f32 / 500.0
+                        - 1.0
+                })
+                .collect()
+        };
+        let w = Tensor::from_vec(vals(out_f * in_f, 1), (out_f, in_f), &Device::Cpu).unwrap();
+        let mut l = LoraLinear::dense("model.layers.1.self_attn.q_proj", w.clone()).unwrap();
+        let a = Tensor::from_vec(vals(r * in_f, 2), (r, in_f), &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(vals(out_f * r, 3), (out_f, r), &Device::Cpu).unwrap();
+        l.set_lora(a, b, 2.0, 0.3).unwrap();
+        let x = Var::from_tensor(
+            &Tensor::from_vec(vals(rows * in_f, 4), (1, rows, in_f), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let ctx = ForwardCtx::train(7, 1, 0);
+        let lora = l.lora().unwrap();
+        let probe =
+            Tensor::from_vec(vals(rows * out_f, 5), (1, rows, out_f), &Device::Cpu).unwrap();
+        let fused = l.forward(x.as_tensor(), &ctx).unwrap();
+        let dropped = l.dropout(x.as_tensor(), 0.3, &ctx).unwrap();
+        let slow = (x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap()
+            + (dropped
+                .broadcast_matmul(&lora.a.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_matmul(&lora.b.as_tensor().t().unwrap())
+                .unwrap()
+                * 2.0)
+                .unwrap())
+        .unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let close = |p: &[f32], q: &[f32], what: &str| {
+            assert_eq!(p.len(), q.len());
+            for (u, v) in p.iter().zip(q) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{what}: {u} vs {v}"
+                );
+            }
+        };
+        close(&flat(&fused), &flat(&slow), "y");
+        let gf = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = (slow * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (t, what) in [
+            (x.as_tensor(), "dx"),
+            (lora.a.as_tensor(), "dA"),
+            (lora.b.as_tensor(), "dB"),
+        ] {
+            close(&flat(gf.get(t).unwrap()), &flat(gs.get(t).unwrap()), what);
+        }
     }
 
     #[test]
