@@ -17,6 +17,7 @@ pub mod dashboard;
 pub mod grpc;
 pub mod launch;
 pub mod planning;
+pub mod replay_verdict;
 pub mod results;
 pub mod scheduler;
 pub mod server;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use prost::Message;
+use tandem_experiments::report::CurvePoint;
 use tandem_proto as pb;
 
 use crate::audit::{JobEnvironment, environment};
@@ -143,6 +144,31 @@ pub fn replay_comparison(
         replay,
         original,
     })
+}
+
+/// The curve points (for the report's figures) of the training series in `series`, placed by `placements`; a
+/// placement with an unknown stage is reported in the returned notes.
+pub fn curve_points(
+    series: &[pb::MetricSeries],
+    placements: &[pb::JobPlacement],
+) -> (Vec<CurvePoint>, Vec<String>) {
+    tandem_experiments::report::curve_points(
+        series.iter().map(|s| {
+            (
+                s.job_id.as_str(),
+                s.name.as_str(),
+                &s.steps[..],
+                &s.values[..],
+            )
+        }),
+        placements.iter().map(|p| {
+            (
+                p.job_id.as_str(),
+                p.stage.as_str(),
+                p.fold.map(|f| f as usize),
+            )
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! dependency's binaries for a test) and copied into a private folder, so a concurrent build cannot swap
 //! them mid-test. Set `TANDEM_TEST_BIN_DIR` to use prebuilt binaries instead.
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tandem_tests::browser::dechunk;
 use tandem_tests::{FAST, Lab};
 
 /// A free loopback port for the dashboard.
@@ -38,19 +39,6 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
         body.to_string()
     };
     (status, head.to_string(), body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
 }
 
 fn json_of(addr: &str, path: &str, token: &str) -> Value {
@@ -95,6 +83,8 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
         format!("/api/experiments/{id}/tables"),
         format!("/api/experiments/{id}/selections"),
         format!("/api/experiments/{id}/audit"),
+        format!("/api/experiments/{id}/verify"),
+        format!("/api/experiments/{id}/figures"),
         "/api/workers".to_string(),
     ] {
         let (status, _, body) = get(&http, &path, None);
@@ -185,6 +175,29 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
     assert_eq!(selections, json!([]));
     let series = json_of(&http, &format!("/api/experiments/{id}/series"), &lab.team);
     assert_eq!(series, json!(["train/loss"]));
+    // The audit view: the worker the job ran on, and every stored file re-hashed on demand.
+    let audit = json_of(&http, &format!("/api/experiments/{id}/audit"), &lab.team);
+    assert_eq!(
+        audit["environments"].as_array().unwrap().len(),
+        1,
+        "{audit}"
+    );
+    assert_eq!(
+        audit["environments"][0]["worker"], detail["jobs"][0]["worker"],
+        "the worker the job ran on: {audit}"
+    );
+    assert_eq!(audit["replays"], json!([]));
+    assert!(
+        audit["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "submit"),
+        "{audit}"
+    );
+    let verify = json_of(&http, &format!("/api/experiments/{id}/verify"), &lab.team);
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(!verify["checks"].as_array().unwrap().is_empty());
     let workers = json_of(&http, "/api/workers", &lab.team);
     assert!(
         workers

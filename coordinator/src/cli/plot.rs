@@ -6,7 +6,6 @@
 //! sweeps from the eval jobs' results, the tables of `tandem results`. `--sweep` draws the training sweep
 //! instead.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +18,8 @@ use tandem_experiments::report::{
     generation_sweep_png, generation_sweep_svg, series_png, series_svg, sweep_png, sweep_svg,
 };
 use tandem_proto as pb;
+
+pub use tandem_coordinator::results::curve_points;
 
 use super::client::{ClientArgs, block_on, fetch_results};
 use super::results::{fetch_evals, fetch_selections};
@@ -35,54 +36,6 @@ pub struct PlotArgs {
     pub sweep: bool,
     #[command(flatten)]
     pub client: ClientArgs,
-}
-
-/// Parses a placement's stage (`stage1`, `stage2`).
-fn parse_stage(text: &str) -> Option<Stage> {
-    Stage::ALL.into_iter().find(|s| s.as_str() == text)
-}
-
-/// The curve points of every training series (`train_loss`, `val_loss`, `val_perplexity`) of a job with a
-/// placement. Series of other jobs and other names are not curves; a placement with an unknown stage is
-/// reported in the returned notes.
-pub fn curve_points(
-    series: &[pb::MetricSeries],
-    placements: &[pb::JobPlacement],
-) -> (Vec<CurvePoint>, Vec<String>) {
-    let mut notes = Vec::new();
-    let mut by_job: HashMap<&str, (Stage, Option<usize>)> = HashMap::new();
-    for p in placements {
-        match parse_stage(&p.stage) {
-            Some(stage) => {
-                by_job.insert(p.job_id.as_str(), (stage, p.fold.map(|f| f as usize)));
-            }
-            None => notes.push(format!(
-                "job {}: unknown stage {:?} (expected stage1 or stage2); its curves are not drawn",
-                p.job_id, p.stage
-            )),
-        }
-    }
-    let mut points = Vec::new();
-    for s in series {
-        let (Some(kind), Some(&(stage, fold))) =
-            (Series::parse(&s.name), by_job.get(s.job_id.as_str()))
-        else {
-            continue;
-        };
-        points.extend(
-            s.steps
-                .iter()
-                .zip(&s.values)
-                .map(|(&step, &value)| CurvePoint {
-                    stage,
-                    fold,
-                    step,
-                    series: kind,
-                    value,
-                }),
-        );
-    }
-    (points, notes)
 }
 
 /// The files written into one folder, in order.

@@ -15,12 +15,17 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{Dashboard, PAGE, min_max_buckets};
+use crate::audit::{audit_experiment, environment};
 use crate::auth::{AuthError, Principal, require_client};
-use crate::results::metric_series;
+use crate::grpc::convert::{placement_to_pb, replay_status, series_to_pb};
+use crate::replay_verdict::compare_replay;
+use crate::results::{TRAIN_KIND, curve_points, metric_series, placement, replay_comparison};
 use crate::scheduler::{ExperimentView, JobView, SchedulerError};
 use crate::store::sha256_hex;
 use tandem_experiments::planner::artifacts::{EVAL_RESULT, SELECTION, SelectionRecord};
-use tandem_experiments::report::{EvalResult, build_results};
+use tandem_experiments::report::{
+    EvalResult, build_results, curves_svg, generation_sweep_svg, sweep_svg,
+};
 
 type Shared = State<Arc<Dashboard>>;
 
@@ -78,7 +83,7 @@ pub async fn page() -> Response {
         [
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:",
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
@@ -126,6 +131,17 @@ fn job_json(view: &JobView) -> Value {
         "worker": job.worker,
         "attempts": job.attempts,
         "deps": job.deps,
+        "device": if job.resources.gpus > 0 { format!("{} GPU", job.resources.gpus) } else { "CPU".to_string() },
+        "model_stage": placement.map(|p| p.model_stage.clone()).filter(|s| !s.is_empty()),
+        "task": placement.map(|p| p.task.clone()).filter(|s| !s.is_empty()),
+        "attempt_log": job.attempt_log.iter().map(|a| json!({
+            "number": a.number,
+            "worker": a.worker,
+            "started_ms": a.started_ms,
+            "ended_ms": a.ended_ms,
+            "outcome": a.outcome,
+            "error": a.error,
+        })).collect::<Vec<_>>(),
         "cached": view.cached,
         "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
         "fold": placement.and_then(|p| p.fold),
@@ -170,36 +186,115 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
     Json(names).into_response()
 }
 
-/// The experiment's audit log: every state change with who made it (submit, leases, outcomes, ASHA decisions,
-/// cancellations, replays), oldest first.
+/// The experiment's audit view: the audit log (every state change with who made it: submit, leases, outcomes,
+/// ASHA decisions, cancellations, replays; oldest first), the environment each job ran in (worker, code version,
+/// devices), and every replay with its verdict (the same checks as `tandem audit --replay`).
 pub async fn audit(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
+    let principal = match caller(&d, &headers) {
+        Ok(p) => p,
         Err(r) => return r.into_response(),
+    };
+    let view = match d.scheduler.experiment(principal.team_scope(), &id) {
+        Ok(view) => view,
+        Err(e) => return scheduler_error(e),
     };
     let names: std::collections::HashMap<&str, &str> = view
         .jobs
         .iter()
         .map(|j| (j.job.id.as_str(), j.job.name.as_str()))
         .collect();
-    match d.scheduler.audit_log(&view.record) {
-        Ok(entries) => Json(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "time_ms": e.time_ms,
-                        "actor": e.actor,
-                        "action": e.action,
-                        "job_id": e.job_id,
-                        "job": e.job_id.as_deref().and_then(|j| names.get(j).copied()),
-                        "detail": e.detail,
-                    })
-                })
-                .collect::<Vec<_>>(),
-        )
+    let name_of = |job: &str| names.get(job).copied();
+    let log = match d.scheduler.audit_log(&view.record) {
+        Ok(entries) => entries,
+        Err(e) => return scheduler_error(e),
+    };
+    let environments: Vec<Value> = view
+        .jobs
+        .iter()
+        .filter_map(|j| environment(&j.job, |w| d.scheduler.worker(w)))
+        .map(|e| {
+            json!({
+                "job_id": e.job_id,
+                "job": name_of(&e.job_id),
+                "worker": e.worker,
+                "host": e.host,
+                "worker_version": e.worker_version,
+                "git_commit": e.git_commit,
+                "cargo_lock_sha256": e.cargo_lock_sha256,
+                "devices": e.devices.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut replays = Vec::new();
+    for replay_id in d.scheduler.replay_ids(&view.record.id) {
+        let comparison = match replay_comparison(&d.scheduler, principal.team_scope(), &replay_id) {
+            Ok(c) => c,
+            Err(e) => return scheduler_error(e),
+        };
+        let status = replay_status(&replay_id, comparison);
+        let verdict = if status.done {
+            let checks = compare_replay(&status);
+            let ok = checks.checks.iter().all(|c| c.ok);
+            json!({
+                "verdict": if ok { "reproduced" } else { "differs" },
+                "checks": checks.checks.iter().map(|c| json!({
+                    "subject": c.subject, "expected": c.expected, "actual": c.actual,
+                    "ok": c.ok, "detail": c.detail,
+                })).collect::<Vec<_>>(),
+                "skipped": checks.skipped,
+            })
+        } else {
+            json!({ "verdict": "running", "checks": [], "skipped": [] })
+        };
+        let mut entry = json!({
+            "replay_id": replay_id,
+            "job_id": status.job_id,
+            "job": name_of(&status.job_id),
+        });
+        if let (Some(entry), Value::Object(verdict)) = (entry.as_object_mut(), verdict) {
+            entry.extend(verdict);
+        }
+        replays.push(entry);
+    }
+    Json(json!({
+        "manifest_sha256": view.record.manifest_sha256,
+        "inputs": view.record.inputs.iter().map(|i| json!({ "name": i.name, "sha256": i.sha256 })).collect::<Vec<_>>(),
+        "environments": environments,
+        "replays": replays,
+        "log": log.iter().map(|e| json!({
+            "time_ms": e.time_ms,
+            "actor": e.actor,
+            "action": e.action,
+            "job_id": e.job_id,
+            "job": e.job_id.as_deref().and_then(name_of),
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// Re-hashes the manifest, every input and every stored artifact against the recorded SHA-256s (`tandem audit`'s
+/// checks); on demand, since it reads every blob of the experiment.
+pub async fn verify(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let principal = match caller(&d, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let scheduler = d.scheduler.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        audit_experiment(&scheduler, principal.team_scope(), &id, false)
+    })
+    .await;
+    match report {
+        Ok(Ok(report)) => Json(json!({
+            "ok": report.ok(),
+            "checks": report.checks.iter().map(|c| json!({
+                "subject": c.subject, "expected": c.expected, "actual": c.actual, "ok": c.ok, "detail": c.detail,
+            })).collect::<Vec<_>>(),
+        }))
         .into_response(),
-        Err(e) => scheduler_error(e),
+        Ok(Err(e)) => scheduler_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -228,60 +323,66 @@ fn read_output(d: &Dashboard, job: &str, name: &str) -> Result<Option<Vec<u8>>, 
     Ok(Some(bytes))
 }
 
-/// Every finished training-sweep selection (`selection.json` of each select job): one row per point.
-pub async fn selections(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
-        Err(r) => return r.into_response(),
-    };
+/// Every finished training-sweep selection (`selection.json` of each select job), by stage and fold.
+fn selection_records(
+    d: &Dashboard,
+    view: &ExperimentView,
+) -> Result<Vec<SelectionRecord>, Refusal> {
     let mut records = Vec::new();
     for job in view.jobs.iter().filter(|j| j.job.kind == "select") {
-        match read_output(&d, &job.job.id, SELECTION) {
-            Ok(Some(bytes)) => match serde_json::from_slice::<SelectionRecord>(&bytes) {
-                Ok(record) => records.push(record),
-                Err(e) => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        &format!("{SELECTION} of {}: {e}", job.job.name),
-                    );
-                }
-            },
-            Ok(None) => {}
-            Err(r) => return r.into_response(),
+        if let Some(bytes) = read_output(d, &job.job.id, SELECTION)? {
+            let record = serde_json::from_slice::<SelectionRecord>(&bytes).map_err(|e| {
+                Refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{SELECTION} of {}: {e}", job.job.name),
+                )
+            })?;
+            records.push(record);
         }
     }
     records.sort_by_key(|r| (r.stage, r.fold));
-    Json(records).into_response()
+    Ok(records)
+}
+
+/// The evaluation results stored so far, and the names of the evaluations still missing.
+fn eval_results(
+    d: &Dashboard,
+    view: &ExperimentView,
+) -> Result<(Vec<EvalResult>, Vec<String>), Refusal> {
+    let mut evals = Vec::new();
+    let mut missing = Vec::new();
+    for job in view.jobs.iter().filter(|j| j.job.kind == "eval") {
+        let Some(bytes) = read_output(d, &job.job.id, EVAL_RESULT)? else {
+            missing.push(job.job.name.clone());
+            continue;
+        };
+        let result = serde_json::from_slice::<EvalResult>(&bytes).map_err(|e| {
+            Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{EVAL_RESULT} of {}: {e}", job.job.name),
+            )
+        })?;
+        evals.push(result);
+    }
+    Ok((evals, missing))
+}
+
+/// Every finished training-sweep selection: one row per point.
+pub async fn selections(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match visible(&d, &headers, &id).and_then(|view| selection_records(&d, &view)) {
+        Ok(records) => Json(records).into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 /// The thesis's tables (4.1, 4.3 with 4.4, and the sweep tables) from the experiment's evaluation results, built by
 /// the same code as `tandem results`, and the evaluations still missing.
 pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
+    let (evals, missing) = match visible(&d, &headers, &id).and_then(|view| eval_results(&d, &view))
+    {
+        Ok(found) => found,
         Err(r) => return r.into_response(),
     };
-    let mut evals = Vec::new();
-    let mut missing = Vec::new();
-    for job in view.jobs.iter().filter(|j| j.job.kind == "eval") {
-        let bytes = match read_output(&d, &job.job.id, EVAL_RESULT) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => {
-                missing.push(job.job.name.clone());
-                continue;
-            }
-            Err(r) => return r.into_response(),
-        };
-        match serde_json::from_slice::<EvalResult>(&bytes) {
-            Ok(result) => evals.push(result),
-            Err(e) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("{EVAL_RESULT} of {}: {e}", job.job.name),
-                );
-            }
-        }
-    }
     if evals.is_empty() {
         return Json(json!({ "results": null, "missing": missing })).into_response();
     }
@@ -289,6 +390,64 @@ pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
         Ok(results) => Json(json!({ "results": results, "missing": missing })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// The experiment's figures as SVG, drawn by the same code as `tandem plot`: `curves.svg` (training and
+/// validation curves, stage 2 as mean ± std over folds), `sweep-<parameter>.svg` per generation sweep, and
+/// `sweep-<stage>.svg` per training sweep.
+pub async fn figures(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let view = match visible(&d, &headers, &id) {
+        Ok(view) => view,
+        Err(r) => return r.into_response(),
+    };
+    let mut series = Vec::new();
+    let mut placements = Vec::new();
+    for job in view.jobs.iter().filter(|j| j.job.kind == TRAIN_KIND) {
+        if let Some(p) = placement(&job.job) {
+            match metric_series(&d.scheduler, &job.job.id) {
+                Ok(s) => series.extend(s),
+                Err(e) => return scheduler_error(e),
+            }
+            placements.push(p);
+        }
+    }
+    let placements: Vec<_> = placements.into_iter().map(placement_to_pb).collect();
+    let (points, notes) = curve_points(&series_to_pb(series), &placements);
+    let mut out = Vec::new();
+    if !points.is_empty() {
+        out.push(json!({ "name": "curves.svg", "svg": curves_svg(&points) }));
+    }
+    let evals = match eval_results(&d, &view) {
+        Ok((evals, _)) => evals,
+        Err(r) => return r.into_response(),
+    };
+    if !evals.is_empty() {
+        match build_results(&evals) {
+            Ok(results) => {
+                for (stem, svg) in generation_sweep_svg(&results) {
+                    out.push(json!({ "name": format!("{stem}.svg"), "svg": svg }));
+                }
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+    let records = match selection_records(&d, &view) {
+        Ok(records) => records,
+        Err(r) => return r.into_response(),
+    };
+    let mut stages: Vec<_> = records.iter().map(|r| r.stage).collect();
+    stages.dedup();
+    for stage in stages {
+        let of_stage: Vec<SelectionRecord> = records
+            .iter()
+            .filter(|r| r.stage == stage)
+            .cloned()
+            .collect();
+        out.push(
+            json!({ "name": format!("sweep-{}.svg", stage.as_str()), "svg": sweep_svg(&of_stage) }),
+        );
+    }
+    Json(json!({ "figures": out, "notes": notes })).into_response()
 }
 
 #[derive(Debug, Deserialize)]

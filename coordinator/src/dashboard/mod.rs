@@ -38,6 +38,8 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/experiments/{id}/tables", get(api::tables))
         .route("/api/experiments/{id}/selections", get(api::selections))
         .route("/api/experiments/{id}/audit", get(api::audit))
+        .route("/api/experiments/{id}/verify", get(api::verify))
+        .route("/api/experiments/{id}/figures", get(api::figures))
         .route("/api/experiments/{id}/events", get(api::events))
         .route("/api/workers", get(api::workers))
         .with_state(state)

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
     artifacts_to_pb, audit_check_to_pb, audit_entry_to_pb, environment_to_pb, experiment_status,
-    experiment_summary, job_status, placement_to_pb, series_to_pb, token_info, watch_event,
+    experiment_summary, placement_to_pb, replay_status, series_to_pb, token_info, watch_event,
     worker_info,
 };
 use super::limits::Slotted;
@@ -259,20 +259,7 @@ impl ClientService for ClientApi {
         let replay_id = request.into_inner().replay_id;
         let comparison =
             results::replay_comparison(&self.shared.scheduler, principal.team_scope(), &replay_id)?;
-        let replay = &comparison.replay;
-        Ok(Response::new(pb::ReplayStatus {
-            replay_id: replay_id.clone(),
-            experiment_id: replay.job.experiments.first().cloned().unwrap_or_default(),
-            job_id: comparison.original.id.clone(),
-            done: replay.job.state.is_terminal(),
-            original_artifacts: artifacts_to_pb(&comparison.original_artifacts),
-            replay_artifacts: artifacts_to_pb(&comparison.replay_artifacts),
-            replay: Some(job_status(replay)),
-            original_series: series_to_pb(comparison.original_series),
-            replay_series: series_to_pb(comparison.replay_series),
-            original_environment: comparison.original_environment.map(environment_to_pb),
-            replay_environment: comparison.replay_environment.map(environment_to_pb),
-        }))
+        Ok(Response::new(replay_status(&replay_id, comparison)))
     }
 
     async fn list_workers(

@@ -3,7 +3,7 @@
 use tandem_proto as pb;
 
 use crate::audit::{AuditCheck, JobEnvironment};
-use crate::results::{JobPlacement, MetricSeries};
+use crate::results::{JobPlacement, MetricSeries, ReplayComparison};
 use crate::scheduler::{ExperimentView, JobView, WatchUpdate, WorkerView};
 use crate::store::{
     ArtifactRecord, AuditEntry, ClusterJobRecord, DeviceRecord, ExperimentRecord, InputRef,
@@ -357,6 +357,24 @@ pub fn watch_event(experiment_id: &str, update: WatchUpdate) -> pb::WatchEvent {
             experiment_done: true,
             experiment_state: state.to_string(),
         },
+    }
+}
+
+/// A replay beside the job it re-ran, as `GetReplay` answers and the dashboard's audit view judges it.
+pub fn replay_status(replay_id: &str, comparison: ReplayComparison) -> pb::ReplayStatus {
+    let replay = &comparison.replay;
+    pb::ReplayStatus {
+        replay_id: replay_id.to_string(),
+        experiment_id: replay.job.experiments.first().cloned().unwrap_or_default(),
+        job_id: comparison.original.id.clone(),
+        done: replay.job.state.is_terminal(),
+        original_artifacts: artifacts_to_pb(&comparison.original_artifacts),
+        replay_artifacts: artifacts_to_pb(&comparison.replay_artifacts),
+        replay: Some(job_status(replay)),
+        original_series: series_to_pb(comparison.original_series),
+        replay_series: series_to_pb(comparison.replay_series),
+        original_environment: comparison.original_environment.map(environment_to_pb),
+        replay_environment: comparison.replay_environment.map(environment_to_pb),
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`ClientApi`] serves the CLI, [`WorkerApi`] serves workers.
 
 mod client;
-mod convert;
+pub mod convert;
 pub mod limits;
 mod status;
 mod worker;

@@ -154,6 +154,22 @@ impl Scheduler {
         self.read(|state| state.workers.get(worker_id).map(|w| w.record.clone()))
     }
 
+    /// The replay runs (`tandem audit --replay`) of experiment `experiment_id`'s jobs, oldest first.
+    pub fn replay_ids(&self, experiment_id: &str) -> Vec<String> {
+        self.read(|state| {
+            let mut replays: Vec<(u64, String)> = state
+                .jobs
+                .values()
+                .filter(|j| {
+                    j.replay_of.is_some() && j.experiments.iter().any(|e| e == experiment_id)
+                })
+                .map(|j| (j.submit_seq, j.id.clone()))
+                .collect();
+            replays.sort();
+            replays.into_iter().map(|(_, id)| id).collect()
+        })
+    }
+
     /// Audit entries of one experiment (its own and those of its jobs and of their replays).
     pub fn audit_log(&self, experiment: &ExperimentRecord) -> SchedulerResult<Vec<AuditEntry>> {
         let mut jobs: HashSet<String> = experiment.job_ids.iter().cloned().collect();

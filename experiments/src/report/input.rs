@@ -1,7 +1,7 @@
 //! What the report reads: one scored evaluation per eval job ([`EvalResult`]), one point per logged training or
 //! validation value ([`CurvePoint`]), and the table columns with the score keys `tandem score` emits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +147,42 @@ pub const COLUMNS: [Column; 10] = [
         key: "radgraph_partial",
     },
 ];
+
+/// The curve points of every training series (`train_loss`, `val_loss`, `val_perplexity`) of a job with a
+/// placement: `series` as (job id, series name, steps, values), `placements` as (job id, stage, fold). Series of
+/// other jobs and other names are not curves; a placement with an unknown stage is reported in the returned
+/// notes.
+pub fn curve_points<'a>(
+    series: impl IntoIterator<Item = (&'a str, &'a str, &'a [u64], &'a [f64])>,
+    placements: impl IntoIterator<Item = (&'a str, &'a str, Option<usize>)>,
+) -> (Vec<CurvePoint>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut by_job: HashMap<&str, (Stage, Option<usize>)> = HashMap::new();
+    for (job, stage, fold) in placements {
+        match Stage::ALL.into_iter().find(|s| s.as_str() == stage) {
+            Some(stage) => {
+                by_job.insert(job, (stage, fold));
+            }
+            None => notes.push(format!(
+                "job {job}: unknown stage {stage:?} (expected stage1 or stage2); its curves are not drawn"
+            )),
+        }
+    }
+    let mut points = Vec::new();
+    for (job, name, steps, values) in series {
+        let (Some(kind), Some(&(stage, fold))) = (Series::parse(name), by_job.get(job)) else {
+            continue;
+        };
+        points.extend(steps.iter().zip(values).map(|(&step, &value)| CurvePoint {
+            stage,
+            fold,
+            step,
+            series: kind,
+            value,
+        }));
+    }
+    (points, notes)
+}
 
 #[cfg(test)]
 mod tests {

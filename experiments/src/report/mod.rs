@@ -16,7 +16,7 @@ pub mod table;
 pub mod training_sweep;
 
 pub use generation_plot::{generation_sweep_png, generation_sweep_svg};
-pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series};
+pub use input::{COLUMNS, Column, CurvePoint, EvalResult, Series, curve_points};
 pub use plot::{curves_png, curves_svg, series_png, series_svg};
 pub use render::{Format, render, render_csv, render_json, render_markdown};
 pub use sweep_plot::{sweep_png, sweep_svg};
