@@ -10,7 +10,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 use super::error::{EngineError, Result};
@@ -257,6 +259,23 @@ struct Rope {
     t: usize,
 }
 
+/// RoPE of one head's row `x` (rotate-half layout) by angles with cosines `c` and sines `s`, into `out`;
+/// `inverse` rotates by the opposite angles (the backward).
+fn rotate_half(x: &[f32], out: &mut [f32], c: &[f32], s: &[f32], inverse: bool) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for i in 0..half {
+        if inverse {
+            o1[i] = x1[i] * c[i] + x2[i] * s[i];
+            o2[i] = x2[i] * c[i] - x1[i] * s[i];
+        } else {
+            o1[i] = x1[i] * c[i] - x2[i] * s[i];
+            o2[i] = x2[i] * c[i] + x1[i] * s[i];
+        }
+    }
+}
+
 impl Rope {
     /// Rotates every row `[d]` of `x` by its position's angles; `inverse` rotates back (the backward).
     fn apply(&self, x: &[f32], d: usize, inverse: bool) -> Vec<f32> {
@@ -270,18 +289,7 @@ impl Rope {
                 &self.cos[table..table + half],
                 &self.sin[table..table + half],
             );
-            let xr = &x[r * d..(r + 1) * d];
-            let (x1, x2) = xr.split_at(half);
-            let (o1, o2) = out.split_at_mut(half);
-            for i in 0..half {
-                if inverse {
-                    o1[i] = x1[i] * c[i] + x2[i] * s[i];
-                    o2[i] = x2[i] * c[i] - x1[i] * s[i];
-                } else {
-                    o1[i] = x1[i] * c[i] - x2[i] * s[i];
-                    o2[i] = x2[i] * c[i] + x1[i] * s[i];
-                }
-            }
+            rotate_half(&x[r * d..(r + 1) * d], out, c, s, inverse);
         });
         y
     }
@@ -362,6 +370,45 @@ struct MaskedSoftmax {
     t: usize,
 }
 
+impl MaskedSoftmax {
+    /// The probabilities of scores `x` (rows of `s`).
+    fn forward(&self, x: &[f32], s: usize) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, s.max(1), |r, out| {
+            let row = &x[r * s..(r + 1) * s];
+            match &self.mask {
+                Some(m) => {
+                    let at = ((r / self.per_row) * self.t + r % self.t) * s;
+                    for ((o, &v), &mv) in out.iter_mut().zip(row).zip(&m[at..at + s]) {
+                        *o = v * self.scale + mv;
+                    }
+                }
+                None => {
+                    for (o, &v) in out.iter_mut().zip(row) {
+                        *o = v * self.scale;
+                    }
+                }
+            }
+            softmax_in_place(out);
+        });
+        y
+    }
+
+    /// The scores' gradient from the probabilities `y` and their gradient `dy`:
+    /// `scale * y * (dy - sum(dy * y))` per row.
+    fn backward(&self, y: &[f32], dy: &[f32], s: usize) -> Vec<f32> {
+        let mut dx = vec![0f32; y.len()];
+        for_rows(&mut dx, s.max(1), |r, out| {
+            let (yr, dr) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
+            let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+            for ((o, &yv), &dv) in out.iter_mut().zip(yr).zip(dr) {
+                *o = (dv - dot) * yv * self.scale;
+            }
+        });
+        dx
+    }
+}
+
 impl CustomOp1 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         "fused-masked-softmax"
@@ -383,25 +430,7 @@ impl CustomOp1 for MaskedSoftmax {
                 m.len()
             )
         }
-        let mut y = vec![0f32; x.len()];
-        for_rows(&mut y, s.max(1), |r, out| {
-            let row = &x[r * s..(r + 1) * s];
-            match &self.mask {
-                Some(m) => {
-                    let at = ((r / self.per_row) * self.t + r % self.t) * s;
-                    for ((o, &v), &mv) in out.iter_mut().zip(row).zip(&m[at..at + s]) {
-                        *o = v * self.scale + mv;
-                    }
-                }
-                None => {
-                    for (o, &v) in out.iter_mut().zip(row) {
-                        *o = v * self.scale;
-                    }
-                }
-            }
-            softmax_in_place(out);
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        Ok((CpuStorage::F32(self.forward(x, s)), layout.shape().clone()))
     }
 
     fn bwd(
@@ -413,17 +442,7 @@ impl CustomOp1 for MaskedSoftmax {
         let name = self.name();
         let s = res.dims().last().copied().unwrap_or(1).max(1);
         let dx = with_values(res, name, |y| {
-            with_values(grad_res, name, |dy| {
-                let mut dx = vec![0f32; y.len()];
-                for_rows(&mut dx, s, |r, out| {
-                    let (yr, dr) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
-                    let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
-                    for ((o, &yv), &dv) in out.iter_mut().zip(yr).zip(dr) {
-                        *o = (dv - dot) * yv * self.scale;
-                    }
-                });
-                Ok(dx)
-            })
+            with_values(grad_res, name, |dy| Ok(self.backward(y, dy, s)))
         })?;
         Ok(Some(tensor(dx, arg.shape())?))
     }
@@ -445,6 +464,255 @@ pub fn masked_softmax(scores: &Tensor, scale: f64, mask: Option<&Arc<Vec<f32>>>)
         return Ok(x.apply_op1_no_bwd(&op)?);
     }
     Ok(x.apply_op1(op)?)
+}
+
+/// The shapes of one attention call: `rows` sequences of `t` positions, `heads` query heads sharing
+/// `kv_heads` key/value heads (grouped-query attention), `d` values per head.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub rows: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d: usize,
+}
+
+/// Causal self-attention of a whole sequence from the projections' outputs `q` `[rows, t, heads * d]`, `k`
+/// and `v` `[rows, t, kv_heads * d]` to `[rows, t, heads * d]`: RoPE on q and k, the scores, the masked
+/// softmax, the value product, and the layout changes between them, as one autograd node. The products are
+/// candle's (the same calls, shapes and order as the separate ops, so the forward values are theirs); only the
+/// probabilities are kept for the backward, which recomputes the rotated q, k and the head-major v.
+struct Attention {
+    shape: AttentionShape,
+    softmax: MaskedSoftmax,
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    probs: Mutex<Option<Tensor>>,
+}
+
+/// How [`to_heads`] and [`to_tokens`] treat the rows they move.
+#[derive(Clone, Copy, PartialEq)]
+enum Rotation {
+    None,
+    Rope,
+    Inverse,
+}
+
+impl Attention {
+    /// `x` `[rows, t, heads, d]` (row-major) as `[rows, heads, t, d]`, rotated by RoPE when asked.
+    fn to_heads(&self, x: &[f32], heads: usize, rot: Rotation) -> Vec<f32> {
+        let AttentionShape { t, d, .. } = self.shape;
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, d, |r, out| {
+            let (b, h, i) = (r / (heads * t), (r / t) % heads, r % t);
+            let src = &x[((b * t + i) * heads + h) * d..][..d];
+            self.rotate(src, out, b, i, rot);
+        });
+        y
+    }
+
+    /// `x` `[rows, heads, t, d]` back to `[rows, t, heads, d]`, rotated when asked.
+    fn to_tokens(&self, x: &[f32], heads: usize, rot: Rotation) -> Vec<f32> {
+        let AttentionShape { t, d, .. } = self.shape;
+        let mut y = vec![0f32; x.len()];
+        for_rows(&mut y, d, |r, out| {
+            let (b, i, h) = (r / (t * heads), (r / heads) % t, r % heads);
+            let src = &x[((b * heads + h) * t + i) * d..][..d];
+            self.rotate(src, out, b, i, rot);
+        });
+        y
+    }
+
+    /// One head's row at position `i` of sequence `b`, copied or rotated (as [`Rope`]).
+    fn rotate(&self, src: &[f32], out: &mut [f32], b: usize, i: usize, rot: Rotation) {
+        let half = self.shape.d / 2;
+        if rot == Rotation::None {
+            out.copy_from_slice(src);
+            return;
+        }
+        let table = (b * self.shape.t + i) * half;
+        let (c, s) = (
+            &self.cos[table..table + half],
+            &self.sin[table..table + half],
+        );
+        rotate_half(src, out, c, s, rot == Rotation::Inverse);
+    }
+
+    /// The rotated q `[rows, kv_heads, rep * t, d]`, rotated k and v `[rows, kv_heads, t, d]` as tensors.
+    fn operands(&self, q: &[f32], k: &[f32], v: &[f32]) -> candle_core::Result<[Tensor; 3]> {
+        let AttentionShape {
+            rows,
+            t,
+            heads,
+            kv_heads,
+            d,
+        } = self.shape;
+        let rep = heads / kv_heads;
+        let dev = &Device::Cpu;
+        Ok([
+            Tensor::from_vec(
+                self.to_heads(q, heads, Rotation::Rope),
+                (rows, kv_heads, rep * t, d),
+                dev,
+            )?,
+            Tensor::from_vec(
+                self.to_heads(k, kv_heads, Rotation::Rope),
+                (rows, kv_heads, t, d),
+                dev,
+            )?,
+            Tensor::from_vec(
+                self.to_heads(v, kv_heads, Rotation::None),
+                (rows, kv_heads, t, d),
+                dev,
+            )?,
+        ])
+    }
+}
+
+/// The values of a contiguous f32 CPU tensor, copied out.
+fn values_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (q, k, v) = (
+            slice(s1, l1, name)?,
+            slice(s2, l2, name)?,
+            slice(s3, l3, name)?,
+        );
+        let AttentionShape {
+            rows,
+            t,
+            heads,
+            kv_heads,
+            d,
+        } = self.shape;
+        if q.len() != rows * t * heads * d
+            || k.len() != rows * t * kv_heads * d
+            || v.len() != k.len()
+            || self.cos.len() != rows * t * (d / 2)
+        {
+            candle_core::bail!(
+                "fused-attention: q {:?}, k {:?}, v {:?} for {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims(),
+                self.shape
+            )
+        }
+        let [qr, kr, vh] = self.operands(q, k, v)?;
+        let scores = values_of(&qr.matmul(&kr.t()?)?)?;
+        let probs = Tensor::from_vec(
+            self.softmax.forward(&scores, t),
+            (rows, kv_heads, heads / kv_heads * t, t),
+            &Device::Cpu,
+        )?;
+        let out = values_of(&probs.matmul(&vh)?)?;
+        *self.probs.lock().expect("probs lock") = Some(probs);
+        Ok((
+            CpuStorage::F32(self.to_tokens(&out, heads, Rotation::None)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let AttentionShape {
+            rows,
+            t,
+            heads,
+            kv_heads,
+            d,
+        } = self.shape;
+        let rep = heads / kv_heads;
+        let probs = self
+            .probs
+            .lock()
+            .expect("probs lock")
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("fused-attention: no forward ran".into()))?;
+        let [qr, kr, vh] = with_values(q, name, |q| {
+            with_values(k, name, |k| {
+                with_values(v, name, |v| self.operands(q, k, v))
+            })
+        })?;
+        let dout = with_values(dy, name, |g| Ok(self.to_heads(g, heads, Rotation::None)))?;
+        let dout = Tensor::from_vec(dout, (rows, kv_heads, rep * t, d), &Device::Cpu)?;
+        let dv = values_of(&probs.t()?.matmul(&dout)?)?;
+        let dprobs = values_of(&dout.matmul(&vh.t()?)?)?;
+        let dscores = with_values(&probs, name, |p| Ok(self.softmax.backward(p, &dprobs, t)))?;
+        let dscores = Tensor::from_vec(dscores, probs.shape(), &Device::Cpu)?;
+        let dq = values_of(&dscores.matmul(&kr)?)?;
+        let dk = values_of(&dscores.t()?.matmul(&qr)?)?;
+        Ok((
+            Some(tensor(
+                self.to_tokens(&dq, heads, Rotation::Inverse),
+                q.shape(),
+            )?),
+            Some(tensor(
+                self.to_tokens(&dk, kv_heads, Rotation::Inverse),
+                k.shape(),
+            )?),
+            Some(tensor(
+                self.to_tokens(&dv, kv_heads, Rotation::None),
+                v.shape(),
+            )?),
+        ))
+    }
+}
+
+/// Causal self-attention over whole sequences (no cache) as one op; see [`Attention`]. `q` is
+/// `[rows, t, heads * d]`, `k` and `v` `[rows, t, kv_heads * d]`; `cos` and `sin` are the RoPE tables
+/// `[rows, t, d / 2]`, `mask` the additive mask `[rows, t, t]`. Returns `[rows, t, heads * d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: AttentionShape,
+    scale: f64,
+    cos: &Arc<Vec<f32>>,
+    sin: &Arc<Vec<f32>>,
+    mask: Option<&Arc<Vec<f32>>>,
+) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let op = Attention {
+        shape,
+        softmax: MaskedSoftmax {
+            scale: scale as f32,
+            mask: mask.cloned(),
+            per_row: shape.heads * shape.t,
+            t: shape.t,
+        },
+        cos: Arc::clone(cos),
+        sin: Arc::clone(sin),
+        probs: Mutex::new(None),
+    };
+    if !q.track_op() && !k.track_op() && !v.track_op() {
+        return Ok(q.apply_op3_no_bwd(&k, &v, &op)?);
+    }
+    Ok(q.apply_op3(&k, &v, op)?)
 }
 
 /// Sum over rows of `-log softmax(logits)[target]` for logits `[n, vocab]`, every row counted.
@@ -711,6 +979,96 @@ mod tests {
             |t| ops::softmax_last_slow(&(&t[0] * scale).unwrap()).unwrap(),
             1e-5,
             "softmax",
+        );
+    }
+
+    #[test]
+    fn attention_matches_the_op_chain() {
+        let shape = AttentionShape {
+            rows: 2,
+            t: 9,
+            heads: 6,
+            kv_heads: 2,
+            d: 8,
+        };
+        let AttentionShape {
+            rows,
+            t,
+            heads,
+            kv_heads,
+            d,
+        } = shape;
+        let rep = heads / kv_heads;
+        let (q, k, v) = (
+            var(&[rows, t, heads * d], 11),
+            var(&[rows, t, kv_heads * d], 12),
+            var(&[rows, t, kv_heads * d], 13),
+        );
+        let angles = values(rows * t * d / 2, 14);
+        let cos = Arc::new(angles.iter().map(|a| a.cos()).collect::<Vec<_>>());
+        let sin = Arc::new(angles.iter().map(|a| a.sin()).collect::<Vec<_>>());
+        // Causal, with the first two positions of the second row masked (left padding).
+        let mask: Vec<f32> = (0..rows * t * t)
+            .map(|n| {
+                let (b, i, j) = (n / (t * t), (n / t) % t, n % t);
+                if j > i || (b == 1 && j < 2) {
+                    -1e30
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Arc::new(mask);
+        let scale = 0.3;
+        let heads_of = |x: &Tensor, n: usize| {
+            x.reshape((rows, t, n, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        check(
+            &[q, k, v],
+            |ts| {
+                attention(
+                    &ts[0],
+                    &ts[1],
+                    &ts[2],
+                    shape,
+                    scale,
+                    &cos,
+                    &sin,
+                    Some(&mask),
+                )
+                .unwrap()
+            },
+            |ts| {
+                let qr = rope(&heads_of(&ts[0], heads), &cos, &sin).unwrap();
+                let kr = rope(&heads_of(&ts[1], kv_heads), &cos, &sin).unwrap();
+                let vh = heads_of(&ts[2], kv_heads);
+                let scores = qr
+                    .reshape((rows, kv_heads, rep * t, d))
+                    .unwrap()
+                    .matmul(&kr.t().unwrap())
+                    .unwrap()
+                    .reshape((rows, heads, t, t))
+                    .unwrap();
+                masked_softmax(&scores, scale, Some(&mask))
+                    .unwrap()
+                    .reshape((rows, kv_heads, rep * t, t))
+                    .unwrap()
+                    .matmul(&vh)
+                    .unwrap()
+                    .reshape((rows, heads, t, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((rows, t, heads * d))
+                    .unwrap()
+            },
+            1e-5,
+            "attention",
         );
     }
 

@@ -229,52 +229,56 @@ impl Llama {
         for (li, b) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let hx = fused::rms_norm(&x, &b.input_norm, c.rms_norm_eps)?;
-            let q = b
-                .q_proj
-                .forward(&hx, ctx)?
-                .reshape((rows, t, h, d))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = b
-                .k_proj
-                .forward(&hx, ctx)?
-                .reshape((rows, t, kvh, d))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = b
-                .v_proj
-                .forward(&hx, ctx)?
-                .reshape((rows, t, kvh, d))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = fused::rope(&q, &cos, &sin)?;
-            let mut k = fused::rope(&k, &cos, &sin)?;
-            let mut v = v;
-            if let Some(cache) = cache.as_deref_mut() {
-                if let Some(prev) = &cache[li] {
-                    k = Tensor::cat(&[&prev.k, &k], 2)?;
-                    v = Tensor::cat(&[&prev.v, &v], 2)?;
-                }
-                cache[li] = Some(LayerCache {
-                    k: k.clone(),
-                    v: v.clone(),
-                });
-            }
-            let s = k.dim(2)?;
-            // Grouped-query attention without copying K/V: the `rep` query heads of one KV head share rows.
-            let qg = q.reshape((rows, kvh, rep * t, d))?;
-            let scores = qg.matmul(&k.t()?)?.reshape((rows, kvh * rep, t, s))?;
-            let probs = fused::masked_softmax(&scores, scale, mask.as_ref())?.reshape((
-                rows,
-                kvh,
-                rep * t,
-                s,
-            ))?;
-            let attn = probs
-                .matmul(&v)?
-                .reshape((rows, h, t, d))?
-                .transpose(1, 2)?
-                .reshape((rows, t, h * d))?;
+            let q = b.q_proj.forward(&hx, ctx)?;
+            let k = b.k_proj.forward(&hx, ctx)?;
+            let v = b.v_proj.forward(&hx, ctx)?;
+            let attn =
+                match cache.as_deref_mut() {
+                    // Whole sequences (training, scoring): one fused op.
+                    None => {
+                        let shape = fused::AttentionShape {
+                            rows,
+                            t,
+                            heads: h,
+                            kv_heads: kvh,
+                            d,
+                        };
+                        fused::attention(&q, &k, &v, shape, scale, &cos, &sin, mask.as_ref())?
+                    }
+                    Some(cache) => {
+                        let q = q.reshape((rows, t, h, d))?.transpose(1, 2)?.contiguous()?;
+                        let k = k
+                            .reshape((rows, t, kvh, d))?
+                            .transpose(1, 2)?
+                            .contiguous()?;
+                        let v = v
+                            .reshape((rows, t, kvh, d))?
+                            .transpose(1, 2)?
+                            .contiguous()?;
+                        let q = fused::rope(&q, &cos, &sin)?;
+                        let mut k = fused::rope(&k, &cos, &sin)?;
+                        let mut v = v;
+                        if let Some(prev) = &cache[li] {
+                            k = Tensor::cat(&[&prev.k, &k], 2)?;
+                            v = Tensor::cat(&[&prev.v, &v], 2)?;
+                        }
+                        cache[li] = Some(LayerCache {
+                            k: k.clone(),
+                            v: v.clone(),
+                        });
+                        let s = k.dim(2)?;
+                        // Grouped-query attention without copying K/V: the `rep` query heads of one KV head share rows.
+                        let qg = q.reshape((rows, kvh, rep * t, d))?;
+                        let scores = qg.matmul(&k.t()?)?.reshape((rows, kvh * rep, t, s))?;
+                        let probs = fused::masked_softmax(&scores, scale, mask.as_ref())?
+                            .reshape((rows, kvh, rep * t, s))?;
+                        probs
+                            .matmul(&v)?
+                            .reshape((rows, h, t, d))?
+                            .transpose(1, 2)?
+                            .reshape((rows, t, h * d))?
+                    }
+                };
             let x1 = (residual + b.o_proj.forward(&attn, ctx)?)?;
             let hx = fused::rms_norm(&x1, &b.post_norm, c.rms_norm_eps)?;
             let gate = b.gate_proj.forward(&hx, ctx)?;
