@@ -4,8 +4,9 @@
 //! - one curve of 100,000 points served downsampled (min/max per pixel bucket, 600 buckets), and the whole
 //!   curves experiment (99 more jobs of 100,000 points each: 10 million points in the store),
 //! - jobs dispatched per second with no watcher and with 10 watchers, interleaved over rounds. A watcher does
-//!   what the page does: it follows the experiment's event stream and, at most every 300 ms after an event,
-//!   fetches what the page fetches (series, experiment, tables, selections, audit, curves).
+//!   what the page does: it follows the experiment's event stream and, 300 ms after an event (and at least three
+//!   times as long as its last redraw took after that redraw), fetches what the page fetches: the series, the
+//!   jobs changed since its last read, the curves, and the tables and selections when a job has ended since.
 //!
 //! `cargo run --release -p tandem-coordinator --example dashboard_scale -- [--stored-jobs 100000]
 //!  [--curve-jobs 100] [--points 100000] [--dispatch-jobs 3000] [--workers 16] [--watchers 10] [--rounds 3]
@@ -141,22 +142,44 @@ async fn watch(addr: SocketAddr, id: String, stop: Arc<AtomicBool>) -> usize {
         }
     });
     let mut refreshes = 0;
+    let mut ended_key = String::new();
+    let mut seq: Option<u64> = None;
+    let mut states: std::collections::HashMap<String, String> = Default::default();
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         if !pending.swap(false, Ordering::SeqCst) {
             continue;
         }
-        for path in [
-            format!("/api/experiments/{id}/series"),
-            format!("/api/experiments/{id}"),
-            format!("/api/experiments/{id}/tables"),
-            format!("/api/experiments/{id}/selections"),
-            format!("/api/experiments/{id}/audit"),
-            format!("/api/experiments/{id}/curves?series=train_loss&buckets=400"),
-        ] {
-            get(addr, &path).await;
+        let started = Instant::now();
+        get(addr, &format!("/api/experiments/{id}/series")).await;
+        let since = seq.map_or_else(String::new, |s| format!("?since={s}"));
+        let (_, body) = get(addr, &format!("/api/experiments/{id}{since}")).await;
+        let view: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        seq = view["seq"].as_u64();
+        for job in view["jobs"].as_array().into_iter().flatten() {
+            let (Some(job_id), Some(state)) = (job["id"].as_str(), job["state"].as_str()) else {
+                continue;
+            };
+            states.insert(job_id.to_string(), state.to_string());
         }
+        let ended = states
+            .values()
+            .filter(|s| ["succeeded", "failed", "cancelled"].contains(&s.as_str()))
+            .count();
+        let key = format!("{}/{ended}", view["state"]);
+        if key != ended_key {
+            for part in ["tables", "selections"] {
+                get(addr, &format!("/api/experiments/{id}/{part}")).await;
+            }
+            ended_key = key;
+        }
+        get(
+            addr,
+            &format!("/api/experiments/{id}/curves?series=train_loss&buckets=400"),
+        )
+        .await;
         refreshes += 1;
+        tokio::time::sleep(started.elapsed() * 3).await;
     }
     reader.abort();
     refreshes
@@ -184,15 +207,20 @@ async fn run(args: &Args) {
         root.display()
     );
 
-    // 1. The store: 100,000 jobs, one experiment with one curve of 100,000 points, one with 99 more.
+    // 1. The store: 100,000 finished jobs, one experiment with one curve of 100,000 points, one with 99 more.
     let started = Instant::now();
-    let running = start(options(&store)).await.unwrap();
+    let mut serve = options(&store);
+    serve.http = Some("127.0.0.1:0".parse().unwrap());
+    let running = start(serve).await.unwrap();
+    let http = running.http_addr.expect("the dashboard's address");
     let mut submitted = 0;
     while submitted < args.stored_jobs {
         let n = 10_000.min(args.stored_jobs - submitted);
         submit(running.addr, &format!("fill{submitted}"), n).await;
         submitted += n;
     }
+    // A store of finished work: every stored job runs (trivially) to completion.
+    dispatch(running.addr, args.workers, submitted).await;
     // Batches of 1,000 points, 10 per call.
     let calls = args.points.div_ceil(10_000);
     let mut points = 0;
@@ -202,19 +230,14 @@ async fn run(args: &Args) {
         }
         submit(running.addr, name, jobs).await;
         let holders = lease_holders(running.addr, jobs, points as usize).await;
-        points += stream_points(holders, calls, 10, 1_000).await;
+        points += stream_points(holders, calls, 10, 1_000, true).await;
     }
     println!(
         "store: {submitted} jobs and {points} metric points written in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    running.shutdown().await.unwrap();
 
-    // 2. The dashboard's reads on that store, in a coordinator that opened it.
-    let mut serve = options(&store);
-    serve.http = Some("127.0.0.1:0".parse().unwrap());
-    let running = start(serve).await.unwrap();
-    let http = running.http_addr.expect("the dashboard's address");
+    // 2. The dashboard's reads on that store.
     let (p50, p95, bytes) = timed(http, "/api/experiments", 20).await;
     println!(
         "experiment list ({} experiments, {submitted}+ jobs): median {:.1} ms, p95 {:.1} ms, {bytes} bytes",
@@ -249,6 +272,14 @@ async fn run(args: &Args) {
         "one experiment of 10,000 jobs (its job list): median {:.1} ms, {bytes} bytes",
         p50.as_secs_f64() * 1e3
     );
+
+    for part in ["series", "tables", "selections", "audit"] {
+        let (p50, _, bytes) = timed(http, &format!("/api/experiments/{fill}/{part}"), 3).await;
+        println!(
+            "  its {part}: median {:.1} ms, {bytes} bytes",
+            p50.as_secs_f64() * 1e3
+        );
+    }
 
     // 3. Dispatch with and without watchers, alternating which goes first.
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

@@ -128,7 +128,7 @@ async fn run(args: &Args) -> (PathBuf, PathBuf) {
     submit(addr, "metrics", args.workers).await;
     let holders = lease_holders(addr, args.workers, 1000).await;
     let started = Instant::now();
-    let points = stream_points(holders, args.metric_calls, args.batches, args.points).await;
+    let points = stream_points(holders, args.metric_calls, args.batches, args.points, false).await;
     let elapsed = started.elapsed();
     println!(
         "metrics: {points} points acknowledged durably in {:.2} s = {:.0} points/s ({} workers x {} calls x {} batches x {} points)",

@@ -175,6 +175,30 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
     assert_eq!(selections, json!([]));
     let series = json_of(&http, &format!("/api/experiments/{id}/series"), &lab.team);
     assert_eq!(series, json!(["train/loss"]));
+    // A redraw asks only for what changed since the reply it last read.
+    let seq = detail["seq"].as_u64().unwrap();
+    assert!(seq > 0 && detail["partial"] == false, "{detail}");
+    let unchanged = json_of(
+        &http,
+        &format!("/api/experiments/{id}?since={seq}"),
+        &lab.team,
+    );
+    assert_eq!(
+        (&unchanged["partial"], &unchanged["jobs"]),
+        (&json!(true), &json!([]))
+    );
+    let everything = json_of(&http, &format!("/api/experiments/{id}?since=0"), &lab.team);
+    assert_eq!(everything["jobs"].as_array().unwrap().len(), 1);
+    let restarted = json_of(
+        &http,
+        &format!("/api/experiments/{id}?since={}", seq + 1_000_000),
+        &lab.team,
+    );
+    assert_eq!(
+        restarted["partial"], false,
+        "a number from before a restart gets the whole list"
+    );
+    assert_eq!(restarted["jobs"].as_array().unwrap().len(), 1);
     // The audit view: the worker the job ran on, and every stored file re-hashed on demand.
     let audit = json_of(&http, &format!("/api/experiments/{id}/audit"), &lab.team);
     assert_eq!(

@@ -214,9 +214,11 @@ fn a_person_signs_in_watches_training_and_reads_the_tables() {
     );
     assert_eq!(figures, json!(["curves.svg"]));
     // The audit view: where each job ran, and the re-hash of every stored file.
-    let environments = browser.run(
-        "return document.querySelectorAll('table.environments tbody tr').length;",
-        json!([]),
+    browser.click("#audit-box summary");
+    let environments = browser.wait_for(
+        "the audit view",
+        Duration::from_secs(30),
+        "const r = document.querySelectorAll('table.environments tbody tr'); return r.length ? r.length : null;",
     );
     assert_eq!(environments, json!(stored.len()), "one environment per job");
     browser.click("#verify-button");

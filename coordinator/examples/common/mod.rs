@@ -186,12 +186,14 @@ pub async fn lease_holders(addr: SocketAddr, n: usize, first_index: usize) -> Ve
 }
 
 /// Each holder streams `calls` StreamMetrics calls of `batches` batches of `points` points of `train_loss` (a
-/// decreasing curve) for its job, concurrently: the points acknowledged durably.
+/// decreasing curve) for its job, concurrently, and then completes the job when `complete` says so: the points
+/// acknowledged durably.
 pub async fn stream_points(
     holders: Vec<Holder>,
     calls: usize,
     batches: usize,
     points: usize,
+    complete: bool,
 ) -> u64 {
     let mut tasks = Vec::new();
     for (mut client, worker_id, lease) in holders {
@@ -230,6 +232,16 @@ pub async fn stream_points(
                     .unwrap()
                     .into_inner()
                     .points;
+            }
+            if complete {
+                client
+                    .complete_job(pb::CompleteRequest {
+                        worker_id: worker_id.clone(),
+                        job_id,
+                        attempt: lease.attempt,
+                    })
+                    .await
+                    .unwrap();
             }
             acked
         }));

@@ -20,14 +20,18 @@ use crate::auth::{AuthError, Principal, require_client};
 use crate::grpc::convert::{placement_to_pb, replay_status, series_to_pb};
 use crate::replay_verdict::compare_replay;
 use crate::results::{TRAIN_KIND, curve_points, metric_series, placement, replay_comparison};
-use crate::scheduler::{ExperimentView, JobView, SchedulerError};
+use crate::scheduler::{JobView, SchedulerError};
 use crate::store::sha256_hex;
+use crate::store::{ExperimentRecord, JobRecord, JobState};
 use tandem_experiments::planner::artifacts::{EVAL_RESULT, SELECTION, SelectionRecord};
 use tandem_experiments::report::{
     EvalResult, build_results, curves_svg, generation_sweep_svg, sweep_svg,
 };
 
 type Shared = State<Arc<Dashboard>>;
+
+/// How long the event stream gathers changes before it sends them as one event.
+const EVENT_COALESCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
@@ -70,12 +74,22 @@ fn refusal(e: SchedulerError) -> Refusal {
     }
 }
 
-/// Experiment `id` as the caller may see it (another team's is not found).
-fn visible(d: &Dashboard, headers: &HeaderMap, id: &str) -> Result<ExperimentView, Refusal> {
+/// Experiment `id`'s record as the caller may see it, without its jobs.
+fn visible_record(
+    d: &Dashboard,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<ExperimentRecord, Refusal> {
     let principal = caller(d, headers)?;
     d.scheduler
-        .experiment(principal.team_scope(), id)
+        .experiment_record(principal.team_scope(), id)
         .map_err(refusal)
+}
+
+/// The experiment's jobs of the given kinds (only those are copied out of the scheduler).
+fn jobs_of(d: &Dashboard, record: &ExperimentRecord, kinds: &[&str]) -> Vec<JobRecord> {
+    d.scheduler
+        .jobs_where(&record.job_ids, |j| kinds.contains(&j.kind.as_str()))
 }
 
 pub async fn page() -> Response {
@@ -134,7 +148,8 @@ fn job_json(view: &JobView) -> Value {
         "device": if job.resources.gpus > 0 { format!("{} GPU", job.resources.gpus) } else { "CPU".to_string() },
         "model_stage": placement.map(|p| p.model_stage.clone()).filter(|s| !s.is_empty()),
         "task": placement.map(|p| p.task.clone()).filter(|s| !s.is_empty()),
-        "attempt_log": job.attempt_log.iter().map(|a| json!({
+        // Every attempt's worker, outcome and error, for the jobs whose page shows them (failed or retried).
+        "attempt_log": job.attempt_log.iter().filter(|_| job.state == JobState::Failed || job.attempt_log.len() > 1).map(|a| json!({
             "number": a.number,
             "worker": a.worker,
             "started_ms": a.started_ms,
@@ -153,9 +168,29 @@ fn job_json(view: &JobView) -> Value {
     })
 }
 
-pub async fn experiment(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match visible(&d, &headers, &id) {
-        Ok(view) => Json(json!({
+#[derive(Debug, Deserialize)]
+pub struct ExperimentQuery {
+    /// Only the jobs changed after this change number (the `seq` of an earlier reply).
+    since: Option<u64>,
+}
+
+/// The experiment and its jobs; with `?since=SEQ` only the jobs that changed after that reply's `seq` (`partial`
+/// says which it is: a coordinator restarted since answers in full).
+pub async fn experiment(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ExperimentQuery>,
+) -> Response {
+    let principal = match caller(&d, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    match d
+        .scheduler
+        .experiment_changes(principal.team_scope(), &id, query.since)
+    {
+        Ok((view, seq, partial)) => Json(json!({
             "id": view.record.id,
             "name": view.record.name,
             "team": view.record.team,
@@ -163,22 +198,24 @@ pub async fn experiment(State(d): Shared, headers: HeaderMap, Path(id): Path<Str
             "state": view.state,
             "created_ms": view.record.created_ms,
             "manifest_sha256": view.record.manifest_sha256,
+            "seq": seq,
+            "partial": partial,
             "jobs": view.jobs.iter().map(job_json).collect::<Vec<_>>(),
         }))
         .into_response(),
-        Err(r) => r.into_response(),
+        Err(e) => scheduler_error(e),
     }
 }
 
 /// The metric names the experiment's jobs have logged, for the page to choose its panels.
 pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
+    let record = match visible_record(&d, &headers, &id) {
+        Ok(record) => record,
         Err(r) => return r.into_response(),
     };
     let mut names = std::collections::BTreeSet::new();
-    for job in &view.jobs {
-        match metric_series(&d.scheduler, &job.job.id) {
+    for job_id in &record.job_ids {
+        match metric_series(&d.scheduler, job_id) {
             Ok(series) => names.extend(series.into_iter().map(|s| s.name)),
             Err(e) => return scheduler_error(e),
         }
@@ -187,7 +224,7 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
 }
 
 /// The experiment's audit view: the audit log (every state change with who made it: submit, leases, outcomes,
-/// ASHA decisions, cancellations, replays; oldest first), the environment each job ran in (worker, code version,
+/// ASHA decisions, cancellations, replays; oldest first; the newest [`AUDIT_LOG_SHOWN`] and the total), the environment each job ran in (worker, code version,
 /// devices), and every replay with its verdict (the same checks as `tandem audit --replay`).
 pub async fn audit(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let principal = match caller(&d, &headers) {
@@ -261,7 +298,8 @@ pub async fn audit(State(d): Shared, headers: HeaderMap, Path(id): Path<String>)
         "inputs": view.record.inputs.iter().map(|i| json!({ "name": i.name, "sha256": i.sha256 })).collect::<Vec<_>>(),
         "environments": environments,
         "replays": replays,
-        "log": log.iter().map(|e| json!({
+        "log_total": log.len(),
+        "log": log[log.len().saturating_sub(AUDIT_LOG_SHOWN)..].iter().map(|e| json!({
             "time_ms": e.time_ms,
             "actor": e.actor,
             "action": e.action,
@@ -272,6 +310,9 @@ pub async fn audit(State(d): Shared, headers: HeaderMap, Path(id): Path<String>)
     }))
     .into_response()
 }
+
+/// How many of the newest audit-log entries the audit view sends.
+const AUDIT_LOG_SHOWN: usize = 500;
 
 /// Re-hashes the manifest, every input and every stored artifact against the recorded SHA-256s (`tandem audit`'s
 /// checks); on demand, since it reads every blob of the experiment.
@@ -324,17 +365,14 @@ fn read_output(d: &Dashboard, job: &str, name: &str) -> Result<Option<Vec<u8>>, 
 }
 
 /// Every finished training-sweep selection (`selection.json` of each select job), by stage and fold.
-fn selection_records(
-    d: &Dashboard,
-    view: &ExperimentView,
-) -> Result<Vec<SelectionRecord>, Refusal> {
+fn selection_records(d: &Dashboard, jobs: &[JobRecord]) -> Result<Vec<SelectionRecord>, Refusal> {
     let mut records = Vec::new();
-    for job in view.jobs.iter().filter(|j| j.job.kind == "select") {
-        if let Some(bytes) = read_output(d, &job.job.id, SELECTION)? {
+    for job in jobs.iter().filter(|j| j.kind == "select") {
+        if let Some(bytes) = read_output(d, &job.id, SELECTION)? {
             let record = serde_json::from_slice::<SelectionRecord>(&bytes).map_err(|e| {
                 Refusal(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{SELECTION} of {}: {e}", job.job.name),
+                    format!("{SELECTION} of {}: {e}", job.name),
                 )
             })?;
             records.push(record);
@@ -347,19 +385,19 @@ fn selection_records(
 /// The evaluation results stored so far, and the names of the evaluations still missing.
 fn eval_results(
     d: &Dashboard,
-    view: &ExperimentView,
+    jobs: &[JobRecord],
 ) -> Result<(Vec<EvalResult>, Vec<String>), Refusal> {
     let mut evals = Vec::new();
     let mut missing = Vec::new();
-    for job in view.jobs.iter().filter(|j| j.job.kind == "eval") {
-        let Some(bytes) = read_output(d, &job.job.id, EVAL_RESULT)? else {
-            missing.push(job.job.name.clone());
+    for job in jobs.iter().filter(|j| j.kind == "eval") {
+        let Some(bytes) = read_output(d, &job.id, EVAL_RESULT)? else {
+            missing.push(job.name.clone());
             continue;
         };
         let result = serde_json::from_slice::<EvalResult>(&bytes).map_err(|e| {
             Refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{EVAL_RESULT} of {}: {e}", job.job.name),
+                format!("{EVAL_RESULT} of {}: {e}", job.name),
             )
         })?;
         evals.push(result);
@@ -369,7 +407,9 @@ fn eval_results(
 
 /// Every finished training-sweep selection: one row per point.
 pub async fn selections(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match visible(&d, &headers, &id).and_then(|view| selection_records(&d, &view)) {
+    let found = visible_record(&d, &headers, &id)
+        .and_then(|record| selection_records(&d, &jobs_of(&d, &record, &["select"])));
+    match found {
         Ok(records) => Json(records).into_response(),
         Err(r) => r.into_response(),
     }
@@ -378,8 +418,9 @@ pub async fn selections(State(d): Shared, headers: HeaderMap, Path(id): Path<Str
 /// The thesis's tables (4.1, 4.3 with 4.4, and the sweep tables) from the experiment's evaluation results, built by
 /// the same code as `tandem results`, and the evaluations still missing.
 pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (evals, missing) = match visible(&d, &headers, &id).and_then(|view| eval_results(&d, &view))
-    {
+    let found = visible_record(&d, &headers, &id)
+        .and_then(|record| eval_results(&d, &jobs_of(&d, &record, &["eval"])));
+    let (evals, missing) = match found {
         Ok(found) => found,
         Err(r) => return r.into_response(),
     };
@@ -396,15 +437,15 @@ pub async fn tables(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
 /// validation curves, stage 2 as mean ± std over folds), `sweep-<parameter>.svg` per generation sweep, and
 /// `sweep-<stage>.svg` per training sweep.
 pub async fn figures(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
+    let jobs = match visible_record(&d, &headers, &id) {
+        Ok(record) => jobs_of(&d, &record, &[TRAIN_KIND, "eval", "select"]),
         Err(r) => return r.into_response(),
     };
     let mut series = Vec::new();
     let mut placements = Vec::new();
-    for job in view.jobs.iter().filter(|j| j.job.kind == TRAIN_KIND) {
-        if let Some(p) = placement(&job.job) {
-            match metric_series(&d.scheduler, &job.job.id) {
+    for job in jobs.iter().filter(|j| j.kind == TRAIN_KIND) {
+        if let Some(p) = placement(job) {
+            match metric_series(&d.scheduler, &job.id) {
                 Ok(s) => series.extend(s),
                 Err(e) => return scheduler_error(e),
             }
@@ -417,7 +458,7 @@ pub async fn figures(State(d): Shared, headers: HeaderMap, Path(id): Path<String
     if !points.is_empty() {
         out.push(json!({ "name": "curves.svg", "svg": curves_svg(&points) }));
     }
-    let evals = match eval_results(&d, &view) {
+    let evals = match eval_results(&d, &jobs) {
         Ok((evals, _)) => evals,
         Err(r) => return r.into_response(),
     };
@@ -431,7 +472,7 @@ pub async fn figures(State(d): Shared, headers: HeaderMap, Path(id): Path<String
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
-    let records = match selection_records(&d, &view) {
+    let records = match selection_records(&d, &jobs) {
         Ok(records) => records,
         Err(r) => return r.into_response(),
     };
@@ -469,37 +510,50 @@ pub async fn curves(
     Path(id): Path<String>,
     Query(query): Query<CurveQuery>,
 ) -> Response {
-    let view = match visible(&d, &headers, &id) {
-        Ok(view) => view,
+    let record = match visible_record(&d, &headers, &id) {
+        Ok(record) => record,
         Err(r) => return r.into_response(),
     };
     let buckets = query.buckets.clamp(1, 4096);
-    let mut jobs = Vec::new();
-    for job in &view.jobs {
-        let series = match metric_series(&d.scheduler, &job.job.id) {
+    // The series first; the names and placements only of the jobs that logged it.
+    let mut found = Vec::new();
+    for job_id in &record.job_ids {
+        let series = match metric_series(&d.scheduler, job_id) {
             Ok(s) => s,
             Err(e) => return scheduler_error(e),
         };
-        for s in series.into_iter().filter(|s| s.name == query.series) {
-            let points: Vec<(u64, f64)> = s
-                .steps
-                .iter()
-                .copied()
-                .zip(s.values.iter().copied())
-                .filter(|(_, v)| v.is_finite())
-                .collect();
-            let total = points.len();
-            let kept = min_max_buckets(&points, buckets);
-            let placement = job.job.placement.as_deref();
-            jobs.push(json!({
-                "job_id": job.job.id,
-                "name": job.job.name,
-                "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
-                "fold": placement.and_then(|p| p.fold),
-                "points_total": total,
-                "points": kept.iter().map(|(s, v)| json!([s, v])).collect::<Vec<_>>(),
-            }));
-        }
+        found.extend(series.into_iter().filter(|s| s.name == query.series));
+    }
+    let ids: Vec<String> = found.iter().map(|s| s.job_id.clone()).collect();
+    let records: std::collections::HashMap<String, JobRecord> = d
+        .scheduler
+        .jobs_where(&ids, |_| true)
+        .into_iter()
+        .map(|j| (j.id.clone(), j))
+        .collect();
+    let mut jobs = Vec::new();
+    for s in found {
+        let Some(job) = records.get(&s.job_id) else {
+            continue;
+        };
+        let points: Vec<(u64, f64)> = s
+            .steps
+            .iter()
+            .copied()
+            .zip(s.values.iter().copied())
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let total = points.len();
+        let kept = min_max_buckets(&points, buckets);
+        let placement = job.placement.as_deref();
+        jobs.push(json!({
+            "job_id": job.id,
+            "name": job.name,
+            "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
+            "fold": placement.and_then(|p| p.fold),
+            "points_total": total,
+            "points": kept.iter().map(|(s, v)| json!([s, v])).collect::<Vec<_>>(),
+        }));
     }
     Json(json!({ "series": query.series, "jobs": jobs })).into_response()
 }
@@ -528,22 +582,28 @@ pub async fn workers(State(d): Shared, headers: HeaderMap) -> Response {
     Json(list).into_response()
 }
 
-/// Server-sent events: one `job` event per change to a job of the experiment (state changes and metric points,
-/// as `tandem watch` sees them); the page refetches what changed.
+/// Server-sent events: a `job` event with the ids of the experiment's jobs that changed (state changes and metric
+/// points, as `tandem watch` sees them), at most one every [`EVENT_COALESCE`] (a burst of 1,024 changes comes at
+/// once); the page refetches what changed.
 pub async fn events(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = visible(&d, &headers, &id) {
+    if let Err(r) = visible_record(&d, &headers, &id) {
         return r.into_response();
     }
-    let stream = BroadcastStream::new(d.scheduler.subscribe()).filter_map(move |event| {
-        let event = event.ok()?;
-        event.experiments.contains(&id).then(|| {
+    let stream = BroadcastStream::new(d.scheduler.subscribe())
+        .filter_map(move |event| {
+            let event = event.ok()?;
+            event.experiments.contains(&id).then_some(event.job_id)
+        })
+        .chunks_timeout(1024, EVENT_COALESCE)
+        .map(|mut ids| {
+            ids.sort();
+            ids.dedup();
             Ok::<_, Infallible>(
                 Event::default()
                     .event("job")
-                    .data(json!({ "job_id": event.job_id }).to_string()),
+                    .data(json!({ "job_ids": ids }).to_string()),
             )
-        })
-    });
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

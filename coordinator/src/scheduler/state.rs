@@ -53,6 +53,11 @@ pub(super) struct State {
     pub(super) events: Vec<JobEvent>,
     /// Whether a job became ready since lease waiters were last woken.
     pub(super) became_ready: bool,
+    /// Counts the changes broadcast since this process started (in memory only).
+    pub(super) change_seq: u64,
+    /// The last change (by `change_seq`) of every job that changed since this process started: readers that
+    /// keep a copy (the dashboard) ask for what changed after the change they last saw.
+    pub(super) changed_at: HashMap<String, u64>,
 }
 
 impl State {

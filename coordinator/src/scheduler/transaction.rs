@@ -107,7 +107,13 @@ impl Scheduler {
 
     /// Broadcasts the events of the change and wakes lease waiters if a job became ready.
     fn publish(&self, state: &mut State) {
+        if !state.events.is_empty() {
+            state.change_seq += 1;
+        }
         for event in std::mem::take(&mut state.events) {
+            state
+                .changed_at
+                .insert(event.job_id.clone(), state.change_seq);
             let _ = self.events.send(event);
         }
         if std::mem::take(&mut state.became_ready) {

@@ -15,10 +15,14 @@ fn experiment_view(
     state: &State,
     record: ExperimentRecord,
     live: &[&WorkerRecord],
+    changed_after: Option<u64>,
 ) -> ExperimentView {
     let jobs = record
         .job_ids
         .iter()
+        .filter(|id| {
+            changed_after.is_none_or(|seq| state.changed_at.get(*id).is_some_and(|&at| at > seq))
+        })
         .filter_map(|id| state.jobs.get(id))
         .map(|job| JobView {
             job: job.clone(),
@@ -67,6 +71,17 @@ impl Scheduler {
         scope: TeamScope<'_>,
         experiment_id: &str,
     ) -> SchedulerResult<ExperimentView> {
+        Ok(self.experiment_changes(scope, experiment_id, None)?.0)
+    }
+
+    /// Experiment `experiment_id` with only the jobs that changed after change `since` (all of them when
+    /// `since` is `None` or later than the last change, as after a restart), and the last change's number.
+    pub fn experiment_changes(
+        &self,
+        scope: TeamScope<'_>,
+        experiment_id: &str,
+        since: Option<u64>,
+    ) -> SchedulerResult<(ExperimentView, u64, bool)> {
         let now = now_ms();
         self.read(|state| {
             let record = state.experiment_for(scope, experiment_id)?.clone();
@@ -76,7 +91,30 @@ impl Scheduler {
                 .filter(|w| self.is_alive(&w.record, now))
                 .map(|w| &w.record)
                 .collect();
-            Ok(experiment_view(state, record, &live))
+            let since = since.filter(|&s| s <= state.change_seq);
+            let view = experiment_view(state, record, &live, since);
+            Ok((view, state.change_seq, since.is_some()))
+        })
+    }
+
+    /// Experiment `experiment_id`'s record, if `scope` may see it, without its jobs (cheap: for readers that need
+    /// only some of them, see [`Scheduler::jobs_where`]).
+    pub fn experiment_record(
+        &self,
+        scope: TeamScope<'_>,
+        experiment_id: &str,
+    ) -> SchedulerResult<ExperimentRecord> {
+        self.read(|state| state.experiment_for(scope, experiment_id).cloned())
+    }
+
+    /// The jobs among `ids` that `keep` accepts, in the order of `ids`; only those are copied.
+    pub fn jobs_where(&self, ids: &[String], keep: impl Fn(&JobRecord) -> bool) -> Vec<JobRecord> {
+        self.read(|state| {
+            ids.iter()
+                .filter_map(|id| state.jobs.get(id))
+                .filter(|job| keep(job))
+                .cloned()
+                .collect()
         })
     }
 
