@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
@@ -132,40 +132,103 @@ pub async fn experiments(State(d): Shared, headers: HeaderMap) -> Response {
     Json(list).into_response()
 }
 
-fn job_json(view: &JobView) -> Value {
+/// One job as the page shows it, serialised straight from the borrowed records (an experiment's job list is the
+/// largest reply the page reads while work runs).
+#[derive(Serialize)]
+struct JobRow<'a> {
+    id: &'a str,
+    name: &'a str,
+    kind: &'a str,
+    state: &'static str,
+    worker: Option<&'a str>,
+    attempts: u32,
+    deps: &'a [String],
+    device: String,
+    model_stage: Option<&'a str>,
+    task: Option<&'a str>,
+    /// Every attempt, for the jobs whose page shows them (failed or retried); empty otherwise.
+    attempt_log: Vec<AttemptRow<'a>>,
+    cached: bool,
+    stage: Option<&'a str>,
+    fold: Option<u32>,
+    duration_ms: Option<u64>,
+    last_error: Option<&'a str>,
+    progress_step: u64,
+    progress_total: u64,
+    waiting_reason: Option<&'a str>,
+}
+
+/// An experiment with its jobs (all, or those changed since a `seq`).
+#[derive(Serialize)]
+struct ExperimentReply<'a> {
+    id: &'a str,
+    name: &'a str,
+    team: &'a str,
+    submitter: &'a str,
+    state: &'static str,
+    created_ms: u64,
+    manifest_sha256: &'a str,
+    seq: u64,
+    partial: bool,
+    jobs: Vec<JobRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct AttemptRow<'a> {
+    number: u32,
+    worker: &'a str,
+    started_ms: u64,
+    ended_ms: Option<u64>,
+    outcome: &'a str,
+    error: Option<&'a str>,
+}
+
+fn job_row(view: &JobView) -> JobRow<'_> {
     let job = &view.job;
     let started = job.attempt_log.first().map(|a| a.started_ms);
     let ended = job.attempt_log.last().and_then(|a| a.ended_ms);
     let placement = job.placement.as_deref();
-    json!({
-        "id": job.id,
-        "name": job.name,
-        "kind": job.kind,
-        "state": job.state.label(),
-        "worker": job.worker,
-        "attempts": job.attempts,
-        "deps": job.deps,
-        "device": if job.resources.gpus > 0 { format!("{} GPU", job.resources.gpus) } else { "CPU".to_string() },
-        "model_stage": placement.map(|p| p.model_stage.clone()).filter(|s| !s.is_empty()),
-        "task": placement.map(|p| p.task.clone()).filter(|s| !s.is_empty()),
-        // Every attempt's worker, outcome and error, for the jobs whose page shows them (failed or retried).
-        "attempt_log": job.attempt_log.iter().filter(|_| job.state == JobState::Failed || job.attempt_log.len() > 1).map(|a| json!({
-            "number": a.number,
-            "worker": a.worker,
-            "started_ms": a.started_ms,
-            "ended_ms": a.ended_ms,
-            "outcome": a.outcome,
-            "error": a.error,
-        })).collect::<Vec<_>>(),
-        "cached": view.cached,
-        "stage": placement.map(|p| p.stage.clone()).filter(|s| !s.is_empty()),
-        "fold": placement.and_then(|p| p.fold),
-        "duration_ms": started.zip(ended).map(|(s, e)| e.saturating_sub(s)),
-        "last_error": job.last_error,
-        "progress_step": view.progress.step,
-        "progress_total": view.progress.total,
-        "waiting_reason": view.waiting_reason,
-    })
+    let named = |text: &'_ str| -> bool { !text.is_empty() };
+    let shown = job.state == JobState::Failed || job.attempt_log.len() > 1;
+    JobRow {
+        id: &job.id,
+        name: &job.name,
+        kind: &job.kind,
+        state: job.state.label(),
+        worker: job.worker.as_deref(),
+        attempts: job.attempts,
+        deps: &job.deps,
+        device: if job.resources.gpus > 0 {
+            format!("{} GPU", job.resources.gpus)
+        } else {
+            "CPU".to_string()
+        },
+        model_stage: placement
+            .map(|p| p.model_stage.as_str())
+            .filter(|s| named(s)),
+        task: placement.map(|p| p.task.as_str()).filter(|s| named(s)),
+        attempt_log: job
+            .attempt_log
+            .iter()
+            .filter(|_| shown)
+            .map(|a| AttemptRow {
+                number: a.number,
+                worker: &a.worker,
+                started_ms: a.started_ms,
+                ended_ms: a.ended_ms,
+                outcome: &a.outcome,
+                error: a.error.as_deref(),
+            })
+            .collect(),
+        cached: view.cached,
+        stage: placement.map(|p| p.stage.as_str()).filter(|s| named(s)),
+        fold: placement.and_then(|p| p.fold),
+        duration_ms: started.zip(ended).map(|(s, e)| e.saturating_sub(s)),
+        last_error: job.last_error.as_deref(),
+        progress_step: view.progress.step,
+        progress_total: view.progress.total,
+        waiting_reason: view.waiting_reason.as_deref(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,18 +253,18 @@ pub async fn experiment(
         .scheduler
         .experiment_changes(principal.team_scope(), &id, query.since)
     {
-        Ok((view, seq, partial)) => Json(json!({
-            "id": view.record.id,
-            "name": view.record.name,
-            "team": view.record.team,
-            "submitter": view.record.submitter,
-            "state": view.state,
-            "created_ms": view.record.created_ms,
-            "manifest_sha256": view.record.manifest_sha256,
-            "seq": seq,
-            "partial": partial,
-            "jobs": view.jobs.iter().map(job_json).collect::<Vec<_>>(),
-        }))
+        Ok((view, seq, partial)) => Json(ExperimentReply {
+            id: &view.record.id,
+            name: &view.record.name,
+            team: &view.record.team,
+            submitter: &view.record.submitter,
+            state: view.state,
+            created_ms: view.record.created_ms,
+            manifest_sha256: &view.record.manifest_sha256,
+            seq,
+            partial,
+            jobs: view.jobs.iter().map(job_row).collect(),
+        })
         .into_response(),
         Err(e) => scheduler_error(e),
     }
