@@ -19,7 +19,9 @@ use crate::manifest::{
 /// (training loop, generation, data preparation, metrics); commits that leave those alone keep every job id,
 /// so completed work is reused.
 // 2: LoRA dropout masks from tandem_kernels::dropout (the GPU's generator) and AdamW from tandem_kernels (fp32).
-pub const ENGINE_REVISION: &str = "tandem-engine-2";
+// 3: the CPU training step's fused ops (RMSNorm, RoPE, SwiGLU, masked softmax, cross-entropy, the LoRA layer,
+//    attention): same seed and inputs give the same bits, but not revision 2's bits.
+pub const ENGINE_REVISION: &str = "tandem-engine-3";
 
 /// How the planner stratifies holdout splits (see `data::split`); part of every data-prep config.
 pub const STRATIFY_KEY: &str = "target-length-words-v1";
