@@ -110,10 +110,15 @@ impl Scheduler {
         if !state.events.is_empty() {
             state.change_seq += 1;
         }
+        let seq = state.change_seq;
         for event in std::mem::take(&mut state.events) {
-            state
-                .changed_at
-                .insert(event.job_id.clone(), state.change_seq);
+            // Every metric batch is an event: update in place, allocating a key only for a job's first change.
+            match state.changed_at.get_mut(&event.job_id) {
+                Some(at) => *at = seq,
+                None => {
+                    state.changed_at.insert(event.job_id.clone(), seq);
+                }
+            }
             let _ = self.events.send(event);
         }
         if std::mem::take(&mut state.became_ready) {

@@ -570,7 +570,7 @@ impl Attention {
 }
 
 /// The values of a contiguous f32 CPU tensor, copied out.
-fn values_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn values_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 

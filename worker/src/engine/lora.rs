@@ -426,10 +426,7 @@ impl CustomOp3 for LoraMatmul {
         let y = (base + (up * self.scale)?)?;
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_f;
-        Ok((
-            CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
-            Shape::from(dims),
-        ))
+        Ok((CpuStorage::F32(fused::values_of(&y)?), Shape::from(dims)))
     }
 
     fn bwd(
