@@ -1,6 +1,7 @@
 //! Dashboard benchmark (a program, not a test): the web dashboard's reads on a store the size of the scale
 //! benchmark's, and the coordinator's dispatch rate while browsers watch. Prints:
-//! - the experiment list (`/api/experiments`) with 100,000 jobs stored: median and p95 of 20 requests,
+//! - the experiment list (`/api/experiments`) with 100,000 jobs stored: median and p95 of 10 requests (each read
+//!   afresh: requests are spaced beyond the second within which the dashboard shares a reply among pages),
 //! - one curve of 100,000 points served downsampled (min/max per pixel bucket, 600 buckets), and the whole
 //!   curves experiment (99 more jobs of 100,000 points each: 10 million points in the store),
 //! - jobs dispatched per second with no watcher and with 10 watchers, interleaved over rounds. A watcher does
@@ -93,11 +94,17 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     (status, raw.split_off(head_end + 4))
 }
 
-/// `n` timed requests of `path`: (median, p95, bytes of the last reply).
-async fn timed(addr: SocketAddr, path: &str, n: usize) -> (Duration, Duration, usize) {
+/// `n` timed requests of `path`, `gap` apart: (median, p95, bytes of the last reply).
+async fn timed_apart(
+    addr: SocketAddr,
+    path: &str,
+    n: usize,
+    gap: Duration,
+) -> (Duration, Duration, usize) {
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..n {
+        tokio::time::sleep(gap).await;
         let started = Instant::now();
         let (status, body) = get(addr, path).await;
         times.push(started.elapsed());
@@ -106,6 +113,15 @@ async fn timed(addr: SocketAddr, path: &str, n: usize) -> (Duration, Duration, u
     }
     times.sort();
     (percentile(&times, 0.5), percentile(&times, 0.95), bytes)
+}
+
+/// Requests further apart than this are each read afresh: the dashboard shares a reply among the pages asking
+/// the same within a second (`dashboard/snapshot.rs`).
+const UNSHARED: Duration = Duration::from_millis(1100);
+
+/// `n` timed requests of `path`, each read afresh.
+async fn timed(addr: SocketAddr, path: &str, n: usize) -> (Duration, Duration, usize) {
+    timed_apart(addr, path, n, UNSHARED).await
 }
 
 /// The id of the experiment named `name`, from the list the dashboard serves.
@@ -119,6 +135,20 @@ async fn experiment_id(addr: SocketAddr, name: &str) -> String {
         .and_then(|e| e["id"].as_str())
         .unwrap_or_else(|| panic!("no experiment {name}"))
         .to_string()
+}
+
+/// The fields of an experiment reply a watching page keeps.
+#[derive(serde::Deserialize, Default)]
+struct Reply {
+    seq: Option<u64>,
+    state: String,
+    jobs: Vec<JobState>,
+}
+
+#[derive(serde::Deserialize)]
+struct JobState {
+    id: String,
+    state: String,
 }
 
 /// One watching browser: follows the experiment's events and refreshes as the page does (at most every 300 ms
@@ -154,19 +184,17 @@ async fn watch(addr: SocketAddr, id: String, stop: Arc<AtomicBool>) -> usize {
         get(addr, &format!("/api/experiments/{id}/series")).await;
         let since = seq.map_or_else(String::new, |s| format!("?since={s}"));
         let (_, body) = get(addr, &format!("/api/experiments/{id}{since}")).await;
-        let view: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        seq = view["seq"].as_u64();
-        for job in view["jobs"].as_array().into_iter().flatten() {
-            let (Some(job_id), Some(state)) = (job["id"].as_str(), job["state"].as_str()) else {
-                continue;
-            };
-            states.insert(job_id.to_string(), state.to_string());
+        // Only what the page keeps of the reply: the change number and each job's state.
+        let view: Reply = serde_json::from_slice(&body).unwrap_or_default();
+        seq = view.seq;
+        for job in view.jobs {
+            states.insert(job.id, job.state);
         }
         let ended = states
             .values()
             .filter(|s| ["succeeded", "failed", "cancelled"].contains(&s.as_str()))
             .count();
-        let key = format!("{}/{ended}", view["state"]);
+        let key = format!("{}/{ended}", view.state);
         if key != ended_key {
             for part in ["tables", "selections"] {
                 get(addr, &format!("/api/experiments/{id}/{part}")).await;
@@ -238,7 +266,7 @@ async fn run(args: &Args) {
     );
 
     // 2. The dashboard's reads on that store.
-    let (p50, p95, bytes) = timed(http, "/api/experiments", 20).await;
+    let (p50, p95, bytes) = timed(http, "/api/experiments", 10).await;
     println!(
         "experiment list ({} experiments, {submitted}+ jobs): median {:.1} ms, p95 {:.1} ms, {bytes} bytes",
         submitted.div_ceil(10_000) + 2,
@@ -247,7 +275,7 @@ async fn run(args: &Args) {
     );
     let one = experiment_id(http, "one-curve").await;
     let path = format!("/api/experiments/{one}/curves?series=train_loss&buckets=600");
-    let (p50, p95, bytes) = timed(http, &path, 20).await;
+    let (p50, p95, bytes) = timed(http, &path, 10).await;
     println!(
         "one curve of {} points, 600 buckets: median {:.1} ms, p95 {:.1} ms, {bytes} bytes",
         args.points,
@@ -267,10 +295,13 @@ async fn run(args: &Args) {
         );
     }
     let fill = experiment_id(http, "fill0").await;
-    let (p50, _, bytes) = timed(http, &format!("/api/experiments/{fill}"), 5).await;
+    let path = format!("/api/experiments/{fill}");
+    let (p50, _, bytes) = timed(http, &path, 5).await;
+    let (shared, _, _) = timed_apart(http, &path, 5, Duration::ZERO).await;
     println!(
-        "one experiment of 10,000 jobs (its job list): median {:.1} ms, {bytes} bytes",
-        p50.as_secs_f64() * 1e3
+        "one experiment of 10,000 jobs (its job list): median {:.1} ms read, {:.1} ms shared within 1 s, {bytes} bytes",
+        p50.as_secs_f64() * 1e3,
+        shared.as_secs_f64() * 1e3
     );
 
     for part in ["series", "tables", "selections", "audit"] {

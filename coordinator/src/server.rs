@@ -112,7 +112,7 @@ async fn start_dashboard(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError::Listen { addr: http, source })?;
-    let state = Arc::new(crate::dashboard::Dashboard { scheduler, auth });
+    let state = Arc::new(crate::dashboard::Dashboard::new(scheduler, auth));
     tokio::spawn(async move {
         if let Err(e) = crate::dashboard::serve(listener, state, std::future::pending()).await {
             tracing::error!(error = %e, "dashboard stopped");

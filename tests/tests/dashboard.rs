@@ -69,7 +69,7 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
         "dash.json",
         json!({"name": "dash", "jobs": [
             {"name": "<script>alert(1)</script>", "kind": "test.emit",
-             "config": {"steps": 40, "points_per_step": 1, "step_ms": 50}}
+             "config": {"steps": 40, "points_per_step": 1, "step_ms": 150}}
         ]}),
     );
 
@@ -107,7 +107,8 @@ fn the_dashboard_serves_each_team_its_own_experiments_and_streams_changes() {
     assert!(status == 403 || status == 404, "{status}");
     assert!(!body.contains("script"), "no data of another team: {body}");
 
-    // The event stream delivers the job's changes as they happen (no polling): open it, then start a worker.
+    // The event stream delivers the job's changes as they happen (no polling; at most one event a second): open
+    // it, then start a worker. The job runs 6 s.
     let mut stream = TcpStream::connect(&http).unwrap();
     write!(
         stream,

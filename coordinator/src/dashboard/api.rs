@@ -30,9 +30,6 @@ use tandem_experiments::report::{
 
 type Shared = State<Arc<Dashboard>>;
 
-/// How long the event stream gathers changes before it sends them as one event.
-const EVENT_COALESCE: std::time::Duration = std::time::Duration::from_millis(250);
-
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
@@ -47,7 +44,7 @@ impl IntoResponse for Refusal {
 }
 
 /// The caller, or why it is refused.
-fn caller(dashboard: &Dashboard, headers: &HeaderMap) -> Result<Principal, Refusal> {
+pub(super) fn caller(dashboard: &Dashboard, headers: &HeaderMap) -> Result<Principal, Refusal> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
@@ -278,8 +275,8 @@ pub async fn series(State(d): Shared, headers: HeaderMap, Path(id): Path<String>
     };
     let mut names = std::collections::BTreeSet::new();
     for job_id in &record.job_ids {
-        match metric_series(&d.scheduler, job_id) {
-            Ok(series) => names.extend(series.into_iter().map(|s| s.name)),
+        match d.scheduler.metric_names(job_id) {
+            Ok(logged) => names.extend(logged.iter().cloned()),
             Err(e) => return scheduler_error(e),
         }
     }
@@ -578,9 +575,14 @@ pub async fn curves(
         Err(r) => return r.into_response(),
     };
     let buckets = query.buckets.clamp(1, 4096);
-    // The series first; the names and placements only of the jobs that logged it.
+    // The series of the jobs that logged it (from the scheduler's index of names), then their names and placements.
     let mut found = Vec::new();
     for job_id in &record.job_ids {
+        match d.scheduler.metric_names(job_id) {
+            Ok(logged) if !logged.contains(&query.series) => continue,
+            Ok(_) => {}
+            Err(e) => return scheduler_error(e),
+        }
         let series = match metric_series(&d.scheduler, job_id) {
             Ok(s) => s,
             Err(e) => return scheduler_error(e),
@@ -646,27 +648,23 @@ pub async fn workers(State(d): Shared, headers: HeaderMap) -> Response {
 }
 
 /// Server-sent events: a `job` event with the ids of the experiment's jobs that changed (state changes and metric
-/// points, as `tandem watch` sees them), at most one every [`EVENT_COALESCE`] (a burst of 1,024 changes comes at
-/// once); the page refetches what changed.
+/// points, as `tandem watch` sees them), at most one every [`hub::COALESCE`](super::hub::COALESCE); an empty list
+/// when changes were missed. The page refetches what changed.
 pub async fn events(State(d): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = visible_record(&d, &headers, &id) {
         return r.into_response();
     }
-    let stream = BroadcastStream::new(d.scheduler.subscribe())
-        .filter_map(move |event| {
-            let event = event.ok()?;
-            event.experiments.contains(&id).then_some(event.job_id)
-        })
-        .chunks_timeout(1024, EVENT_COALESCE)
-        .map(|mut ids| {
-            ids.sort();
-            ids.dedup();
-            Ok::<_, Infallible>(
-                Event::default()
-                    .event("job")
-                    .data(json!({ "job_ids": ids }).to_string()),
-            )
-        });
+    let stream = BroadcastStream::new(d.hub.subscribe()).filter_map(move |changes| {
+        let ids = match changes {
+            Ok(changes) => changes.of(&id)?,
+            Err(_) => Vec::new(),
+        };
+        Some(Ok::<_, Infallible>(
+            Event::default()
+                .event("job")
+                .data(json!({ "job_ids": ids }).to_string()),
+        ))
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

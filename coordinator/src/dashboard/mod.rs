@@ -6,6 +6,8 @@
 
 mod api;
 mod downsample;
+mod hub;
+mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,23 @@ pub use downsample::min_max_buckets;
 pub struct Dashboard {
     pub scheduler: Arc<Scheduler>,
     pub auth: Arc<Auth>,
+    hub: hub::Hub,
+    snapshots: Arc<snapshot::Snapshots>,
+}
+
+impl Dashboard {
+    /// The dashboard's state; starts the task that gathers the scheduler's events for the pages (so it needs a
+    /// Tokio runtime).
+    pub fn new(scheduler: Arc<Scheduler>, auth: Arc<Auth>) -> Dashboard {
+        let snapshots = Arc::new(snapshot::Snapshots::new(hub::COALESCE));
+        let hub = hub::Hub::start(&scheduler, snapshots.clone());
+        Dashboard {
+            scheduler,
+            auth,
+            hub,
+            snapshots,
+        }
+    }
 }
 
 /// The page: HTML, CSS and script in one file; every stored string is put in the page as text (never as HTML).
@@ -42,6 +61,10 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         .route("/api/experiments/{id}/figures", get(api::figures))
         .route("/api/experiments/{id}/events", get(api::events))
         .route("/api/workers", get(api::workers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            snapshot::share_replies,
+        ))
         .with_state(state)
 }
 

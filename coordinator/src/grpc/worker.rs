@@ -227,6 +227,12 @@ impl WorkerService for WorkerApi {
                 .points
                 .first()
                 .map(|p| (p.name.clone(), p.step, p.value));
+            let mut names: Vec<String> = Vec::new();
+            for point in &batch.points {
+                if !names.contains(&point.name) {
+                    names.push(point.name.clone());
+                }
+            }
             let stored = pb::MetricBatch {
                 job_id: String::new(),
                 attempt: batch.attempt,
@@ -257,6 +263,7 @@ impl WorkerService for WorkerApi {
                 seq: batch.seq,
                 points: stored.points.len() as u64,
                 encoded: stored.encode_to_vec(),
+                names,
                 last,
             });
         }

@@ -152,6 +152,8 @@ pub struct MetricBatchIn {
     pub seq: u64,
     pub encoded: Vec<u8>,
     pub points: u64,
+    /// The distinct metric names among the batch's points.
+    pub names: Vec<String>,
     pub last: Option<(String, u64, f64)>,
 }
 

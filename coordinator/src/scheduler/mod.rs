@@ -16,6 +16,7 @@ mod control;
 mod error;
 mod graph;
 mod lease;
+mod metric_names;
 pub mod order;
 mod outcome;
 pub mod placement;
@@ -52,6 +53,7 @@ pub struct Scheduler {
     state: Mutex<State>,
     ready_notify: Notify,
     events: broadcast::Sender<JobEvent>,
+    metric_names: metric_names::MetricNames,
 }
 
 impl Scheduler {
@@ -66,6 +68,7 @@ impl Scheduler {
             state: Mutex::new(state),
             ready_notify: Notify::new(),
             events,
+            metric_names: Default::default(),
         }))
     }
 

@@ -64,6 +64,7 @@ impl Scheduler {
                 .store
                 .insert_metric_batch(&batch.job_id, batch.seq, &batch.encoded)?
             {
+                self.metric_names.add(&batch.job_id, &batch.names);
                 counts.batches += 1;
                 counts.points += batch.points;
             } else {

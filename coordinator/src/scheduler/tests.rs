@@ -300,6 +300,7 @@ async fn resent_metric_batches_are_stored_once() {
         seq,
         encoded: vec![seq as u8],
         points: 3,
+        names: vec!["loss".into()],
         last: None,
     };
     let first = s

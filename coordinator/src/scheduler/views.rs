@@ -17,6 +17,8 @@ fn experiment_view(
     live: &[&WorkerRecord],
     changed_after: Option<u64>,
 ) -> ExperimentView {
+    let cached: std::collections::HashSet<&str> =
+        record.cached_jobs.iter().map(String::as_str).collect();
     let jobs = record
         .job_ids
         .iter()
@@ -26,7 +28,7 @@ fn experiment_view(
         .filter_map(|id| state.jobs.get(id))
         .map(|job| JobView {
             job: job.clone(),
-            cached: record.cached_jobs.contains(&job.id),
+            cached: cached.contains(job.id.as_str()),
             progress: state.progress.get(&job.id).cloned().unwrap_or_default(),
             waiting_reason: (job.state == JobState::Ready)
                 .then(|| waiting::reason(&job.kind, &job.resources, live))
