@@ -490,6 +490,40 @@ fn the_shipped_manifests_validate() {
     assert_eq!(t5.stage2.training, defaults::training(Stage::Stage2));
     assert_eq!(t5.model.quantization, Quantization::None);
     assert_eq!(t5.lora.target_modules, ["q", "v"]);
+    // Stage 1 at full scale: the thesis's stage-1 recipe on CPU, and the thesis's GPU resources with one override.
+    let full_path = dir.join("iu-xray-full.toml");
+    let full = manifest::load(&full_path, LoadOptions { check_files: false }).unwrap();
+    let thesis_training = defaults::training(Stage::Stage1);
+    assert_eq!(
+        full.stage1.training,
+        tandem_experiments::manifest::TrainingSpec {
+            checkpoint_every: 100,
+            ..thesis_training
+        },
+        "only the checkpoint interval differs from the thesis"
+    );
+    assert_eq!(full.stage1.generation, defaults::generation(Stage::Stage1));
+    assert_eq!(full.stage1.prompt, defaults::prompt(Stage::Stage1));
+    assert_eq!(full.lora, defaults::lora());
+    assert_eq!(full.stage1.dataset.max_rows, None);
+    assert_eq!(full.model.device, DevicePreference::Cpu);
+    assert_eq!(full.resources.train.gpus, 0);
+    let text = std::fs::read_to_string(&full_path).unwrap();
+    let on_gpu = manifest::overrides::apply(
+        &text,
+        &full_path,
+        &[manifest::overrides::Override::parse("model.device=cuda").unwrap()],
+    )
+    .unwrap();
+    let on_gpu =
+        manifest::parse_str(&on_gpu, &full_path, LoadOptions { check_files: false }).unwrap();
+    assert_eq!(on_gpu.model.device, DevicePreference::Cuda);
+    assert_eq!(
+        on_gpu.resources.train.gpus,
+        defaults::resources().train.gpus
+    );
+    assert_eq!(on_gpu.resources.eval.gpus, defaults::resources().eval.gpus);
+
     // The quickstart's files are committed or fetched; check them when the model cache is there.
     let quickstart = dir.join("quickstart.toml");
     if dir

@@ -40,15 +40,21 @@ BEGIN, END = "<!-- compare_engine:begin -->", "<!-- compare_engine:end -->"
 # What each side prints (bench_engine and pytorch_peft.py share the line formats).
 TRAIN = re.compile(r"train\s+(?:load \S+\s+)?step ([0-9.]+)s .*?([0-9]+) tokens/s\s+peak RSS ([0-9]+) MiB")
 GENERATE = re.compile(r"greedy generate .* ([0-9.]+) new tokens/s")
+BEAM = re.compile(r"beam \(10 beams\) generate .* ([0-9.]+) new tokens/s")
 
 # (measurement, side, mode flag for that side's program, regex, what the number is).
 MEASUREMENTS = [
     ("lora_step", "tandem", "train", TRAIN),
     ("lora_step", "pytorch", "train", TRAIN),
+    ("sft_step", "tandem", "sft", TRAIN),
+    ("sft_step", "pytorch", "sft", TRAIN),
     ("generate", "tandem", "generate", GENERATE),
     ("generate", "pytorch", "generate", GENERATE),
+    ("beam", "tandem", "beam", BEAM),
+    ("beam", "pytorch", "beam", BEAM),
     ("qlora_step", "tandem", "qlora", TRAIN),
 ]
+GENERATION = ("generate", "beam")
 
 
 def busy_jiffies():
@@ -65,9 +71,11 @@ def load1():
 
 
 def command(side, mode, args):
+    common = ["--mode", mode, "--threads", str(args.threads), "--steps", str(args.steps),
+              "--target-tokens", str(args.target_tokens)]
     if side == "tandem":
-        return [TANDEM, "--mode", mode, "--threads", str(args.threads), "--steps", str(args.steps)]
-    return [PYTHON, TORCH_SCRIPT, "--mode", mode, "--threads", str(args.threads), "--steps", str(args.steps)]
+        return [TANDEM, *common]
+    return [PYTHON, TORCH_SCRIPT, *common]
 
 
 def run_one(side, mode, pattern, args):
@@ -125,7 +133,7 @@ def measure(args):
                   flush=True)
     results = {}
     for (measurement, side), rs in runs.items():
-        key = "step_s" if measurement != "generate" else "new_tokens_per_s"
+        key = "new_tokens_per_s" if measurement in GENERATION else "step_s"
         entry = {"runs": rs, key: summary([r[key] for r in rs]), "noisy_runs": sum(r["noisy"] for r in rs)}
         if key == "step_s":
             entry["tokens_per_s"] = summary([r["tokens_per_s"] for r in rs])
@@ -138,6 +146,7 @@ def measure(args):
         "threads": args.threads,
         "rounds": args.rounds,
         "steps": args.steps,
+        "target_tokens": args.target_tokens,
         "max_foreign_cpu": args.max_foreign,
         "quiet": quiet,
         "results": results,
@@ -157,13 +166,26 @@ def fmt_range(s, digits):
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
+def speed_rows(entry, what, digits):
+    """A step-time row (Tandem, PyTorch, speed ratio) or a new-tokens/s row, from one measurement's entry."""
+    t, p = entry["tandem"], entry["pytorch"]
+    if "step_s" in t:
+        ratio = p["step_s"]["median"] / t["step_s"]["median"]
+        return [f"| {what}, s | {fmt_range(t['step_s'], digits)} | {fmt_range(p['step_s'], digits)} | "
+                f"{ratio:.2f}x the speed |",
+                f"| {what}, tokens/s | {t['tokens_per_s']['median']:.0f} | {p['tokens_per_s']['median']:.0f} | |",
+                f"| {what}, peak RSS, MiB | {t['peak_rss_mib']['median']:.0f} | {p['peak_rss_mib']['median']:.0f} | "
+                f"{t['peak_rss_mib']['median'] / p['peak_rss_mib']['median']:.2f}x the memory |"]
+    ratio = t["new_tokens_per_s"]["median"] / p["new_tokens_per_s"]["median"]
+    return [f"| {what}, new tokens/s | {fmt_range(t['new_tokens_per_s'], digits)} | "
+            f"{fmt_range(p['new_tokens_per_s'], digits)} | {ratio:.2f}x |"]
+
+
 def table(data):
     r = data["results"]
-    lora, gen, qlora = r["lora_step"], r["generate"], r["qlora_step"]
-    t, p = lora["tandem"], lora["pytorch"]
-    ratio = p["step_s"]["median"] / t["step_s"]["median"]
-    gratio = gen["tandem"]["new_tokens_per_s"]["median"] / gen["pytorch"]["new_tokens_per_s"]["median"]
-    q = qlora["tandem"]
+    t = r["lora_step"]["tandem"]
+    q = r["qlora_step"]["tandem"]
+    target = data.get("target_tokens", 64)
     lines = [
         f"Measured {data['date']} on {data['machine']}, {data['threads']} threads, {data['rounds']} interleaved rounds, "
         f"median (min–max); the machine was {'quiet' if data['quiet'] else '**not quiet: these are not results**'} "
@@ -173,15 +195,14 @@ def table(data):
         "",
         "| | Tandem | PyTorch + PEFT | Tandem / PyTorch |",
         "|---|---|---|---|",
-        f"| LoRA step, s | {fmt_range(t['step_s'], 2)} | {fmt_range(p['step_s'], 2)} | {ratio:.2f}x the speed |",
-        f"| LoRA tokens/s | {t['tokens_per_s']['median']:.0f} | {p['tokens_per_s']['median']:.0f} | |",
-        f"| LoRA peak RSS, MiB | {t['peak_rss_mib']['median']:.0f} | {p['peak_rss_mib']['median']:.0f} | "
-        f"{t['peak_rss_mib']['median'] / p['peak_rss_mib']['median']:.2f}x the memory |",
-        f"| QLoRA step, s | {fmt_range(q['step_s'], 2)} (peak RSS {q['peak_rss_mib']['median']:.0f} MiB) | "
-        "(bitsandbytes NF4 needs a GPU) | "
+        *speed_rows(r["lora_step"], "LoRA step, loss on every token", 2),
+        *(speed_rows(r["sft_step"], f"LoRA step, loss on the last {target} of 256 tokens (prompt masked)", 2)
+          if "sft_step" in r else []),
+        f"| QLoRA step (loss on every token), s | {fmt_range(q['step_s'], 2)} (peak RSS "
+        f"{q['peak_rss_mib']['median']:.0f} MiB) | (bitsandbytes NF4 needs a GPU) | "
         f"{q['step_s']['median'] / t['step_s']['median']:.2f}x Tandem's LoRA step time |",
-        f"| greedy generation, new tokens/s | {fmt_range(gen['tandem']['new_tokens_per_s'], 1)} | "
-        f"{fmt_range(gen['pytorch']['new_tokens_per_s'], 1)} | {gratio:.2f}x |",
+        *speed_rows(r["generate"], "greedy generation", 1),
+        *(speed_rows(r["beam"], "beam search, 10 beams", 1) if "beam" in r else []),
     ]
     return "\n".join(lines)
 
@@ -215,6 +236,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5, help="training steps measured per run (after one warm-up)")
+    ap.add_argument("--target-tokens", type=int, default=40,
+                    help="the sft step's target tokens per 256-token row (the rest is prompt, masked)")
     ap.add_argument("--max-foreign", type=float, default=0.10,
                     help="largest share of all cores other processes may use during a run before it is noisy")
     ap.add_argument("--out", default=os.path.join(ROOT, ".cache", "bench", "engine.json"))

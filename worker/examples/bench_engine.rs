@@ -1,8 +1,12 @@
-//! Speed of the CPU engine on SmolLM2-135M: LoRA training steps (batch 2 x 256 tokens, r=32 on q_proj,v_proj),
-//! a QLoRA step with its peak memory, and greedy generation (64 new tokens, batch 1). Prints figures; compare
-//! with `scripts/bench/pytorch_peft.py` on the same machine and threads.
+//! Speed of the CPU engine on SmolLM2-135M: LoRA training steps (batch 2 x 256 tokens, r=32 on q_proj,v_proj)
+//! with the loss on every token (`train`) or, as the thesis trains, on the target only (`sft`: the last
+//! `--target-tokens` of each row, the prompt masked), a QLoRA step with its peak memory, greedy generation (64 new
+//! tokens, batch 1) and beam search (10 beams, as the thesis's stage 2, 64 new tokens). Prints figures; compare
+//! with `scripts/bench/pytorch_peft.py` on the same machine and threads (`scripts/bench/compare_engine.py` runs
+//! both interleaved).
 //!
-//! `cargo run --release -p tandem-worker --example bench_engine -- [--threads 2] [--model PATH] [--steps 5]`
+//! `cargo run --release -p tandem-worker --example bench_engine -- [--threads 2] [--model PATH] [--steps 5]
+//!  [--mode all|train|sft|qlora|generate|beam] [--target-tokens 64]`
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,6 +24,7 @@ struct Args {
     model: PathBuf,
     steps: usize,
     mode: String,
+    target_tokens: usize,
 }
 
 fn parse() -> Args {
@@ -31,6 +36,7 @@ fn parse() -> Args {
         )),
         steps: 5,
         mode: "all".into(),
+        target_tokens: 40,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,7 +46,10 @@ fn parse() -> Args {
             "--model" => a.model = PathBuf::from(val()),
             "--steps" => a.steps = val().parse().expect("--steps N"),
             "--mode" => a.mode = val(),
-            other => panic!("unknown flag {other}; accepted: --threads, --model, --steps, --mode"),
+            "--target-tokens" => a.target_tokens = val().parse().expect("--target-tokens N"),
+            other => panic!(
+                "unknown flag {other}; accepted: --threads, --model, --steps, --mode, --target-tokens"
+            ),
         }
     }
     a
@@ -57,20 +66,29 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn batch(vocab: usize) -> Vec<TrainExample> {
+/// Two rows of 256 random tokens, the last `target` of each the target.
+fn batch(vocab: usize, target: usize) -> Vec<TrainExample> {
     let mut s = Stream::new(7, Purpose::Shuffle, &[0]);
+    let split = 256 - target.clamp(1, 255);
     (0..2)
         .map(|_| {
             let ids: Vec<u32> = (0..256).map(|_| s.below(vocab as u64) as u32).collect();
             TrainExample {
-                prompt: ids[..1].to_vec(),
-                target: ids[1..].to_vec(),
+                prompt: ids[..split].to_vec(),
+                target: ids[split..].to_vec(),
             }
         })
         .collect()
 }
 
-fn train_steps(args: &Args, quantization: Quantization) {
+/// What a training measurement learns from: every token, or the target only.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    Every,
+    Target,
+}
+
+fn train_steps(args: &Args, quantization: Quantization, loss_on: Loss) {
     let t0 = Instant::now();
     let mut loaded = load_model(
         &args.model,
@@ -94,7 +112,13 @@ fn train_steps(args: &Args, quantization: Quantization) {
         .collect();
     let sizes: Vec<usize> = vars.iter().map(|v| v.as_tensor().elem_count()).collect();
     let mut opt = AdamWState::new(&sizes);
-    let data = batch(loaded.model.vocab_size());
+    let (data, mask) = match loss_on {
+        Loss::Every => (batch(loaded.model.vocab_size(), 255), LossMask::Pad),
+        Loss::Target => (
+            batch(loaded.model.vocab_size(), args.target_tokens),
+            LossMask::Prompt,
+        ),
+    };
     let steps = if quantization == Quantization::Nf4 {
         2
     } else {
@@ -104,7 +128,7 @@ fn train_steps(args: &Args, quantization: Quantization) {
     for step in 0..steps {
         let t = Instant::now();
         let ctx = tandem_worker::engine::lora::ForwardCtx::train(42, step as u64, 0);
-        let out = loaded.model.loss(&data, LossMask::Pad, &ctx).expect("loss");
+        let out = loaded.model.loss(&data, mask, &ctx).expect("loss");
         let loss = (out.loss_sum / out.tokens as f64).expect("mean");
         let grads = loss.backward().expect("backward");
         let mut params: Vec<Vec<f32>> = vars
@@ -146,10 +170,10 @@ fn train_steps(args: &Args, quantization: Quantization) {
     }
     let measured = &times[1..];
     let mean = measured.iter().sum::<f64>() / measured.len() as f64;
-    let label = if quantization == Quantization::Nf4 {
-        "qlora"
-    } else {
-        "lora "
+    let label = match (quantization, loss_on) {
+        (Quantization::Nf4, _) => "qlora".to_string(),
+        (_, Loss::Every) => "lora ".to_string(),
+        (_, Loss::Target) => format!("sft (loss on {} of 256 tokens)", args.target_tokens),
     };
     println!(
         "{label} train  load {load_s:.1}s  step {mean:.3}s (mean of {})  {:.0} tokens/s  peak RSS {:.0} MiB",
@@ -159,11 +183,14 @@ fn train_steps(args: &Args, quantization: Quantization) {
     );
 }
 
-fn generation(args: &Args) {
+/// 64 new tokens for one prompt, greedy (`beams` = 1) or by beam search; no end of sequence, so both sides decode
+/// the same number of tokens.
+fn generation(args: &Args, beams: usize) {
     let loaded = load_model(&args.model, ModelOptions::default()).expect("load model");
     let prompt = loaded.encode("Below is a patient's chest X-ray findings: the heart is normal in size. The lungs are clear.").unwrap();
     let cfg = GenerateConfig {
         eos_token_ids: Some(vec![]),
+        num_beams: beams,
         ..GenerateConfig::greedy(64)
     };
     // Warm-up.
@@ -180,8 +207,12 @@ fn generation(args: &Args) {
     let out =
         generate::generate(loaded.model.as_ref(), std::slice::from_ref(&prompt), &cfg).unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let what = match beams {
+        1 => "greedy".to_string(),
+        n => format!("beam ({n} beams)"),
+    };
     println!(
-        "greedy generate  prompt {} tokens, {} new tokens in {secs:.2}s  {:.1} new tokens/s",
+        "{what} generate  prompt {} tokens, {} new tokens in {secs:.2}s  {:.1} new tokens/s",
         prompt.len(),
         out[0].len(),
         out[0].len() as f64 / secs
@@ -202,9 +233,11 @@ fn run(args: &Args) {
         std::process::exit(2);
     }
     match args.mode.as_str() {
-        "train" => train_steps(args, Quantization::None),
-        "qlora" => train_steps(args, Quantization::Nf4),
-        "generate" => generation(args),
+        "train" => train_steps(args, Quantization::None, Loss::Every),
+        "sft" => train_steps(args, Quantization::None, Loss::Target),
+        "qlora" => train_steps(args, Quantization::Nf4, Loss::Every),
+        "generate" => generation(args, 1),
+        "beam" => generation(args, 10),
         "all" => {
             println!(
                 "tandem CPU engine, {} threads, {}",
@@ -212,7 +245,7 @@ fn run(args: &Args) {
                 args.model.display()
             );
             // Each measurement in its own process, so peak memory is that mode's alone.
-            for mode in ["train", "qlora", "generate"] {
+            for mode in ["train", "sft", "qlora", "generate", "beam"] {
                 let status = std::process::Command::new(std::env::current_exe().unwrap())
                     .args([
                         "--mode",
@@ -221,6 +254,8 @@ fn run(args: &Args) {
                         &args.threads.to_string(),
                         "--steps",
                         &args.steps.to_string(),
+                        "--target-tokens",
+                        &args.target_tokens.to_string(),
                     ])
                     .arg("--model")
                     .arg(&args.model)
@@ -229,6 +264,6 @@ fn run(args: &Args) {
                 assert!(status.success(), "{mode} failed");
             }
         }
-        other => panic!("--mode {other}: accepted: all, train, qlora, generate"),
+        other => panic!("--mode {other}: accepted: all, train, sft, qlora, generate, beam"),
     }
 }
