@@ -221,6 +221,8 @@ fn generation(args: &Args, beams: usize) {
 
 fn main() {
     let args = parse();
+    // As the worker runs jobs (worker/src/main.rs): buffers reused across steps instead of re-faulted.
+    tandem_worker::engine::alloc::tune_for_tensors();
     tandem_worker::engine::threads::run_with_threads(Some(args.threads), || run(&args));
 }
 
