@@ -17,8 +17,7 @@ fn experiment_view(
     live: &[&WorkerRecord],
     changed_after: Option<u64>,
 ) -> ExperimentView {
-    let cached: std::collections::HashSet<&str> =
-        record.cached_jobs.iter().map(String::as_str).collect();
+    let cached: HashSet<&str> = record.cached_jobs.iter().map(String::as_str).collect();
     let jobs = record
         .job_ids
         .iter()
@@ -210,9 +209,9 @@ impl Scheduler {
         })
     }
 
-    /// Audit entries of one experiment (its own and those of its jobs and of their replays).
+    /// Audit entries of one experiment (its own and those of its jobs and of their replays), oldest first.
     pub fn audit_log(&self, experiment: &ExperimentRecord) -> SchedulerResult<Vec<AuditEntry>> {
-        let mut jobs: HashSet<String> = experiment.job_ids.iter().cloned().collect();
+        let mut jobs = experiment.job_ids.clone();
         self.read(|state| {
             jobs.extend(
                 state
@@ -222,14 +221,6 @@ impl Scheduler {
                     .map(|j| j.id.clone()),
             )
         });
-        Ok(self
-            .store
-            .audit_entries()?
-            .into_iter()
-            .filter(|e| {
-                e.experiment_id.as_deref() == Some(experiment.id.as_str())
-                    || e.job_id.as_ref().is_some_and(|j| jobs.contains(j))
-            })
-            .collect())
+        Ok(self.store.audit_entries_of(&experiment.id, &jobs)?)
     }
 }

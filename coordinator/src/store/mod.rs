@@ -79,6 +79,13 @@ pub trait Store: Send + Sync + 'static {
 
     fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
     fn audit_entries(&self) -> StoreResult<Vec<AuditEntry>>;
+    /// The entries that name `experiment_id` or one of `job_ids`, oldest first (from an index: the cost follows
+    /// the experiment, not the whole log).
+    fn audit_entries_of(
+        &self,
+        experiment_id: &str,
+        job_ids: &[String],
+    ) -> StoreResult<Vec<AuditEntry>>;
 
     fn put_token(&self, record: &TokenRecord) -> StoreResult<()>;
     fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;

@@ -1,6 +1,8 @@
 //! The sled implementation of [`Store`]: one tree per record type, JSON values, metric batches keyed by
-//! `job id \0 seq (big-endian)` so a resent batch is detected with one compare-and-swap.
+//! `job id \0 seq (big-endian)` so a resent batch is detected with one compare-and-swap, and the audit log indexed
+//! by experiment and by job so one experiment's entries are read without the whole log.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -23,6 +25,9 @@ pub struct SledStore {
     metrics: sled::Tree,
     artifacts: sled::Tree,
     audit: sled::Tree,
+    /// `e <experiment id> \0 <entry id>` and `j <job id> \0 <entry id>` (ids big-endian) -> nothing: which audit
+    /// entries name an experiment or a job; [`AUDIT_INDEX_BUILT`] once it covers the whole log.
+    audit_index: sled::Tree,
     tokens: sled::Tree,
     /// `<sha256>/<team>` for each team that uploaded a blob's bytes (a digest alone proves nothing).
     blob_holders: sled::Tree,
@@ -49,6 +54,32 @@ fn decode_all<T: DeserializeOwned>(tree: &'static str, t: &sled::Tree) -> StoreR
 
 /// Key of the id counter in sled's default tree.
 const NEXT_ID_KEY: &[u8] = b"next_id";
+
+/// Marks an audit index that covers every entry (a store from before the index gets it built on open).
+const AUDIT_INDEX_BUILT: &[u8] = b"built";
+
+/// `<kind> <name> \0`: the index prefix of one experiment (`b'e'`) or job (`b'j'`).
+fn audit_prefix(kind: u8, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 10);
+    key.push(kind);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key
+}
+
+/// The index keys of audit entry `id`.
+fn audit_index_keys(entry: &AuditEntry, id: u64) -> Vec<Vec<u8>> {
+    let named = [(b'e', &entry.experiment_id), (b'j', &entry.job_id)];
+    named
+        .into_iter()
+        .filter_map(|(kind, name)| name.as_deref().map(|name| (kind, name)))
+        .map(|(kind, name)| {
+            let mut key = audit_prefix(kind, name);
+            key.extend_from_slice(&id.to_be_bytes());
+            key
+        })
+        .collect()
+}
 
 fn rung_prefix(group: &str, rung: u32) -> Vec<u8> {
     let mut key = Vec::with_capacity(group.len() + 6);
@@ -89,6 +120,7 @@ impl SledStore {
             metrics: tree("metrics")?,
             artifacts: tree("artifacts")?,
             audit: tree("audit")?,
+            audit_index: tree("audit_index")?,
             tokens: tree("tokens")?,
             blob_holders: tree("blob_holders")?,
             rungs: tree("rungs")?,
@@ -104,7 +136,34 @@ impl SledStore {
             },
             db,
         };
+        store.build_audit_index()?;
         Ok(store)
+    }
+
+    /// Indexes every audit entry when the index does not cover the log yet (a store written before it existed,
+    /// or a build cut short): cleared, rebuilt, then marked.
+    fn build_audit_index(&self) -> StoreResult<()> {
+        if self.audit_index.contains_key(AUDIT_INDEX_BUILT)? {
+            return Ok(());
+        }
+        self.audit_index.clear()?;
+        for item in self.audit.iter() {
+            let (key, value) = item?;
+            let entry: AuditEntry =
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "audit",
+                    source,
+                })?;
+            let id = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("audit entry key of {} bytes", key.len()))
+            })?);
+            for index_key in audit_index_keys(&entry, id) {
+                self.audit_index.insert(index_key, &[])?;
+            }
+        }
+        self.audit_index.insert(AUDIT_INDEX_BUILT, &[])?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 
@@ -223,14 +282,63 @@ impl Store for SledStore {
     }
 
     fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        use sled::Transactional;
+        use sled::transaction::TransactionError;
         let id = self.db.generate_id()?;
-        self.audit
-            .insert(id.to_be_bytes(), encode("audit", entry)?)?;
-        Ok(())
+        let value = encode("audit", entry)?;
+        let index_keys = audit_index_keys(entry, id);
+        // The entry and its index keys land together or not at all.
+        (&self.audit, &self.audit_index)
+            .transaction(|(audit, index)| {
+                audit.insert(&id.to_be_bytes(), value.as_slice())?;
+                for key in &index_keys {
+                    index.insert(key.as_slice(), &[])?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Db(e),
+                TransactionError::Abort(()) => StoreError::Corrupt("audit append aborted".into()),
+            })
     }
 
     fn audit_entries(&self) -> StoreResult<Vec<AuditEntry>> {
         decode_all("audit", &self.audit)
+    }
+
+    fn audit_entries_of(
+        &self,
+        experiment_id: &str,
+        job_ids: &[String],
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let mut ids = BTreeSet::new();
+        let prefixes = std::iter::once(audit_prefix(b'e', experiment_id))
+            .chain(job_ids.iter().map(|job| audit_prefix(b'j', job)));
+        for prefix in prefixes {
+            for item in self.audit_index.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let id: [u8; 8] = key[prefix.len()..].try_into().map_err(|_| {
+                    StoreError::Corrupt(format!("audit index key of {} bytes", key.len()))
+                })?;
+                ids.insert(id);
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(value) = self.audit.get(id)? else {
+                return Err(StoreError::Corrupt(format!(
+                    "audit index names entry {} that the log lacks",
+                    u64::from_be_bytes(id)
+                )));
+            };
+            out.push(
+                serde_json::from_slice(&value).map_err(|source| StoreError::Codec {
+                    tree: "audit",
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     fn put_token(&self, record: &TokenRecord) -> StoreResult<()> {
@@ -368,6 +476,81 @@ mod tests {
         assert_eq!(store.tokens().unwrap().len(), 1);
         assert_eq!(store.audit_entries().unwrap().len(), 1);
         assert_ne!(store.next_id().unwrap(), store.next_id().unwrap());
+    }
+
+    fn audit(experiment: Option<&str>, job: Option<&str>, detail: &str) -> AuditEntry {
+        AuditEntry {
+            time_ms: 1,
+            actor: "team:a".into(),
+            action: "test".into(),
+            experiment_id: experiment.map(str::to_string),
+            job_id: job.map(str::to_string),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn an_experiments_audit_entries_come_from_the_index_in_log_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for entry in [
+            audit(Some("e1"), None, "submit e1"),
+            audit(Some("e10"), None, "submit e10"),
+            audit(None, Some("j1"), "lease j1"),
+            audit(None, Some("j10"), "lease j10"),
+            audit(Some("e1"), Some("j2"), "cancel j2"),
+            audit(None, None, "token"),
+        ] {
+            store.append_audit(&entry).unwrap();
+        }
+        let details = |entries: Vec<AuditEntry>| -> Vec<String> {
+            entries.into_iter().map(|e| e.detail).collect()
+        };
+        assert_eq!(
+            details(
+                store
+                    .audit_entries_of("e1", &["j1".into(), "j2".into()])
+                    .unwrap()
+            ),
+            ["submit e1", "lease j1", "cancel j2"],
+            "e10 and j10 share a prefix with e1 and j1 but are not theirs; an entry naming both comes once"
+        );
+        assert_eq!(
+            details(store.audit_entries_of("e10", &["j10".into()]).unwrap()),
+            ["submit e10", "lease j10"]
+        );
+        assert!(store.audit_entries_of("e9", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_without_the_audit_index_gets_it_built_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .append_audit(&audit(Some("e1"), None, "submit"))
+                .unwrap();
+            store
+                .append_audit(&audit(None, Some("j1"), "lease"))
+                .unwrap();
+            // As a store written before the index existed.
+            store.audit_index.clear().unwrap();
+            store.flush_now().unwrap();
+            assert!(
+                store
+                    .audit_entries_of("e1", &["j1".into()])
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let found = store.audit_entries_of("e1", &["j1".into()]).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found, store.audit_entries().unwrap());
+        store
+            .append_audit(&audit(Some("e1"), None, "after"))
+            .unwrap();
+        assert_eq!(store.audit_entries_of("e1", &[]).unwrap().len(), 2);
     }
 
     #[test]
