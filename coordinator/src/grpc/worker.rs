@@ -227,12 +227,15 @@ impl WorkerService for WorkerApi {
                 .points
                 .first()
                 .map(|p| (p.name.clone(), p.step, p.value));
-            let mut names: Vec<String> = Vec::new();
-            for point in &batch.points {
-                if !names.contains(&point.name) {
-                    names.push(point.name.clone());
-                }
-            }
+            // A batch may carry thousands of distinct names: deduplicated through a set.
+            let names: Vec<String> = batch
+                .points
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
             let stored = pb::MetricBatch {
                 job_id: String::new(),
                 attempt: batch.attempt,
