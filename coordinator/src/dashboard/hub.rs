@@ -71,30 +71,25 @@ async fn gather(
         let closed = loop {
             match events.try_recv() {
                 Ok(event) => {
-                    // Marked even with no page watching: a page that opens later must not get a reply read
-                    // before this change.
-                    snapshots.announce(&event.experiments);
-                    if !watched {
-                        continue;
-                    }
                     for experiment in event.experiments {
-                        changes
-                            .by_experiment
-                            .entry(experiment)
-                            .or_default()
-                            .insert(event.job_id.clone());
+                        let jobs = changes.by_experiment.entry(experiment).or_default();
+                        if watched {
+                            jobs.insert(event.job_id.clone());
+                        }
                     }
                 }
-                Err(TryRecvError::Lagged(_)) => {
-                    // Anything may have changed: no reply read before now is shared.
-                    snapshots.announce_all();
-                    changes.missed = watched;
-                }
+                Err(TryRecvError::Lagged(_)) => changes.missed = true,
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Closed) => break true,
             }
         };
-        if !changes.is_empty() {
+        // Marked before the pages hear of it, and even with no page watching: a page that opens later must not
+        // get a reply read before these changes. Missed events may have changed anything.
+        match changes.missed {
+            true => snapshots.announce_all(),
+            false => snapshots.announce(changes.by_experiment.keys()),
+        }
+        if watched && !changes.is_empty() {
             // No receiver left between the count and the send is harmless.
             let _ = out.send(Arc::new(changes));
         }

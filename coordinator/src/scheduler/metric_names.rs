@@ -49,11 +49,7 @@ impl Scheduler {
                     "stored metric batch of {job_id} undecodable: {e}"
                 ))
             })?;
-            for point in batch.points {
-                if !names.contains(&point.name) {
-                    names.insert(point.name);
-                }
-            }
+            names.extend(batch.points.into_iter().map(|point| point.name));
         }
         let names = Arc::new(names);
         known.insert(job_id.to_string(), names.clone());
