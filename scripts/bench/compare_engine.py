@@ -14,6 +14,10 @@ scripts/parity/requirements.txt into .cache/bench/venv, and the Tandem side is b
   python3 scripts/bench/compare_engine.py --setup            # venv + release build
   python3 scripts/bench/compare_engine.py [--threads 2] [--rounds 3] [--steps 5] [--out .cache/bench/engine.json]
   python3 scripts/bench/compare_engine.py --readme .cache/bench/engine.json   # rewrite README's table
+  python3 scripts/bench/compare_engine.py --dtype bf16 --out .cache/bench/engine-bf16.json   # both in bf16
+
+With --dtype bf16, Tandem packs its frozen weights for its bf16 GEMM (compute_dtype = "bf16") and PyTorch runs under
+bf16 autocast; the README keeps one table per dtype.
 """
 
 import argparse
@@ -35,7 +39,8 @@ TANDEM = os.path.join(ROOT, "target", "release", "examples", "bench_engine")
 TORCH_SCRIPT = os.path.join(ROOT, "scripts", "bench", "pytorch_peft.py")
 REQUIREMENTS = os.path.join(ROOT, "scripts", "parity", "requirements.txt")
 README = os.path.join(ROOT, "README.md")
-BEGIN, END = "<!-- compare_engine:begin -->", "<!-- compare_engine:end -->"
+MARKERS = {"f32": ("<!-- compare_engine:begin -->", "<!-- compare_engine:end -->"),
+           "bf16": ("<!-- compare_engine_bf16:begin -->", "<!-- compare_engine_bf16:end -->")}
 
 # What each side prints (bench_engine and pytorch_peft.py share the line formats).
 TRAIN = re.compile(r"train\s+(?:load \S+\s+)?step ([0-9.]+)s .*?([0-9]+) tokens/s\s+peak RSS ([0-9]+) MiB")
@@ -72,7 +77,7 @@ def load1():
 
 def command(side, mode, args):
     common = ["--mode", mode, "--threads", str(args.threads), "--steps", str(args.steps),
-              "--target-tokens", str(args.target_tokens)]
+              "--target-tokens", str(args.target_tokens), "--dtype", args.dtype]
     if side == "tandem":
         return [TANDEM, *common]
     return [PYTHON, TORCH_SCRIPT, *common]
@@ -144,6 +149,7 @@ def measure(args):
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "threads": args.threads,
+        "dtype": args.dtype,
         "rounds": args.rounds,
         "steps": args.steps,
         "target_tokens": args.target_tokens,
@@ -186,14 +192,20 @@ def table(data):
     t = r["lora_step"]["tandem"]
     q = r["qlora_step"]["tandem"]
     target = data.get("target_tokens", 64)
+    bf16 = data.get("dtype", "f32") == "bf16"
+    torch = "PyTorch + PEFT, bf16 autocast" if bf16 else "PyTorch + PEFT"
     lines = [
         f"Measured {data['date']} on {data['machine']}, {data['threads']} threads, {data['rounds']} interleaved rounds, "
         f"median (min–max); the machine was {'quiet' if data['quiet'] else '**not quiet: these are not results**'} "
         f"(every run under {data['max_foreign_cpu']:.0%} foreign CPU). "
-        "`python3 scripts/bench/compare_engine.py --threads 2` writes `.cache/bench/engine.json`; "
-        "`--readme` rewrites this table from it.",
+        + ("Both sides compute the frozen products in bf16 (Tandem: `compute_dtype = \"bf16\"`, its packed bf16 "
+           "GEMM; PyTorch: `torch.autocast(\"cpu\", dtype=torch.bfloat16)`). "
+           "`python3 scripts/bench/compare_engine.py --threads 2 --dtype bf16 --out .cache/bench/engine-bf16.json` "
+           "writes the JSON; " if bf16 else
+           "`python3 scripts/bench/compare_engine.py --threads 2` writes `.cache/bench/engine.json`; ")
+        + "`--readme` rewrites this table from it.",
         "",
-        "| | Tandem | PyTorch + PEFT | Tandem / PyTorch |",
+        f"| | Tandem{' (bf16)' if bf16 else ''} | {torch} | Tandem / PyTorch |",
         "|---|---|---|---|",
         *speed_rows(r["lora_step"], "LoRA step, loss on every token", 2),
         *(speed_rows(r["sft_step"], f"LoRA step, loss on the last {target} of 256 tokens (prompt masked)", 2)
@@ -212,12 +224,13 @@ def write_readme(path):
         data = json.load(f)
     with open(README) as f:
         text = f.read()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{README}: no {BEGIN} ... {END} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    begin, end = MARKERS[data.get("dtype", "f32")]
+    if begin not in text or end not in text:
+        sys.exit(f"{README}: no {begin} ... {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(README, "w") as f:
-        f.write(head + BEGIN + "\n" + table(data) + "\n" + END + tail)
+        f.write(head + begin + "\n" + table(data) + "\n" + end + tail)
     print(f"README table rewritten from {path}")
 
 
@@ -240,6 +253,8 @@ def main():
                     help="the sft step's target tokens per 256-token row (the rest is prompt, masked)")
     ap.add_argument("--max-foreign", type=float, default=0.10,
                     help="largest share of all cores other processes may use during a run before it is noisy")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
+                    help="the compute type of both sides (bf16: Tandem's bf16 GEMM against PyTorch's bf16 autocast)")
     ap.add_argument("--out", default=os.path.join(ROOT, ".cache", "bench", "engine.json"))
     args = ap.parse_args()
     if args.setup:

@@ -6,17 +6,18 @@
 //! both interleaved).
 //!
 //! `cargo run --release -p tandem-worker --example bench_engine -- [--threads 2] [--model PATH] [--steps 5]
-//!  [--mode all|train|sft|qlora|generate|beam] [--target-tokens 64]`
+//!  [--mode all|train|sft|qlora|generate|beam] [--target-tokens 64] [--dtype f32|bf16]`
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tandem_experiments::manifest::{LossMask, Quantization};
+use tandem_experiments::manifest::{ComputeDtype, LossMask, Quantization};
 use tandem_kernels::ops::optim::{AdamW, AdamWState};
 use tandem_worker::engine::generate::{self, GenerateConfig};
-use tandem_worker::engine::load::{ModelOptions, TextModel, load_model};
+use tandem_worker::engine::load::{LoadedModel, ModelOptions, TextModel, load_model};
 use tandem_worker::engine::lora::LoraConfig;
 use tandem_worker::engine::model::{self, TrainExample};
+use tandem_worker::engine::packed;
 use tandem_worker::engine::rng::{Purpose, Stream};
 
 struct Args {
@@ -25,6 +26,8 @@ struct Args {
     steps: usize,
     mode: String,
     target_tokens: usize,
+    /// `f32`, or `bf16`: the frozen weights packed for the bf16 GEMM, as the worker runs `compute_dtype = "bf16"`.
+    dtype: ComputeDtype,
 }
 
 fn parse() -> Args {
@@ -37,6 +40,7 @@ fn parse() -> Args {
         steps: 5,
         mode: "all".into(),
         target_tokens: 40,
+        dtype: ComputeDtype::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,8 +51,15 @@ fn parse() -> Args {
             "--steps" => a.steps = val().parse().expect("--steps N"),
             "--mode" => a.mode = val(),
             "--target-tokens" => a.target_tokens = val().parse().expect("--target-tokens N"),
+            "--dtype" => {
+                a.dtype = match val().as_str() {
+                    "f32" => ComputeDtype::F32,
+                    "bf16" => ComputeDtype::Bf16,
+                    other => panic!("--dtype {other}: accepted f32, bf16"),
+                }
+            }
             other => panic!(
-                "unknown flag {other}; accepted: --threads, --model, --steps, --mode, --target-tokens"
+                "unknown flag {other}; accepted: --threads, --model, --steps, --mode, --target-tokens, --dtype"
             ),
         }
     }
@@ -81,6 +92,21 @@ fn batch(vocab: usize, target: usize) -> Vec<TrainExample> {
         .collect()
 }
 
+/// The model at `--model`, quantised as asked, its frozen weights packed in bf16 with `--dtype bf16`.
+fn load(args: &Args, quantization: Quantization) -> LoadedModel {
+    let options = ModelOptions {
+        family: None,
+        quantization,
+        compute_dtype: args.dtype,
+    };
+    let mut loaded = load_model(&args.model, options).expect("load model");
+    if args.dtype == ComputeDtype::Bf16 {
+        packed::require_simd().expect("bf16");
+        packed::pack_model(loaded.model.as_mut()).expect("pack bf16");
+    }
+    loaded
+}
+
 /// What a training measurement learns from: every token, or the target only.
 #[derive(Clone, Copy, PartialEq)]
 enum Loss {
@@ -90,14 +116,7 @@ enum Loss {
 
 fn train_steps(args: &Args, quantization: Quantization, loss_on: Loss) {
     let t0 = Instant::now();
-    let mut loaded = load_model(
-        &args.model,
-        ModelOptions {
-            family: None,
-            quantization,
-        },
-    )
-    .expect("load model");
+    let mut loaded = load(args, quantization);
     let load_s = t0.elapsed().as_secs_f64();
     let lora = LoraConfig {
         r: 32,
@@ -186,7 +205,7 @@ fn train_steps(args: &Args, quantization: Quantization, loss_on: Loss) {
 /// 64 new tokens for one prompt, greedy (`beams` = 1) or by beam search; no end of sequence, so both sides decode
 /// the same number of tokens.
 fn generation(args: &Args, beams: usize) {
-    let loaded = load_model(&args.model, ModelOptions::default()).expect("load model");
+    let loaded = load(args, Quantization::None);
     let prompt = loaded.encode("Below is a patient's chest X-ray findings: the heart is normal in size. The lungs are clear.").unwrap();
     let cfg = GenerateConfig {
         eos_token_ids: Some(vec![]),
@@ -219,6 +238,13 @@ fn generation(args: &Args, beams: usize) {
     );
 }
 
+fn dtype_name(dtype: ComputeDtype) -> &'static str {
+    match dtype {
+        ComputeDtype::Bf16 => "bf16",
+        _ => "f32",
+    }
+}
+
 fn main() {
     let args = parse();
     // As the worker runs jobs (worker/src/main.rs): buffers reused across steps instead of re-faulted.
@@ -242,8 +268,9 @@ fn run(args: &Args) {
         "beam" => generation(args, 10),
         "all" => {
             println!(
-                "tandem CPU engine, {} threads, {}",
+                "tandem CPU engine, {} threads, compute {}, {}",
                 args.threads,
+                dtype_name(args.dtype),
                 args.model.display()
             );
             // Each measurement in its own process, so peak memory is that mode's alone.
@@ -258,6 +285,8 @@ fn run(args: &Args) {
                         &args.steps.to_string(),
                         "--target-tokens",
                         &args.target_tokens.to_string(),
+                        "--dtype",
+                        dtype_name(args.dtype),
                     ])
                     .arg("--model")
                     .arg(&args.model)

@@ -3,19 +3,17 @@
 
 use std::fmt;
 
-use tandem_experiments::manifest::{DevicePreference, ModelFamily};
-
 use std::path::Path;
 
-use tandem_experiments::manifest::Quantization;
+use tandem_experiments::manifest::{ComputeDtype, DevicePreference, ModelFamily, Quantization};
 use tokenizers::Tokenizer;
 
 use super::error::{EngineError, Result};
 use super::kernel::{self, loaded::KernelModel};
 use super::load::{LoadedModel, ModelOptions, TextModel, load_model};
 use super::model::Decoder;
-use super::qlora;
 use super::train::trainable::{CpuModel, Trainable};
+use super::{packed, qlora};
 
 /// Where a job's compute runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +99,12 @@ impl EngineModel {
         match backend {
             Backend::Cpu => {
                 let mut loaded = load_model(path, options)?;
-                qlora::hold_if_small(loaded.model.as_mut())?;
+                if options.compute_dtype == ComputeDtype::Bf16 {
+                    packed::require_simd()?;
+                    packed::pack_model(loaded.model.as_mut())?;
+                } else {
+                    qlora::hold_if_small(loaded.model.as_mut())?;
+                }
                 Ok(EngineModel::Cpu(loaded))
             }
             Backend::Cuda { ordinals } => {

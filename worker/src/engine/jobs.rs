@@ -28,6 +28,7 @@ pub fn load_base(manifest: &Manifest, backend: &Backend) -> Result<EngineModel> 
         ModelOptions {
             family: Some(manifest.model.family),
             quantization: manifest.model.quantization,
+            compute_dtype: manifest.model.compute_dtype,
         },
         backend,
     )

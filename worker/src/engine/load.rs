@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use tandem_experiments::manifest::{ModelFamily, Quantization};
+use tandem_experiments::manifest::{ComputeDtype, ModelFamily, Quantization};
 use tokenizers::Tokenizer;
 
 use super::error::{EngineError, Result};
@@ -15,6 +15,9 @@ pub struct ModelOptions {
     /// The architecture; `None` = detect (a `.gguf` file or `model_type` in config.json).
     pub family: Option<ModelFamily>,
     pub quantization: Quantization,
+    /// The manifest's `compute_dtype`: on the CPU, `bf16` packs the frozen weights for the bf16 GEMM; `f32`
+    /// and `f16` compute in f32 (this CPU engine has no f16 arithmetic).
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for ModelOptions {
@@ -22,6 +25,7 @@ impl Default for ModelOptions {
         Self {
             family: None,
             quantization: Quantization::None,
+            compute_dtype: ComputeDtype::F32,
         }
     }
 }

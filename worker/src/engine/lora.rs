@@ -10,7 +10,7 @@ use tandem_kernels::dropout;
 
 use super::error::{EngineError, Result};
 use super::fused;
-use super::ops::{self, DenseWeight, WeightSource};
+use super::ops::{self, DenseWeight, Side, WeightSource};
 use super::rng::{self, Purpose, Stream};
 
 /// LoRA hyperparameters of one adapter (PEFT semantics: scale `alpha / r`, bias none).
@@ -244,6 +244,20 @@ impl LoraLinear {
         Ok(self.in_features * self.out_features * 4)
     }
 
+    /// Computes with `source` in place of decoding a quantised base weight on every use (the bf16 packs of an
+    /// NF4 weight); the quantised form stays the layer's base.
+    pub fn hold_source(&mut self, source: Arc<dyn WeightSource>) -> Result<()> {
+        if !matches!(self.base, FrozenWeight::Quantized(_)) {
+            return Err(EngineError::Input(format!(
+                "{}: only a quantised weight computes through another source",
+                self.path
+            )));
+        }
+        self.source = source;
+        self.held = true;
+        Ok(())
+    }
+
     /// The dense base weight `[out, in]` (dequantised if held quantised).
     pub fn base_matrix(&self) -> Result<Tensor> {
         Ok(self.source.matrix()?)
@@ -412,13 +426,12 @@ impl CustomOp3 for LoraMatmul {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let w = self.weight.matrix()?;
-        let (out_f, in_f) = w.dims2()?;
-        let rows = l1.shape().elem_count() / in_f.max(1);
         let x = Tensor::from_slice(fused::slice(s1, l1, name)?, l1.shape(), &Device::Cpu)?;
         let a = Tensor::from_slice(fused::slice(s2, l2, name)?, l2.shape(), &Device::Cpu)?;
         let b = Tensor::from_slice(fused::slice(s3, l3, name)?, l3.shape(), &Device::Cpu)?;
-        let base = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+        let ((_, in_f), (out_f, _)) = (a.dims2()?, b.dims2()?);
+        let rows = l1.shape().elem_count() / in_f.max(1);
+        let base = ops::frozen_product(&*self.weight, &x.reshape((rows, in_f))?, Side::Forward)?;
         let up = self
             .dropped(&x, rows, in_f)?
             .matmul(&a.t()?)?
@@ -439,8 +452,7 @@ impl CustomOp3 for LoraMatmul {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let x_tracked = x.track_op();
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
-        let w = self.weight.matrix()?;
-        let (out_f, in_f) = w.dims2()?;
+        let ((_, in_f), (out_f, _)) = (a.dims2()?, b.dims2()?);
         let rows = x.elem_count() / in_f.max(1);
         let dy = dy.detach().contiguous()?.reshape((rows, out_f))?;
         let xd = self.dropped(&x, rows, in_f)?;
@@ -458,7 +470,8 @@ impl CustomOp3 for LoraMatmul {
             Some(m) => (dxd * m)?,
             None => dxd,
         };
-        let dx = (dy.matmul(&w)?.reshape(x.shape())? + dx_lora)?;
+        let dx_base = ops::frozen_product(&*self.weight, &dy, Side::Backward)?;
+        let dx = (dx_base.reshape(x.shape())? + dx_lora)?;
         Ok((Some(dx), Some(da), Some(db)))
     }
 }

@@ -2,12 +2,14 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod bf16;
 pub mod error;
 pub mod files;
 pub mod fused;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod peft;
 pub mod rng;
 pub mod rowdot;

@@ -2,12 +2,14 @@
 //! (LLaMA decoder-only, T5 encoder-decoder) the same way.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use tandem_experiments::manifest::LossMask;
 
 use super::error::Result;
 use super::lora::{ForwardCtx, LoraConfig, LoraLinear};
+use super::ops::WeightSource;
 
 /// How a model turns a prompt into text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,10 @@ pub trait LanguageModel: Decoder {
     /// Every linear layer that LoRA may target, with its Hugging Face module path.
     fn linears(&self) -> Vec<&LoraLinear>;
     fn linears_mut(&mut self) -> Vec<&mut LoraLinear>;
+    /// The frozen LM head, where the model multiplies by it as a [`WeightSource`] (so it can be repacked).
+    fn frozen_head_mut(&mut self) -> Option<&mut Arc<dyn WeightSource>> {
+        None
+    }
 
     /// Summed cross-entropy of the targets (and, with `LossMask::Pad` on decoder-only models, of the prompts) of
     /// a batch, padded dynamically to its longest sequence.

@@ -6,11 +6,18 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Shape, Tensor};
 
 use super::error::Result;
+use super::packed::Bf16Weight;
 
 /// Where a frozen weight matrix `[out, in]` comes from when an op needs it.
 pub trait WeightSource: Send + Sync + std::fmt::Debug {
     /// The dense f32 matrix `[out, in]` (dequantised if stored quantised).
     fn matrix(&self) -> candle_core::Result<Tensor>;
+
+    /// The weight packed for the bf16 GEMM, when the model computes its frozen products in bf16; the products
+    /// then use it instead of [`WeightSource::matrix`].
+    fn bf16(&self) -> Option<&Bf16Weight> {
+        None
+    }
 }
 
 /// A dense f32 weight held in memory.
@@ -39,6 +46,10 @@ impl CustomOp1 for FrozenMatmul {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = super::fused::slice(storage, layout, "frozen-matmul")?;
+        if let Some(packed) = self.weight.bf16() {
+            let (y, dims) = bf16_product(x, layout.dims(), packed, Side::Forward)?;
+            return Ok((CpuStorage::F32(y), Shape::from(dims)));
+        }
         let w = self.weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;
         let dims = layout.dims();
@@ -61,6 +72,12 @@ impl CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if let Some(packed) = self.weight.bf16() {
+            let g = grad_res.contiguous()?;
+            let values = super::fused::values_of(&g)?;
+            let (dx, dims) = bf16_product(&values, g.dims(), packed, Side::Backward)?;
+            return Ok(Some(Tensor::from_vec(dx, dims, &Device::Cpu)?));
+        }
         let w = self.weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;
         let g = grad_res.contiguous()?;
@@ -71,11 +88,70 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// Which product of a frozen weight: `x W^T` or the input gradient `dy W`.
+#[derive(Clone, Copy)]
+pub(crate) enum Side {
+    Forward,
+    Backward,
+}
+
+/// `x W^T` (forward) or `x W` (backward) through the bf16 packs, for `x` of shape `dims` (`[..., in]` or
+/// `[..., out]`): the values and dims of the output, which keeps the leading dims.
+pub(crate) fn bf16_product(
+    x: &[f32],
+    dims: &[usize],
+    packed: &Bf16Weight,
+    side: Side,
+) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
+    let (out_f, in_f) = packed.dims();
+    let (width, out_width) = match side {
+        Side::Forward => (in_f, out_f),
+        Side::Backward => (out_f, in_f),
+    };
+    let last = *dims.last().unwrap_or(&0);
+    if last != width {
+        candle_core::bail!("frozen-matmul: input has {last} features, weight expects {width}")
+    }
+    let rows = x.len() / width.max(1);
+    let y = match side {
+        Side::Forward => packed.forward(x, rows),
+        Side::Backward => packed.backward(x, rows),
+    }
+    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = out_width;
+    Ok((y, out_dims))
+}
+
+/// `a W^T` (forward) or `a W` (backward) of a 2-D `a`, through the bf16 packs when the weight has them.
+pub(crate) fn frozen_product(
+    weight: &dyn WeightSource,
+    a: &Tensor,
+    side: Side,
+) -> candle_core::Result<Tensor> {
+    if let Some(packed) = weight.bf16() {
+        let a = a.contiguous()?;
+        let values = super::fused::values_of(&a)?;
+        let (y, dims) = bf16_product(&values, a.dims(), packed, side)?;
+        return Tensor::from_vec(y, dims, &Device::Cpu);
+    }
+    let w = weight.matrix()?;
+    match side {
+        Side::Forward => a.matmul(&w.t()?),
+        Side::Backward => a.matmul(&w),
+    }
+}
+
 /// `x W^T` for a frozen weight; `x` is `[..., in]`.
 pub fn frozen_matmul(x: &Tensor, weight: &Arc<dyn WeightSource>) -> Result<Tensor> {
     let x = x.contiguous()?;
     if !x.track_op() {
         // No gradient needed: a plain matmul, no custom-op bookkeeping.
+        if let Some(packed) = weight.bf16() {
+            let values = super::fused::values_of(&x)?;
+            let (y, dims) = bf16_product(&values, x.dims(), packed, Side::Forward)?;
+            return Ok(Tensor::from_vec(y, dims, &Device::Cpu)?);
+        }
         let w = weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;
         let mut dims = x.dims().to_vec();

@@ -145,7 +145,10 @@ pub fn load_job_model(
     let key = (
         path.clone(),
         model.sha256.clone(),
-        format!("{:?}/{:?}/{backend}", model.family, model.quantization),
+        format!(
+            "{:?}/{:?}/{:?}/{backend}",
+            model.family, model.quantization, model.compute_dtype
+        ),
     );
     let cached = MODEL_CACHE.lock().ok().and_then(|mut cache| cache.take());
     if let Some((cached_key, loaded)) = cached
@@ -162,6 +165,7 @@ pub fn load_job_model(
         ModelOptions {
             family: Some(model.family),
             quantization: model.quantization,
+            compute_dtype: model.compute_dtype,
         },
         backend,
     )

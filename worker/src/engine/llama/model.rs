@@ -439,6 +439,10 @@ impl LanguageModel for Llama {
             .collect()
     }
 
+    fn frozen_head_mut(&mut self) -> Option<&mut Arc<dyn WeightSource>> {
+        Some(&mut self.lm_head)
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut LoraLinear> {
         self.blocks
             .iter_mut()
