@@ -111,3 +111,67 @@ fn tandem_run_trains_and_evaluates_a_tiny_two_stage_manifest() {
         3
     );
 }
+
+/// `model.compute_dtype = "bf16"` reaches the CPU engine through the plan and the worker: the stage-1 model
+/// trains and is scored with its frozen weights packed for the bf16 GEMM (the worker says so), or, on a CPU
+/// without AVX-512 BF16, the training job fails with that reason rather than computing in f32 under a bf16 id.
+#[test]
+fn a_bf16_manifest_trains_on_the_bf16_gemm_or_names_what_the_cpu_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny-bf16.toml");
+    let manifest = tiny_manifest(
+        "runners-bf16",
+        "none",
+        TINY_STAGE1_TRAINING,
+        r#""base:stage1", "stage1:stage1""#,
+    );
+    assert!(manifest.contains("compute_dtype = \"f32\""));
+    std::fs::write(
+        &path,
+        manifest.replace("compute_dtype = \"f32\"", "compute_dtype = \"bf16\""),
+    )
+    .unwrap();
+    let output = Command::new(&bins().tandem)
+        .current_dir(tmp.path())
+        .arg("run")
+        .arg(&path)
+        .args(["--workers", "1", "--threads", "1"])
+        .arg("--store")
+        .arg(tmp.path().join(".tandem/store"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .env_remove("TANDEM_TOKEN")
+        .output()
+        .expect("running tandem run");
+    let log = std::fs::read_to_string(tmp.path().join(".tandem/worker-0.log")).unwrap_or_default();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if cpu_has_avx512_bf16() {
+        assert!(
+            output.status.success(),
+            "tandem run failed:\n{stdout}\n{}\nworker:\n{log}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // One training job and two evaluations each loaded the model packed (or reused it packed).
+        assert!(
+            log.contains("frozen weights packed in bf16"),
+            "no packing in the worker's log:\n{log}"
+        );
+    } else {
+        assert!(!output.status.success(), "{stdout}");
+        assert!(stdout.contains("AVX-512 BF16"), "{stdout}\nworker:\n{log}");
+    }
+}
+
+/// Whether this CPU has the instructions the bf16 GEMM needs (as the worker detects them).
+fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
