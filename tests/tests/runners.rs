@@ -145,7 +145,7 @@ fn a_bf16_manifest_trains_on_the_bf16_gemm_or_names_what_the_cpu_lacks() {
         .expect("running tandem run");
     let log = std::fs::read_to_string(tmp.path().join(".tandem/worker-0.log")).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if cpu_has_avx512_bf16() {
+    if tandem_worker::engine::bf16::simd_available() {
         assert!(
             output.status.success(),
             "tandem run failed:\n{stdout}\n{}\nworker:\n{log}",
@@ -159,19 +159,5 @@ fn a_bf16_manifest_trains_on_the_bf16_gemm_or_names_what_the_cpu_lacks() {
     } else {
         assert!(!output.status.success(), "{stdout}");
         assert!(stdout.contains("AVX-512 BF16"), "{stdout}\nworker:\n{log}");
-    }
-}
-
-/// Whether this CPU has the instructions the bf16 GEMM needs (as the worker detects them).
-fn cpu_has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }

@@ -101,7 +101,6 @@ fn load(args: &Args, quantization: Quantization) -> LoadedModel {
     };
     let mut loaded = load_model(&args.model, options).expect("load model");
     if args.dtype == ComputeDtype::Bf16 {
-        packed::require_simd().expect("bf16");
         packed::pack_model(loaded.model.as_mut()).expect("pack bf16");
     }
     loaded

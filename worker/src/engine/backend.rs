@@ -100,7 +100,6 @@ impl EngineModel {
             Backend::Cpu => {
                 let mut loaded = load_model(path, options)?;
                 if options.compute_dtype == ComputeDtype::Bf16 {
-                    packed::require_simd()?;
                     packed::pack_model(loaded.model.as_mut())?;
                 } else {
                     qlora::hold_if_small(loaded.model.as_mut())?;

@@ -72,11 +72,12 @@ impl CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        if let Some(packed) = self.weight.bf16() {
-            let g = grad_res.contiguous()?;
-            let values = super::fused::values_of(&g)?;
-            let (dx, dims) = bf16_product(&values, g.dims(), packed, Side::Backward)?;
-            return Ok(Some(Tensor::from_vec(dx, dims, &Device::Cpu)?));
+        if self.weight.bf16().is_some() {
+            return Ok(Some(frozen_product(
+                &*self.weight,
+                grad_res,
+                Side::Backward,
+            )?));
         }
         let w = self.weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;
@@ -97,7 +98,7 @@ pub(crate) enum Side {
 
 /// `x W^T` (forward) or `x W` (backward) through the bf16 packs, for `x` of shape `dims` (`[..., in]` or
 /// `[..., out]`): the values and dims of the output, which keeps the leading dims.
-pub(crate) fn bf16_product(
+fn bf16_product(
     x: &[f32],
     dims: &[usize],
     packed: &Bf16Weight,
@@ -123,7 +124,8 @@ pub(crate) fn bf16_product(
     Ok((y, out_dims))
 }
 
-/// `a W^T` (forward) or `a W` (backward) of a 2-D `a`, through the bf16 packs when the weight has them.
+/// `a W^T` (forward) or `a W` (backward) of a 2-D `a`, through the bf16 packs when the weight has them (which
+/// also take `a` of any rank, `[..., in]` or `[..., out]`).
 pub(crate) fn frozen_product(
     weight: &dyn WeightSource,
     a: &Tensor,
@@ -147,10 +149,8 @@ pub fn frozen_matmul(x: &Tensor, weight: &Arc<dyn WeightSource>) -> Result<Tenso
     let x = x.contiguous()?;
     if !x.track_op() {
         // No gradient needed: a plain matmul, no custom-op bookkeeping.
-        if let Some(packed) = weight.bf16() {
-            let values = super::fused::values_of(&x)?;
-            let (y, dims) = bf16_product(&values, x.dims(), packed, Side::Forward)?;
-            return Ok(Tensor::from_vec(y, dims, &Device::Cpu)?);
+        if weight.bf16().is_some() {
+            return Ok(frozen_product(&**weight, &x, Side::Forward)?);
         }
         let w = weight.matrix()?;
         let (out_f, in_f) = w.dims2()?;

@@ -113,7 +113,7 @@ impl QuantizedWeight for Bf16Weight {
 }
 
 /// Fails with what to do when this CPU lacks the AVX-512 BF16 instructions the packs are multiplied with.
-pub fn require_simd() -> Result<()> {
+fn require_simd() -> Result<()> {
     if bf16::simd_available() {
         return Ok(());
     }
@@ -126,8 +126,9 @@ pub fn require_simd() -> Result<()> {
 
 /// Switches every frozen linear map of `model` and its LM head to bf16 packs. A dense weight is replaced (its
 /// f32 copy freed); an NF4 weight keeps its NF4 form and gains the packs in place of a per-use decode. Returns
-/// the bytes the packs take.
+/// the bytes the packs take; fails, changing nothing, on a CPU without AVX-512 BF16.
 pub fn pack_model(model: &mut dyn LanguageModel) -> Result<usize> {
+    require_simd()?;
     let mut bytes = 0;
     for layer in model.linears_mut() {
         let packed = Arc::new(Bf16Weight::from_tensor(&layer.base_matrix()?)?);
